@@ -1,0 +1,54 @@
+//! The sans-IO protocol core of Grapevine.
+//!
+//! Grapevine replicates a keyed state from one publisher to any number of
+//! subscribers over UDP multicast. This crate holds the protocol itself, with
+//! **no I/O**: it opens no socket, starts no thread and reads no clock. Bytes
+//! come in as slices, time comes in as a `now: Instant` argument, and
+//! outgoing datagrams are written into buffers the caller owns. The
+//! `grapevine` crate drives it over real sockets; tests drive it over a
+//! simulated network, deterministically.
+//!
+//! ```text
+//!  application ──publish──▶ ┌──────────────┐ ──datagrams──▶ socket / sim
+//!                           │ grapevine-   │
+//!  socket / sim ─datagrams─▶│ core         │ ──events────▶ application
+//!  clock ──────────now────▶ └──────────────┘ ──deadline──▶ timer
+//! ```
+//!
+//! # Contents
+//!
+//! * [`wire`]: the wire format of PROTOCOL.md: datagram header, message
+//!   kinds, packing several messages per datagram, fragmentation.
+//! * [`Reassembler`]: puts fragmented messages back together within
+//!   configured memory bounds.
+//! * Protocol numbers as newtypes: [`SeqNum`], [`StreamId`], [`SessionId`],
+//!   [`CycleId`].
+//!
+//! # Guarantees on untrusted input
+//!
+//! Every decoder returns a typed error for malformed input and never panics
+//! (checked by property tests and a fuzz target in `fuzz/`). The library's
+//! lints forbid `unsafe`, `unwrap`, `panic!` and unchecked slice indexing
+//! outside tests.
+
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
+#![forbid(unsafe_code)]
+
+mod config;
+mod reassembly;
+mod seq;
+pub mod wire;
+
+pub use config::ConfigError;
+pub use reassembly::{
+    Reassembled, Reassembler, ReassemblyConfig, ReassemblyError, ReassemblyStats, MAX_RANGES,
+};
+pub use seq::{CycleId, SeqNum, SeqRange, SessionId, StreamId};

@@ -1,0 +1,100 @@
+//! Protocol numbers as newtypes: sequence numbers, stream, session and cycle ids.
+//!
+//! Sequence numbers are plain `u64` counters that start at 1 in every publisher
+//! session and never wrap (at a billion deltas per second a session would need
+//! 584 years to exhaust them), so they compare with ordinary integer order.
+//! `0` is reserved to mean "no delta yet" (for example the `prev_leaf_seq` of
+//! the first delta that touches a leaf).
+
+use core::fmt;
+
+/// A global delta sequence number within one publisher session.
+///
+/// ```
+/// use grapevine_core::SeqNum;
+/// let s = SeqNum(41);
+/// assert_eq!(s.next(), Some(SeqNum(42)));
+/// assert!(SeqNum::NONE < s);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeqNum(pub u64);
+
+impl SeqNum {
+    /// "No delta yet": the value before the first sequence number of a session.
+    pub const NONE: SeqNum = SeqNum(0);
+
+    /// The sequence number after this one, or `None` at `u64::MAX`.
+    #[must_use]
+    pub fn next(self) -> Option<SeqNum> {
+        self.0.checked_add(1).map(SeqNum)
+    }
+
+    /// Whether this is [`SeqNum::NONE`].
+    #[must_use]
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl fmt::Display for SeqNum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Identifies one replicated state (one publisher's stream) on a group.
+///
+/// Receivers drop datagrams whose stream id is not the one they subscribed to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId(pub u32);
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A publisher incarnation: random per publisher start. A new session id on a
+/// stream means the publisher restarted and subscribers must resynchronise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
+}
+
+/// Identifies one pass of the publisher's snapshot cycle. Wraps at `u32::MAX`;
+/// only compared for equality.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CycleId(pub u32);
+
+impl CycleId {
+    /// The id of the following cycle (wrapping).
+    #[must_use]
+    pub fn next(self) -> CycleId {
+        CycleId(self.0.wrapping_add(1))
+    }
+}
+
+impl fmt::Display for CycleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An inclusive range of sequence numbers, as carried by a NAK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqRange {
+    /// First missing sequence number.
+    pub first: SeqNum,
+    /// Last missing sequence number (inclusive, `>= first`).
+    pub last: SeqNum,
+}
+
+impl fmt::Display for SeqRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..={}", self.first, self.last)
+    }
+}

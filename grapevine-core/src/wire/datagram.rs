@@ -1,0 +1,322 @@
+//! The datagram: a fixed header followed by one or more messages.
+
+use core::fmt;
+
+use super::cursor::{Reader, Writer};
+use super::{DecodeError, EncodeError, Message, MessageKind};
+use crate::{SessionId, StreamId};
+
+/// The four magic bytes that open every datagram: ASCII `GRPV`.
+pub const MAGIC: [u8; 4] = *b"GRPV";
+/// The protocol version this implementation speaks.
+pub const VERSION: u8 = 1;
+/// Length of the datagram header in bytes.
+pub const HEADER_LEN: usize = 28;
+/// Length of a message header (kind, flags, body length).
+pub const MESSAGE_HEADER_LEN: usize = 4;
+/// Largest body one message can carry; larger ones are fragmented.
+pub const MAX_BODY_LEN: usize = u16::MAX as usize;
+/// Default maximum datagram size: a 1500-byte Ethernet MTU less the IPv6
+/// (40) and UDP (8) headers, so that no default datagram is IP-fragmented over
+/// IPv4 or IPv6.
+pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
+
+/// The fields of a datagram header that vary (PROTOCOL.md §3).
+///
+/// Magic, version and flags are fixed in version 1 and written by
+/// [`DatagramWriter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DatagramHeader {
+    /// Which replicated state the datagram belongs to.
+    pub stream: StreamId,
+    /// The sender's publisher session.
+    pub session: SessionId,
+    /// Per-session datagram counter of the sender, starting at 0.
+    pub datagram_seq: u64,
+}
+
+impl fmt::Display for DatagramHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "stream={} session={} datagram_seq={}",
+            self.stream, self.session, self.datagram_seq
+        )
+    }
+}
+
+/// A validated datagram, borrowing the received bytes.
+///
+/// [`Datagram::decode`] checks the header and every message before returning,
+/// so iterating [`Datagram::messages`] cannot fail.
+///
+/// ```
+/// use grapevine_core::wire::{Datagram, DatagramHeader, DatagramWriter, Heartbeat, Message};
+/// use grapevine_core::{SeqNum, SessionId, StreamId};
+///
+/// let header = DatagramHeader { stream: StreamId(7), session: SessionId(42), datagram_seq: 0 };
+/// let hb = Message::Heartbeat(Heartbeat { last_seq: SeqNum(9), sent_at_micros: 0, interval_ms: 100 });
+/// let mut buf = [0u8; 1452];
+/// let mut w = DatagramWriter::new(&mut buf, &header)?;
+/// w.push(&hb)?;
+/// let len = w.finish();
+///
+/// let d = Datagram::decode(&buf[..len])?;
+/// assert_eq!(d.header(), header);
+/// assert_eq!(d.messages().collect::<Vec<_>>(), vec![hb]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram<'a> {
+    header: DatagramHeader,
+    body: &'a [u8],
+}
+
+impl<'a> Datagram<'a> {
+    /// Parses and validates a received datagram.
+    ///
+    /// # Errors
+    ///
+    /// Any [`DecodeError`]: the datagram must then be dropped whole (and
+    /// counted under [`DecodeError::code`]).
+    pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(buf);
+        let short = |_| DecodeError::ShortHeader { len: buf.len() };
+        let magic: [u8; 4] = r
+            .bytes(4)
+            .map_err(short)?
+            .try_into()
+            .map_err(|_| DecodeError::ShortHeader { len: buf.len() })?;
+        // Check the magic before the length so that short foreign datagrams
+        // are reported as foreign.
+        if buf.len() < HEADER_LEN {
+            if magic != MAGIC {
+                return Err(DecodeError::BadMagic { found: magic });
+            }
+            return Err(DecodeError::ShortHeader { len: buf.len() });
+        }
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic { found: magic });
+        }
+        let version = r.u8().map_err(short)?;
+        if version != VERSION {
+            return Err(DecodeError::UnsupportedVersion { version });
+        }
+        let flags = r.u8().map_err(short)?;
+        if flags != 0 {
+            return Err(DecodeError::UnsupportedFlags { flags });
+        }
+        let _reserved = r.u16().map_err(short)?;
+        let header = DatagramHeader {
+            stream: StreamId(r.u32().map_err(short)?),
+            session: SessionId(r.u64().map_err(short)?),
+            datagram_seq: r.u64().map_err(short)?,
+        };
+        let body = r.rest();
+        let mut count = 0usize;
+        let mut walker = Walk { body, offset: 0 };
+        while let Some(next) = walker.next_message() {
+            next?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(DecodeError::Empty);
+        }
+        Ok(Datagram { header, body })
+    }
+
+    /// The datagram's header.
+    #[must_use]
+    pub fn header(&self) -> DatagramHeader {
+        self.header
+    }
+
+    /// The messages, in order. Padding is not yielded.
+    #[must_use]
+    pub fn messages(&self) -> Messages<'a> {
+        Messages {
+            walk: Walk {
+                body: self.body,
+                offset: 0,
+            },
+        }
+    }
+}
+
+/// Iterator over the messages of a validated [`Datagram`].
+#[derive(Clone, Debug)]
+pub struct Messages<'a> {
+    walk: Walk<'a>,
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Message<'a>;
+
+    fn next(&mut self) -> Option<Message<'a>> {
+        // The datagram was validated, so an error cannot occur; if it did, the
+        // iteration simply ends.
+        self.walk.next_message()?.ok()
+    }
+}
+
+/// Walks the message area of a datagram.
+#[derive(Clone, Debug)]
+struct Walk<'a> {
+    body: &'a [u8],
+    /// Offset of `body` within the datagram, for error reports.
+    offset: usize,
+}
+
+impl<'a> Walk<'a> {
+    /// The next non-padding message; `None` at the end or after padding.
+    fn next_message(&mut self) -> Option<Result<Message<'a>, DecodeError>> {
+        loop {
+            if self.body.is_empty() {
+                return None;
+            }
+            let at = HEADER_LEN + self.offset;
+            let mut r = Reader::new(self.body);
+            let Ok(kind) = r.u8() else { return None };
+            if kind == MessageKind::Padding as u8 {
+                self.body = &[];
+                return None;
+            }
+            let head = r.u8().and_then(|_flags| r.u16());
+            let Ok(len) = head else {
+                self.body = &[];
+                return Some(Err(DecodeError::TruncatedMessageHeader { offset: at }));
+            };
+            let len = usize::from(len);
+            let available = r.remaining();
+            let Ok(body) = r.bytes(len) else {
+                self.body = &[];
+                return Some(Err(DecodeError::MessageOverrun {
+                    offset: at,
+                    declared: len,
+                    available,
+                }));
+            };
+            self.body = r.rest();
+            self.offset += MESSAGE_HEADER_LEN + len;
+            match Message::decode_body(kind, body) {
+                Ok(Some(m)) => return Some(Ok(m)),
+                Ok(None) => continue,
+                Err(e) => {
+                    self.body = &[];
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+/// Packs messages into one datagram in a caller-provided buffer.
+///
+/// The buffer's length is the maximum datagram size. Nothing is allocated.
+#[derive(Debug)]
+pub struct DatagramWriter<'b> {
+    buf: &'b mut [u8],
+    len: usize,
+    messages: usize,
+}
+
+impl<'b> DatagramWriter<'b> {
+    /// Starts a datagram: writes the header into `buf`.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::BufferTooSmall`] if `buf` cannot hold the header.
+    pub fn new(buf: &'b mut [u8], header: &DatagramHeader) -> Result<Self, EncodeError> {
+        let too_small = |_| EncodeError::BufferTooSmall { len: 0 };
+        let buf_len = buf.len();
+        if buf_len < HEADER_LEN {
+            return Err(EncodeError::BufferTooSmall { len: buf_len });
+        }
+        let mut w = Writer::new(buf, 0);
+        w.put(&MAGIC).map_err(too_small)?;
+        w.u8(VERSION).map_err(too_small)?;
+        w.u8(0).map_err(too_small)?;
+        w.u16(0).map_err(too_small)?;
+        w.u32(header.stream.0).map_err(too_small)?;
+        w.u64(header.session.0).map_err(too_small)?;
+        w.u64(header.datagram_seq).map_err(too_small)?;
+        Ok(Self {
+            buf,
+            len: HEADER_LEN,
+            messages: 0,
+        })
+    }
+
+    /// Bytes left for messages (each needs a 4-byte message header too).
+    #[must_use]
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.len
+    }
+
+    /// Number of messages written so far.
+    #[must_use]
+    pub fn message_count(&self) -> usize {
+        self.messages
+    }
+
+    /// Whether no message has been written yet.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// Appends one message. On error nothing is written.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::DoesNotFit`] if the message does not fit in what is
+    /// left (finish this datagram and start another, or fragment the message
+    /// when it would not fit even in an empty one);
+    /// [`EncodeError::BodyTooLarge`] if its body exceeds [`MAX_BODY_LEN`];
+    /// [`EncodeError::FieldTooLong`] if a field exceeds its wire width.
+    pub fn push(&mut self, msg: &Message<'_>) -> Result<(), EncodeError> {
+        let body_len = msg.body_len();
+        let len16 =
+            u16::try_from(body_len).map_err(|_| EncodeError::BodyTooLarge { len: body_len })?;
+        let needed = MESSAGE_HEADER_LEN + body_len;
+        if needed > self.remaining() {
+            return Err(EncodeError::DoesNotFit {
+                needed,
+                remaining: self.remaining(),
+            });
+        }
+        let start = self.len;
+        let mut w = Writer::new(self.buf, start);
+        let res = (|| {
+            let full = |_| EncodeError::DoesNotFit {
+                needed,
+                remaining: 0,
+            };
+            w.u8(msg.kind_byte()).map_err(full)?;
+            w.u8(0).map_err(full)?;
+            w.u16(len16).map_err(full)?;
+            msg.write_body(&mut w)
+        })();
+        res?;
+        self.len = w.pos();
+        self.messages += 1;
+        Ok(())
+    }
+
+    /// Pads the datagram with zero bytes to exactly `len` bytes (capped at the
+    /// buffer size), for batched sends that need equal-sized datagrams.
+    /// Does nothing if the datagram is already that long.
+    pub fn pad_to(&mut self, len: usize) {
+        let target = len.min(self.buf.len());
+        if let Some(tail) = self.buf.get_mut(self.len..target) {
+            tail.fill(0);
+            self.len = target;
+        }
+    }
+
+    /// Ends the datagram and returns its length: send `buf[..len]`.
+    #[must_use]
+    pub fn finish(self) -> usize {
+        self.len
+    }
+}
