@@ -19,6 +19,12 @@
 //!
 //! * [`wire`]: the wire format of PROTOCOL.md: datagram header, message
 //!   kinds, packing several messages per datagram, fragmentation.
+//! * [`publisher`]: the publisher state machine (sequence stamping, snapshot
+//!   cycle, heartbeats).
+//! * [`subscriber`]: the subscriber state machine (late join, ordering,
+//!   per-leaf chains, snapshot repair, ghost removal, restart and liveness).
+//! * [`state`]: the [`state::State`] trait for replicated states, the keyed
+//!   map mode, and the order-independent [`state::Digest`].
 //! * [`Reassembler`]: puts fragmented messages back together within
 //!   configured memory bounds.
 //! * Protocol numbers as newtypes: [`SeqNum`], [`StreamId`], [`SessionId`],
@@ -43,8 +49,11 @@
 #![forbid(unsafe_code)]
 
 mod config;
+pub mod publisher;
 mod reassembly;
 mod seq;
+pub mod state;
+pub mod subscriber;
 pub mod wire;
 
 pub use config::ConfigError;
@@ -52,3 +61,6 @@ pub use reassembly::{
     Reassembled, Reassembler, ReassemblyConfig, ReassemblyError, ReassemblyStats, MAX_RANGES,
 };
 pub use seq::{CycleId, SeqNum, SeqRange, SessionId, StreamId};
+
+#[cfg(test)]
+mod tests;

@@ -267,9 +267,10 @@ impl Reassembler {
     /// [`Reassembler::handle_timeout`] then.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // A deadline past what `Instant` can represent never comes.
         self.partials
             .values()
-            .map(|p| p.created + self.cfg.timeout)
+            .filter_map(|p| p.created.checked_add(self.cfg.timeout))
             .min()
     }
 
@@ -279,7 +280,10 @@ impl Reassembler {
         let before = self.partials.len();
         let mut freed = 0;
         self.partials.retain(|_, p| {
-            let keep = p.created + timeout > now;
+            let keep = p
+                .created
+                .checked_add(timeout)
+                .is_none_or(|deadline| deadline > now);
             if !keep {
                 freed += p.buf.len();
             }
@@ -465,5 +469,852 @@ impl Partial {
         }
         self.ranges.splice(first..last, [(lo, hi)]);
         Added::New
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::wire::{Fragments, MessageKind};
+
+    const STREAM: StreamId = StreamId(1);
+    const SESSION: SessionId = SessionId(0xfeed);
+    const DELTA: u8 = MessageKind::Delta as u8;
+    const SNAPSHOT: u8 = MessageKind::LeafSnapshot as u8;
+
+    fn frag(
+        frag_id: u32,
+        total_len: u32,
+        offset: u32,
+        inner_kind: u8,
+        data: &[u8],
+    ) -> Fragment<'_> {
+        Fragment {
+            frag_id,
+            total_len,
+            offset,
+            inner_kind,
+            data,
+        }
+    }
+
+    fn reassembler(f: impl FnOnce(&mut ReassemblyConfig)) -> Reassembler {
+        let mut cfg = ReassemblyConfig::default();
+        f(&mut cfg);
+        Reassembler::new(cfg).unwrap()
+    }
+
+    /// A tiny deterministic RNG (SplitMix64) driven by a proptest seed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn body(len: usize, seed: u64) -> Vec<u8> {
+        let mut rng = Rng(seed);
+        (0..len).map(|_| rng.next() as u8).collect()
+    }
+
+    #[track_caller]
+    fn assert_bounded(r: &Reassembler) {
+        assert!(
+            r.buffered_bytes() <= r.cfg.max_buffered_bytes,
+            "{} buffered > {}",
+            r.buffered_bytes(),
+            r.cfg.max_buffered_bytes
+        );
+        assert!(r.partial_count() <= r.cfg.max_partials);
+        // The counter matches what the partials actually hold.
+        let held: usize = r.partials.values().map(|p| p.buf.len()).sum();
+        assert_eq!(r.buffered_bytes(), held);
+        for p in r.partials.values() {
+            assert!(p.ranges.len() <= MAX_RANGES);
+            assert!(
+                p.ranges.windows(2).all(|w| w[0].1 < w[1].0),
+                "{:?}",
+                p.ranges
+            );
+            assert!(p.ranges.iter().all(|&(s, e)| s < e && e <= p.buf.len()));
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    struct Spec {
+        len: usize,
+        seed: u64,
+        max_data: usize,
+        kind: MessageKind,
+    }
+
+    fn spec() -> impl Strategy<Value = Spec> {
+        (
+            1usize..=20_000,
+            any::<u64>(),
+            1usize..=4000,
+            proptest::sample::select(vec![
+                MessageKind::Delta,
+                MessageKind::Retransmit,
+                MessageKind::LeafSnapshot,
+                MessageKind::Nak,
+            ]),
+        )
+            .prop_map(|(len, seed, max_data, kind)| Spec {
+                len,
+                seed,
+                // At most 300 fragments per message keeps the suite fast.
+                max_data: max_data.max(len.div_ceil(300)),
+                kind,
+            })
+    }
+
+    /// Message `i` of a test: messages 2k and 2k+1 share frag_id k but belong
+    /// to different sessions, so keys must include the session.
+    fn key_of(i: usize) -> Key {
+        (STREAM, SessionId(1 + (i % 2) as u64), (i / 2) as u32)
+    }
+
+    proptest! {
+        #[test]
+        fn any_delivery_reassembles_correctly_within_bounds(
+            specs in vec(spec(), 1..=4),
+            seed in any::<u64>(),
+            lossy in any::<bool>(),
+            tight in any::<bool>(),
+            tight_partials in 1usize..=3,
+            tight_extra in 0usize..=25_000,
+            step_us in prop_oneof![Just(0u64), 0u64..=2_000, 0u64..=300_000],
+        ) {
+            let timeout = Duration::from_secs(1);
+            let mut cfg = ReassemblyConfig::default();
+            cfg.max_message_size(20_000).timeout(timeout);
+            if tight {
+                cfg.max_partials(tight_partials).max_buffered_bytes(20_000 + tight_extra);
+            }
+            let mut r = Reassembler::new(cfg).unwrap();
+
+            let bodies: Vec<Vec<u8>> = specs.iter().map(|s| body(s.len, s.seed)).collect();
+            let frags: Vec<Vec<Fragment<'_>>> = specs
+                .iter()
+                .zip(&bodies)
+                .enumerate()
+                .map(|(i, (s, b))| Fragments::new(key_of(i).2, s.kind, b, s.max_data).collect())
+                .collect();
+
+            // Each fragment is delivered 0..=3 times (0 only when lossy), all
+            // copies in one random order.
+            let mut rng = Rng(seed);
+            let mut lost = vec![false; specs.len()];
+            let mut deliveries: Vec<(usize, usize)> = Vec::new();
+            for (i, fs) in frags.iter().enumerate() {
+                for j in 0..fs.len() {
+                    let copies = match rng.below(20) {
+                        0..=1 if lossy => 0,
+                        0..=14 => 1,
+                        15..=18 => 2,
+                        _ => 3,
+                    };
+                    lost[i] |= copies == 0;
+                    deliveries.extend(std::iter::repeat_n((i, j), copies));
+                }
+            }
+            for k in (1..deliveries.len()).rev() {
+                deliveries.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+
+            let t0 = Instant::now();
+            let at = |step: usize| t0 + Duration::from_micros(step as u64 * step_us);
+            let mut first_at: Vec<Option<Instant>> = vec![None; specs.len()];
+            let mut last_at: Vec<Option<Instant>> = vec![None; specs.len()];
+            let mut completed = vec![0u32; specs.len()];
+            for (step, &(i, j)) in deliveries.iter().enumerate() {
+                let now = at(step);
+                first_at[i].get_or_insert(now);
+                last_at[i] = Some(now);
+                let (stream, session, _) = key_of(i);
+                // Honest fragments are never rejected.
+                let out = r.handle_fragment(now, stream, session, &frags[i][j]).unwrap();
+                if let Some(whole) = out {
+                    prop_assert!(!lost[i], "message {} completed with a fragment lost", i);
+                    prop_assert_eq!(whole.kind, specs[i].kind as u8);
+                    prop_assert!(whole.body == bodies[i], "message {} corrupted", i);
+                    completed[i] += 1;
+                }
+                assert_bounded(&r);
+            }
+            // Never twice (fewer than RECENT_DONE messages per test).
+            prop_assert!(completed.iter().all(|&c| c <= 1), "{:?}", completed);
+            let stats = r.stats();
+            prop_assert_eq!(stats.completed, completed.iter().map(|&c| u64::from(c)).sum::<u64>());
+            prop_assert_eq!(stats.rejected, 0);
+
+            let in_time = (0..specs.len()).all(|i| match (first_at[i], last_at[i]) {
+                (Some(f), Some(l)) => l - f < timeout,
+                _ => true,
+            });
+            if !lossy && !tight && in_time {
+                prop_assert!(completed.iter().all(|&c| c == 1), "{:?}", completed);
+                prop_assert_eq!(r.buffered_bytes(), 0);
+                prop_assert_eq!(r.partial_count(), 0);
+                prop_assert_eq!(r.poll_timeout(), None);
+                let fragments: usize = frags.iter().map(Vec::len).sum();
+                prop_assert_eq!(stats.duplicates, (deliveries.len() - fragments) as u64);
+                prop_assert_eq!(stats.evicted, 0);
+                prop_assert_eq!(stats.expired, 0);
+            }
+        }
+
+        /// Arbitrary (possibly hostile) fragments for a few message ids:
+        /// whatever happens, limits hold and the bookkeeping stays consistent.
+        #[test]
+        fn hostile_fragments_keep_the_bounds(
+            frags in vec(
+                (0u32..4, 1u32..=3000, 0u32..=3000, 1u8..=3, vec(any::<u8>(), 1..200), 0u64..400_000),
+                1..200,
+            ),
+            max_partials in 1usize..=4,
+        ) {
+            let mut r = reassembler(|c| {
+                c.max_message_size(2500)
+                    .max_buffered_bytes(5000)
+                    .max_partials(max_partials)
+                    .timeout(Duration::from_millis(100));
+            });
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut rejected = 0;
+            for (id, total, offset, kind, data, dt_us) in &frags {
+                now += Duration::from_micros(*dt_us);
+                let f = frag(*id, *total, *offset, *kind, data);
+                match r.handle_fragment(now, STREAM, SESSION, &f) {
+                    Ok(Some(whole)) => {
+                        prop_assert_eq!(whole.kind, *kind);
+                        prop_assert_eq!(whole.body.len(), *total as usize);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        rejected += 1;
+                        if *total > 2500 {
+                            prop_assert_eq!(e, ReassemblyError::TooLarge { total_len: *total, max: 2500 });
+                        }
+                    }
+                }
+                assert_bounded(&r);
+                if let Some(deadline) = r.poll_timeout() {
+                    prop_assert!(deadline > now);
+                }
+            }
+            prop_assert_eq!(r.stats().rejected, rejected);
+        }
+    }
+
+    #[test]
+    fn flood_of_first_fragments_is_bounded_by_bytes() {
+        let mut r = reassembler(|c| {
+            c.max_message_size(64 << 10)
+                .max_buffered_bytes(1 << 20)
+                .max_partials(10_000);
+        });
+        let now = Instant::now();
+        let data = [0x42u8; 100];
+        let n = 5_000u32;
+        for id in 0..n {
+            let f = frag(id, 64 << 10, 0, DELTA, &data);
+            assert_eq!(r.handle_fragment(now, STREAM, SESSION, &f), Ok(None));
+            assert!(r.buffered_bytes() <= 1 << 20);
+        }
+        assert_eq!(r.partial_count(), 16);
+        assert_eq!(r.buffered_bytes(), 1 << 20);
+        assert_eq!(r.stats().evicted, u64::from(n) - 16);
+        assert_bounded(&r);
+    }
+
+    #[test]
+    fn flood_of_first_fragments_is_bounded_by_count() {
+        let mut r = reassembler(|c| {
+            c.max_partials(8);
+        });
+        let t0 = Instant::now();
+        let data = [1u8; 10];
+        for id in 0..3_000u32 {
+            // Distinct, increasing creation times make "oldest" unambiguous.
+            let now = t0 + Duration::from_nanos(u64::from(id));
+            let f = frag(id, 1_000_000, 0, DELTA, &data);
+            assert_eq!(r.handle_fragment(now, STREAM, SESSION, &f), Ok(None));
+            assert!(r.partial_count() <= 8);
+        }
+        assert_eq!(r.partial_count(), 8);
+        assert_eq!(r.buffered_bytes(), 8 * 1_000_000);
+        assert_eq!(r.stats().evicted, 3_000 - 8);
+        // The survivors are the newest eight.
+        let mut ids: Vec<u32> = r.partials.keys().map(|k| k.2).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, (2_992..3_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn eviction_takes_the_oldest_and_others_still_complete() {
+        let mut r = reassembler(|c| {
+            c.max_partials(2);
+        });
+        let t0 = Instant::now();
+        let t = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(
+            r.handle_fragment(t(0), STREAM, SESSION, &frag(1, 4, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(t(1), STREAM, SESSION, &frag(2, 4, 0, DELTA, b"cd")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(t(2), STREAM, SESSION, &frag(3, 4, 0, DELTA, b"ef")),
+            Ok(None)
+        );
+        assert_eq!(r.stats().evicted, 1);
+        // 2 and 3 survive and complete; 1 was evicted and starts over.
+        let two = r
+            .handle_fragment(t(3), STREAM, SESSION, &frag(2, 4, 2, DELTA, b"CD"))
+            .unwrap();
+        assert_eq!(two.unwrap().body, b"cdCD");
+        let three = r
+            .handle_fragment(t(3), STREAM, SESSION, &frag(3, 4, 2, DELTA, b"EF"))
+            .unwrap();
+        assert_eq!(three.unwrap().body, b"efEF");
+        assert_eq!(
+            r.handle_fragment(t(4), STREAM, SESSION, &frag(1, 4, 2, DELTA, b"AB")),
+            Ok(None)
+        );
+        assert_eq!(r.partial_count(), 1);
+        assert_eq!(r.buffered_bytes(), 4);
+    }
+
+    #[test]
+    fn changed_kind_is_inconsistent_and_drops_the_partial() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 6, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 6, 2, SNAPSHOT, b"cd")),
+            Err(ReassemblyError::Inconsistent { frag_id: 7 })
+        );
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.stats().rejected, 1);
+        // The rest of the original message no longer completes it.
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 6, 2, DELTA, b"cd")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 6, 4, DELTA, b"ef")),
+            Ok(None)
+        );
+        assert_eq!(r.stats().completed, 0);
+    }
+
+    #[test]
+    fn changed_total_len_is_inconsistent_and_drops_the_partial() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 6, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(7, 8, 2, DELTA, b"cd")),
+            Err(ReassemblyError::Inconsistent { frag_id: 7 })
+        );
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn malformed_caller_built_fragments_are_rejected() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        for f in [
+            frag(1, 10, 0, DELTA, b""),
+            frag(1, 10, 8, DELTA, b"abc"),
+            frag(1, 0, 0, DELTA, b"a"),
+        ] {
+            assert_eq!(
+                r.handle_fragment(now, STREAM, SESSION, &f),
+                Err(ReassemblyError::Inconsistent { frag_id: 1 })
+            );
+        }
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.stats().rejected, 3);
+    }
+
+    #[test]
+    fn conflicting_overlap_drops_the_partial() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(3, 10, 0, DELTA, b"abcdef")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(3, 10, 4, DELTA, b"eXgh")),
+            Err(ReassemblyError::Conflict { frag_id: 3 })
+        );
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+        // A conflict with the second of two held ranges is caught too.
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(4, 10, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(4, 10, 6, DELTA, b"gh")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(4, 10, 1, DELTA, b"bcdefgX")),
+            Err(ReassemblyError::Conflict { frag_id: 4 })
+        );
+        assert_eq!(r.partial_count(), 0);
+    }
+
+    #[test]
+    fn agreeing_overlap_and_duplicates_are_accepted() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let whole = b"abcdefghij";
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(3, 10, 0, DELTA, &whole[..6])),
+            Ok(None)
+        );
+        // Contained in what is held: a duplicate.
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(3, 10, 2, DELTA, &whole[2..5])),
+            Ok(None)
+        );
+        assert_eq!(r.stats().duplicates, 1);
+        // Overlapping with agreeing bytes and extending: completes.
+        let done = r
+            .handle_fragment(now, STREAM, SESSION, &frag(3, 10, 4, DELTA, &whole[4..]))
+            .unwrap();
+        assert_eq!(
+            done,
+            Some(Reassembled {
+                kind: DELTA,
+                body: whole.to_vec()
+            })
+        );
+        assert_eq!(r.stats().duplicates, 1);
+        assert_eq!(r.stats().completed, 1);
+    }
+
+    #[test]
+    fn too_large() {
+        let mut r = reassembler(|c| {
+            c.max_message_size(1000);
+        });
+        let now = Instant::now();
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(1, 1001, 0, DELTA, b"a")),
+            Err(ReassemblyError::TooLarge {
+                total_len: 1001,
+                max: 1000
+            })
+        );
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(1, u32::MAX, 0, DELTA, b"a")),
+            Err(ReassemblyError::TooLarge {
+                total_len: u32::MAX,
+                max: 1000
+            })
+        );
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.stats().rejected, 2);
+        // At the limit is fine.
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(1, 1000, 0, DELTA, b"a")),
+            Ok(None)
+        );
+        assert_eq!(r.buffered_bytes(), 1000);
+    }
+
+    #[test]
+    fn too_fragmented() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let total = 2 * MAX_RANGES as u32 + 10;
+        // Alternate 1-byte fragments: each one is a new disjoint range.
+        for i in 0..MAX_RANGES as u32 {
+            assert_eq!(
+                r.handle_fragment(now, STREAM, SESSION, &frag(9, total, 2 * i, DELTA, b"x")),
+                Ok(None)
+            );
+        }
+        assert_eq!(r.partials[&(STREAM, SESSION, 9)].ranges.len(), MAX_RANGES);
+        assert_eq!(
+            r.handle_fragment(
+                now,
+                STREAM,
+                SESSION,
+                &frag(9, total, 2 * MAX_RANGES as u32, DELTA, b"x")
+            ),
+            Err(ReassemblyError::TooFragmented { frag_id: 9 })
+        );
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn filling_gaps_merges_ranges() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let total = 2 * MAX_RANGES as u32;
+        for i in 0..MAX_RANGES as u32 {
+            assert_eq!(
+                r.handle_fragment(now, STREAM, SESSION, &frag(9, total, 2 * i, DELTA, b"x")),
+                Ok(None)
+            );
+        }
+        // Filling the gaps merges everything back into one range.
+        let mut done = None;
+        for i in 0..MAX_RANGES as u32 {
+            if let Some(m) = r
+                .handle_fragment(
+                    now,
+                    STREAM,
+                    SESSION,
+                    &frag(9, total, 2 * i + 1, DELTA, b"y"),
+                )
+                .unwrap()
+            {
+                assert!(done.is_none());
+                done = Some(m);
+            } else {
+                let ranges = r.partials[&(STREAM, SESSION, 9)].ranges.len();
+                assert_eq!(ranges, MAX_RANGES - i as usize - 1);
+            }
+        }
+        let body = done.unwrap().body;
+        assert_eq!(body, b"xy".repeat(MAX_RANGES));
+    }
+
+    #[test]
+    fn timeout_expires_partials_at_their_deadline() {
+        let timeout = Duration::from_millis(500);
+        let mut r = reassembler(|c| {
+            c.timeout(timeout);
+        });
+        let t0 = Instant::now();
+        assert_eq!(r.poll_timeout(), None);
+        assert_eq!(
+            r.handle_fragment(t0, STREAM, SESSION, &frag(1, 4, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        let t1 = t0 + Duration::from_millis(100);
+        assert_eq!(
+            r.handle_fragment(t1, STREAM, SESSION, &frag(2, 6, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(r.poll_timeout(), Some(t0 + timeout));
+
+        r.handle_timeout(t0 + timeout - Duration::from_nanos(1));
+        assert_eq!(r.partial_count(), 2);
+        r.handle_timeout(t0 + timeout);
+        assert_eq!(r.partial_count(), 1);
+        assert_eq!(r.buffered_bytes(), 6);
+        assert_eq!(r.stats().expired, 1);
+        assert_eq!(r.poll_timeout(), Some(t1 + timeout));
+
+        // Expiry also happens inside handle_fragment: the rest of message 2
+        // arrives too late and starts a new partial instead of completing.
+        let late = t1 + timeout;
+        assert_eq!(
+            r.handle_fragment(late, STREAM, SESSION, &frag(2, 6, 2, DELTA, b"cdef")),
+            Ok(None)
+        );
+        assert_eq!(r.stats().expired, 2);
+        assert_eq!(r.partial_count(), 1);
+        assert_eq!(r.poll_timeout(), Some(late + timeout));
+        r.handle_timeout(late + timeout);
+        assert_eq!(r.partial_count(), 0);
+        assert_eq!(r.buffered_bytes(), 0);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_message_completing_just_in_time_is_delivered() {
+        let timeout = Duration::from_millis(500);
+        let mut r = reassembler(|c| {
+            c.timeout(timeout);
+        });
+        let t0 = Instant::now();
+        assert_eq!(
+            r.handle_fragment(t0, STREAM, SESSION, &frag(1, 4, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        let just = t0 + timeout - Duration::from_nanos(1);
+        let done = r
+            .handle_fragment(just, STREAM, SESSION, &frag(1, 4, 2, DELTA, b"cd"))
+            .unwrap();
+        assert_eq!(done.unwrap().body, b"abcd");
+    }
+
+    #[test]
+    fn huge_timeout_does_not_overflow() {
+        // `Duration::MAX` passes validation ("never expire"); the deadline
+        // arithmetic must not overflow `Instant`.
+        let mut r = reassembler(|c| {
+            c.timeout(Duration::MAX);
+        });
+        let t0 = Instant::now();
+        assert_eq!(
+            r.handle_fragment(t0, STREAM, SESSION, &frag(1, 4, 0, DELTA, b"ab")),
+            Ok(None)
+        );
+        assert_eq!(
+            r.handle_fragment(
+                t0 + Duration::from_secs(86_400 * 365),
+                STREAM,
+                SESSION,
+                &frag(2, 4, 0, DELTA, b"ab")
+            ),
+            Ok(None)
+        );
+        r.handle_timeout(t0 + Duration::from_secs(86_400 * 3650));
+        assert_eq!(r.partial_count(), 2);
+        assert_eq!(r.poll_timeout(), None);
+    }
+
+    #[test]
+    fn forget_session_drops_only_that_session() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let other_session = SessionId(0xbeef);
+        let other_stream = StreamId(2);
+        for (stream, session) in [
+            (STREAM, SESSION),
+            (STREAM, other_session),
+            (other_stream, SESSION),
+        ] {
+            assert_eq!(
+                r.handle_fragment(now, stream, session, &frag(1, 4, 0, DELTA, b"ab")),
+                Ok(None)
+            );
+            assert_eq!(
+                r.handle_fragment(now, stream, session, &frag(2, 8, 0, DELTA, b"ab")),
+                Ok(None)
+            );
+        }
+        assert_eq!(r.partial_count(), 6);
+        assert_eq!(r.buffered_bytes(), 36);
+        r.forget_session(STREAM, SESSION);
+        assert_eq!(r.partial_count(), 4);
+        assert_eq!(r.buffered_bytes(), 24);
+        assert_bounded(&r);
+        // Forgotten: the rest does not complete; others still do.
+        assert_eq!(
+            r.handle_fragment(now, STREAM, SESSION, &frag(1, 4, 2, DELTA, b"cd")),
+            Ok(None)
+        );
+        for (stream, session) in [(STREAM, other_session), (other_stream, SESSION)] {
+            let done = r
+                .handle_fragment(now, stream, session, &frag(1, 4, 2, DELTA, b"cd"))
+                .unwrap();
+            assert_eq!(done.unwrap().body, b"abcd");
+        }
+        // Forgetting an unknown session is a no-op.
+        r.forget_session(StreamId(99), SessionId(99));
+        assert_eq!(r.partial_count(), 3);
+    }
+
+    #[test]
+    fn duplicates_after_completion_are_dropped() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let a = frag(5, 4, 0, DELTA, b"ab");
+        let b = frag(5, 4, 2, DELTA, b"cd");
+        assert_eq!(r.handle_fragment(now, STREAM, SESSION, &a), Ok(None));
+        assert!(r
+            .handle_fragment(now, STREAM, SESSION, &b)
+            .unwrap()
+            .is_some());
+        for f in [a, b, a] {
+            assert_eq!(r.handle_fragment(now, STREAM, SESSION, &f), Ok(None));
+        }
+        assert_eq!(
+            r.partial_count(),
+            0,
+            "a late duplicate started a new partial"
+        );
+        assert_eq!(r.stats().duplicates, 3);
+        assert_eq!(r.stats().completed, 1);
+        // A single-fragment message duplicated is delivered once too.
+        let one = frag(6, 3, 0, DELTA, b"xyz");
+        assert!(r
+            .handle_fragment(now, STREAM, SESSION, &one)
+            .unwrap()
+            .is_some());
+        assert_eq!(r.handle_fragment(now, STREAM, SESSION, &one), Ok(None));
+        // The same frag_id in another session is another message.
+        assert!(r
+            .handle_fragment(now, STREAM, SessionId(1), &one)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn completed_ids_are_remembered_for_a_bounded_window() {
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let first = frag(0, 1, 0, DELTA, b"x");
+        assert!(r
+            .handle_fragment(now, STREAM, SESSION, &first)
+            .unwrap()
+            .is_some());
+        for id in 1..RECENT_DONE as u32 {
+            assert!(r
+                .handle_fragment(now, STREAM, SESSION, &frag(id, 1, 0, DELTA, b"x"))
+                .unwrap()
+                .is_some());
+            // Still within the window: dropped.
+            assert_eq!(r.handle_fragment(now, STREAM, SESSION, &first), Ok(None));
+        }
+        assert_eq!(r.recent_done.len(), RECENT_DONE);
+        // One more completion pushes id 0 out of the window.
+        assert!(r
+            .handle_fragment(now, STREAM, SESSION, &frag(1000, 1, 0, DELTA, b"x"))
+            .unwrap()
+            .is_some());
+        assert_eq!(r.recent_done.len(), RECENT_DONE);
+        assert!(r
+            .handle_fragment(now, STREAM, SESSION, &first)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn reassembled_message_decodes_or_reports() {
+        let ok = Reassembled {
+            kind: 0x06,
+            body: [0u8; 20].to_vec(),
+        };
+        assert!(matches!(ok.message(), Ok(Message::Heartbeat(_))));
+        let short = Reassembled {
+            kind: 0x06,
+            body: vec![0; 3],
+        };
+        assert_eq!(short.message().unwrap_err().code(), "body_too_short");
+        let critical = Reassembled {
+            kind: 0x90,
+            body: vec![1],
+        };
+        assert_eq!(
+            critical.message().unwrap_err(),
+            DecodeError::UnknownCriticalKind { kind: 0x90 }
+        );
+        let padding = Reassembled {
+            kind: 0x00,
+            body: vec![1],
+        };
+        assert_eq!(padding.message().unwrap_err(), DecodeError::Empty);
+    }
+
+    #[test]
+    fn config_validation() {
+        assert_eq!(ReassemblyConfig::default().validate(), Ok(()));
+        let field_of = |f: fn(&mut ReassemblyConfig)| {
+            let mut cfg = ReassemblyConfig::default();
+            f(&mut cfg);
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(Reassembler::new(cfg).unwrap_err(), err);
+            assert!(!err.to_string().is_empty());
+            let ConfigError::OutOfRange { field, .. } = err;
+            field
+        };
+        assert_eq!(
+            field_of(|c| {
+                c.max_message_size(0);
+            }),
+            "reassembly.max_message_size"
+        );
+        assert_eq!(
+            field_of(|c| {
+                c.max_message_size(u32::MAX as usize + 1)
+                    .max_buffered_bytes(usize::MAX);
+            }),
+            "reassembly.max_message_size"
+        );
+        assert_eq!(
+            field_of(|c| {
+                c.max_message_size(1000).max_buffered_bytes(999);
+            }),
+            "reassembly.max_buffered_bytes"
+        );
+        assert_eq!(
+            field_of(|c| {
+                c.max_partials(0);
+            }),
+            "reassembly.max_partials"
+        );
+        assert_eq!(
+            field_of(|c| {
+                c.timeout(Duration::ZERO);
+            }),
+            "reassembly.timeout"
+        );
+        // Boundaries that are accepted.
+        let mut cfg = ReassemblyConfig::default();
+        cfg.max_message_size(u32::MAX as usize)
+            .max_buffered_bytes(u32::MAX as usize)
+            .max_partials(1)
+            .timeout(Duration::from_nanos(1));
+        assert_eq!(cfg.validate(), Ok(()));
+        let mut cfg = ReassemblyConfig::default();
+        cfg.max_message_size(1).max_buffered_bytes(1);
+        assert!(Reassembler::new(cfg).is_ok());
+    }
+
+    #[test]
+    fn keys_are_independent() {
+        // Interleaved fragments of messages with the same frag_id on
+        // different sessions do not mix.
+        let mut r = reassembler(|_| {});
+        let now = Instant::now();
+        let mut done = HashMap::new();
+        let parts: [(u64, u32, &[u8]); 4] =
+            [(1, 0, b"ab"), (2, 0, b"AB"), (2, 2, b"CD"), (1, 2, b"cd")];
+        for (session, offset, data) in parts {
+            if let Some(m) = r
+                .handle_fragment(
+                    now,
+                    STREAM,
+                    SessionId(session),
+                    &frag(0, 4, offset, DELTA, data),
+                )
+                .unwrap()
+            {
+                done.insert(session, m.body);
+            }
+        }
+        assert_eq!(done[&1], b"abcd");
+        assert_eq!(done[&2], b"ABCD");
     }
 }

@@ -76,6 +76,22 @@ impl CycleId {
     pub fn next(self) -> CycleId {
         CycleId(self.0.wrapping_add(1))
     }
+
+    /// Whether this cycle comes after `other`, in serial-number arithmetic
+    /// (RFC 1982): true when it is at most 2^31 - 1 cycles ahead.
+    ///
+    /// ```
+    /// use grapevine_core::CycleId;
+    /// assert!(CycleId(1).is_after(CycleId(0)));
+    /// assert!(CycleId(0).is_after(CycleId(u32::MAX)));
+    /// assert!(!CycleId(5).is_after(CycleId(5)));
+    /// assert!(!CycleId(4).is_after(CycleId(5)));
+    /// ```
+    #[must_use]
+    pub fn is_after(self, other: CycleId) -> bool {
+        let d = self.0.wrapping_sub(other.0);
+        d != 0 && d < 1 << 31
+    }
 }
 
 impl fmt::Display for CycleId {

@@ -12,3 +12,9 @@
 //! ```
 
 pub use grapevine_core as core;
+
+pub mod socket;
+
+pub use socket::{
+    bind_receiver, bind_sender, Interface, MulticastConfig, MulticastSocket, SocketError,
+};

@@ -82,22 +82,21 @@ impl<'a> Datagram<'a> {
     pub fn decode(buf: &'a [u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf);
         let short = |_| DecodeError::ShortHeader { len: buf.len() };
-        let magic: [u8; 4] = r
-            .bytes(4)
-            .map_err(short)?
-            .try_into()
-            .map_err(|_| DecodeError::ShortHeader { len: buf.len() })?;
         // Check the magic before the length so that short foreign datagrams
-        // are reported as foreign.
-        if buf.len() < HEADER_LEN {
-            if magic != MAGIC {
-                return Err(DecodeError::BadMagic { found: magic });
-            }
-            return Err(DecodeError::ShortHeader { len: buf.len() });
+        // are reported as foreign: bytes that are not a prefix of `GRPV` are
+        // foreign even when fewer than four (missing bytes show as 0).
+        let mut magic = [0u8; 4];
+        for (dst, src) in magic.iter_mut().zip(buf) {
+            *dst = *src;
         }
-        if magic != MAGIC {
+        let present = buf.len().min(MAGIC.len());
+        if magic.get(..present) != MAGIC.get(..present) {
             return Err(DecodeError::BadMagic { found: magic });
         }
+        if buf.len() < HEADER_LEN {
+            return Err(DecodeError::ShortHeader { len: buf.len() });
+        }
+        let _magic = r.bytes(MAGIC.len()).map_err(short)?;
         let version = r.u8().map_err(short)?;
         if version != VERSION {
             return Err(DecodeError::UnsupportedVersion { version });
@@ -247,6 +246,16 @@ impl<'b> DatagramWriter<'b> {
         })
     }
 
+    /// Continues a datagram of `len` bytes holding `messages` messages that
+    /// an earlier writer on the same buffer produced.
+    pub(crate) fn resume(buf: &'b mut [u8], len: usize, messages: usize) -> Self {
+        Self {
+            len: len.min(buf.len()),
+            buf,
+            messages,
+        }
+    }
+
     /// Bytes left for messages (each needs a 4-byte message header too).
     #[must_use]
     pub fn remaining(&self) -> usize {
@@ -265,17 +274,24 @@ impl<'b> DatagramWriter<'b> {
         self.messages == 0
     }
 
-    /// Appends one message. On error nothing is written.
+    /// Appends one message. On error nothing is written: neither the
+    /// datagram nor the bytes of `buf` past its current end change.
     ///
     /// # Errors
     ///
+    /// [`EncodeError::InvalidMessage`] if a receiver would reject the message
+    /// (see [`Message::validate`]);
+    /// [`EncodeError::BodyTooLarge`] if its body exceeds [`MAX_BODY_LEN`];
     /// [`EncodeError::DoesNotFit`] if the message does not fit in what is
     /// left (finish this datagram and start another, or fragment the message
-    /// when it would not fit even in an empty one);
-    /// [`EncodeError::BodyTooLarge`] if its body exceeds [`MAX_BODY_LEN`];
-    /// [`EncodeError::FieldTooLong`] if a field exceeds its wire width.
+    /// when it would not fit even in an empty one). They are checked in that
+    /// order.
     pub fn push(&mut self, msg: &Message<'_>) -> Result<(), EncodeError> {
+        msg.validate()?;
         let body_len = msg.body_len();
+        // A body of at most 65,535 bytes also bounds every length field
+        // inside it (key, NAK range count), so writing the body cannot fail
+        // once this and the space check pass.
         let len16 =
             u16::try_from(body_len).map_err(|_| EncodeError::BodyTooLarge { len: body_len })?;
         let needed = MESSAGE_HEADER_LEN + body_len;
@@ -286,31 +302,40 @@ impl<'b> DatagramWriter<'b> {
             });
         }
         let start = self.len;
+        let full = |_| EncodeError::DoesNotFit {
+            needed,
+            remaining: 0,
+        };
+        // The body first, then the message header: should the body fail after
+        // all, no header claims it.
+        let mut w = Writer::new(self.buf, start + MESSAGE_HEADER_LEN);
+        msg.write_body(&mut w)?;
+        let end = w.pos();
         let mut w = Writer::new(self.buf, start);
-        let res = (|| {
-            let full = |_| EncodeError::DoesNotFit {
-                needed,
-                remaining: 0,
-            };
-            w.u8(msg.kind_byte()).map_err(full)?;
-            w.u8(0).map_err(full)?;
-            w.u16(len16).map_err(full)?;
-            msg.write_body(&mut w)
-        })();
-        res?;
-        self.len = w.pos();
+        w.u8(msg.kind_byte()).map_err(full)?;
+        w.u8(0).map_err(full)?;
+        w.u16(len16).map_err(full)?;
+        self.len = end;
         self.messages += 1;
         Ok(())
     }
 
-    /// Pads the datagram with zero bytes to exactly `len` bytes (capped at the
-    /// buffer size), for batched sends that need equal-sized datagrams.
-    /// Does nothing if the datagram is already that long.
-    pub fn pad_to(&mut self, len: usize) {
+    /// Ends the datagram padded with zero bytes to `len` bytes (capped at the
+    /// buffer size; a datagram already that long is not shrunk) and returns
+    /// its length: send `buf[..len]`. For batched sends that need
+    /// equal-sized datagrams (UDP GSO). The padding starts with a `0x00`
+    /// kind byte, which receivers read as the end of the messages
+    /// (PROTOCOL.md §4.1); taking the writer by value makes a later push,
+    /// which would be hidden behind it, impossible.
+    #[must_use]
+    pub fn finish_padded(self, len: usize) -> usize {
         let target = len.min(self.buf.len());
-        if let Some(tail) = self.buf.get_mut(self.len..target) {
-            tail.fill(0);
-            self.len = target;
+        match self.buf.get_mut(self.len..target) {
+            Some(tail) => {
+                tail.fill(0);
+                target
+            }
+            None => self.len,
         }
     }
 

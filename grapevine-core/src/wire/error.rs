@@ -11,7 +11,10 @@ use super::MessageKind;
 #[non_exhaustive]
 pub enum DecodeError {
     /// Fewer bytes than the fixed datagram header.
-    #[error("datagram of {len} bytes is shorter than the {}-byte header", super::HEADER_LEN)]
+    #[error(
+        "datagram of {len} bytes is shorter than the {}-byte header",
+        super::HEADER_LEN
+    )]
     ShortHeader {
         /// Length of the datagram.
         len: usize,
@@ -118,6 +121,15 @@ pub enum Malformed {
         /// The declared previous sequence number of its leaf.
         prev: u64,
     },
+    /// A delta with delta flag bits this version does not define.
+    #[error("unknown delta flags {0:#04x}")]
+    UnknownDeltaFlags(u8),
+    /// A delta flagged as creating its leaf whose `prev_leaf_seq` is not 0.
+    #[error("delta creates its leaf but names previous delta {prev}")]
+    CreatesWithPrev {
+        /// The declared previous sequence number.
+        prev: u64,
+    },
     /// A leaf snapshot with leaf flag bits this version does not define.
     #[error("unknown leaf flags {0:#04x}")]
     UnknownLeafFlags(u8),
@@ -151,6 +163,12 @@ pub enum Malformed {
     /// A fragment whose inner kind is padding or another fragment.
     #[error("fragment cannot carry kind {0:#04x}")]
     BadInnerKind(u8),
+    /// An unknown message ([`super::Message::Unknown`]) whose kind this
+    /// version defines (`0x00..=0x08`). Only the encoder reports it
+    /// ([`EncodeError::InvalidMessage`]): a decoder reads a defined kind as
+    /// that kind, so PROTOCOL.md §7 has no counter for it.
+    #[error("kind {0:#04x} is defined by this version and cannot be sent as an unknown message")]
+    ReservedKind(u8),
 }
 
 impl Malformed {
@@ -161,6 +179,8 @@ impl Malformed {
             Malformed::BodyTooShort { .. } => "body_too_short",
             Malformed::ZeroSeq => "zero_seq",
             Malformed::PrevNotBeforeSeq { .. } => "prev_not_before_seq",
+            Malformed::UnknownDeltaFlags(_) => "unknown_delta_flags",
+            Malformed::CreatesWithPrev { .. } => "creates_with_prev",
             Malformed::UnknownLeafFlags(_) => "unknown_leaf_flags",
             Malformed::TombstoneWithValue => "tombstone_with_value",
             Malformed::EmptyNak => "empty_nak",
@@ -168,6 +188,7 @@ impl Malformed {
             Malformed::EmptyFragment => "empty_fragment",
             Malformed::FragmentOutOfBounds { .. } => "fragment_out_of_bounds",
             Malformed::BadInnerKind(_) => "bad_inner_kind",
+            Malformed::ReservedKind(_) => "reserved_kind",
         }
     }
 }
@@ -197,6 +218,20 @@ pub enum EncodeError {
     BufferTooSmall {
         /// Buffer length.
         len: usize,
+    },
+    /// The message breaks a rule of its kind, so a receiver would drop the
+    /// whole datagram carrying it (PROTOCOL.md §7); nothing is written. See
+    /// [`super::Message::validate`] for the checks: a Delta or Retransmit
+    /// with `seq` 0, a `prev_leaf_seq` not below `seq`, or `creates` with a
+    /// `prev_leaf_seq` other than 0; a NAK with no range or an invalid one; a
+    /// fragment with no data, a zero `total_len`, data past `total_len`, or
+    /// inner kind `0x00`/`0x08`; an unknown message whose kind this version
+    /// defines. An unknown critical kind (`0x80..=0xff`) is written as asked:
+    /// receivers dropping its datagram is what such a kind means.
+    #[error("refusing to encode an invalid message: {reason}")]
+    InvalidMessage {
+        /// The rule broken, as a receiver would report it.
+        reason: Malformed,
     },
     /// A field that exceeds its wire width (a key over 65,535 bytes, more
     /// than 65,535 NAK ranges, a fragmented body over 4 GiB).

@@ -1,6 +1,8 @@
 //! Splitting a large message body into fragments.
 
-use super::{Fragment, MessageKind, DEFAULT_MAX_DATAGRAM, FRAGMENT_FIXED, HEADER_LEN, MESSAGE_HEADER_LEN};
+use super::{
+    Fragment, MessageKind, DEFAULT_MAX_DATAGRAM, FRAGMENT_FIXED, HEADER_LEN, MESSAGE_HEADER_LEN,
+};
 
 /// Largest fragment data that fits in an otherwise empty datagram of
 /// `max_datagram` bytes (`0` if none fits).

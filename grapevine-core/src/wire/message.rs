@@ -55,6 +55,9 @@ impl MessageKind {
 
 /// Bit in a leaf snapshot's `leaf_flags`: the leaf is absent (deleted).
 pub const LEAF_FLAG_TOMBSTONE: u8 = 0x01;
+/// Bit in a delta's `delta_flags`: the leaf did not exist at the publisher
+/// before this delta.
+pub const DELTA_FLAG_CREATES: u8 = 0x01;
 
 /// A live change to one leaf (kinds Delta and Retransmit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,8 +65,12 @@ pub struct Delta<'a> {
     /// Global sequence number of this delta (`>= 1`).
     pub seq: SeqNum,
     /// Sequence number of the previous delta applied to the same leaf in this
-    /// session, or [`SeqNum::NONE`] if the leaf did not exist at the publisher.
+    /// session, or [`SeqNum::NONE`] if none was (the leaf is untouched since
+    /// the session started, or `creates` is set).
     pub prev_leaf_seq: SeqNum,
+    /// The leaf did not exist at the publisher before this delta (then
+    /// `prev_leaf_seq` is 0).
+    pub creates: bool,
     /// The leaf's key, as encoded by the application's key codec.
     pub key: &'a [u8],
     /// The encoded change.
@@ -233,7 +240,10 @@ pub enum Message<'a> {
     /// A piece of a large message; feed it to a [`crate::Reassembler`].
     Fragment(Fragment<'a>),
     /// A kind in `0x09..=0x7f` that this version does not define; receivers
-    /// skip it. Never produced for kinds this version defines.
+    /// skip it. Never produced for kinds this version defines, and never
+    /// written with one ([`Malformed::ReservedKind`]). For tests and
+    /// foreign-datagram tooling, an encoder also writes a critical kind
+    /// `0x80..=0xff`, which makes receivers drop the whole datagram.
     Unknown {
         /// The kind byte.
         kind: u8,
@@ -243,7 +253,7 @@ pub enum Message<'a> {
 }
 
 /// Fixed lengths of the bodies (PROTOCOL.md §4).
-pub(crate) const DELTA_FIXED: usize = 8 + 8 + 2;
+pub(crate) const DELTA_FIXED: usize = 8 + 8 + 1 + 2;
 pub(crate) const SNAPSHOT_FIXED: usize = 4 + 4 + 8 + 1 + 2;
 pub(crate) const CYCLE_LEN: usize = 4 + 8 + 4;
 pub(crate) const HEARTBEAT_LEN: usize = 8 + 8 + 4;
@@ -326,6 +336,7 @@ impl<'a> Message<'a> {
             MessageKind::Delta | MessageKind::Retransmit => {
                 let seq = r.u64().map_err(short)?;
                 let prev = r.u64().map_err(short)?;
+                let flags = r.u8().map_err(short)?;
                 let key_len = r.u16().map_err(short)?;
                 let key = r.bytes(key_len.into()).map_err(short)?;
                 let payload = r.rest();
@@ -335,9 +346,17 @@ impl<'a> Message<'a> {
                 if prev >= seq {
                     return Err(bad(Malformed::PrevNotBeforeSeq { seq, prev }));
                 }
+                if flags & !DELTA_FLAG_CREATES != 0 {
+                    return Err(bad(Malformed::UnknownDeltaFlags(flags)));
+                }
+                let creates = flags & DELTA_FLAG_CREATES != 0;
+                if creates && prev != 0 {
+                    return Err(bad(Malformed::CreatesWithPrev { prev }));
+                }
                 let d = Delta {
                     seq: SeqNum(seq),
                     prev_leaf_seq: SeqNum(prev),
+                    creates,
                     key,
                     payload,
                 };
@@ -450,6 +469,86 @@ impl<'a> Message<'a> {
         Ok(Some(msg))
     }
 
+    /// Checks the rules a receiver applies to a message of this kind
+    /// (PROTOCOL.md §4, §5 and §7), so that an encoder never writes what a
+    /// decoder would reject. Cheap: no allocation, one pass over the NAK
+    /// ranges. Called by [`super::DatagramWriter::push`] and
+    /// [`Message::encode_body`].
+    ///
+    /// Leaf snapshots, cycle markers and heartbeats are always valid (a
+    /// tombstone cannot carry a value by construction). Widths of length
+    /// fields are not checked here (see [`EncodeError::BodyTooLarge`] and
+    /// [`EncodeError::FieldTooLong`]).
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::InvalidMessage`] with the [`Malformed`] case a receiver
+    /// would report: [`Malformed::ZeroSeq`], [`Malformed::PrevNotBeforeSeq`]
+    /// and [`Malformed::CreatesWithPrev`] for a Delta or Retransmit;
+    /// [`Malformed::EmptyNak`] and [`Malformed::BadNakRange`] for a NAK;
+    /// [`Malformed::EmptyFragment`], [`Malformed::FragmentOutOfBounds`] and
+    /// [`Malformed::BadInnerKind`] for a fragment;
+    /// [`Malformed::ReservedKind`] for a [`Message::Unknown`] whose kind this
+    /// version defines (`0x00..=0x08`).
+    pub fn validate(&self) -> Result<(), EncodeError> {
+        let invalid = |reason| Err(EncodeError::InvalidMessage { reason });
+        match self {
+            Message::Delta(d) | Message::Retransmit(d) => {
+                let (seq, prev) = (d.seq.0, d.prev_leaf_seq.0);
+                if seq == 0 {
+                    return invalid(Malformed::ZeroSeq);
+                }
+                if prev >= seq {
+                    return invalid(Malformed::PrevNotBeforeSeq { seq, prev });
+                }
+                if d.creates && prev != 0 {
+                    return invalid(Malformed::CreatesWithPrev { prev });
+                }
+            }
+            Message::Nak(n) => {
+                if n.ranges.is_empty() {
+                    return invalid(Malformed::EmptyNak);
+                }
+                for range in n.ranges.iter() {
+                    if range.first.0 == 0 || range.first > range.last {
+                        return invalid(Malformed::BadNakRange {
+                            first: range.first.0,
+                            last: range.last.0,
+                        });
+                    }
+                }
+            }
+            Message::Fragment(f) => {
+                if f.data.is_empty() || f.total_len == 0 {
+                    return invalid(Malformed::EmptyFragment);
+                }
+                let end = u64::from(f.offset) + f.data.len() as u64;
+                if end > u64::from(f.total_len) {
+                    return invalid(Malformed::FragmentOutOfBounds {
+                        offset: f.offset,
+                        end,
+                        total_len: f.total_len,
+                    });
+                }
+                if f.inner_kind == MessageKind::Padding as u8
+                    || f.inner_kind == MessageKind::Fragment as u8
+                {
+                    return invalid(Malformed::BadInnerKind(f.inner_kind));
+                }
+            }
+            Message::Unknown { kind, .. } => {
+                if MessageKind::from_u8(*kind).is_some() {
+                    return invalid(Malformed::ReservedKind(*kind));
+                }
+            }
+            Message::LeafSnapshot(_)
+            | Message::CycleBegin(_)
+            | Message::CycleEnd(_)
+            | Message::Heartbeat(_) => {}
+        }
+        Ok(())
+    }
+
     /// Writes the body (no message header) at the writer's position.
     pub(crate) fn write_body(&self, w: &mut Writer<'_>) -> Result<(), EncodeError> {
         let full = |_: Short| EncodeError::DoesNotFit {
@@ -464,6 +563,8 @@ impl<'a> Message<'a> {
                 let kl = key_len(d.key)?;
                 w.u64(d.seq.0).map_err(full)?;
                 w.u64(d.prev_leaf_seq.0).map_err(full)?;
+                w.u8(if d.creates { DELTA_FLAG_CREATES } else { 0 })
+                    .map_err(full)?;
                 w.u16(kl).map_err(full)?;
                 w.put(d.key).map_err(full)?;
                 w.put(d.payload).map_err(full)?;
@@ -499,8 +600,10 @@ impl<'a> Message<'a> {
                 w.u32(h.interval_ms).map_err(full)?;
             }
             Message::Nak(n) => {
-                let count = u16::try_from(n.ranges.len())
-                    .map_err(|_| EncodeError::FieldTooLong { field: "NAK ranges" })?;
+                let count =
+                    u16::try_from(n.ranges.len()).map_err(|_| EncodeError::FieldTooLong {
+                        field: "NAK ranges",
+                    })?;
                 w.u32(n.requester).map_err(full)?;
                 w.u16(count).map_err(full)?;
                 for r in n.ranges.iter() {
@@ -527,10 +630,12 @@ impl<'a> Message<'a> {
     ///
     /// # Errors
     ///
-    /// [`EncodeError::FieldTooLong`] if a key or the NAK range list exceeds
-    /// its wire field.
+    /// [`EncodeError::InvalidMessage`] if a receiver would reject the message
+    /// ([`Message::validate`]); [`EncodeError::FieldTooLong`] if a key or the
+    /// NAK range list exceeds its wire field. `out` is left empty then.
     pub fn encode_body(&self, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         out.clear();
+        self.validate()?;
         out.resize(self.body_len(), 0);
         let mut w = Writer::new(out, 0);
         self.write_body(&mut w)
@@ -558,7 +663,11 @@ impl fmt::Display for Message<'_> {
                 } else {
                     "Retransmit"
                 };
-                write!(f, "{name} seq={} prev_leaf_seq={} key=", d.seq, d.prev_leaf_seq)?;
+                write!(f, "{name} seq={} prev_leaf_seq={}", d.seq, d.prev_leaf_seq)?;
+                if d.creates {
+                    f.write_str(" creates")?;
+                }
+                f.write_str(" key=")?;
                 hex(f, d.key)?;
                 f.write_str(" payload=")?;
                 hex(f, d.payload)

@@ -19,6 +19,7 @@
 //!     w.push(&Message::Delta(Delta {
 //!         seq: SeqNum(seq),
 //!         prev_leaf_seq: SeqNum::NONE,
+//!         creates: false,
 //!         key: b"k",
 //!         payload: &seq.to_be_bytes(),
 //!     }))?;
@@ -43,6 +44,7 @@ mod datagram;
 mod error;
 mod fragment;
 mod message;
+mod packer;
 
 pub use datagram::{
     Datagram, DatagramHeader, DatagramWriter, Messages, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC,
@@ -52,8 +54,9 @@ pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
 pub use message::{
     CycleBegin, CycleEnd, Delta, Fragment, Heartbeat, LeafSnapshot, Message, MessageKind, Nak,
-    NakRanges, FRAGMENT_FIXED, LEAF_FLAG_TOMBSTONE,
+    NakRanges, DELTA_FLAG_CREATES, FRAGMENT_FIXED, LEAF_FLAG_TOMBSTONE,
 };
+pub use packer::Packer;
 
 #[cfg(test)]
 mod tests;

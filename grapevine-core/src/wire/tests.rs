@@ -1,0 +1,2189 @@
+//! Tests of the wire codec: property-based round trips of every message kind
+//! (alone and packed into datagrams), robustness against arbitrary and mutated
+//! input, one unit test per decode error, the writer's edge cases, and
+//! fragmentation through real datagrams into a [`Reassembler`].
+
+use std::time::Instant;
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+use super::*;
+use crate::{CycleId, Reassembler, ReassemblyConfig, SeqNum, SeqRange, SessionId, StreamId};
+
+// ---------------------------------------------------------------------------
+// Owned messages: strategies generate these, tests borrow `Message`s from them.
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Owned {
+    Delta {
+        retransmit: bool,
+        seq: u64,
+        prev: u64,
+        creates: bool,
+        key: Vec<u8>,
+        payload: Vec<u8>,
+    },
+    Snapshot {
+        cycle: u32,
+        position: u32,
+        leaf_seq: u64,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    CycleBegin(CycleBegin),
+    CycleEnd(CycleEnd),
+    Heartbeat(Heartbeat),
+    Nak {
+        requester: u32,
+        ranges: Vec<SeqRange>,
+    },
+    Fragment {
+        frag_id: u32,
+        total_len: u32,
+        offset: u32,
+        inner_kind: u8,
+        data: Vec<u8>,
+    },
+    Unknown {
+        kind: u8,
+        body: Vec<u8>,
+    },
+}
+
+impl Owned {
+    fn msg(&self) -> Message<'_> {
+        match self {
+            Owned::Delta {
+                retransmit,
+                seq,
+                prev,
+                creates,
+                key,
+                payload,
+            } => {
+                let d = Delta {
+                    seq: SeqNum(*seq),
+                    prev_leaf_seq: SeqNum(*prev),
+                    creates: *creates,
+                    key,
+                    payload,
+                };
+                if *retransmit {
+                    Message::Retransmit(d)
+                } else {
+                    Message::Delta(d)
+                }
+            }
+            Owned::Snapshot {
+                cycle,
+                position,
+                leaf_seq,
+                key,
+                value,
+            } => Message::LeafSnapshot(LeafSnapshot {
+                cycle: CycleId(*cycle),
+                position: *position,
+                leaf_seq: SeqNum(*leaf_seq),
+                key,
+                value: value.as_deref(),
+            }),
+            Owned::CycleBegin(c) => Message::CycleBegin(*c),
+            Owned::CycleEnd(c) => Message::CycleEnd(*c),
+            Owned::Heartbeat(h) => Message::Heartbeat(*h),
+            Owned::Nak { requester, ranges } => Message::Nak(Nak {
+                requester: *requester,
+                ranges: NakRanges::from_slice(ranges),
+            }),
+            Owned::Fragment {
+                frag_id,
+                total_len,
+                offset,
+                inner_kind,
+                data,
+            } => Message::Fragment(Fragment {
+                frag_id: *frag_id,
+                total_len: *total_len,
+                offset: *offset,
+                inner_kind: *inner_kind,
+                data,
+            }),
+            Owned::Unknown { kind, body } => Message::Unknown { kind: *kind, body },
+        }
+    }
+}
+
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    vec(any::<u8>(), 0..=max)
+}
+
+/// A sequence number `>= min`, biased towards the edges.
+fn seq_from(min: u64) -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(min),
+        Just(u64::MAX),
+        min..=min.saturating_add(100),
+        min..=u64::MAX,
+    ]
+}
+
+fn delta() -> impl Strategy<Value = Owned> {
+    (any::<bool>(), seq_from(1))
+        .prop_flat_map(|(retransmit, seq)| {
+            (
+                Just(retransmit),
+                Just(seq),
+                prop_oneof![Just(0), Just(seq - 1), 0..seq],
+                bytes(40),
+                bytes(400),
+            )
+        })
+        .prop_flat_map(|(retransmit, seq, prev, key, payload)| {
+            // Only a delta whose prev is 0 may create its leaf.
+            let creates = if prev == 0 {
+                any::<bool>().boxed()
+            } else {
+                Just(false).boxed()
+            };
+            (Just((retransmit, seq, prev, key, payload)), creates)
+        })
+        .prop_map(
+            |((retransmit, seq, prev, key, payload), creates)| Owned::Delta {
+                retransmit,
+                seq,
+                prev,
+                creates,
+                key,
+                payload,
+            },
+        )
+}
+
+fn snapshot() -> impl Strategy<Value = Owned> {
+    (
+        any::<u32>(),
+        any::<u32>(),
+        any::<u64>(),
+        bytes(40),
+        proptest::option::of(bytes(400)),
+    )
+        .prop_map(|(cycle, position, leaf_seq, key, value)| Owned::Snapshot {
+            cycle,
+            position,
+            leaf_seq,
+            key,
+            value,
+        })
+}
+
+fn nak_range() -> impl Strategy<Value = SeqRange> {
+    seq_from(1)
+        .prop_flat_map(|first| (Just(first), seq_from(first)))
+        .prop_map(|(first, last)| SeqRange {
+            first: SeqNum(first),
+            last: SeqNum(last),
+        })
+}
+
+fn inner_kind() -> impl Strategy<Value = u8> {
+    prop_oneof![1u8..=7, 9u8..=u8::MAX]
+}
+
+fn fragment() -> impl Strategy<Value = Owned> {
+    (any::<u32>(), inner_kind(), vec(any::<u8>(), 1..=400))
+        .prop_flat_map(|(frag_id, inner_kind, data)| {
+            let min_total = u32::try_from(data.len()).unwrap();
+            (
+                Just(frag_id),
+                Just(inner_kind),
+                Just(data),
+                prop_oneof![Just(min_total), min_total..=u32::MAX],
+            )
+        })
+        .prop_flat_map(|(frag_id, inner_kind, data, total_len)| {
+            let max_offset = total_len - u32::try_from(data.len()).unwrap();
+            (
+                Just(frag_id),
+                Just(inner_kind),
+                Just(data),
+                Just(total_len),
+                prop_oneof![Just(0), Just(max_offset), 0..=max_offset],
+            )
+        })
+        .prop_map(
+            |(frag_id, inner_kind, data, total_len, offset)| Owned::Fragment {
+                frag_id,
+                total_len,
+                offset,
+                inner_kind,
+                data,
+            },
+        )
+}
+
+fn message() -> impl Strategy<Value = Owned> {
+    prop_oneof![
+        3 => delta(),
+        2 => snapshot(),
+        1 => (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(c, s, n)| {
+            Owned::CycleBegin(CycleBegin { cycle: CycleId(c), start_seq: SeqNum(s), leaf_count: n })
+        }),
+        1 => (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(c, s, n)| {
+            Owned::CycleEnd(CycleEnd { cycle: CycleId(c), end_seq: SeqNum(s), leaf_count: n })
+        }),
+        1 => (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(l, t, i)| {
+            Owned::Heartbeat(Heartbeat { last_seq: SeqNum(l), sent_at_micros: t, interval_ms: i })
+        }),
+        1 => (any::<u32>(), vec(nak_range(), 1..=20))
+            .prop_map(|(requester, ranges)| Owned::Nak { requester, ranges }),
+        2 => fragment(),
+        1 => (0x09u8..=0x7f, bytes(200)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
+    ]
+}
+
+/// A number biased towards 0, 1 and small values, sometimes anything.
+fn loose_u64() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        Just(0u64),
+        Just(1u64),
+        0u64..6,
+        any::<u64>(),
+        Just(u64::MAX)
+    ]
+}
+
+fn loose_u32() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(0u32), 0u32..12, any::<u32>(), Just(u32::MAX)]
+}
+
+/// Messages with fields chosen without regard to the rules of their kind,
+/// valid or not.
+fn loose_message() -> impl Strategy<Value = Owned> {
+    prop_oneof![
+        (
+            any::<bool>(),
+            loose_u64(),
+            loose_u64(),
+            any::<bool>(),
+            bytes(3),
+            bytes(3)
+        )
+            .prop_map(
+                |(retransmit, seq, prev, creates, key, payload)| Owned::Delta {
+                    retransmit,
+                    seq,
+                    prev,
+                    creates,
+                    key,
+                    payload,
+                }
+            ),
+        (any::<u32>(), vec((loose_u64(), loose_u64()), 0..4)).prop_map(|(requester, r)| {
+            Owned::Nak {
+                requester,
+                ranges: r
+                    .into_iter()
+                    .map(|(first, last)| SeqRange {
+                        first: SeqNum(first),
+                        last: SeqNum(last),
+                    })
+                    .collect(),
+            }
+        }),
+        (
+            any::<u32>(),
+            loose_u32(),
+            loose_u32(),
+            any::<u8>(),
+            bytes(4)
+        )
+            .prop_map(
+                |(frag_id, total_len, offset, inner_kind, data)| Owned::Fragment {
+                    frag_id,
+                    total_len,
+                    offset,
+                    inner_kind,
+                    data,
+                }
+            ),
+        (any::<u8>(), bytes(24)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
+        message(),
+    ]
+}
+
+fn header() -> impl Strategy<Value = DatagramHeader> {
+    (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(stream, session, datagram_seq)| {
+        DatagramHeader {
+            stream: StreamId(stream),
+            session: SessionId(session),
+            datagram_seq,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+const H: DatagramHeader = DatagramHeader {
+    stream: StreamId(0x0102_0304),
+    session: SessionId(0x1112_1314_1516_1718),
+    datagram_seq: 42,
+};
+
+/// One datagram produced by [`pack`].
+struct Packed {
+    header: DatagramHeader,
+    bytes: Vec<u8>,
+    /// Indices of the messages it carries, in order.
+    carried: Vec<usize>,
+}
+
+/// Packs `msgs` greedily into datagrams of at most `max` bytes, starting a new
+/// datagram on `DoesNotFit`. A message too large for an empty datagram is
+/// skipped; its index is returned in the second list.
+fn pack(base: DatagramHeader, msgs: &[Message<'_>], max: usize) -> (Vec<Packed>, Vec<usize>) {
+    let mut out: Vec<Packed> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut i = 0;
+    while i < msgs.len() {
+        let header = DatagramHeader {
+            datagram_seq: base.datagram_seq.wrapping_add(out.len() as u64),
+            ..base
+        };
+        let mut buf = vec![0u8; max];
+        let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+        let mut carried = Vec::new();
+        let mut expected_len = HEADER_LEN;
+        while let Some(m) = msgs.get(i) {
+            let remaining = w.remaining();
+            match w.push(m) {
+                Ok(()) => {
+                    assert!(m.encoded_len() <= remaining);
+                    assert_eq!(w.remaining(), remaining - m.encoded_len());
+                    expected_len += m.encoded_len();
+                    carried.push(i);
+                    i += 1;
+                }
+                Err(EncodeError::DoesNotFit {
+                    needed,
+                    remaining: left,
+                }) => {
+                    assert_eq!(needed, m.encoded_len());
+                    assert_eq!(left, remaining);
+                    assert!(needed > left);
+                    assert_eq!(w.remaining(), remaining, "a failed push used space");
+                    if w.is_empty() {
+                        assert!(m.encoded_len() > max - HEADER_LEN);
+                        skipped.push(i);
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                Err(e) => panic!("unexpected {e:?} for {m}"),
+            }
+        }
+        assert_eq!(w.message_count(), carried.len());
+        let len = w.finish();
+        assert_eq!(len, expected_len);
+        assert!(len <= max);
+        if !carried.is_empty() {
+            buf.truncate(len);
+            out.push(Packed {
+                header,
+                bytes: buf,
+                carried,
+            });
+        }
+    }
+    (out, skipped)
+}
+
+/// Encodes `msgs` into one exactly sized datagram.
+fn encode(header: &DatagramHeader, msgs: &[Message<'_>]) -> Vec<u8> {
+    let len = HEADER_LEN + msgs.iter().map(Message::encoded_len).sum::<usize>();
+    let mut buf = vec![0u8; len];
+    let mut w = DatagramWriter::new(&mut buf, header).unwrap();
+    for m in msgs {
+        w.push(m).unwrap();
+    }
+    assert_eq!(w.finish(), len);
+    buf
+}
+
+/// Decodes `bytes`: an error is fine; an accepted datagram must carry at least
+/// one message and re-encode to a datagram that decodes identically, and whose
+/// re-encoding is the same bytes (a fixed point). Returns the message count.
+fn check_consistent(bytes: &[u8]) -> Option<usize> {
+    let d = match Datagram::decode(bytes) {
+        Ok(d) => d,
+        Err(e) => {
+            assert!(!e.code().is_empty());
+            assert!(!e.to_string().is_empty());
+            return None;
+        }
+    };
+    let msgs: Vec<Message<'_>> = d.messages().collect();
+    assert!(!msgs.is_empty(), "accepted a datagram without messages");
+    for m in &msgs {
+        let kind = m.kind_byte();
+        assert!(kind != 0x00 && kind < 0x80, "yielded kind {kind:#04x}");
+        // Each body survives encode_body / decode_body on its own.
+        let mut body = Vec::new();
+        m.encode_body(&mut body).unwrap();
+        assert_eq!(body.len(), m.body_len());
+        assert_eq!(Message::decode_body(kind, &body).unwrap(), Some(*m));
+    }
+    let copy = encode(&d.header(), &msgs);
+    assert!(copy.len() <= bytes.len());
+    let again = Datagram::decode(&copy).unwrap();
+    assert_eq!(again.header(), d.header());
+    let msgs2: Vec<Message<'_>> = again.messages().collect();
+    assert_eq!(msgs2, msgs);
+    assert_eq!(encode(&again.header(), &msgs2), copy);
+    Some(msgs.len())
+}
+
+fn header_bytes(version: u8, flags: u8) -> Vec<u8> {
+    let mut b = MAGIC.to_vec();
+    b.extend([version, flags, 0, 0]);
+    b.extend(H.stream.0.to_be_bytes());
+    b.extend(H.session.0.to_be_bytes());
+    b.extend(H.datagram_seq.to_be_bytes());
+    assert_eq!(b.len(), HEADER_LEN);
+    b
+}
+
+fn msg_bytes(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut b = vec![kind, 0];
+    b.extend(u16::try_from(body.len()).unwrap().to_be_bytes());
+    b.extend(body);
+    b
+}
+
+/// A version 1 datagram carrying the given raw (kind, body) messages.
+fn datagram(msgs: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut b = header_bytes(VERSION, 0);
+    for (kind, body) in msgs {
+        b.extend(msg_bytes(*kind, body));
+    }
+    b
+}
+
+fn cat(parts: &[&[u8]]) -> Vec<u8> {
+    parts.concat()
+}
+
+fn heartbeat(last: u64) -> Message<'static> {
+    Message::Heartbeat(Heartbeat {
+        last_seq: SeqNum(last),
+        sent_at_micros: 1_764_000_000_000_000,
+        interval_ms: 100,
+    })
+}
+
+fn heartbeat_body(last: u64) -> Vec<u8> {
+    cat(&[
+        &last.to_be_bytes(),
+        &1_764_000_000_000_000u64.to_be_bytes(),
+        &100u32.to_be_bytes(),
+    ])
+}
+
+fn delta_body(seq: u64, prev: u64, flags: u8, key: &[u8], payload: &[u8]) -> Vec<u8> {
+    cat(&[
+        &seq.to_be_bytes(),
+        &prev.to_be_bytes(),
+        &[flags],
+        &u16::try_from(key.len()).unwrap().to_be_bytes(),
+        key,
+        payload,
+    ])
+}
+
+fn snapshot_body(flags: u8, key: &[u8], value: &[u8]) -> Vec<u8> {
+    cat(&[
+        &3u32.to_be_bytes(),
+        &1u32.to_be_bytes(),
+        &9u64.to_be_bytes(),
+        &[flags],
+        &u16::try_from(key.len()).unwrap().to_be_bytes(),
+        key,
+        value,
+    ])
+}
+
+fn nak_body(ranges: &[(u64, u64)]) -> Vec<u8> {
+    let mut b = cat(&[
+        &0xdead_beefu32.to_be_bytes(),
+        &u16::try_from(ranges.len()).unwrap().to_be_bytes(),
+    ]);
+    for (first, last) in ranges {
+        b.extend(first.to_be_bytes());
+        b.extend(last.to_be_bytes());
+    }
+    b
+}
+
+fn fragment_body(total_len: u32, offset: u32, inner_kind: u8, data: &[u8]) -> Vec<u8> {
+    cat(&[
+        &5u32.to_be_bytes(),
+        &total_len.to_be_bytes(),
+        &offset.to_be_bytes(),
+        &[inner_kind],
+        data,
+    ])
+}
+
+fn malformed(kind: MessageKind, reason: Malformed) -> DecodeError {
+    DecodeError::Malformed { kind, reason }
+}
+
+/// Decodes `bytes`, expecting exactly `expected` with counter name `code`.
+#[track_caller]
+fn assert_rejects(bytes: &[u8], expected: DecodeError, code: &str) {
+    let err = Datagram::decode(bytes).unwrap_err();
+    assert_eq!(err, expected);
+    assert_eq!(err.code(), code);
+    if let DecodeError::Malformed { reason, .. } = err {
+        assert_eq!(reason.code(), code);
+    }
+}
+
+/// A tiny deterministic RNG (SplitMix64) for shuffles driven by a proptest seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Property tests
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(Index, u8),
+    Set(Index, u8),
+    Truncate(Index),
+    Extend(Vec<u8>),
+    Insert(Index, Vec<u8>),
+    Remove(Index, usize),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        4 => (any::<Index>(), 0u8..8).prop_map(|(i, bit)| Mutation::Flip(i, bit)),
+        3 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
+        1 => any::<Index>().prop_map(Mutation::Truncate),
+        1 => vec(any::<u8>(), 1..16).prop_map(Mutation::Extend),
+        1 => (any::<Index>(), vec(any::<u8>(), 1..8)).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        1 => (any::<Index>(), 1usize..8).prop_map(|(i, n)| Mutation::Remove(i, n)),
+    ]
+}
+
+fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+    if bytes.is_empty() {
+        if let Mutation::Extend(b) | Mutation::Insert(_, b) = m {
+            bytes.extend(b);
+        }
+        return;
+    }
+    match m {
+        Mutation::Flip(i, bit) => {
+            let at = i.index(bytes.len());
+            bytes[at] ^= 1 << bit;
+        }
+        Mutation::Set(i, b) => {
+            let at = i.index(bytes.len());
+            bytes[at] = *b;
+        }
+        Mutation::Truncate(i) => bytes.truncate(i.index(bytes.len())),
+        Mutation::Extend(b) => bytes.extend(b),
+        Mutation::Insert(i, b) => {
+            let at = i.index(bytes.len() + 1);
+            bytes.splice(at..at, b.iter().copied());
+        }
+        Mutation::Remove(i, n) => {
+            let at = i.index(bytes.len());
+            let end = (at + n).min(bytes.len());
+            bytes.drain(at..end);
+        }
+    }
+}
+
+/// Message kinds for the "message soup" strategy: mostly defined kinds, some
+/// unknown ones of both classes.
+fn soup_kind() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        8 => 0x01u8..=0x08,
+        1 => Just(0x00u8),
+        1 => 0x09u8..=0x7f,
+        1 => 0x80u8..=0xff,
+    ]
+}
+
+proptest! {
+    #[test]
+    fn single_message_round_trips(owned in message(), header in header()) {
+        let m = owned.msg();
+        let bytes = encode(&header, &[m]);
+        prop_assert_eq!(bytes.len(), HEADER_LEN + MESSAGE_HEADER_LEN + m.body_len());
+        let d = Datagram::decode(&bytes).unwrap();
+        prop_assert_eq!(d.header(), header);
+        prop_assert_eq!(d.messages().collect::<Vec<_>>(), vec![m]);
+
+        let mut body = Vec::new();
+        m.encode_body(&mut body).unwrap();
+        prop_assert_eq!(&body[..], &bytes[HEADER_LEN + MESSAGE_HEADER_LEN..]);
+        prop_assert_eq!(Message::decode_body(m.kind_byte(), &body).unwrap(), Some(m));
+        // The canonical text never panics and names the kind.
+        prop_assert!(!m.to_string().is_empty());
+    }
+
+    #[test]
+    fn batches_round_trip(
+        owned in vec(message(), 0..40),
+        base in header(),
+        max in 64usize..=9000,
+    ) {
+        let msgs: Vec<Message<'_>> = owned.iter().map(Owned::msg).collect();
+        let (packed, skipped) = pack(base, &msgs, max);
+        // Every message is carried exactly once, in order, unless it could not
+        // fit even an empty datagram.
+        let mut seen: Vec<usize> = packed.iter().flat_map(|p| p.carried.clone()).collect();
+        seen.extend(&skipped);
+        seen.sort_unstable();
+        prop_assert_eq!(seen, (0..msgs.len()).collect::<Vec<_>>());
+        let carried: Vec<usize> = packed.iter().flat_map(|p| p.carried.clone()).collect();
+        prop_assert!(carried.windows(2).all(|w| w[0] < w[1]));
+        for &i in &skipped {
+            prop_assert!(msgs[i].encoded_len() > max - HEADER_LEN);
+        }
+        for (n, p) in packed.iter().enumerate() {
+            prop_assert!(p.bytes.len() <= max);
+            let d = Datagram::decode(&p.bytes).unwrap();
+            prop_assert_eq!(d.header(), p.header);
+            prop_assert_eq!(d.header().datagram_seq, base.datagram_seq.wrapping_add(n as u64));
+            let got: Vec<Message<'_>> = d.messages().collect();
+            let want: Vec<Message<'_>> = p.carried.iter().map(|&i| msgs[i]).collect();
+            prop_assert_eq!(got, want);
+            // Greedy packing: the next message really did not fit.
+            if let Some(next) = packed.get(n + 1) {
+                let first_next = next.carried[0];
+                let gap_skipped = skipped.iter().any(|&s| {
+                    s > *p.carried.last().unwrap() && s < first_next
+                });
+                if !gap_skipped {
+                    prop_assert!(p.bytes.len() + msgs[first_next].encoded_len() > max);
+                }
+            }
+        }
+    }
+
+    /// The writer refuses exactly what a receiver rejects, for the same
+    /// reason, apart from unknown kinds: a defined kind is never written as
+    /// unknown, a critical one is (receivers then drop the datagram).
+    #[test]
+    fn validate_agrees_with_the_decoder(owned in loose_message()) {
+        let m = owned.msg();
+        let kind = m.kind_byte();
+        let raw = raw_body(&m);
+        match (m.validate(), Message::decode_body(kind, &raw)) {
+            (Err(EncodeError::InvalidMessage { reason: Malformed::ReservedKind(k) }), _) => {
+                let unknown = matches!(m, Message::Unknown { .. });
+                prop_assert!(unknown);
+                prop_assert_eq!(k, kind);
+                prop_assert!(MessageKind::from_u8(k).is_some());
+            }
+            (Ok(()), Ok(Some(back))) => prop_assert_eq!(back, m),
+            (Ok(()), Err(DecodeError::UnknownCriticalKind { kind: k })) => {
+                prop_assert_eq!(k, kind);
+                prop_assert!(kind >= 0x80);
+            }
+            (
+                Err(EncodeError::InvalidMessage { reason }),
+                Err(DecodeError::Malformed { reason: got, .. }),
+            ) => prop_assert_eq!(reason, got),
+            (v, d) => prop_assert!(false, "{m:?}: validate {v:?}, decode {d:?}"),
+        }
+        let mut body = Vec::new();
+        prop_assert_eq!(m.encode_body(&mut body).is_ok(), m.validate().is_ok());
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in vec(any::<u8>(), 0..2048)) {
+        check_consistent(&bytes);
+    }
+
+    #[test]
+    fn arbitrary_bytes_after_a_valid_header_never_panic(
+        header in header(),
+        tail in vec(any::<u8>(), 0..2048),
+    ) {
+        let mut bytes = encode(&header, &[]);
+        bytes.extend(&tail);
+        if let Err(e) = Datagram::decode(&bytes) {
+            // The header is valid, so only the message walker can object.
+            prop_assert!(!matches!(
+                e,
+                DecodeError::ShortHeader { .. }
+                    | DecodeError::BadMagic { .. }
+                    | DecodeError::UnsupportedVersion { .. }
+                    | DecodeError::UnsupportedFlags { .. }
+            ), "{e:?}");
+        }
+        check_consistent(&bytes);
+    }
+
+    /// Plausible messages so that each body decoder sees near-valid bodies:
+    /// real encoded bodies, sometimes under another kind byte, sometimes with
+    /// trailing bytes or a declared length a little off, mixed with random
+    /// bodies.
+    #[test]
+    fn message_soup_after_a_valid_header_never_panics(
+        header in header(),
+        parts in vec(
+            (
+                prop_oneof![
+                    3 => message().prop_map(|o| {
+                        let mut body = Vec::new();
+                        o.msg().encode_body(&mut body).unwrap();
+                        (o.msg().kind_byte(), body)
+                    }),
+                    1 => (soup_kind(), bytes(48)),
+                ],
+                proptest::option::weighted(0.2, soup_kind()),
+                any::<u8>(),
+                bytes(2),
+                prop_oneof![6 => Just(0i32), 1 => -3i32..=3],
+            ),
+            1..6,
+        ),
+    ) {
+        let mut bytes = encode(&header, &[]);
+        for ((kind, body), other_kind, flags, extra, skew) in &parts {
+            let body = cat(&[body, extra]);
+            let declared = (body.len() as i32 + skew).clamp(0, 0xffff) as u16;
+            bytes.push(other_kind.unwrap_or(*kind));
+            bytes.push(*flags);
+            bytes.extend(declared.to_be_bytes());
+            bytes.extend(&body);
+        }
+        check_consistent(&bytes);
+    }
+
+    #[test]
+    fn decode_body_never_panics(kind in any::<u8>(), body in bytes(200)) {
+        match Message::decode_body(kind, &body) {
+            Err(e) => prop_assert!(!e.code().is_empty()),
+            Ok(None) => prop_assert_eq!(kind, 0x00),
+            Ok(Some(m)) => {
+                prop_assert_eq!(m.kind_byte(), kind);
+                prop_assert!(m.body_len() <= body.len());
+                let mut again = Vec::new();
+                m.encode_body(&mut again).unwrap();
+                prop_assert_eq!(&again[..], &body[..again.len()]);
+                prop_assert_eq!(Message::decode_body(kind, &again).unwrap(), Some(m));
+            }
+        }
+    }
+
+    #[test]
+    fn mutated_datagrams_decode_consistently(
+        owned in vec(message(), 1..8),
+        header in header(),
+        mutations in vec(mutation(), 1..6),
+    ) {
+        let msgs: Vec<Message<'_>> = owned.iter().map(Owned::msg).collect();
+        let mut bytes = encode(&header, &msgs);
+        prop_assert_eq!(check_consistent(&bytes), Some(msgs.len()));
+        for m in &mutations {
+            apply(&mut bytes, m);
+            check_consistent(&bytes);
+        }
+    }
+
+    #[test]
+    fn fragments_reassemble_through_datagrams(
+        owned in prop_oneof![
+            (seq_from(1), bytes(40), vec(any::<u8>(), 0..6000)).prop_map(|(seq, key, payload)| {
+                Owned::Delta { retransmit: false, seq, prev: seq - 1, creates: false, key, payload }
+            }),
+            (any::<u32>(), bytes(40), vec(any::<u8>(), 0..6000)).prop_map(|(cycle, key, value)| {
+                Owned::Snapshot { cycle, position: 0, leaf_seq: 1, key, value: Some(value) }
+            }),
+            (any::<u32>(), vec(nak_range(), 1..300))
+                .prop_map(|(requester, ranges)| Owned::Nak { requester, ranges }),
+        ],
+        frag_id in any::<u32>(),
+        max in 64usize..=9000,
+        interleave in vec(message(), 0..10),
+        seed in any::<u64>(),
+    ) {
+        let m = owned.msg();
+        let kind = MessageKind::from_u8(m.kind_byte()).unwrap();
+        let mut body = Vec::new();
+        m.encode_body(&mut body).unwrap();
+
+        let cap = fragment_capacity(max);
+        prop_assert_eq!(cap, max - HEADER_LEN - MESSAGE_HEADER_LEN - FRAGMENT_FIXED);
+        let frags: Vec<Fragment<'_>> = Fragments::new(frag_id, kind, &body, cap).collect();
+        prop_assert_eq!(frags.len(), body.len().div_ceil(cap));
+        let joined: Vec<u8> = frags.iter().flat_map(|f| f.data.iter().copied()).collect();
+        prop_assert_eq!(&joined, &body);
+
+        // Fragments mixed with other messages (whose fragments never share our
+        // frag_id), packed into datagrams of `max` and delivered in any order.
+        let mut all: Vec<Message<'_>> = frags.iter().map(|f| Message::Fragment(*f)).collect();
+        all.extend(interleave.iter().map(|o| match o.msg() {
+            Message::Fragment(f) if f.frag_id == frag_id => {
+                Message::Fragment(Fragment { frag_id: frag_id.wrapping_add(1), ..f })
+            }
+            other => other,
+        }));
+        let mut rng = Rng(seed);
+        rng.shuffle(&mut all);
+        let (mut packed, skipped) = pack(H, &all, max);
+        for &s in &skipped {
+            // Each of our fragments fits an empty datagram by construction.
+            prop_assert!(!matches!(all[s], Message::Fragment(f) if f.frag_id == frag_id));
+        }
+        rng.shuffle(&mut packed);
+
+        // Room for ours next to the interleaved partials (up to 4 MiB each).
+        let mut cfg = ReassemblyConfig::default();
+        cfg.max_buffered_bytes(64 << 20);
+        let mut r = Reassembler::new(cfg).unwrap();
+        let now = Instant::now();
+        let mut ours = Vec::new();
+        for p in &packed {
+            let d = Datagram::decode(&p.bytes).unwrap();
+            let (stream, session) = (d.header().stream, d.header().session);
+            for msg in d.messages() {
+                let Message::Fragment(f) = msg else { continue };
+                let res = r.handle_fragment(now, stream, session, &f);
+                if f.frag_id == frag_id {
+                    // Ours are honest: never rejected.
+                    if let Some(whole) = res.unwrap() {
+                        ours.push(whole);
+                    }
+                }
+            }
+        }
+        prop_assert_eq!(ours.len(), 1);
+        prop_assert_eq!(ours[0].kind, kind as u8);
+        prop_assert_eq!(&ours[0].body, &body);
+        prop_assert_eq!(ours[0].message().unwrap(), m);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Header errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn valid_datagram_decodes() {
+    let bytes = datagram(&[(0x06, &heartbeat_body(2))]);
+    let d = Datagram::decode(&bytes).unwrap();
+    assert_eq!(d.header(), H);
+    assert_eq!(d.messages().collect::<Vec<_>>(), vec![heartbeat(2)]);
+}
+
+#[test]
+fn short_header() {
+    let full = datagram(&[(0x06, &heartbeat_body(2))]);
+    // Fewer than four bytes are short only if they could start `GRPV`.
+    for len in [0, 1, 2, 3, 4, 5, HEADER_LEN - 1] {
+        assert_rejects(
+            &full[..len],
+            DecodeError::ShortHeader { len },
+            "short_header",
+        );
+    }
+}
+
+#[test]
+fn bad_magic() {
+    let mut full = datagram(&[(0x06, &heartbeat_body(2))]);
+    full[0] = b'X';
+    assert_rejects(
+        &full,
+        DecodeError::BadMagic { found: *b"XRPV" },
+        "bad_magic",
+    );
+    // A short foreign datagram is reported as foreign, not as short.
+    assert_rejects(
+        b"hello",
+        DecodeError::BadMagic { found: *b"hell" },
+        "bad_magic",
+    );
+    assert_rejects(
+        b"XRPV",
+        DecodeError::BadMagic { found: *b"XRPV" },
+        "bad_magic",
+    );
+    assert_rejects(
+        &full[..HEADER_LEN - 1],
+        DecodeError::BadMagic { found: *b"XRPV" },
+        "bad_magic",
+    );
+    // Fewer than four bytes that cannot start `GRPV`: foreign, the missing
+    // bytes shown as 0.
+    for (bytes, found) in [
+        (&b"X"[..], *b"X\0\0\0"),
+        (b"\0", [0; 4]),
+        (b"GX", *b"GX\0\0"),
+        (b"XR", *b"XR\0\0"),
+        (b"GRX", *b"GRX\0"),
+        (b"GRp", *b"GRp\0"),
+        (b"hel", *b"hel\0"),
+    ] {
+        assert_rejects(bytes, DecodeError::BadMagic { found }, "bad_magic");
+    }
+}
+
+#[test]
+fn unsupported_version() {
+    for version in [0, 2, 0xff] {
+        let mut b = header_bytes(version, 0);
+        b.extend(msg_bytes(0x06, &heartbeat_body(2)));
+        assert_rejects(
+            &b,
+            DecodeError::UnsupportedVersion { version },
+            "unsupported_version",
+        );
+    }
+}
+
+#[test]
+fn unsupported_flags() {
+    for flags in [0x01, 0x02, 0x80] {
+        let mut b = header_bytes(VERSION, flags);
+        b.extend(msg_bytes(0x06, &heartbeat_body(2)));
+        assert_rejects(
+            &b,
+            DecodeError::UnsupportedFlags { flags },
+            "unsupported_flags",
+        );
+    }
+}
+
+#[test]
+fn reserved_and_message_flags_are_ignored() {
+    let mut b = datagram(&[(0x06, &heartbeat_body(2)), (0x06, &heartbeat_body(3))]);
+    b[6] = 0xab; // reserved
+    b[7] = 0xcd;
+    b[HEADER_LEN + 1] = 0xff; // msg_flags of the first message
+    let d = Datagram::decode(&b).unwrap();
+    assert_eq!(d.header(), H);
+    assert_eq!(
+        d.messages().collect::<Vec<_>>(),
+        vec![heartbeat(2), heartbeat(3)]
+    );
+}
+
+#[test]
+fn empty() {
+    assert_rejects(&header_bytes(VERSION, 0), DecodeError::Empty, "empty");
+    // Padding only, of any length.
+    for pad in [1, 3, 4, 100] {
+        let mut b = header_bytes(VERSION, 0);
+        b.extend(vec![0u8; pad]);
+        assert_rejects(&b, DecodeError::Empty, "empty");
+    }
+    // Padding hides whatever follows it, even a message.
+    let mut b = header_bytes(VERSION, 0);
+    b.push(0x00);
+    b.extend(msg_bytes(0x06, &heartbeat_body(2)));
+    assert_rejects(&b, DecodeError::Empty, "empty");
+}
+
+// ---------------------------------------------------------------------------
+// Message walker errors
+// ---------------------------------------------------------------------------
+
+#[test]
+fn truncated_message_header() {
+    for tail in [&[0x06][..], &[0x06, 0x00], &[0x06, 0x00, 0x00]] {
+        let mut b = header_bytes(VERSION, 0);
+        b.extend(tail);
+        assert_rejects(
+            &b,
+            DecodeError::TruncatedMessageHeader { offset: HEADER_LEN },
+            "truncated_message_header",
+        );
+    }
+    // After a valid message, the offset points at the truncated header.
+    let mut b = datagram(&[(0x06, &heartbeat_body(2))]);
+    b.extend([0x01, 0x00]);
+    assert_rejects(
+        &b,
+        DecodeError::TruncatedMessageHeader {
+            offset: HEADER_LEN + MESSAGE_HEADER_LEN + 20,
+        },
+        "truncated_message_header",
+    );
+}
+
+#[test]
+fn message_overrun() {
+    let mut b = header_bytes(VERSION, 0);
+    b.extend([0x06, 0x00, 0x00, 21]);
+    b.extend(heartbeat_body(2));
+    assert_rejects(
+        &b,
+        DecodeError::MessageOverrun {
+            offset: HEADER_LEN,
+            declared: 21,
+            available: 20,
+        },
+        "message_overrun",
+    );
+    // Second message, declaring the largest length with nothing left.
+    let mut b = datagram(&[(0x06, &heartbeat_body(2))]);
+    b.extend([0x20, 0x00, 0xff, 0xff]);
+    assert_rejects(
+        &b,
+        DecodeError::MessageOverrun {
+            offset: HEADER_LEN + 24,
+            declared: 0xffff,
+            available: 0,
+        },
+        "message_overrun",
+    );
+}
+
+#[test]
+fn unknown_critical_kind() {
+    for kind in [0x80, 0x81, 0xfe, 0xff] {
+        let b = datagram(&[(kind, &[]), (0x06, &heartbeat_body(2))]);
+        assert_rejects(
+            &b,
+            DecodeError::UnknownCriticalKind { kind },
+            "unknown_critical_kind",
+        );
+        // Also after a valid message, and with a body.
+        let b = datagram(&[(0x06, &heartbeat_body(2)), (kind, b"xyz")]);
+        assert_rejects(
+            &b,
+            DecodeError::UnknownCriticalKind { kind },
+            "unknown_critical_kind",
+        );
+    }
+}
+
+#[test]
+fn a_bad_message_poisons_the_whole_datagram() {
+    let b = datagram(&[
+        (0x06, &heartbeat_body(2)),
+        (0x01, &delta_body(0, 0, 0, b"k", b"")),
+    ]);
+    assert_rejects(
+        &b,
+        malformed(MessageKind::Delta, Malformed::ZeroSeq),
+        "zero_seq",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Malformed bodies
+// ---------------------------------------------------------------------------
+
+#[test]
+fn body_too_short_for_each_kind() {
+    // `needed` counts the bytes up to the end of the first field that does not
+    // fit.
+    let delta = delta_body(5, 4, 0, b"key", b"");
+    let snap = snapshot_body(0, b"key", b"");
+    let cycle = [0u8; 16];
+    let nak = nak_body(&[(1, 2), (3, 4)]);
+    let frag = fragment_body(10, 0, 0x01, b"");
+    let cases: Vec<(u8, MessageKind, Vec<u8>, usize)> = vec![
+        (0x01, MessageKind::Delta, vec![], 8),
+        // seq and prev_leaf_seq, no delta_flags.
+        (0x01, MessageKind::Delta, delta[..16].to_vec(), 17),
+        // Half of key_len.
+        (0x01, MessageKind::Delta, delta[..18].to_vec(), 19),
+        // key_len says 3, only 2 key bytes present.
+        (0x01, MessageKind::Delta, delta[..21].to_vec(), 22),
+        (0x02, MessageKind::Retransmit, delta[..15].to_vec(), 16),
+        (0x02, MessageKind::Retransmit, delta[..17].to_vec(), 19),
+        (0x03, MessageKind::LeafSnapshot, snap[..16].to_vec(), 17),
+        (0x03, MessageKind::LeafSnapshot, snap[..18].to_vec(), 19),
+        (0x03, MessageKind::LeafSnapshot, snap[..21].to_vec(), 22),
+        (0x04, MessageKind::CycleBegin, cycle[..15].to_vec(), 16),
+        (0x04, MessageKind::CycleBegin, vec![], 4),
+        (0x05, MessageKind::CycleEnd, cycle[..11].to_vec(), 12),
+        (
+            0x06,
+            MessageKind::Heartbeat,
+            heartbeat_body(1)[..19].to_vec(),
+            20,
+        ),
+        (
+            0x06,
+            MessageKind::Heartbeat,
+            heartbeat_body(1)[..10].to_vec(),
+            16,
+        ),
+        (0x07, MessageKind::Nak, nak[..5].to_vec(), 6),
+        // range_count says 2, one range and a half present.
+        (0x07, MessageKind::Nak, nak[..6 + 24].to_vec(), 6 + 32),
+        (0x08, MessageKind::Fragment, frag[..12].to_vec(), 13),
+        (0x08, MessageKind::Fragment, vec![1], 4),
+    ];
+    for (byte, kind, body, needed) in cases {
+        assert_eq!(kind as u8, byte);
+        let available = body.len();
+        assert_rejects(
+            &datagram(&[(byte, &body)]),
+            malformed(kind, Malformed::BodyTooShort { needed, available }),
+            "body_too_short",
+        );
+        assert_eq!(
+            Message::decode_body(byte, &body).unwrap_err(),
+            malformed(kind, Malformed::BodyTooShort { needed, available }),
+        );
+    }
+}
+
+#[test]
+fn zero_seq() {
+    for (byte, kind) in [(0x01, MessageKind::Delta), (0x02, MessageKind::Retransmit)] {
+        assert_rejects(
+            &datagram(&[(byte, &delta_body(0, 0, 0, b"k", b"v"))]),
+            malformed(kind, Malformed::ZeroSeq),
+            "zero_seq",
+        );
+    }
+}
+
+#[test]
+fn prev_not_before_seq() {
+    for (seq, prev) in [(5, 5), (5, 6), (1, u64::MAX)] {
+        assert_rejects(
+            &datagram(&[(0x01, &delta_body(seq, prev, 0, b"k", b""))]),
+            malformed(
+                MessageKind::Delta,
+                Malformed::PrevNotBeforeSeq { seq, prev },
+            ),
+            "prev_not_before_seq",
+        );
+    }
+    // The boundary is accepted.
+    let b = datagram(&[(0x02, &delta_body(5, 4, 0, b"k", b""))]);
+    assert!(Datagram::decode(&b).is_ok());
+}
+
+#[test]
+fn unknown_delta_flags() {
+    for (byte, kind) in [(0x01, MessageKind::Delta), (0x02, MessageKind::Retransmit)] {
+        for (prev, flags) in [
+            (0, 0x02),
+            (0, 0x03),
+            (0, 0x80),
+            (0, 0xff),
+            (4, 0x02),
+            (4, 0x03),
+        ] {
+            assert_rejects(
+                &datagram(&[(byte, &delta_body(5, prev, flags, b"k", b"v"))]),
+                malformed(kind, Malformed::UnknownDeltaFlags(flags)),
+                "unknown_delta_flags",
+            );
+        }
+    }
+    // The sequence checks come first.
+    assert_rejects(
+        &datagram(&[(0x01, &delta_body(0, 0, 0xff, b"k", b""))]),
+        malformed(MessageKind::Delta, Malformed::ZeroSeq),
+        "zero_seq",
+    );
+    assert_rejects(
+        &datagram(&[(0x01, &delta_body(5, 5, 0xff, b"k", b""))]),
+        malformed(
+            MessageKind::Delta,
+            Malformed::PrevNotBeforeSeq { seq: 5, prev: 5 },
+        ),
+        "prev_not_before_seq",
+    );
+}
+
+#[test]
+fn creates_with_prev() {
+    for (byte, kind) in [(0x01, MessageKind::Delta), (0x02, MessageKind::Retransmit)] {
+        for (seq, prev) in [(5, 4), (5, 1), (u64::MAX, u64::MAX - 1)] {
+            assert_rejects(
+                &datagram(&[(byte, &delta_body(seq, prev, DELTA_FLAG_CREATES, b"k", b"v"))]),
+                malformed(kind, Malformed::CreatesWithPrev { prev }),
+                "creates_with_prev",
+            );
+        }
+    }
+    // With prev_leaf_seq 0 the flag is accepted, and without it prev 0 means
+    // "present, untouched since the session started".
+    let b = datagram(&[
+        (0x01, &delta_body(5, 0, DELTA_FLAG_CREATES, b"k", b"v")),
+        (0x02, &delta_body(6, 0, 0, b"k", b"w")),
+    ]);
+    let creates: Vec<_> = Datagram::decode(&b)
+        .unwrap()
+        .messages()
+        .map(|m| match m {
+            Message::Delta(d) | Message::Retransmit(d) => (d.prev_leaf_seq, d.creates),
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(creates, vec![(SeqNum(0), true), (SeqNum(0), false)]);
+}
+
+#[test]
+fn creates_round_trips() {
+    for retransmit in [false, true] {
+        let d = Delta {
+            seq: SeqNum(1),
+            prev_leaf_seq: SeqNum::NONE,
+            creates: true,
+            key: b"k1",
+            payload: b"\x0a",
+        };
+        let m = if retransmit {
+            Message::Retransmit(d)
+        } else {
+            Message::Delta(d)
+        };
+        let bytes = encode(&H, &[m]);
+        let body = &bytes[HEADER_LEN + MESSAGE_HEADER_LEN..];
+        assert_eq!(body, delta_body(1, 0, DELTA_FLAG_CREATES, b"k1", b"\x0a"));
+        assert_eq!(body[16], 0x01, "delta_flags at offset 16");
+        let got: Vec<_> = Datagram::decode(&bytes).unwrap().messages().collect();
+        assert_eq!(got, vec![m]);
+        let name = if retransmit { "Retransmit" } else { "Delta" };
+        assert_eq!(
+            m.to_string(),
+            format!("{name} seq=1 prev_leaf_seq=0 creates key=6b31 payload=0a")
+        );
+        // Without the flag, the byte is 0 and the text has no `creates`.
+        let plain = Message::Delta(Delta {
+            creates: false,
+            ..d
+        });
+        let bytes = encode(&H, &[plain]);
+        assert_eq!(bytes[HEADER_LEN + MESSAGE_HEADER_LEN + 16], 0);
+        assert_eq!(
+            plain.to_string(),
+            "Delta seq=1 prev_leaf_seq=0 key=6b31 payload=0a"
+        );
+    }
+}
+
+#[test]
+fn unknown_leaf_flags() {
+    for flags in [0x02, 0x03, 0x80, 0xff] {
+        assert_rejects(
+            &datagram(&[(0x03, &snapshot_body(flags, b"k", b""))]),
+            malformed(
+                MessageKind::LeafSnapshot,
+                Malformed::UnknownLeafFlags(flags),
+            ),
+            "unknown_leaf_flags",
+        );
+    }
+}
+
+#[test]
+fn tombstone_with_value() {
+    assert_rejects(
+        &datagram(&[(0x03, &snapshot_body(LEAF_FLAG_TOMBSTONE, b"k", b"v"))]),
+        malformed(MessageKind::LeafSnapshot, Malformed::TombstoneWithValue),
+        "tombstone_with_value",
+    );
+    // Without a value it is a tombstone; without the flag, an empty value.
+    let b = datagram(&[
+        (0x03, &snapshot_body(LEAF_FLAG_TOMBSTONE, b"k", b"")),
+        (0x03, &snapshot_body(0, b"k", b"")),
+    ]);
+    let values: Vec<_> = Datagram::decode(&b)
+        .unwrap()
+        .messages()
+        .map(|m| match m {
+            Message::LeafSnapshot(s) => s.value,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(values, vec![None, Some(&[][..])]);
+}
+
+#[test]
+fn empty_nak() {
+    assert_rejects(
+        &datagram(&[(0x07, &nak_body(&[]))]),
+        malformed(MessageKind::Nak, Malformed::EmptyNak),
+        "empty_nak",
+    );
+}
+
+#[test]
+fn bad_nak_range() {
+    for (ranges, first, last) in [
+        (&[(0, 5)][..], 0, 5),
+        (&[(0, 0)], 0, 0),
+        (&[(7, 6)], 7, 6),
+        (&[(1, 1), (u64::MAX, 1)], u64::MAX, 1),
+    ] {
+        assert_rejects(
+            &datagram(&[(0x07, &nak_body(ranges))]),
+            malformed(MessageKind::Nak, Malformed::BadNakRange { first, last }),
+            "bad_nak_range",
+        );
+    }
+    let ok = datagram(&[(0x07, &nak_body(&[(1, 1), (5, u64::MAX)]))]);
+    assert!(Datagram::decode(&ok).is_ok());
+}
+
+#[test]
+fn empty_fragment() {
+    for body in [
+        fragment_body(10, 0, 0x01, b""),
+        fragment_body(0, 0, 0x01, b"abc"),
+    ] {
+        assert_rejects(
+            &datagram(&[(0x08, &body)]),
+            malformed(MessageKind::Fragment, Malformed::EmptyFragment),
+            "empty_fragment",
+        );
+    }
+}
+
+#[test]
+fn fragment_out_of_bounds() {
+    for (total_len, offset, data, end) in [
+        (10u32, 8u32, &b"abc"[..], 11u64),
+        (14, 10, b"abcde", 15),
+        (u32::MAX, u32::MAX, b"a", 1 << 32),
+        (3, 0, b"abcd", 4),
+    ] {
+        assert_rejects(
+            &datagram(&[(0x08, &fragment_body(total_len, offset, 0x01, data))]),
+            malformed(
+                MessageKind::Fragment,
+                Malformed::FragmentOutOfBounds {
+                    offset,
+                    end,
+                    total_len,
+                },
+            ),
+            "fragment_out_of_bounds",
+        );
+    }
+    // Exactly at the end is fine.
+    let ok = datagram(&[(0x08, &fragment_body(10, 7, 0x01, b"abc"))]);
+    assert!(Datagram::decode(&ok).is_ok());
+}
+
+#[test]
+fn bad_inner_kind() {
+    for inner in [0x00, 0x08] {
+        assert_rejects(
+            &datagram(&[(0x08, &fragment_body(10, 0, inner, b"abc"))]),
+            malformed(MessageKind::Fragment, Malformed::BadInnerKind(inner)),
+            "bad_inner_kind",
+        );
+    }
+    // Unknown inner kinds pass the codec: reassembly decides.
+    for inner in [0x09, 0x7f, 0x80, 0xff] {
+        let ok = datagram(&[(0x08, &fragment_body(10, 0, inner, b"abc"))]);
+        assert!(Datagram::decode(&ok).is_ok(), "{inner:#04x}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Compatible extensions
+// ---------------------------------------------------------------------------
+
+#[test]
+fn trailing_bytes_after_fixed_fields_are_ignored() {
+    let cycle = cat(&[
+        &3u32.to_be_bytes(),
+        &7u64.to_be_bytes(),
+        &2u32.to_be_bytes(),
+        b"future",
+    ]);
+    let b = datagram(&[
+        (0x04, &cycle),
+        (0x05, &cycle),
+        (0x06, &cat(&[&heartbeat_body(2), b"more fields"])),
+        (0x07, &cat(&[&nak_body(&[(5, 7)]), b"x"])),
+        (0x06, &heartbeat_body(3)),
+    ]);
+    let ranges = [SeqRange {
+        first: SeqNum(5),
+        last: SeqNum(7),
+    }];
+    assert_eq!(
+        Datagram::decode(&b).unwrap().messages().collect::<Vec<_>>(),
+        vec![
+            Message::CycleBegin(CycleBegin {
+                cycle: CycleId(3),
+                start_seq: SeqNum(7),
+                leaf_count: 2
+            }),
+            Message::CycleEnd(CycleEnd {
+                cycle: CycleId(3),
+                end_seq: SeqNum(7),
+                leaf_count: 2
+            }),
+            heartbeat(2),
+            Message::Nak(Nak {
+                requester: 0xdead_beef,
+                ranges: NakRanges::from_slice(&ranges),
+            }),
+            heartbeat(3),
+        ]
+    );
+}
+
+#[test]
+fn unknown_kinds_are_yielded_and_skipped() {
+    for kind in 0x09..=0x7fu8 {
+        let b = datagram(&[(kind, b"opaque"), (0x06, &heartbeat_body(2)), (kind, b"")]);
+        let msgs: Vec<_> = Datagram::decode(&b).unwrap().messages().collect();
+        assert_eq!(
+            msgs,
+            vec![
+                Message::Unknown {
+                    kind,
+                    body: b"opaque"
+                },
+                heartbeat(2),
+                Message::Unknown { kind, body: b"" },
+            ]
+        );
+        // A consumer that skips what it does not know sees the heartbeat only.
+        let known: Vec<_> = msgs
+            .into_iter()
+            .filter(|m| !matches!(m, Message::Unknown { .. }))
+            .collect();
+        assert_eq!(known, vec![heartbeat(2)]);
+        // A datagram of unknown messages only is not empty.
+        assert!(Datagram::decode(&datagram(&[(kind, b"")])).is_ok());
+        // The decoder never reports a defined kind as unknown.
+        assert!(MessageKind::from_u8(kind).is_none());
+    }
+    for kind in 0x00..=0x08u8 {
+        assert_eq!(MessageKind::from_u8(kind).unwrap() as u8, kind);
+    }
+}
+
+#[test]
+fn padding_ends_the_message_area() {
+    let mut b = datagram(&[(0x06, &heartbeat_body(2))]);
+    // Padding followed by bytes that would be an error if they were parsed.
+    b.extend([0x00, 0x80, 0xff, 0xff, 0x01]);
+    let d = Datagram::decode(&b).unwrap();
+    assert_eq!(d.messages().collect::<Vec<_>>(), vec![heartbeat(2)]);
+}
+
+// ---------------------------------------------------------------------------
+// The writer
+// ---------------------------------------------------------------------------
+
+#[test]
+fn failed_push_writes_nothing() {
+    let mut buf = vec![0xaa; 100];
+    let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+    w.push(&heartbeat(1)).unwrap();
+    w.push(&heartbeat(2)).unwrap();
+    assert_eq!(w.remaining(), 100 - 28 - 48);
+    let payload = [7u8; 10];
+    let big = Message::Delta(Delta {
+        seq: SeqNum(9),
+        prev_leaf_seq: SeqNum::NONE,
+        creates: false,
+        key: b"k",
+        payload: &payload,
+    });
+    assert_eq!(big.encoded_len(), 34);
+    assert_eq!(
+        w.push(&big),
+        Err(EncodeError::DoesNotFit {
+            needed: 34,
+            remaining: 24
+        })
+    );
+    assert_eq!(w.remaining(), 24);
+    assert_eq!(w.message_count(), 2);
+    // A message that fits exactly still goes in after the failure.
+    w.push(&heartbeat(3)).unwrap();
+    assert_eq!(w.remaining(), 0);
+    assert_eq!(
+        w.push(&Message::Unknown {
+            kind: 0x20,
+            body: b""
+        }),
+        Err(EncodeError::DoesNotFit {
+            needed: 4,
+            remaining: 0
+        })
+    );
+    assert_eq!(w.finish(), 100);
+    let d = Datagram::decode(&buf).unwrap();
+    assert_eq!(
+        d.messages().collect::<Vec<_>>(),
+        vec![heartbeat(1), heartbeat(2), heartbeat(3)]
+    );
+}
+
+#[test]
+fn failed_push_leaves_the_buffer_untouched() {
+    let mut buf = vec![0xaa; 60];
+    let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+    w.push(&heartbeat(1)).unwrap();
+    let err = w.push(&heartbeat(2)).unwrap_err();
+    assert!(matches!(err, EncodeError::DoesNotFit { .. }));
+    let huge = vec![0u8; MAX_BODY_LEN + 1];
+    let err = w
+        .push(&Message::Unknown {
+            kind: 0x20,
+            body: &huge,
+        })
+        .unwrap_err();
+    assert_eq!(
+        err,
+        EncodeError::BodyTooLarge {
+            len: MAX_BODY_LEN + 1
+        }
+    );
+    let len = w.finish();
+    assert_eq!(len, 52);
+    assert!(
+        buf[len..].iter().all(|&b| b == 0xaa),
+        "{:02x?}",
+        &buf[len..]
+    );
+    assert_eq!(
+        Datagram::decode(&buf[..len])
+            .unwrap()
+            .messages()
+            .collect::<Vec<_>>(),
+        vec![heartbeat(1)]
+    );
+}
+
+#[test]
+fn body_too_large() {
+    let mut buf = vec![0u8; HEADER_LEN + MESSAGE_HEADER_LEN + MAX_BODY_LEN + 100];
+    let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+    let big = vec![0x5a; MAX_BODY_LEN + 1];
+    assert_eq!(
+        w.push(&Message::Unknown {
+            kind: 0x30,
+            body: &big
+        }),
+        Err(EncodeError::BodyTooLarge {
+            len: MAX_BODY_LEN + 1
+        })
+    );
+    // A key over 65535 bytes makes the body too large before the key field
+    // can overflow.
+    let key = vec![1u8; 70_000];
+    assert_eq!(
+        w.push(&Message::Delta(Delta {
+            seq: SeqNum(1),
+            prev_leaf_seq: SeqNum::NONE,
+            creates: false,
+            key: &key,
+            payload: b""
+        })),
+        Err(EncodeError::BodyTooLarge { len: 70_019 })
+    );
+    assert!(w.is_empty());
+    // The largest body fits and decodes.
+    let max = &big[..MAX_BODY_LEN];
+    w.push(&Message::Unknown {
+        kind: 0x30,
+        body: max,
+    })
+    .unwrap();
+    let len = w.finish();
+    assert_eq!(len, HEADER_LEN + MESSAGE_HEADER_LEN + MAX_BODY_LEN);
+    assert_eq!(
+        Datagram::decode(&buf[..len])
+            .unwrap()
+            .messages()
+            .collect::<Vec<_>>(),
+        vec![Message::Unknown {
+            kind: 0x30,
+            body: max
+        }]
+    );
+}
+
+#[test]
+fn field_too_long() {
+    let key = vec![1u8; 70_000];
+    let mut out = Vec::new();
+    let d = Message::Delta(Delta {
+        seq: SeqNum(1),
+        prev_leaf_seq: SeqNum::NONE,
+        creates: false,
+        key: &key,
+        payload: b"",
+    });
+    assert_eq!(
+        d.encode_body(&mut out),
+        Err(EncodeError::FieldTooLong { field: "key" })
+    );
+    let s = Message::LeafSnapshot(LeafSnapshot {
+        cycle: CycleId(1),
+        position: 0,
+        leaf_seq: SeqNum(1),
+        key: &key,
+        value: None,
+    });
+    assert_eq!(
+        s.encode_body(&mut out),
+        Err(EncodeError::FieldTooLong { field: "key" })
+    );
+    let ranges = vec![
+        SeqRange {
+            first: SeqNum(1),
+            last: SeqNum(1)
+        };
+        65_536
+    ];
+    let n = Message::Nak(Nak {
+        requester: 1,
+        ranges: NakRanges::from_slice(&ranges),
+    });
+    assert_eq!(
+        n.encode_body(&mut out),
+        Err(EncodeError::FieldTooLong {
+            field: "NAK ranges"
+        })
+    );
+    // The largest key works.
+    let d = Message::Delta(Delta {
+        seq: SeqNum(1),
+        prev_leaf_seq: SeqNum::NONE,
+        creates: false,
+        key: &key[..65_535],
+        payload: b"",
+    });
+    d.encode_body(&mut out).unwrap();
+    assert_eq!(Message::decode_body(0x01, &out).unwrap(), Some(d));
+}
+
+#[test]
+fn buffer_too_small() {
+    for len in [0, 1, HEADER_LEN - 1] {
+        let mut buf = vec![0u8; len];
+        assert_eq!(
+            DatagramWriter::new(&mut buf, &H).unwrap_err(),
+            EncodeError::BufferTooSmall { len }
+        );
+    }
+    let mut buf = vec![0u8; HEADER_LEN];
+    let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+    assert_eq!(w.remaining(), 0);
+    assert!(matches!(
+        w.push(&heartbeat(1)),
+        Err(EncodeError::DoesNotFit {
+            needed: 24,
+            remaining: 0
+        })
+    ));
+    assert_eq!(w.finish(), HEADER_LEN);
+}
+
+#[test]
+fn finish_padded_gives_exact_length_and_same_messages() {
+    for target in [HEADER_LEN + 24, HEADER_LEN + 25, HEADER_LEN + 27, 200, 1452] {
+        let mut buf = vec![0xaa; 1452];
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        w.push(&heartbeat(1)).unwrap();
+        let len = w.finish_padded(target);
+        assert_eq!(len, target);
+        assert!(buf[HEADER_LEN + 24..len].iter().all(|&b| b == 0));
+        assert!(buf[len..].iter().all(|&b| b == 0xaa));
+        let d = Datagram::decode(&buf[..len]).unwrap();
+        assert_eq!(d.header(), H);
+        assert_eq!(d.messages().collect::<Vec<_>>(), vec![heartbeat(1)]);
+    }
+}
+
+#[test]
+fn finish_padded_never_shrinks_and_is_capped_at_the_buffer() {
+    for (target, want) in [
+        (0, 52),
+        (10, 52),
+        (52, 52),
+        (53, 53),
+        (100, 100),
+        (1_000, 100),
+    ] {
+        let mut buf = vec![0xaa; 100];
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        w.push(&heartbeat(1)).unwrap();
+        assert_eq!(w.finish_padded(target), want, "target {target}");
+        assert!(buf[52..want].iter().all(|&b| b == 0));
+        assert!(buf[want..].iter().all(|&b| b == 0xaa));
+        assert_eq!(
+            Datagram::decode(&buf[..want])
+                .unwrap()
+                .messages()
+                .collect::<Vec<_>>(),
+            vec![heartbeat(1)]
+        );
+    }
+    // A full datagram stays as it is.
+    let mut buf = vec![0xaa; HEADER_LEN + 24];
+    let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+    w.push(&heartbeat(1)).unwrap();
+    assert_eq!(w.finish_padded(1_000), HEADER_LEN + 24);
+    // So does a datagram with no message (which no receiver accepts).
+    let mut buf = vec![0xaa; 64];
+    let w = DatagramWriter::new(&mut buf, &H).unwrap();
+    assert_eq!(w.finish_padded(40), 40);
+    assert_rejects(&buf[..40], DecodeError::Empty, "empty");
+}
+
+/// Raw body bytes of `m`, written without [`Message::validate`]: what a
+/// careless encoder would send.
+fn raw_body(m: &Message<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; m.body_len()];
+    let mut w = super::cursor::Writer::new(&mut out, 0);
+    m.write_body(&mut w).unwrap();
+    out
+}
+
+#[test]
+fn push_refuses_messages_a_receiver_would_reject() {
+    let delta = |seq: u64, prev: u64, creates: bool| Delta {
+        seq: SeqNum(seq),
+        prev_leaf_seq: SeqNum(prev),
+        creates,
+        key: b"k",
+        payload: b"v",
+    };
+    let r = |first: u64, last: u64| SeqRange {
+        first: SeqNum(first),
+        last: SeqNum(last),
+    };
+    let nak_zero = [r(0, 3)];
+    let nak_inverted = [r(1, 1), r(9, 3)];
+    let frag = |total_len: u32, offset: u32, inner_kind: u8, data: &'static [u8]| Fragment {
+        frag_id: 1,
+        total_len,
+        offset,
+        inner_kind,
+        data,
+    };
+    let cases: Vec<(Message<'_>, Malformed)> = vec![
+        (Message::Delta(delta(0, 0, false)), Malformed::ZeroSeq),
+        (Message::Retransmit(delta(0, 0, true)), Malformed::ZeroSeq),
+        (
+            Message::Delta(delta(5, 5, false)),
+            Malformed::PrevNotBeforeSeq { seq: 5, prev: 5 },
+        ),
+        (
+            Message::Retransmit(delta(5, 9, true)),
+            Malformed::PrevNotBeforeSeq { seq: 5, prev: 9 },
+        ),
+        (
+            Message::Delta(delta(5, 4, true)),
+            Malformed::CreatesWithPrev { prev: 4 },
+        ),
+        (
+            Message::Retransmit(delta(5, 1, true)),
+            Malformed::CreatesWithPrev { prev: 1 },
+        ),
+        (
+            Message::Nak(Nak {
+                requester: 1,
+                ranges: NakRanges::from_slice(&[]),
+            }),
+            Malformed::EmptyNak,
+        ),
+        (
+            Message::Nak(Nak {
+                requester: 1,
+                ranges: NakRanges::from_slice(&nak_zero),
+            }),
+            Malformed::BadNakRange { first: 0, last: 3 },
+        ),
+        (
+            Message::Nak(Nak {
+                requester: 1,
+                ranges: NakRanges::from_slice(&nak_inverted),
+            }),
+            Malformed::BadNakRange { first: 9, last: 3 },
+        ),
+        (
+            Message::Fragment(frag(10, 0, 0x01, b"")),
+            Malformed::EmptyFragment,
+        ),
+        (
+            Message::Fragment(frag(0, 0, 0x01, b"abc")),
+            Malformed::EmptyFragment,
+        ),
+        (
+            Message::Fragment(frag(10, 8, 0x01, b"abc")),
+            Malformed::FragmentOutOfBounds {
+                offset: 8,
+                end: 11,
+                total_len: 10,
+            },
+        ),
+        (
+            Message::Fragment(frag(u32::MAX, u32::MAX, 0x01, b"a")),
+            Malformed::FragmentOutOfBounds {
+                offset: u32::MAX,
+                end: 1 << 32,
+                total_len: u32::MAX,
+            },
+        ),
+        (
+            Message::Fragment(frag(10, 0, 0x00, b"abc")),
+            Malformed::BadInnerKind(0x00),
+        ),
+        (
+            Message::Fragment(frag(10, 0, 0x08, b"abc")),
+            Malformed::BadInnerKind(0x08),
+        ),
+    ];
+    let mut reserved = Vec::new();
+    for kind in 0x00..=0x08u8 {
+        reserved.push((
+            Message::Unknown { kind, body: b"" },
+            Malformed::ReservedKind(kind),
+        ));
+        reserved.push((
+            Message::Unknown {
+                kind,
+                body: &[1u8; 40],
+            },
+            Malformed::ReservedKind(kind),
+        ));
+    }
+    for (m, reason) in cases.iter().chain(&reserved) {
+        let want = EncodeError::InvalidMessage { reason: *reason };
+        assert_eq!(m.validate(), Err(want), "{m}");
+        let mut buf = vec![0xaa; 200];
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        w.push(&heartbeat(1)).unwrap();
+        assert_eq!(w.push(m), Err(want), "{m}");
+        // Nothing was written, not even the message header.
+        assert_eq!(w.message_count(), 1);
+        assert_eq!(w.remaining(), 200 - 52);
+        assert_eq!(w.finish(), 52);
+        assert!(buf[52..].iter().all(|&b| b == 0xaa), "{m}");
+        // Refused also when it would not fit: validity is checked first.
+        let mut small = vec![0u8; HEADER_LEN];
+        let mut w = DatagramWriter::new(&mut small, &H).unwrap();
+        assert_eq!(w.push(m), Err(want), "{m}");
+        let mut body = vec![1, 2, 3];
+        assert_eq!(m.encode_body(&mut body), Err(want), "{m}");
+        assert!(body.is_empty());
+        assert!(!want.to_string().is_empty());
+        assert!(!reason.code().is_empty());
+    }
+    // What the writer refuses, a receiver rejects with the same reason.
+    for (m, reason) in &cases {
+        let kind = MessageKind::from_u8(m.kind_byte()).unwrap();
+        assert_rejects(
+            &datagram(&[(m.kind_byte(), &raw_body(m))]),
+            malformed(kind, *reason),
+            reason.code(),
+        );
+    }
+    // A defined kind sent as unknown would be read as padding (0x00: the
+    // heartbeat after it is lost) or as that kind.
+    let b = datagram(&[(0x00, b""), (0x06, &heartbeat_body(2))]);
+    assert_rejects(&b, DecodeError::Empty, "empty");
+}
+
+#[test]
+fn push_writes_unknown_kinds_of_both_classes() {
+    for kind in [0x09, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
+        let m = Message::Unknown { kind, body: b"xyz" };
+        assert_eq!(m.validate(), Ok(()));
+        let mut buf = vec![0u8; 100];
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        w.push(&heartbeat(1)).unwrap();
+        w.push(&m).unwrap();
+        let len = w.finish();
+        let res = Datagram::decode(&buf[..len]);
+        if kind < 0x80 {
+            assert_eq!(res.unwrap().messages().count(), 2);
+        } else {
+            // Critical unknown kinds are how tests build datagrams a receiver
+            // must drop.
+            assert_eq!(res.unwrap_err(), DecodeError::UnknownCriticalKind { kind });
+        }
+    }
+}
+
+#[test]
+fn push_accepts_the_edge_cases_a_receiver_accepts() {
+    let ranges = [SeqRange {
+        first: SeqNum(1),
+        last: SeqNum(u64::MAX),
+    }];
+    let msgs = [
+        Message::Delta(Delta {
+            seq: SeqNum(1),
+            prev_leaf_seq: SeqNum(0),
+            creates: true,
+            key: b"",
+            payload: b"",
+        }),
+        Message::Retransmit(Delta {
+            seq: SeqNum(u64::MAX),
+            prev_leaf_seq: SeqNum(u64::MAX - 1),
+            creates: false,
+            key: b"k",
+            payload: b"",
+        }),
+        Message::Nak(Nak {
+            requester: 0,
+            ranges: NakRanges::from_slice(&ranges),
+        }),
+        Message::Fragment(Fragment {
+            frag_id: 0,
+            total_len: u32::MAX,
+            offset: u32::MAX - 1,
+            inner_kind: 0xff,
+            data: b"a",
+        }),
+        Message::LeafSnapshot(LeafSnapshot {
+            cycle: CycleId(0),
+            position: 0,
+            leaf_seq: SeqNum(0),
+            key: b"",
+            value: None,
+        }),
+    ];
+    let bytes = encode(&H, &msgs);
+    assert_eq!(
+        Datagram::decode(&bytes)
+            .unwrap()
+            .messages()
+            .collect::<Vec<_>>(),
+        msgs
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Fragments
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fragment_capacity_fits_exactly() {
+    assert_eq!(
+        fragment_capacity(HEADER_LEN + MESSAGE_HEADER_LEN + FRAGMENT_FIXED),
+        0
+    );
+    assert_eq!(fragment_capacity(0), 0);
+    for max in [46, 64, 1452, 9000] {
+        let cap = fragment_capacity(max);
+        assert!(cap > 0);
+        let body = vec![9u8; cap + 1];
+        let frags: Vec<_> = Fragments::new(3, MessageKind::Delta, &body, cap).collect();
+        assert_eq!(frags.len(), 2);
+        assert_eq!(frags[0].data.len(), cap);
+        // A full fragment fills an empty datagram of `max` bytes exactly.
+        let mut buf = vec![0u8; max];
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        w.push(&Message::Fragment(frags[0])).unwrap();
+        assert_eq!(w.remaining(), 0);
+        assert_eq!(w.finish(), max);
+        // One more byte of data would not fit.
+        let body2 = vec![9u8; cap + 1];
+        let one_more = Fragments::new(3, MessageKind::Delta, &body2, cap + 1)
+            .next()
+            .unwrap();
+        let mut w = DatagramWriter::new(&mut buf, &H).unwrap();
+        assert!(matches!(
+            w.push(&Message::Fragment(one_more)),
+            Err(EncodeError::DoesNotFit { .. })
+        ));
+    }
+}
+
+#[test]
+fn fragments_cover_the_body_in_order() {
+    let body: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+    for max_data in [1, 7, 999, 1000, 5000] {
+        let frags: Vec<_> =
+            Fragments::new(11, MessageKind::LeafSnapshot, &body, max_data).collect();
+        assert_eq!(frags.len(), body.len().div_ceil(max_data));
+        let mut at = 0;
+        for f in &frags {
+            assert_eq!(f.frag_id, 11);
+            assert_eq!(f.total_len, 1000);
+            assert_eq!(f.inner_kind, MessageKind::LeafSnapshot as u8);
+            assert_eq!(f.offset as usize, at);
+            assert!(!f.data.is_empty() && f.data.len() <= max_data);
+            assert_eq!(f.data, &body[at..at + f.data.len()]);
+            at += f.data.len();
+        }
+        assert_eq!(at, body.len());
+    }
+    // max_data 0 means the default datagram's capacity.
+    let big = vec![1u8; 5000];
+    let frags: Vec<_> = Fragments::new(1, MessageKind::Delta, &big, 0).collect();
+    assert_eq!(frags[0].data.len(), fragment_capacity(DEFAULT_MAX_DATAGRAM));
+    // An empty body yields no fragment (a fragment must carry data).
+    assert_eq!(Fragments::new(1, MessageKind::Delta, &[], 10).count(), 0);
+}
+
+#[test]
+fn fragmented_message_reassembles_through_datagrams() {
+    let payload: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let original = Message::Delta(Delta {
+        seq: SeqNum(3),
+        prev_leaf_seq: SeqNum(2),
+        creates: false,
+        key: b"k1",
+        payload: &payload,
+    });
+    let mut body = Vec::new();
+    original.encode_body(&mut body).unwrap();
+    let frags: Vec<Message<'_>> =
+        Fragments::new(77, MessageKind::Delta, &body, fragment_capacity(1452))
+            .map(Message::Fragment)
+            .collect();
+    assert_eq!(frags.len(), 3);
+    let (packed, skipped) = pack(H, &frags, 1452);
+    assert!(skipped.is_empty());
+    assert_eq!(packed.len(), 3);
+
+    let mut r = Reassembler::new(ReassemblyConfig::default()).unwrap();
+    let now = Instant::now();
+    let mut done = None;
+    // Last datagram first, the middle one twice.
+    for i in [2, 1, 1, 0] {
+        let d = Datagram::decode(&packed[i].bytes).unwrap();
+        for m in d.messages() {
+            let Message::Fragment(f) = m else {
+                panic!("{m}")
+            };
+            let out = r
+                .handle_fragment(now, d.header().stream, d.header().session, &f)
+                .unwrap();
+            if let Some(whole) = out {
+                assert!(done.is_none(), "completed twice");
+                done = Some(whole);
+            }
+        }
+    }
+    let whole = done.unwrap();
+    assert_eq!(whole.kind, 0x01);
+    assert_eq!(whole.message().unwrap(), original);
+    assert_eq!(r.buffered_bytes(), 0);
+    assert_eq!(r.stats().duplicates, 1);
+}
+
+#[test]
+fn error_codes_are_stable() {
+    let cases: [(DecodeError, &str); 8] = [
+        (DecodeError::ShortHeader { len: 0 }, "short_header"),
+        (DecodeError::BadMagic { found: [0; 4] }, "bad_magic"),
+        (
+            DecodeError::UnsupportedVersion { version: 2 },
+            "unsupported_version",
+        ),
+        (
+            DecodeError::UnsupportedFlags { flags: 1 },
+            "unsupported_flags",
+        ),
+        (DecodeError::Empty, "empty"),
+        (
+            DecodeError::TruncatedMessageHeader { offset: 28 },
+            "truncated_message_header",
+        ),
+        (
+            DecodeError::MessageOverrun {
+                offset: 28,
+                declared: 1,
+                available: 0,
+            },
+            "message_overrun",
+        ),
+        (
+            DecodeError::UnknownCriticalKind { kind: 0x80 },
+            "unknown_critical_kind",
+        ),
+    ];
+    for (e, code) in cases {
+        assert_eq!(e.code(), code);
+        assert!(!e.to_string().is_empty());
+    }
+    let reasons: [(Malformed, &str); 13] = [
+        (
+            Malformed::BodyTooShort {
+                needed: 1,
+                available: 0,
+            },
+            "body_too_short",
+        ),
+        (Malformed::ZeroSeq, "zero_seq"),
+        (
+            Malformed::PrevNotBeforeSeq { seq: 1, prev: 1 },
+            "prev_not_before_seq",
+        ),
+        (Malformed::UnknownDeltaFlags(2), "unknown_delta_flags"),
+        (Malformed::CreatesWithPrev { prev: 1 }, "creates_with_prev"),
+        (Malformed::UnknownLeafFlags(2), "unknown_leaf_flags"),
+        (Malformed::TombstoneWithValue, "tombstone_with_value"),
+        (Malformed::EmptyNak, "empty_nak"),
+        (
+            Malformed::BadNakRange { first: 0, last: 0 },
+            "bad_nak_range",
+        ),
+        (Malformed::EmptyFragment, "empty_fragment"),
+        (
+            Malformed::FragmentOutOfBounds {
+                offset: 1,
+                end: 2,
+                total_len: 1,
+            },
+            "fragment_out_of_bounds",
+        ),
+        (Malformed::BadInnerKind(8), "bad_inner_kind"),
+        (Malformed::ReservedKind(1), "reserved_kind"),
+    ];
+    for (reason, code) in reasons {
+        assert_eq!(reason.code(), code);
+        let e = DecodeError::Malformed {
+            kind: MessageKind::Delta,
+            reason,
+        };
+        assert_eq!(e.code(), code);
+        assert!(!e.to_string().is_empty());
+        assert!(!EncodeError::InvalidMessage { reason }
+            .to_string()
+            .is_empty());
+    }
+}

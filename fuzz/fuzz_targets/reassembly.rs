@@ -1,0 +1,391 @@
+//! Fuzz target `reassembly`: a [`Reassembler`] with tight limits, driven by a
+//! small program decoded from the input.
+//!
+//! The first input byte picks the mode (bit 0):
+//!
+//! * **ops** (bit 0 clear): each 9-byte record is one operation on the
+//!   reassembler: a fragment with few possible ids, sessions and kinds, a
+//!   total length, offset, data length and content chosen by the input (valid
+//!   or not), a burst of up to 2048 small fragments with gaps, forwards or
+//!   backwards (range merging and the `MAX_RANGES` limit), or a
+//!   `handle_timeout` / `forget_session`, each after a time advance. After
+//!   every operation the memory bounds hold, the expiry deadline is
+//!   consistent, and a completed message has the declared kind and length
+//!   and holds only bytes some fragment carried at that position.
+//! * **honest** (bit 0 set): one or two message bodies derived from the
+//!   input (bit 2: two) are split with [`Fragments`] and their fragments
+//!   delivered in an input-chosen order, with duplicates, drops and time
+//!   advances (3-byte records); bit 1 then delivers every fragment once more
+//!   in order. A model of the documented behaviour predicts each result: a
+//!   message completes exactly when all its fragments arrived within the
+//!   timeout of the first one kept, it completes once, and it is
+//!   byte-identical to the original body. Nothing is ever rejected.
+//!
+//! Both modes end with a timeout sweep that must leave nothing buffered.
+
+#![no_main]
+
+use std::time::{Duration, Instant};
+
+use grapevine_core::wire::{Fragment, Fragments, MessageKind};
+use grapevine_core::{Reassembler, ReassemblyConfig, ReassemblyError, SessionId, StreamId};
+use libfuzzer_sys::fuzz_target;
+
+const MAX_MESSAGE: usize = 4096;
+const MAX_PARTIALS: usize = 4;
+const MAX_BUFFERED: usize = 8192;
+const TIMEOUT: Duration = Duration::from_secs(1);
+const STREAM: StreamId = StreamId(7);
+
+/// Inner kinds the ops mode picks from (the reassembler does not look at them).
+const KINDS: [u8; 4] = [
+    MessageKind::Delta as u8,
+    MessageKind::LeafSnapshot as u8,
+    0x42,
+    0x80,
+];
+/// Total lengths around the limits, picked by a set top bit of the selector.
+const TOTALS: [u32; 8] = [0, 1, 64, 1407, 4095, 4096, 4097, u32::MAX];
+/// Fragment contents: byte `p` of a message is `pattern(p) ^ SEEDS[s]`.
+const SEEDS: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let Some(mode) = input.u8() else { return };
+    let mut cfg = ReassemblyConfig::default();
+    cfg.max_message_size(MAX_MESSAGE)
+        .max_partials(MAX_PARTIALS)
+        .max_buffered_bytes(MAX_BUFFERED)
+        .timeout(TIMEOUT);
+    let mut r = Reassembler::new(cfg).expect("valid config");
+    let start = Instant::now();
+    let now = if mode & 1 == 0 {
+        ops(&mut r, start, &mut input)
+    } else {
+        honest(&mut r, start, mode, &mut input)
+    };
+    r.handle_timeout(now + TIMEOUT);
+    assert_eq!(r.partial_count(), 0);
+    assert_eq!(r.buffered_bytes(), 0);
+    assert_eq!(r.poll_timeout(), None);
+});
+
+/// Reads the program.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn u8(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_be_bytes([self.u8()?, self.u8()?]))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes([
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+            self.u8()?,
+        ]))
+    }
+}
+
+/// Mostly small steps, sometimes past the timeout.
+fn advance(code: u8) -> Duration {
+    let code = u64::from(code);
+    if code < 200 {
+        Duration::from_millis(code)
+    } else {
+        Duration::from_millis((code - 199) * 50)
+    }
+}
+
+fn pattern(pos: usize) -> u8 {
+    ((pos as u32).wrapping_mul(0x9e37_79b1) >> 24) as u8
+}
+
+/// `swept` is the time of the last call that drops expired partials
+/// (`handle_fragment`, `handle_timeout`; `forget_session` does not).
+fn check_bounds(r: &Reassembler, swept: Instant) {
+    assert!(
+        r.buffered_bytes() <= MAX_BUFFERED,
+        "{} bytes buffered",
+        r.buffered_bytes()
+    );
+    assert!(
+        r.partial_count() <= MAX_PARTIALS,
+        "{} partials",
+        r.partial_count()
+    );
+    // No partial left had expired at the last sweep, and one exists iff a
+    // deadline does.
+    match r.poll_timeout() {
+        Some(deadline) => {
+            assert!(r.partial_count() > 0);
+            assert!(deadline > swept, "an expired partial was kept");
+        }
+        None => assert_eq!(r.partial_count(), 0),
+    }
+    if r.partial_count() == 0 {
+        assert_eq!(r.buffered_bytes(), 0);
+    }
+}
+
+/// Mode "ops": arbitrary, possibly invalid, fragments and housekeeping calls.
+fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant {
+    let mut data = Vec::new();
+    let mut swept = now;
+    while let (
+        Some(ctl),
+        Some(kind_sel),
+        Some(total_sel),
+        Some(offset_sel),
+        Some(len_sel),
+        Some(step),
+    ) = (
+        input.u8(),
+        input.u8(),
+        input.u16(),
+        input.u16(),
+        input.u16(),
+        input.u8(),
+    ) {
+        now += advance(step);
+        let session = SessionId(u64::from((ctl >> 2) & 1));
+        let mut frag = FragOp {
+            frag_id: u32::from(ctl & 3),
+            session,
+            inner_kind: KINDS[usize::from(kind_sel & 3)],
+            seed: SEEDS[usize::from((kind_sel >> 2) & 3)],
+            total_len: if total_sel & 0x8000 != 0 {
+                TOTALS[usize::from(total_sel & 7)]
+            } else {
+                u32::from(total_sel & 0x1fff)
+            },
+            offset: 0,
+            len: 0,
+        };
+        frag.offset = if offset_sel & 0x8000 != 0 {
+            u32::MAX - u32::from(offset_sel & 0x7fff)
+        } else {
+            u32::from(offset_sel) % frag.total_len.saturating_add(16)
+        };
+        match ctl >> 5 {
+            // A burst of many small fragments with gaps, forwards or
+            // backwards: exercises range merging and the MAX_RANGES limit.
+            5 => {
+                frag.len = 1 + usize::from((kind_sel >> 4) & 3);
+                let stride = frag.len + usize::from((len_sel >> 12) & 7);
+                let count = usize::from(len_sel & 0x07ff) + 1;
+                let base = frag.offset as usize;
+                for k in 0..count {
+                    let k = if kind_sel & 0x40 != 0 {
+                        count - 1 - k
+                    } else {
+                        k
+                    };
+                    frag.offset = u32::try_from(base + k * stride).unwrap_or(u32::MAX);
+                    frag.apply(r, now, &mut data);
+                    check_bounds(r, now);
+                }
+                swept = now;
+            }
+            6 => {
+                r.handle_timeout(now);
+                swept = now;
+            }
+            7 => r.forget_session(STREAM, session),
+            _ => {
+                frag.len = usize::from(len_sel) % 4200;
+                frag.apply(r, now, &mut data);
+                swept = now;
+            }
+        }
+        check_bounds(r, swept);
+    }
+    now
+}
+
+/// One fragment of the ops mode; its data is `pattern(p) ^ seed` at each
+/// position `p`, so overlapping fragments agree iff they share the seed.
+struct FragOp {
+    frag_id: u32,
+    session: SessionId,
+    inner_kind: u8,
+    seed: u8,
+    total_len: u32,
+    offset: u32,
+    len: usize,
+}
+
+impl FragOp {
+    fn apply(&self, r: &mut Reassembler, now: Instant, data: &mut Vec<u8>) {
+        data.clear();
+        data.extend((0..self.len).map(|i| pattern(self.offset as usize + i) ^ self.seed));
+        let frag = Fragment {
+            frag_id: self.frag_id,
+            total_len: self.total_len,
+            offset: self.offset,
+            inner_kind: self.inner_kind,
+            data,
+        };
+        let res = r.handle_fragment(now, STREAM, self.session, &frag);
+        let end = u64::from(self.offset) + self.len as u64;
+        if self.total_len as usize > MAX_MESSAGE {
+            assert!(
+                matches!(res, Err(ReassemblyError::TooLarge { .. })),
+                "{frag:?} -> {res:?}"
+            );
+        } else if self.len == 0 || end > u64::from(self.total_len) {
+            assert!(res.is_err(), "{frag:?} -> {res:?}");
+        }
+        if let Ok(Some(done)) = res {
+            assert_eq!(done.kind, self.inner_kind);
+            assert_eq!(done.body.len(), self.total_len as usize);
+            for (p, &b) in done.body.iter().enumerate() {
+                assert!(
+                    SEEDS.contains(&(b ^ pattern(p))),
+                    "byte {p} of a completed message was never received"
+                );
+            }
+            let _ = done.message();
+        }
+    }
+}
+
+/// What the honest mode expects of one message.
+struct Model<'a> {
+    frag_id: u32,
+    kind: u8,
+    body: &'a [u8],
+    frags: Vec<Fragment<'a>>,
+    /// When the partial now held was created, if one is.
+    created: Option<Instant>,
+    got: Vec<bool>,
+    got_count: usize,
+    done: bool,
+}
+
+/// Mode "honest": correct fragments, arbitrary order, loss and duplication.
+fn honest(r: &mut Reassembler, mut now: Instant, mode: u8, input: &mut Input<'_>) -> Instant {
+    let count = if mode & 4 != 0 { 2 } else { 1 };
+    let mut specs = Vec::new();
+    for frag_id in 0..count {
+        let (Some(kind_sel), Some(len_sel), Some(max_sel), Some(seed)) =
+            (input.u8(), input.u16(), input.u8(), input.u32())
+        else {
+            return now;
+        };
+        let kind = [
+            MessageKind::Delta,
+            MessageKind::LeafSnapshot,
+            MessageKind::Nak,
+            MessageKind::Heartbeat,
+        ][usize::from(kind_sel & 3)];
+        let len = 1 + usize::from(len_sel) % MAX_MESSAGE;
+        // At least 2 bytes per fragment, so that even the worst arrival
+        // order needs at most MAX_RANGES disjoint ranges for 4096 bytes.
+        let max_data = if max_sel < 128 {
+            2 + usize::from(max_sel)
+        } else {
+            usize::from(max_sel - 127) * 32
+        };
+        let mut x = seed | 1;
+        let body: Vec<u8> = (0..len)
+            .map(|_| {
+                // xorshift32
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect();
+        specs.push((frag_id, kind, body, max_data));
+    }
+    let mut models: Vec<Model<'_>> = specs
+        .iter()
+        .map(|(frag_id, kind, body, max_data)| {
+            let frags: Vec<Fragment<'_>> =
+                Fragments::new(*frag_id, *kind, body, *max_data).collect();
+            assert_eq!(frags.len(), body.len().div_ceil(*max_data));
+            Model {
+                frag_id: *frag_id,
+                kind: *kind as u8,
+                body,
+                got: vec![false; frags.len()],
+                frags,
+                created: None,
+                got_count: 0,
+                done: false,
+            }
+        })
+        .collect();
+
+    while let (Some(ctl), Some(idx)) = (input.u8(), input.u16()) {
+        now += advance(ctl >> 1);
+        let m = &mut models[usize::from(ctl & 1) % count as usize];
+        let i = usize::from(idx) % m.frags.len();
+        deliver(r, now, m, i);
+    }
+    if mode & 2 != 0 {
+        for m in &mut models {
+            for i in 0..m.frags.len() {
+                deliver(r, now, m, i);
+            }
+            assert!(
+                m.done,
+                "all fragments of message {} delivered at once, not completed",
+                m.frag_id
+            );
+        }
+    }
+    now
+}
+
+/// Delivers fragment `i` of `m` and checks the result against the model.
+fn deliver(r: &mut Reassembler, now: Instant, m: &mut Model<'_>, i: usize) {
+    let frag = m.frags[i];
+    let res = r.handle_fragment(now, STREAM, SessionId(1), &frag);
+    let res = res
+        .unwrap_or_else(|e| panic!("honest fragment {i} of message {} rejected: {e}", m.frag_id));
+    if m.done {
+        assert!(res.is_none(), "message {} completed twice", m.frag_id);
+    } else {
+        if m.created.is_some_and(|c| c + TIMEOUT <= now) {
+            m.created = None;
+            m.got.fill(false);
+            m.got_count = 0;
+        }
+        m.created.get_or_insert(now);
+        if !m.got[i] {
+            m.got[i] = true;
+            m.got_count += 1;
+        }
+        if m.got_count == m.frags.len() {
+            let done = res.unwrap_or_else(|| {
+                panic!(
+                    "message {} not completed though all its fragments arrived in time",
+                    m.frag_id
+                )
+            });
+            assert_eq!(done.kind, m.kind);
+            assert!(
+                done.body == m.body,
+                "message {} reassembled wrong",
+                m.frag_id
+            );
+            m.done = true;
+        } else {
+            assert!(
+                res.is_none(),
+                "message {} completed with fragments missing",
+                m.frag_id
+            );
+        }
+    }
+    check_bounds(r, now);
+}

@@ -1,0 +1,336 @@
+//! The subscriber's per-leaf bookkeeping: each leaf's sequence number, the
+//! chain check, deltas waiting for their leaf's snapshot, stale leaves, and
+//! the ghost sweep.
+//!
+//! Invariant: for every leaf in the table, the replica holds exactly the
+//! publisher's value of that leaf right after delta `seq` (or, when absent,
+//! the leaf was absent at the publisher at `seq`). A leaf is *stale* when a
+//! later delta for it is known (`stale_until > seq`) but could not be applied.
+
+use std::collections::BTreeMap;
+
+use super::{Event, SubscriberStats};
+use crate::state::Replica;
+use crate::{CycleId, SeqNum};
+
+#[derive(Debug, Clone, Copy)]
+struct LeafMeta {
+    /// The value held is the publisher's right after this delta; `None`: no
+    /// value known yet (deltas wait for the leaf's snapshot).
+    seq: Option<SeqNum>,
+    present: bool,
+    /// Highest seq of a delta for this leaf that could not be applied.
+    stale_until: SeqNum,
+    /// Last cycle that carried a snapshot of this leaf.
+    last_cycle: Option<CycleId>,
+}
+
+impl LeafMeta {
+    fn is_stale(&self) -> bool {
+        self.stale_until > self.seq.unwrap_or(SeqNum::NONE)
+    }
+}
+
+#[derive(Debug)]
+struct Pending {
+    prev: SeqNum,
+    creates: bool,
+    payload: Box<[u8]>,
+}
+
+/// A delta as the leaf table sees it.
+pub(crate) struct DeltaRef<'a> {
+    pub(crate) seq: SeqNum,
+    pub(crate) prev: SeqNum,
+    pub(crate) creates: bool,
+    pub(crate) key: &'a [u8],
+    pub(crate) payload: &'a [u8],
+}
+
+/// Outcome of one delta, for counters.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum DeltaOutcome {
+    Applied,
+    /// Already reflected by a newer snapshot.
+    Covered,
+    /// Waiting for the leaf's snapshot.
+    Pending,
+    /// The application could not decode it.
+    Failed,
+}
+
+pub(crate) struct Ctx<'r, R: Replica + ?Sized> {
+    pub(crate) replica: &'r mut R,
+    pub(crate) events: &'r mut super::EventQueue,
+    pub(crate) stats: &'r mut SubscriberStats,
+    /// Whether the session is synced: then a leaf without an entry is known
+    /// to be absent, and leaves going stale or repaired are reported.
+    pub(crate) synced: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct LeafTable {
+    metas: BTreeMap<Box<[u8]>, LeafMeta>,
+    pending: BTreeMap<(Box<[u8]>, SeqNum), Pending>,
+    pending_bytes: usize,
+    stale: usize,
+    /// Entries with `present` set.
+    present: usize,
+    /// Highest `seq` given to a leaf by a snapshot or sweep (may be ahead of
+    /// the sequencer).
+    pub(crate) max_installed: SeqNum,
+}
+
+impl LeafTable {
+    pub(crate) fn stale_count(&self) -> usize {
+        self.stale
+    }
+
+    pub(crate) fn contains(&self, key: &[u8]) -> bool {
+        self.metas.contains_key(key)
+    }
+
+    pub(crate) fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub(crate) fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    pub(crate) fn present_count(&self) -> usize {
+        self.present
+    }
+
+    fn set_meta<R: Replica + ?Sized>(
+        &mut self,
+        key: &[u8],
+        before: Option<LeafMeta>,
+        after: LeafMeta,
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        match (before.is_some_and(|m| m.present), after.present) {
+            (false, true) => self.present += 1,
+            (true, false) => self.present -= 1,
+            _ => {}
+        }
+        let was = before.is_some_and(|m| m.is_stale());
+        let is = after.is_stale();
+        match (was, is) {
+            (false, true) => {
+                self.stale += 1;
+                if ctx.synced {
+                    ctx.events.push(Event::LeafStale { key: key.to_vec() });
+                }
+            }
+            (true, false) => {
+                self.stale -= 1;
+                if ctx.synced {
+                    ctx.events.push(Event::LeafRepaired { key: key.to_vec() });
+                }
+            }
+            _ => {}
+        }
+        match self.metas.get_mut(key) {
+            Some(m) => *m = after,
+            None => {
+                self.metas.insert(key.into(), after);
+            }
+        }
+    }
+
+    /// Processes a delta in global sequence order.
+    pub(crate) fn on_delta<R: Replica + ?Sized>(
+        &mut self,
+        d: DeltaRef<'_>,
+        max_pending: usize,
+        max_pending_bytes: usize,
+        ctx: &mut Ctx<'_, R>,
+    ) -> DeltaOutcome {
+        let before = self.metas.get(d.key).copied();
+        // What is known of the leaf: after sync, no entry means absent.
+        let held = match before {
+            Some(m) => m.seq,
+            None if ctx.synced => Some(SeqNum::NONE),
+            None => None,
+        };
+        if held.is_some_and(|h| d.seq <= h) {
+            return DeltaOutcome::Covered;
+        }
+        let stale = before.is_some_and(|m| m.is_stale());
+        let present_before = before.is_some_and(|m| m.present);
+        // A delta that creates its leaf applies whatever is held (a leaf
+        // still held then is the ghost of a missed removal); any other must
+        // chain on the very delta the publisher applied before it.
+        let chains = d.creates || (held == Some(d.prev) && present_before);
+        if !stale && chains {
+            let absent_first = d.creates && present_before;
+            match ctx.replica.apply_delta(d.key, d.payload, absent_first) {
+                Ok(present) => {
+                    let after = LeafMeta {
+                        seq: Some(d.seq),
+                        present,
+                        stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
+                        last_cycle: before.and_then(|m| m.last_cycle),
+                    };
+                    self.set_meta(d.key, before, after, ctx);
+                    return DeltaOutcome::Applied;
+                }
+                Err(error) => {
+                    ctx.stats.apply_errors += 1;
+                    ctx.events.push(Event::ApplyFailed {
+                        key: d.key.to_vec(),
+                        seq: d.seq,
+                        error,
+                    });
+                    self.mark_stale(d.key, before, d.seq, ctx);
+                    return DeltaOutcome::Failed;
+                }
+            }
+        }
+        // The chain is broken (or already stale): keep the delta, bounded,
+        // until the leaf's snapshot arrives.
+        self.mark_stale(d.key, before, d.seq, ctx);
+        if self.pending.len() < max_pending
+            && self.pending_bytes + d.payload.len() + d.key.len() <= max_pending_bytes
+        {
+            self.pending_bytes += d.payload.len() + d.key.len();
+            self.pending.insert(
+                (d.key.into(), d.seq),
+                Pending {
+                    prev: d.prev,
+                    creates: d.creates,
+                    payload: d.payload.into(),
+                },
+            );
+        } else {
+            ctx.stats.pending_dropped += 1;
+        }
+        DeltaOutcome::Pending
+    }
+
+    fn mark_stale<R: Replica + ?Sized>(
+        &mut self,
+        key: &[u8],
+        before: Option<LeafMeta>,
+        seq: SeqNum,
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        let mut after = before.unwrap_or(LeafMeta {
+            seq: ctx.synced.then_some(SeqNum::NONE),
+            present: false,
+            stale_until: SeqNum::NONE,
+            last_cycle: None,
+        });
+        after.stale_until = after.stale_until.max(seq);
+        self.set_meta(key, before, after, ctx);
+    }
+
+    /// Installs a leaf's value (or absence) as of `seq`, if newer than what
+    /// is held; then applies the leaf's pending deltas that chain on.
+    pub(crate) fn install<R: Replica + ?Sized>(
+        &mut self,
+        key: &[u8],
+        seq: SeqNum,
+        value: Option<&[u8]>,
+        cycle: Option<CycleId>,
+        ctx: &mut Ctx<'_, R>,
+    ) -> bool {
+        let before = self.metas.get(key).copied();
+        if let (Some(c), Some(m)) = (cycle, self.metas.get_mut(key)) {
+            m.last_cycle = Some(c);
+        }
+        if before.and_then(|m| m.seq).is_some_and(|h| seq <= h) {
+            return false;
+        }
+        if let Err(error) = ctx.replica.install_leaf(key, value) {
+            ctx.stats.apply_errors += 1;
+            ctx.events.push(Event::ApplyFailed {
+                key: key.to_vec(),
+                seq,
+                error,
+            });
+            self.mark_stale(key, before, seq, ctx);
+            return false;
+        }
+        let mut after = LeafMeta {
+            seq: Some(seq),
+            present: value.is_some(),
+            stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
+            last_cycle: cycle.or(before.and_then(|m| m.last_cycle)),
+        };
+        self.max_installed = self.max_installed.max(seq);
+        // Pending deltas for this leaf, in sequence order.
+        let lo = (Box::<[u8]>::from(key), SeqNum::NONE);
+        let hi = (Box::<[u8]>::from(key), SeqNum(u64::MAX));
+        let queued: Vec<(SeqNum, Pending)> = {
+            let keys: Vec<_> = self
+                .pending
+                .range(lo..=hi)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let p = self.pending.remove(&k)?;
+                    self.pending_bytes -= p.payload.len() + k.0.len();
+                    Some((k.1, p))
+                })
+                .collect()
+        };
+        let mut broken = false;
+        let mut held = seq;
+        for (pseq, p) in queued {
+            if pseq <= held {
+                continue;
+            }
+            if !broken && (p.creates || (p.prev == held && after.present)) {
+                let absent_first = p.creates && after.present;
+                match ctx.replica.apply_delta(key, &p.payload, absent_first) {
+                    Ok(present) => {
+                        held = pseq;
+                        after.seq = Some(pseq);
+                        after.present = present;
+                        ctx.stats.deltas_applied += 1;
+                        continue;
+                    }
+                    Err(_) => ctx.stats.apply_errors += 1,
+                }
+            }
+            // Still a hole in this leaf's chain: keep waiting.
+            broken = true;
+            self.pending_bytes += p.payload.len() + key.len();
+            self.pending.insert((key.into(), pseq), p);
+        }
+        self.set_meta(key, before, after, ctx);
+        true
+    }
+
+    /// After a complete cycle `cycle` that started at `start_seq`: every
+    /// leaf the cycle did not carry was absent at the publisher at
+    /// `start_seq`; install that absence where what is held is older
+    /// (removing ghosts of missed deletions). Then forget absent leaves that
+    /// nothing refers to any more.
+    pub(crate) fn sweep<R: Replica + ?Sized>(
+        &mut self,
+        cycle: CycleId,
+        start_seq: SeqNum,
+        applied: SeqNum,
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        let absent: Vec<(Box<[u8]>, bool)> = self
+            .metas
+            .iter()
+            .filter(|(_, m)| m.last_cycle != Some(cycle) && m.seq.is_none_or(|s| s < start_seq))
+            .map(|(k, m)| (k.clone(), m.present))
+            .collect();
+        for (key, was_present) in absent {
+            if self.install(&key, start_seq, None, None, ctx) && was_present {
+                ctx.stats.ghosts_removed += 1;
+            }
+        }
+        // Absent leaves no later delta can refer to: forget them. (A leaf
+        // with pending deltas is stale, so it stays.)
+        self.metas
+            .retain(|_, m| m.present || m.is_stale() || m.seq.is_some_and(|s| s > applied));
+    }
+}

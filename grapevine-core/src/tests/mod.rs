@@ -1,0 +1,5 @@
+//! Deterministic simulation of one publisher and several subscribers over a
+//! lossy, reordering, duplicating network.
+
+mod replication;
+mod sim;

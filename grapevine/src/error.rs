@@ -1,0 +1,94 @@
+//! The error type of the public API.
+
+use std::io;
+use std::time::Duration;
+
+use grapevine_core::publisher::PublishError;
+use grapevine_core::subscriber::Status;
+use grapevine_core::ConfigError;
+
+use crate::socket::SocketError;
+
+/// Why a [`Publisher`](crate::Publisher) or [`Subscriber`](crate::Subscriber)
+/// operation failed.
+///
+/// Each message says what went wrong and how to fix it; wrapped errors are
+/// available through [`std::error::Error::source`].
+///
+/// ```
+/// use grapevine::Error;
+///
+/// let err = Error::InvalidLoss(1.5);
+/// assert!(err.to_string().contains("0.0 ..= 1.0"));
+/// let io: std::io::Error = err.into();
+/// assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A protocol setting (snapshot rate, heartbeat interval, datagram size,
+    /// reorder timeout, ...) is out of range. The message names the setting
+    /// and the accepted values.
+    #[error("invalid protocol configuration: {0}")]
+    Config(#[from] ConfigError),
+
+    /// The multicast socket could not be set up: a group that is not
+    /// multicast, an unknown interface, a port in use, ...
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+
+    /// A delta could not be published; the state is unchanged.
+    #[error("cannot publish: {0}")]
+    Publish(#[from] PublishError),
+
+    /// An I/O error outside socket setup.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+
+    /// [`Subscriber::wait_until`](crate::Subscriber::wait_until) gave up:
+    /// the condition did not hold within the time allowed.
+    #[error(
+        "condition not met within {waited:?} (status: synced {}, consistent {}, \
+         seq {}, publisher alive {}): check that the publisher runs on the same \
+         group, port, interface and stream, or allow more time",
+        .status.synced,
+        .status.consistent,
+        .status.seq,
+        .status.publisher_alive
+    )]
+    Timeout {
+        /// How long was waited.
+        waited: Duration,
+        /// The subscriber's status when it gave up.
+        status: Status,
+    },
+
+    /// [`SubscriberBuilder::simulate_loss`](crate::SubscriberBuilder::simulate_loss)
+    /// was given a probability outside `0.0 ..= 1.0` (or NaN).
+    #[error("loss probability {0} is invalid: use a value in 0.0 ..= 1.0, e.g. 0.05 for 5 %")]
+    InvalidLoss(f64),
+
+    /// The background driver task has stopped: the handle was shut down, or
+    /// the tokio runtime that ran it is shutting down. Create a new
+    /// publisher or subscriber inside a running runtime.
+    #[error(
+        "the driver task has stopped (shut down, or its tokio runtime ended): \
+         bind a new publisher or subscriber inside a running runtime"
+    )]
+    Closed,
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> Self {
+        let kind = match err {
+            Error::Io(e) => return e,
+            Error::Socket(e) => return e.into(),
+            Error::Timeout { .. } => io::ErrorKind::TimedOut,
+            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::Config(_) | Error::InvalidLoss(_) | Error::Publish(_) => {
+                io::ErrorKind::InvalidInput
+            }
+        };
+        io::Error::new(kind, err)
+    }
+}
