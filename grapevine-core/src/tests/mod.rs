@@ -2,4 +2,5 @@
 //! lossy, reordering, duplicating network.
 
 mod replication;
+mod scenarios;
 mod sim;

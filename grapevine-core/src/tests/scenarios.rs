@@ -1,0 +1,290 @@
+//! Hand-driven scenarios: one publisher, one subscriber, and a test that
+//! decides which datagrams arrive. Each checks one rule of the algorithm.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::sim::{Counters, DigestReplica, Op, SimPublisher};
+use crate::publisher::{PublisherConfig, SnapshotRate};
+use crate::subscriber::{Event, Subscriber, SubscriberConfig};
+use crate::wire::{Datagram, Message};
+use crate::{SessionId, StreamId};
+
+struct Pair {
+    now: Instant,
+    publisher: SimPublisher,
+    sub: Subscriber,
+    replica: DigestReplica,
+    events: Vec<Event>,
+    buf: Vec<u8>,
+}
+
+impl Pair {
+    fn new(initial: &[(u16, i64)]) -> Self {
+        let now = Instant::now();
+        Self {
+            now,
+            publisher: SimPublisher::new(pub_config(), SessionId(1), now, initial, Default::default()),
+            sub: Subscriber::new(sub_config()).unwrap(),
+            replica: DigestReplica::default(),
+            events: Vec::new(),
+            buf: vec![0; 1452],
+        }
+    }
+
+    /// Datagrams the publisher has due now.
+    fn output(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(len) = self
+            .publisher
+            .core
+            .poll_transmit(self.now, &self.publisher.state, &mut self.buf)
+        {
+            out.push(self.buf[..len].to_vec());
+        }
+        out
+    }
+
+    fn deliver(&mut self, datagrams: &[Vec<u8>]) {
+        for d in datagrams {
+            self.sub.handle_datagram(self.now, d, &mut self.replica);
+        }
+        self.drain_events();
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.sub.poll_event() {
+            self.events.push(e);
+        }
+    }
+
+    /// Advances time by `dt` in 1 ms steps, delivering everything.
+    fn run(&mut self, dt: Duration) {
+        let end = self.now + dt;
+        while self.now < end {
+            self.now += Duration::from_millis(1);
+            let out = self.output();
+            self.deliver(&out);
+            self.sub.handle_timeout(self.now, &mut self.replica);
+            self.drain_events();
+        }
+    }
+
+    fn publish_dropped(&mut self, op: Op) {
+        self.publisher.publish(&op);
+        let _lost = self.output();
+    }
+
+    fn publish_delivered(&mut self, op: Op) {
+        self.publisher.publish(&op);
+        let out = self.output();
+        self.deliver(&out);
+    }
+
+    fn assert_equal(&self) {
+        assert_eq!(self.replica.typed.state(), self.publisher.state.state());
+    }
+}
+
+fn pub_config() -> PublisherConfig {
+    let mut c = PublisherConfig::default();
+    c.stream(StreamId(3))
+        .snapshot_rate(SnapshotRate::LeavesPerSec(10_000))
+        .heartbeat_interval(Duration::from_millis(10))
+        .min_cycle_interval(Duration::from_millis(20));
+    c
+}
+
+fn sub_config() -> SubscriberConfig {
+    let mut c = SubscriberConfig::default();
+    c.stream(StreamId(3))
+        .reorder_timeout(Duration::from_millis(5))
+        .missed_heartbeats(5);
+    c
+}
+
+fn leaves(n: u16) -> Vec<(u16, i64)> {
+    (0..n).map(|k| (k, i64::from(k) * 10)).collect()
+}
+
+#[test]
+fn late_joiner_reports_progress_then_syncs() {
+    let mut p = Pair::new(&leaves(400));
+    // The subscriber hears nothing for a while, then joins mid-stream.
+    p.now += Duration::from_millis(7);
+    let _missed = p.output();
+    let mut progress = Vec::new();
+    for _ in 0..300 {
+        p.run(Duration::from_millis(1));
+        let st = p.sub.status();
+        if let Some(pr) = st.cycle_progress {
+            progress.push(pr);
+        }
+        if st.synced {
+            break;
+        }
+    }
+    let st = p.sub.status();
+    assert!(st.synced && st.consistent, "{st:?}");
+    assert!(
+        progress.iter().any(|&(seen, total)| total == 400 && seen > 0 && seen < 400),
+        "progress was reported part-way: {progress:?}"
+    );
+    assert!(p.events.iter().any(|e| matches!(e, Event::Synced { .. })));
+    p.assert_equal();
+}
+
+#[test]
+fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
+    let mut p = Pair::new(&leaves(30));
+    p.run(Duration::from_millis(30));
+    assert!(p.sub.status().consistent);
+    p.publish_dropped(Op::Add(4, 1));
+    p.publish_delivered(Op::Add(4, 2));
+    p.publish_delivered(Op::Add(9, 5));
+    // The hole is given up on after the reorder timeout, without a cycle.
+    p.now += Duration::from_millis(6);
+    p.sub.handle_timeout(p.now, &mut p.replica);
+    p.drain_events();
+    let st = p.sub.status();
+    assert!(!st.consistent);
+    assert_eq!(st.stale_leaves, 1, "only leaf 4 is broken: {st:?}");
+    assert!(p.events.iter().any(|e| matches!(e, Event::Gap { first, last } if first.0 == 1 && last.0 == 1)));
+    let key4 = crate::state::encode(&4u16);
+    assert!(p.events.contains(&Event::LeafStale { key: key4.clone() }));
+    // Leaf 9's delta still applied.
+    assert_eq!(p.replica.typed.state().0.get(&9), Some(&95));
+    p.run(Duration::from_millis(40));
+    let st = p.sub.status();
+    assert!(st.consistent && st.stale_leaves == 0, "{st:?}");
+    assert!(p.events.contains(&Event::LeafRepaired { key: key4 }));
+    p.assert_equal();
+}
+
+#[test]
+fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
+    let mut p = Pair::new(&leaves(20));
+    p.run(Duration::from_millis(30));
+    p.publish_dropped(Op::Remove(7));
+    p.publish_delivered(Op::Add(3, 1));
+    p.now += Duration::from_millis(6);
+    p.sub.handle_timeout(p.now, &mut p.replica);
+    assert!(p.replica.typed.state().0.contains_key(&7), "ghost still held");
+    assert!(!p.sub.status().consistent);
+    p.run(Duration::from_millis(40));
+    assert!(!p.replica.typed.state().0.contains_key(&7));
+    assert_eq!(p.sub.stats().ghosts_removed, 1);
+    assert!(p.sub.status().consistent);
+    p.assert_equal();
+}
+
+#[test]
+fn a_removal_during_a_cycle_is_sent_as_a_tombstone() {
+    let mut p = Pair::new(&leaves(200));
+    p.run(Duration::from_millis(1));
+    // The cycle has started but has not reached the last leaves yet.
+    let (sent, total) = p.publisher.core.cycle_progress().unwrap();
+    assert!(sent < total);
+    p.publish_delivered(Op::Remove(199));
+    p.run(Duration::from_millis(40));
+    assert!(p.publisher.core.stats().tombstones >= 1);
+    assert!(p.sub.status().consistent);
+    p.assert_equal();
+}
+
+#[test]
+fn creating_delta_replaces_a_ghost_without_a_snapshot() {
+    let mut p = Pair::new(&leaves(10));
+    p.run(Duration::from_millis(30));
+    p.publish_dropped(Op::Remove(2));
+    // Leaf 2 comes back as a new leaf: the delta says it creates it, so the
+    // held ghost is dropped first.
+    p.publish_delivered(Op::Add(2, 1));
+    p.now += Duration::from_millis(6);
+    p.sub.handle_timeout(p.now, &mut p.replica);
+    assert_eq!(p.replica.typed.state().0.get(&2), Some(&1));
+    assert_eq!(p.sub.stats().deltas_pending, 0);
+}
+
+#[test]
+fn publisher_restart_clears_and_resyncs() {
+    let mut p = Pair::new(&leaves(15));
+    p.run(Duration::from_millis(30));
+    p.publish_delivered(Op::Set(1, 111));
+    let history = std::mem::take(&mut p.publisher.history);
+    p.publisher = SimPublisher::new(pub_config(), SessionId(2), p.now, &[(50, 5)], history);
+    p.run(Duration::from_millis(40));
+    assert!(p.events.contains(&Event::PublisherRestarted {
+        old: SessionId(1),
+        new: SessionId(2)
+    }));
+    let st = p.sub.status();
+    assert_eq!(st.session, Some(SessionId(2)));
+    assert!(st.consistent);
+    assert_eq!(p.replica.typed.state().0, BTreeMap::from([(50, 5)]));
+    // A late datagram of the old session is not taken for a new restart.
+    let mut old = SimPublisher::new(pub_config(), SessionId(1), p.now, &[], Default::default());
+    old.publish(&Op::Set(1, 1));
+    let mut buf = vec![0; 1452];
+    let len = old.core.poll_transmit(p.now, &old.state, &mut buf).unwrap();
+    p.sub.handle_datagram(p.now, &buf[..len], &mut p.replica);
+    assert_eq!(p.sub.status().session, Some(SessionId(2)));
+    assert_eq!(p.sub.stats().old_session, 1);
+}
+
+#[test]
+fn silence_reports_the_publisher_gone_and_back() {
+    let mut p = Pair::new(&leaves(5));
+    p.run(Duration::from_millis(30));
+    assert!(p.sub.status().publisher_alive);
+    let deadline = p.sub.poll_timeout().unwrap();
+    // Nothing arrives for five heartbeat intervals.
+    p.now += Duration::from_millis(60);
+    let _lost = p.output();
+    assert!(deadline <= p.now);
+    p.sub.handle_timeout(p.now, &mut p.replica);
+    p.drain_events();
+    assert!(p.events.contains(&Event::PublisherGone));
+    assert!(!p.sub.status().publisher_alive);
+    assert_eq!(p.replica.typed.state().0.len(), 5, "the replica stays readable");
+    p.run(Duration::from_millis(20));
+    assert!(p.events.contains(&Event::PublisherBack));
+    assert!(p.sub.status().publisher_alive);
+}
+
+#[test]
+fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
+    let mut p = Pair::new(&leaves(5));
+    p.run(Duration::from_millis(30));
+    let before = p.replica.digest;
+    // Another stream on the same group.
+    let mut other_cfg = pub_config();
+    other_cfg.stream(StreamId(4));
+    let mut other = SimPublisher::new(other_cfg, SessionId(9), p.now, &leaves(3), Default::default());
+    other.publish(&Op::Set(1, 5));
+    let mut buf = vec![0; 1452];
+    let len = other.core.poll_transmit(p.now, &other.state, &mut buf).unwrap();
+    p.sub.handle_datagram(p.now, &buf[..len], &mut p.replica);
+    assert_eq!(p.sub.stats().foreign_stream, 1);
+    // Garbage and a truncated datagram.
+    p.sub.handle_datagram(p.now, b"definitely not grapevine", &mut p.replica);
+    p.publisher.publish(&Op::Set(1, 7));
+    let out = p.output();
+    let cut = &out[0][..out[0].len() - 3];
+    p.sub.handle_datagram(p.now, cut, &mut p.replica);
+    let malformed: u64 = p.sub.stats().malformed.values().sum();
+    assert_eq!(malformed, 2);
+    assert_eq!(p.replica.digest, before, "nothing dropped was applied");
+    p.deliver(&out);
+    // A delta whose payload does not decode as the state's delta type.
+    let seq = p.publisher.core.publish(&crate::state::encode(&1u16), &[0xff; 3], true).unwrap();
+    let out = p.output();
+    assert!(out.iter().any(|d| Datagram::decode(d)
+        .unwrap()
+        .messages()
+        .any(|m| matches!(m, Message::Delta(d) if d.seq == seq))));
+    p.deliver(&out);
+    assert_eq!(p.sub.stats().apply_errors, 1);
+    assert!(p.events.iter().any(|e| matches!(e, Event::ApplyFailed { .. })));
+    assert!(!p.sub.status().consistent);
+}
