@@ -1,11 +1,16 @@
-//! The `grapevine` command.
+//! The `grapevine` command: a live demo, a publisher and a subscriber as
+//! separate processes, and a datagram decoder.
 
+mod decode;
+mod demo;
+mod pubsub;
+
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
-use grapevine::core::wire::{Datagram, Message};
-use grapevine::core::{Reassembler, ReassemblyConfig};
+use clap::{Args, Parser, Subcommand};
+use grapevine::socket::Interface;
+use grapevine::StreamId;
 
 /// Replicate application state over UDP multicast.
 #[derive(Debug, Parser)]
@@ -17,24 +22,70 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a publisher of an order book and several subscribers that join at
+    /// different times, in one process, and show them converge.
+    Demo(demo::DemoArgs),
+    /// Publish the demo order book: its leaves, then live deltas; keep
+    /// cycling snapshots and heartbeating until killed.
+    Pub(pubsub::PubArgs),
+    /// Subscribe to a stream and follow it; with `--until-seq`, exit once
+    /// consistent through that sequence number.
+    Sub(pubsub::SubArgs),
     /// Decode datagrams given as hex and print their meaning, one line per
     /// header and message, in the notation of PROTOCOL.md's test vectors.
     /// Fragments given across several datagrams are reassembled.
     Decode {
-        /// Datagrams as hex (spaces and newlines inside one argument are
-        /// ignored). Reads them from standard input, one per line, if none is
-        /// given.
+        /// Datagrams as hex (spaces inside one argument are ignored). Reads
+        /// them from standard input, one per line, if none is given.
         datagrams: Vec<String>,
     },
+}
+
+/// Where the stream is: flags shared by `demo`, `pub` and `sub`.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NetArgs {
+    /// Multicast group: IPv4 in 224.0.0.0/4 or IPv6 in ff00::/8.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::new(239, 255, 77, 77)))]
+    pub(crate) group: IpAddr,
+    /// UDP port of the group.
+    #[arg(long, default_value_t = 7777)]
+    pub(crate) port: u16,
+    /// Interface to send and join on: `loopback` (the default: this machine
+    /// only), an interface name such as `eth0`, or an IPv4 address. Any
+    /// interface but loopback puts the stream on that network.
+    #[arg(long, default_value = "loopback")]
+    pub(crate) interface: String,
+    /// Stream id: which state on the group.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) stream: u32,
+}
+
+impl NetArgs {
+    pub(crate) fn interface(&self) -> Interface {
+        match self.interface.as_str() {
+            "loopback" => Interface::Loopback,
+            other => match other.parse::<Ipv4Addr>() {
+                Ok(ip) => Interface::Ipv4(ip),
+                Err(_) => Interface::name(other),
+            },
+        }
+    }
+
+    pub(crate) fn stream(&self) -> StreamId {
+        StreamId(self.stream)
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
-        Command::Decode { datagrams } => decode(datagrams),
+        Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
+        Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
+        Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
     };
     match res {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -42,61 +93,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_hex(s: &str) -> Result<Vec<u8>> {
-    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
-    if !digits.len().is_multiple_of(2) {
-        bail!("odd number of hex digits ({})", digits.len());
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            let text = std::str::from_utf8(pair).context("not hex")?;
-            u8::from_str_radix(text, 16).with_context(|| format!("{text:?} is not a hex byte"))
-        })
-        .collect()
-}
-
-fn decode(mut datagrams: Vec<String>) -> Result<()> {
-    if datagrams.is_empty() {
-        datagrams = std::io::stdin()
-            .lines()
-            .collect::<Result<Vec<_>, _>>()
-            .context("reading standard input")?
-            .into_iter()
-            .filter(|l| !l.trim().is_empty())
-            .collect();
-    }
-    let mut reassembler = Reassembler::new(ReassemblyConfig::default())?;
-    let now = std::time::Instant::now();
-    let mut failed = false;
-    for text in &datagrams {
-        let bytes = parse_hex(text)?;
-        match Datagram::decode(&bytes) {
-            Ok(d) => {
-                let h = d.header();
-                println!("header: {h}");
-                for m in d.messages() {
-                    println!("message: {m}");
-                    if let Message::Fragment(f) = m {
-                        match reassembler.handle_fragment(now, h.stream, h.session, &f) {
-                            Ok(Some(done)) => match done.message() {
-                                Ok(inner) => println!("reassembled: {inner}"),
-                                Err(e) => println!("reassembled-error: {} ({e})", e.code()),
-                            },
-                            Ok(None) => {}
-                            Err(e) => println!("fragment-error: {e}"),
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                failed = true;
-                println!("error: {} ({e})", e.code());
-            }
-        }
-    }
-    if failed {
-        bail!("some datagrams did not decode");
-    }
-    Ok(())
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }

@@ -446,8 +446,9 @@ impl BookDeltaGen {
         .map(|(p, q)| (*p, *q))
     }
 
-    /// A delta creating a level on `side` that does not cross the book; if
-    /// the chosen price is taken, it adds to that level instead.
+    /// A delta creating a level on `side` that does not cross the book, at
+    /// the first free price from a target near the top going deeper (or
+    /// adding to a level, in the rare case no free price is found nearby).
     fn new_level(&mut self, side: Side) -> BookDelta {
         let qty = i64::try_from(1 + self.rng.below(1_000)).unwrap_or(1);
         let depth = self.depth();
@@ -474,6 +475,17 @@ impl BookDeltaGen {
                 top.saturating_add(depth)
             }
         };
+        let levels = self.book.side(side);
+        let mut free = price;
+        for _ in 0..64 {
+            if !levels.contains_key(&free) {
+                return BookDelta::new(side, free, qty);
+            }
+            free = match side {
+                Side::Bid => free.saturating_sub(1),
+                Side::Ask => free.saturating_add(1),
+            };
+        }
         BookDelta::new(side, price, qty)
     }
 }

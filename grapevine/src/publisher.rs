@@ -39,6 +39,7 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -79,15 +80,50 @@ pub struct PublisherStats {
 /// Every setting has a default: group 239.255.77.77, port 7777, the
 /// loopback interface, stream 1, 100,000 leaves per second of snapshots,
 /// heartbeats every 100 ms, 1,452-byte datagrams and a random session id.
-#[derive(Clone, Debug, Default)]
+///
+/// The builder is typed by the state it will publish, inferred from
+/// [`bind`](Self::bind)'s argument.
 #[must_use = "a builder does nothing until `bind` is called"]
-pub struct PublisherBuilder {
+pub struct PublisherBuilder<S> {
     protocol: PublisherConfig,
     multicast: MulticastConfig,
     session: Option<u64>,
+    state: PhantomData<fn() -> S>,
 }
 
-impl PublisherBuilder {
+impl<S> Default for PublisherBuilder<S> {
+    fn default() -> Self {
+        Self {
+            protocol: PublisherConfig::default(),
+            multicast: MulticastConfig::default(),
+            session: None,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S> Clone for PublisherBuilder<S> {
+    fn clone(&self) -> Self {
+        Self {
+            protocol: self.protocol.clone(),
+            multicast: self.multicast.clone(),
+            session: self.session,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S> fmt::Debug for PublisherBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublisherBuilder")
+            .field("protocol", &self.protocol)
+            .field("multicast", &self.multicast)
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+impl<S> PublisherBuilder<S> {
     /// The multicast group (default 239.255.77.77).
     pub fn group(mut self, group: IpAddr) -> Self {
         self.multicast.group(group);
@@ -168,7 +204,7 @@ impl PublisherBuilder {
     /// # Panics
     ///
     /// Panics when called outside a tokio runtime.
-    pub async fn bind<S>(self, initial: S) -> Result<Publisher<S>, Error>
+    pub async fn bind(self, initial: S) -> Result<Publisher<S>, Error>
     where
         S: State + Send + 'static,
     {
@@ -183,6 +219,10 @@ impl PublisherBuilder {
         let group = socket.group_addr();
         let local_addr = socket.local_addr()?;
         let socket = socket.into_tokio()?;
+        // Tokio reports a socket ready only once its reactor has seen it so;
+        // until then `try_send_to` says "would block" without trying. Wait
+        // for that once, so the first `publish` sends at once.
+        socket.writable().await?;
 
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
@@ -272,7 +312,12 @@ impl<S: State> Inner<S> {
 }
 
 /// Sends one datagram; false if the socket would block.
-fn send(socket: &UdpSocket, group: SocketAddr, datagram: &[u8], stats: &mut PublisherStats) -> bool {
+fn send(
+    socket: &UdpSocket,
+    group: SocketAddr,
+    datagram: &[u8],
+    stats: &mut PublisherStats,
+) -> bool {
     match socket.try_send_to(datagram, group) {
         Ok(n) => {
             stats.datagrams_sent += 1;
@@ -369,7 +414,7 @@ impl<S> Publisher<S> {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn builder() -> PublisherBuilder {
+    pub fn builder() -> PublisherBuilder<S> {
         PublisherBuilder::default()
     }
 }
@@ -451,7 +496,8 @@ impl<S: State + Send + 'static> Publisher<S> {
     }
 
     /// Calls `f` with the current state and returns what it returns. The
-    /// state is locked meanwhile: keep `f` short.
+    /// state is locked meanwhile: keep `f` short, and do not call this
+    /// publisher's methods from it (that would deadlock).
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         f(self.shared.lock().typed.state())
     }

@@ -16,7 +16,13 @@
 //!     .port(port)
 //!     .bind()
 //!     .await?;
-//! let publisher = Publisher::builder().group(group).port(port).bind(BTreeMap::new()).await?;
+//! // The publisher's state type must be the subscriber's: nothing on the
+//! // wire tells a u64 from an i32.
+//! let publisher = Publisher::builder()
+//!     .group(group)
+//!     .port(port)
+//!     .bind(BTreeMap::<String, u64>::new())
+//!     .await?;
 //! publisher.publish(MapDelta::Upsert("ACME".to_string(), 101))?;
 //!
 //! // Wait (at most 10 s) until the replica is complete and up to date.
@@ -46,14 +52,14 @@
 
 use std::fmt;
 use std::io;
+use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
-    Event, Status, Subscriber as CoreSubscriber, SubscriberConfig,
-    SubscriberStats as CoreStats,
+    Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
 };
 use grapevine_core::StreamId;
 use rand::rngs::StdRng;
@@ -100,27 +106,55 @@ pub struct SubscriberStats {
 /// Every setting has a default: group 239.255.77.77, port 7777, the loopback
 /// interface, stream 1, the protocol defaults of [`SubscriberConfig`] and an
 /// event channel of 1,024 events.
-#[derive(Clone, Debug)]
+///
+/// The builder is typed by the state it will replicate: name it as in
+/// `Subscriber::<MyState>::builder()`, or let it be inferred from the type
+/// the bound subscriber is given.
 #[must_use = "a builder does nothing until `bind` is called"]
-pub struct SubscriberBuilder {
+pub struct SubscriberBuilder<S> {
     protocol: SubscriberConfig,
     multicast: MulticastConfig,
     loss: Option<(f64, u64)>,
     event_capacity: usize,
+    state: PhantomData<fn() -> S>,
 }
 
-impl Default for SubscriberBuilder {
+impl<S> Default for SubscriberBuilder<S> {
     fn default() -> Self {
         Self {
             protocol: SubscriberConfig::default(),
             multicast: MulticastConfig::default(),
             loss: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            state: PhantomData,
         }
     }
 }
 
-impl SubscriberBuilder {
+impl<S> Clone for SubscriberBuilder<S> {
+    fn clone(&self) -> Self {
+        Self {
+            protocol: self.protocol.clone(),
+            multicast: self.multicast.clone(),
+            loss: self.loss,
+            event_capacity: self.event_capacity,
+            state: PhantomData,
+        }
+    }
+}
+
+impl<S> fmt::Debug for SubscriberBuilder<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberBuilder")
+            .field("protocol", &self.protocol)
+            .field("multicast", &self.multicast)
+            .field("loss", &self.loss)
+            .field("event_capacity", &self.event_capacity)
+            .finish()
+    }
+}
+
+impl<S> SubscriberBuilder<S> {
     /// The multicast group (default 239.255.77.77).
     pub fn group(mut self, group: IpAddr) -> Self {
         self.multicast.group(group);
@@ -209,7 +243,7 @@ impl SubscriberBuilder {
     /// # Panics
     ///
     /// Panics when called outside a tokio runtime.
-    pub async fn bind<S>(self) -> Result<Subscriber<S>, Error>
+    pub async fn bind(self) -> Result<Subscriber<S>, Error>
     where
         S: State + Default + Send + 'static,
     {
@@ -226,7 +260,7 @@ impl SubscriberBuilder {
     /// # Panics
     ///
     /// Panics when called outside a tokio runtime.
-    pub async fn bind_with<S>(self, mut empty: S) -> Result<Subscriber<S>, Error>
+    pub async fn bind_with(self, mut empty: S) -> Result<Subscriber<S>, Error>
     where
         S: State + Send + 'static,
     {
@@ -400,7 +434,7 @@ impl<S> Subscriber<S> {
     /// assert!(matches!(err, Error::InvalidLoss(p) if p == 1.5));
     /// # }
     /// ```
-    pub fn builder() -> SubscriberBuilder {
+    pub fn builder() -> SubscriberBuilder<S> {
         SubscriberBuilder::default()
     }
 }
@@ -408,8 +442,9 @@ impl<S> Subscriber<S> {
 impl<S: State + Send + 'static> Subscriber<S> {
     /// Calls `f` with the replica and returns what it returns. The replica
     /// is locked meanwhile, which holds up the background task: keep `f`
-    /// short. Check [`status`](Self::status) to know whether the replica is
-    /// complete and up to date.
+    /// short, and do not call this subscriber's methods from it (that would
+    /// deadlock). Check [`status`](Self::status) to know whether the replica
+    /// is complete and up to date.
     pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         f(self.shared.lock().replica.state())
     }
@@ -462,8 +497,12 @@ impl<S: State + Send + 'static> Subscriber<S> {
         timeout: Duration,
     ) -> Result<Status, Error> {
         let mut status = self.status.clone();
-        match tokio::time::timeout(timeout, status.wait_for(|s| pred(s))).await {
-            Ok(Ok(found)) => Ok(*found),
+        let waited = tokio::time::timeout(timeout, async {
+            status.wait_for(|s| pred(s)).await.map(|found| *found)
+        })
+        .await;
+        match waited {
+            Ok(Ok(found)) => Ok(found),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout {
                 waited: timeout,

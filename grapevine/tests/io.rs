@@ -6,3 +6,6 @@
 
 #[path = "io/socket.rs"]
 mod socket;
+
+#[path = "io/replication.rs"]
+mod replication;

@@ -1,0 +1,66 @@
+//! `grapevine decode`: print the meaning of datagrams given as hex.
+
+use anyhow::{bail, Context, Result};
+use grapevine::core::wire::{Datagram, Message};
+use grapevine::core::{Reassembler, ReassemblyConfig};
+
+fn parse_hex(s: &str) -> Result<Vec<u8>> {
+    let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if !digits.len().is_multiple_of(2) {
+        bail!("odd number of hex digits ({})", digits.len());
+    }
+    digits
+        .chunks(2)
+        .map(|pair| {
+            let text = std::str::from_utf8(pair).context("not hex")?;
+            u8::from_str_radix(text, 16).with_context(|| format!("{text:?} is not a hex byte"))
+        })
+        .collect()
+}
+
+/// Decodes each datagram and prints one line per header and message.
+/// Fragments across the given datagrams are reassembled.
+pub(crate) fn run(mut datagrams: Vec<String>) -> Result<()> {
+    if datagrams.is_empty() {
+        datagrams = std::io::stdin()
+            .lines()
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading standard input")?
+            .into_iter()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
+    }
+    let mut reassembler = Reassembler::new(ReassemblyConfig::default())?;
+    let now = std::time::Instant::now();
+    let mut failed = false;
+    for text in &datagrams {
+        let bytes = parse_hex(text)?;
+        match Datagram::decode(&bytes) {
+            Ok(d) => {
+                let h = d.header();
+                println!("header: {h}");
+                for m in d.messages() {
+                    println!("message: {m}");
+                    if let Message::Fragment(f) = m {
+                        match reassembler.handle_fragment(now, h.stream, h.session, &f) {
+                            Ok(Some(done)) => match done.message() {
+                                Ok(inner) => println!("reassembled: {inner}"),
+                                Err(e) => println!("reassembled-error: {} ({e})", e.code()),
+                            },
+                            Ok(None) => {}
+                            Err(e) => println!("fragment-error: {e}"),
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed = true;
+                println!("error: {} ({e})", e.code());
+            }
+        }
+    }
+    if failed {
+        bail!("some datagrams did not decode");
+    }
+    Ok(())
+}

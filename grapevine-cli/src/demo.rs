@@ -1,0 +1,354 @@
+//! `grapevine demo`: a publisher and several late-joining subscribers in one
+//! process, with progress bars and a summary (or one JSON object).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use grapevine::order_book::{BookDeltaGen, OrderBook};
+use grapevine::{Publisher, SnapshotRate, Status, Subscriber};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::NetArgs;
+
+/// Flags of `grapevine demo`.
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    #[command(flatten)]
+    net: NetArgs,
+    /// Price levels (leaves) in the published order book.
+    #[arg(long, default_value_t = 100_000)]
+    leaves: usize,
+    /// Live deltas per second while the demo runs.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Subscribers; the first joins at once, the others at even intervals
+    /// during the first half of the run.
+    #[arg(long, default_value_t = 3)]
+    subscribers: usize,
+    /// Seconds of live deltas.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Probability that a subscriber drops each datagram it receives (each
+    /// subscriber draws its own losses).
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Snapshot cycle rate in leaves per second.
+    #[arg(long, default_value_t = 100_000)]
+    snapshot_rate: u32,
+    /// Seed of the book, the deltas and the simulated losses.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object with the outcome instead of progress and a
+    /// summary.
+    #[arg(long)]
+    json: bool,
+    /// Seconds to wait after the last delta for every subscriber to become
+    /// consistent.
+    #[arg(long, default_value_t = 60.0)]
+    settle_timeout: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct PublisherSummary {
+    seq: u64,
+    leaves: usize,
+    digest: String,
+    deltas_per_sec: f64,
+    snapshot_bytes_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct SubscriberSummary {
+    synced: bool,
+    consistent: bool,
+    seq: u64,
+    digest: String,
+    sync_ms: Option<u64>,
+    joined_at_ms: u64,
+    deltas_applied: u64,
+    snapshots_applied: u64,
+    gaps: u64,
+    lost: u64,
+    simulated_drops: u64,
+    datagrams: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    publisher: PublisherSummary,
+    subscribers: Vec<SubscriberSummary>,
+}
+
+fn check_args(a: &DemoArgs) -> Result<()> {
+    if a.subscribers == 0 {
+        bail!("--subscribers must be at least 1");
+    }
+    if !(a.duration.is_finite() && a.duration >= 0.0) {
+        bail!("--duration must be a non-negative number of seconds");
+    }
+    if !(0.0..=1.0).contains(&a.loss) {
+        bail!("--loss is a probability: use 0.0 ..= 1.0 (e.g. 0.05)");
+    }
+    if a.snapshot_rate == 0 {
+        bail!("--snapshot-rate must be at least 1 leaf per second");
+    }
+    if !(a.settle_timeout.is_finite() && a.settle_timeout > 0.0) {
+        bail!("--settle-timeout must be a positive number of seconds");
+    }
+    Ok(())
+}
+
+/// What one subscriber task hands back.
+struct Joined {
+    sub: Subscriber<OrderBook>,
+    joined_at: Duration,
+    sync: Option<Duration>,
+}
+
+pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
+    check_args(&args)?;
+    let book = OrderBook::generate(args.leaves, args.seed);
+    let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));
+    let publisher = Arc::new(
+        Publisher::builder()
+            .group(args.net.group)
+            .port(args.net.port)
+            .interface(args.net.interface())
+            .stream(args.net.stream())
+            .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
+            .bind(book)
+            .await
+            .context("starting the publisher")?,
+    );
+    let session = publisher.session();
+    let bars = MultiProgress::with_draw_target(if args.json {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let pub_bar = bars.add(ProgressBar::new_spinner());
+    pub_bar.set_style(ProgressStyle::with_template("{prefix:>12} {msg}")?);
+    pub_bar.set_prefix("publisher");
+
+    let start = Instant::now();
+    let duration = Duration::from_secs_f64(args.duration);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    // Subscribers join at different times during the first half.
+    let n = args.subscribers;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let join_at = duration.mul_f64(i as f64 / (2.0 * n as f64));
+        let bar = bars.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}",
+            )?
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("subscriber {}", i + 1));
+        bar.set_message(format!("joins at {:.1}s", join_at.as_secs_f64()));
+        let net = args.net.clone();
+        let (loss, seed) = (args.loss, args.seed.wrapping_add(i as u64 + 1));
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until((start + join_at).into()).await;
+            let mut builder = Subscriber::<OrderBook>::builder()
+                .group(net.group)
+                .port(net.port)
+                .interface(net.interface())
+                .stream(net.stream());
+            if loss > 0.0 {
+                builder = builder.simulate_loss(loss, seed);
+            }
+            let mut sub = builder
+                .bind()
+                .await
+                .context("starting a subscriber")?;
+            let joined = Instant::now();
+            let mut sync = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => break,
+                    res = sub.wait_until(|s| s.synced, Duration::from_secs(3600)), if sync.is_none() => {
+                        if res.is_ok() {
+                            sync = Some(joined.elapsed());
+                        }
+                    }
+                }
+                while sub.try_next_event().is_some() {}
+                show(&bar, &sub.status(), sync);
+            }
+            Ok::<_, anyhow::Error>(Joined {
+                sub,
+                joined_at: joined - start,
+                sync,
+            })
+        }));
+    }
+
+    // Live deltas at the requested rate, in small batches.
+    let mut sent: u64 = 0;
+    let mut tick = tokio::time::interval(Duration::from_millis(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_show = Instant::now();
+    while start.elapsed() < duration {
+        tick.tick().await;
+        let due = (args.rate as f64 * start.elapsed().as_secs_f64()) as u64;
+        let batch = due.saturating_sub(sent).min(args.rate.max(1000));
+        if batch > 0 {
+            publisher
+                .publish_batch((0..batch).map(|_| gen.next_delta()))
+                .context("publishing")?;
+            sent += batch;
+        }
+        if last_show.elapsed() > Duration::from_millis(100) {
+            last_show = Instant::now();
+            let st = publisher.stats().protocol;
+            pub_bar.set_message(format!(
+                "seq {:>9}  {} levels  cycles {}  {:.0} deltas/s",
+                publisher.last_seq().0,
+                publisher.leaf_count(),
+                st.cycles,
+                sent as f64 / start.elapsed().as_secs_f64().max(1e-3),
+            ));
+        }
+    }
+    let live = start.elapsed();
+    let final_seq = publisher.last_seq();
+    let pub_digest = publisher.digest();
+    let pstats = publisher.stats().protocol;
+    pub_bar.finish_with_message(format!(
+        "seq {}  {} levels  digest {}  (deltas stopped)",
+        final_seq.0,
+        publisher.leaf_count(),
+        pub_digest
+    ));
+
+    // Every subscriber must now reach the final state.
+    let _ = stop_tx.send(true);
+    let settle = Duration::from_secs_f64(args.settle_timeout);
+    let mut subs = Vec::new();
+    for t in tasks {
+        subs.push(t.await.context("subscriber task")??);
+    }
+    let mut summaries = Vec::new();
+    for j in &mut subs {
+        let reached = j
+            .sub
+            .wait_until(
+                |s| s.session == Some(session) && s.seq >= final_seq && s.consistent,
+                settle,
+            )
+            .await;
+        let st = match reached {
+            Ok(st) => st,
+            Err(_) => j.sub.status(),
+        };
+        if st.synced && j.sync.is_none() {
+            // Synced during the settle wait: an upper bound, from join.
+            j.sync = Some(start.elapsed().saturating_sub(j.joined_at));
+        }
+        let stats = j.sub.stats();
+        summaries.push(SubscriberSummary {
+            synced: st.synced,
+            consistent: st.consistent,
+            seq: st.seq.0,
+            digest: j.sub.digest().to_string(),
+            sync_ms: j.sync.map(|d| d.as_millis() as u64),
+            joined_at_ms: j.joined_at.as_millis() as u64,
+            deltas_applied: stats.protocol.deltas_applied,
+            snapshots_applied: stats.protocol.snapshots_applied,
+            gaps: stats.protocol.gaps,
+            lost: stats.protocol.lost,
+            simulated_drops: stats.simulated_drops,
+            datagrams: stats.datagrams_received,
+        });
+    }
+    let elapsed = start.elapsed().as_secs_f64().max(1e-3);
+    let summary = Summary {
+        publisher: PublisherSummary {
+            seq: final_seq.0,
+            leaves: publisher.leaf_count(),
+            digest: pub_digest.to_string(),
+            deltas_per_sec: sent as f64 / live.as_secs_f64().max(1e-3),
+            snapshot_bytes_per_sec: pstats.snapshot_bytes as f64 / elapsed,
+        },
+        subscribers: summaries,
+    };
+    let ok = summary.subscribers.iter().all(|s| {
+        s.consistent && s.seq == summary.publisher.seq && s.digest == summary.publisher.digest
+    });
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        print_summary(&summary, ok);
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
+    if let Some((seen, total)) = st.cycle_progress {
+        bar.set_length(u64::from(total));
+        if sync.is_none() {
+            bar.set_position(u64::from(seen));
+        }
+    }
+    match sync {
+        None => bar.set_message(format!("syncing  seq {}", st.seq.0)),
+        Some(d) => {
+            bar.set_position(bar.length().unwrap_or(0));
+            bar.set_message(format!(
+                "synced in {:.2}s  seq {}  {}  stale {}",
+                d.as_secs_f64(),
+                st.seq.0,
+                if st.consistent { "consistent" } else { "repairing" },
+                st.stale_leaves
+            ));
+        }
+    }
+}
+
+fn print_summary(s: &Summary, ok: bool) {
+    let p = &s.publisher;
+    println!();
+    println!(
+        "publisher: seq {}, {} levels, digest {}, {:.0} deltas/s, snapshots {:.1} MB/s",
+        p.seq,
+        p.leaves,
+        p.digest,
+        p.deltas_per_sec,
+        p.snapshot_bytes_per_sec / 1e6
+    );
+    for (i, sub) in s.subscribers.iter().enumerate() {
+        println!(
+            "subscriber {}: joined at {:.1}s, synced in {}, {} at seq {}, digest {} ({}), \
+             {} deltas and {} snapshots applied, {} gaps ({} seqs lost), {} datagrams dropped on purpose",
+            i + 1,
+            sub.joined_at_ms as f64 / 1000.0,
+            sub.sync_ms
+                .map_or("never".to_string(), |ms| format!("{:.2}s", ms as f64 / 1000.0)),
+            if sub.consistent { "consistent" } else { "INCONSISTENT" },
+            sub.seq,
+            sub.digest,
+            if sub.digest == p.digest { "equal" } else { "DIFFERENT" },
+            sub.deltas_applied,
+            sub.snapshots_applied,
+            sub.gaps,
+            sub.lost,
+            sub.simulated_drops,
+        );
+    }
+    if ok {
+        println!("all {} subscribers converged to the publisher's state", s.subscribers.len());
+    } else {
+        println!("NOT CONVERGED: some subscriber differs from the publisher");
+    }
+}

@@ -1,0 +1,359 @@
+//! Publisher and subscribers over real multicast on loopback.
+//!
+//! Network rules (DESIGN.md §5): the default interface (loopback) only. Each
+//! test has its own group and port from a per-test id: group
+//! 239.255.29.<id>, port 28100 + id.
+//!
+//! No sleeps for synchronisation: tests wait on the subscriber's status
+//! (`wait_until`) or its events, each bounded by [`TIMEOUT`] so that a
+//! failing test fails instead of hanging. The only timed pause paces the
+//! live order-book traffic.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use grapevine::order_book::{BookDeltaGen, OrderBook};
+use grapevine::{
+    Error, Event, MapDelta, Publisher, PublisherBuilder, SessionId, Status, StreamId, Subscriber,
+    SubscriberBuilder,
+};
+
+/// Bounds every wait: generous, so a loaded CI machine does not fail.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+type Map = BTreeMap<String, u64>;
+
+fn group(id: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(239, 255, 29, id))
+}
+
+fn port(id: u8) -> u16 {
+    28100 + u16::from(id)
+}
+
+fn publisher<S>(id: u8) -> PublisherBuilder<S> {
+    Publisher::builder().group(group(id)).port(port(id))
+}
+
+fn subscriber<S>(id: u8) -> SubscriberBuilder<S> {
+    Subscriber::builder().group(group(id)).port(port(id))
+}
+
+/// Waits until the subscriber is consistent as of `seq` in `session`.
+async fn converged<S>(sub: &Subscriber<S>, session: SessionId, seq: grapevine::SeqNum) -> Status
+where
+    S: grapevine::State + Send + 'static,
+{
+    match sub
+        .wait_until(
+            |s| s.session == Some(session) && s.synced && s.consistent && s.seq == seq,
+            TIMEOUT,
+        )
+        .await
+    {
+        Ok(status) => status,
+        Err(e) => panic!(
+            "not converged to {session} @ {seq}: {e}; stats {:?}",
+            sub.stats()
+        ),
+    }
+}
+
+/// Reads events until one matches, failing after [`TIMEOUT`].
+async fn event<S>(sub: &mut Subscriber<S>, what: &str, pred: impl Fn(&Event) -> bool) -> Event
+where
+    S: grapevine::State + Send + 'static,
+{
+    let found = tokio::time::timeout(TIMEOUT, async {
+        while let Some(e) = sub.next_event().await {
+            if pred(&e) {
+                return Some(e);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(e)) => e,
+        Ok(None) => panic!("event stream ended before {what}"),
+        Err(_) => panic!("no {what} within {TIMEOUT:?}; status {:?}", sub.status()),
+    }
+}
+
+fn entry(i: u64) -> MapDelta<String, u64> {
+    MapDelta::Upsert(format!("key-{i:04}"), i * 10)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn keyed_map_converges() {
+    let id = 0;
+    let sub = subscriber::<Map>(id).bind().await.unwrap();
+    let initial: Map = (0..20).map(|i| (format!("init-{i}"), i)).collect();
+    let publ = publisher(id).bind(initial).await.unwrap();
+    assert_eq!(publ.leaf_count(), 20);
+
+    for i in 0..200 {
+        publ.publish(entry(i)).unwrap();
+        if i % 3 == 0 {
+            publ.publish(MapDelta::Remove(format!("key-{:04}", i / 2)))
+                .unwrap();
+        }
+    }
+    publ.publish(MapDelta::Remove("init-3".into())).unwrap();
+
+    let status = converged(&sub, publ.session(), publ.last_seq()).await;
+    assert!(status.synced && status.consistent && status.publisher_alive);
+    assert_eq!(status.stale_leaves, 0);
+    assert_eq!(status.leaves, publ.leaf_count());
+    assert_eq!(sub.digest(), publ.digest());
+    assert_eq!(sub.read(Map::clone), publ.read(Map::clone));
+    let stats = sub.stats();
+    assert!(stats.protocol.deltas_applied > 0, "{stats:?}");
+    assert_eq!(stats.simulated_drops, 0);
+    let pstats = publ.stats();
+    assert!(pstats.datagrams_sent > 0 && pstats.protocol.deltas == publ.last_seq().0);
+    assert_eq!(pstats.send_errors, 0);
+    publ.shutdown().await;
+    sub.shutdown().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn late_joiner_syncs_from_snapshots_alone() {
+    let id = 1;
+    let publ = publisher(id).bind(Map::new()).await.unwrap();
+    publ.publish_batch((0..500).map(entry)).unwrap();
+    publ.publish_batch(
+        (0..500)
+            .step_by(7)
+            .map(|i| MapDelta::Remove(format!("key-{i:04}"))),
+    )
+    .unwrap();
+    let last = publ.last_seq();
+
+    // Everything was published (and sent) before this socket existed.
+    let mut sub = subscriber::<Map>(id).bind().await.unwrap();
+    let status = converged(&sub, publ.session(), last).await;
+    assert_eq!(status.leaves, publ.leaf_count());
+    assert_eq!(sub.digest(), publ.digest());
+    let stats = sub.stats();
+    assert_eq!(stats.protocol.deltas_applied, 0, "{stats:?}");
+    assert!(stats.protocol.snapshots_applied >= publ.leaf_count() as u64);
+    event(&mut sub, "Synced", |e| matches!(e, Event::Synced { .. })).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_book_with_loss_converges() {
+    let id = 2;
+    let book = OrderBook::generate(1_000, 2024);
+    let clean = subscriber::<OrderBook>(id).bind().await.unwrap();
+    let lossy = subscriber::<OrderBook>(id)
+        .simulate_loss(0.05, 99)
+        .bind()
+        .await
+        .unwrap();
+    let publ = publisher(id).bind(book.clone()).await.unwrap();
+    assert_eq!(publ.leaf_count(), 1_000);
+
+    // Live traffic: 3,000 deltas in batches of 1 to 5, paced over ~0.6 s.
+    let mut deltas = BookDeltaGen::new(&book, 7);
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    for round in 0..1_000 {
+        pace.tick().await;
+        let n = 1 + round % 5;
+        if n == 1 {
+            publ.publish(deltas.next_delta()).unwrap();
+        } else {
+            publ.publish_batch(deltas.by_ref().take(n)).unwrap();
+        }
+    }
+    assert_eq!(publ.read(OrderBook::clone), *deltas.book());
+    let last = publ.last_seq();
+    assert_eq!(last.0, 3_000);
+
+    for (name, sub) in [("clean", &clean), ("lossy", &lossy)] {
+        let status = converged(sub, publ.session(), last).await;
+        assert_eq!(status.leaves, publ.leaf_count(), "{name}");
+        assert_eq!(sub.digest(), publ.digest(), "{name}");
+        assert_eq!(
+            sub.read(OrderBook::top_of_book),
+            publ.read(OrderBook::top_of_book)
+        );
+    }
+    let stats = lossy.stats();
+    assert!(stats.simulated_drops > 0, "{stats:?}");
+    assert!(stats.protocol.gaps > 0, "{stats:?}");
+    assert_eq!(clean.stats().simulated_drops, 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_restart_resyncs() {
+    let id = 3;
+    let mut sub = subscriber::<Map>(id).bind().await.unwrap();
+    let first = publisher(id)
+        .session_id(1)
+        .bind(Map::from([("old".to_string(), 1), ("both".to_string(), 2)]))
+        .await
+        .unwrap();
+    first.publish(entry(1)).unwrap();
+    converged(&sub, SessionId(1), first.last_seq()).await;
+    drop(first);
+
+    let second = publisher(id)
+        .session_id(2)
+        .bind(Map::from([("both".to_string(), 3), ("new".to_string(), 4)]))
+        .await
+        .unwrap();
+    second.publish(entry(2)).unwrap();
+    let restarted = event(&mut sub, "PublisherRestarted", |e| {
+        matches!(e, Event::PublisherRestarted { .. })
+    })
+    .await;
+    assert_eq!(
+        restarted,
+        Event::PublisherRestarted {
+            old: SessionId(1),
+            new: SessionId(2)
+        }
+    );
+    converged(&sub, SessionId(2), second.last_seq()).await;
+    assert_eq!(sub.digest(), second.digest());
+    assert_eq!(sub.read(|m| m.get("old").copied()), None);
+    assert_eq!(sub.read(|m| m.get("both").copied()), Some(3));
+    assert_eq!(sub.stats().protocol.restarts, 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publisher_gone_is_reported() {
+    let id = 4;
+    let mut sub = subscriber::<Map>(id)
+        .missed_heartbeats(3)
+        .bind()
+        .await
+        .unwrap();
+    let publ = publisher(id)
+        .heartbeat_interval(Duration::from_millis(20))
+        .bind(Map::new())
+        .await
+        .unwrap();
+    publ.publish(entry(5)).unwrap();
+    let session = publ.session();
+    converged(&sub, session, publ.last_seq()).await;
+    let digest = publ.digest();
+    publ.shutdown().await;
+
+    event(&mut sub, "PublisherGone", |e| *e == Event::PublisherGone).await;
+    let status = sub.status();
+    assert!(!status.publisher_alive);
+    // The last state stays readable.
+    assert_eq!(sub.digest(), digest);
+    assert_eq!(sub.read(|m| m.get("key-0005").copied()), Some(50));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn streams_on_one_group_are_separate() {
+    let id = 5;
+    let sub = subscriber::<Map>(id)
+        .stream(StreamId(2))
+        .bind()
+        .await
+        .unwrap();
+    let one = publisher(id)
+        .stream(StreamId(1))
+        .bind(Map::new())
+        .await
+        .unwrap();
+    let two = publisher(id)
+        .stream(StreamId(2))
+        .bind(Map::new())
+        .await
+        .unwrap();
+    one.publish(MapDelta::Upsert("one".into(), 1)).unwrap();
+    two.publish(MapDelta::Upsert("two".into(), 2)).unwrap();
+    converged(&sub, two.session(), two.last_seq()).await;
+    assert_eq!(sub.read(Map::clone), Map::from([("two".to_string(), 2)]));
+    assert!(sub.stats().protocol.foreign_stream > 0);
+    // Sessions are random per bind.
+    assert_ne!(one.session(), two.session());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn configuration_errors() {
+    let id = 6;
+    let unicast: IpAddr = "127.0.0.1".parse().unwrap();
+
+    let err = Publisher::builder()
+        .group(unicast)
+        .port(port(id))
+        .bind(Map::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Socket(_)), "{err:?}");
+    assert!(err.to_string().contains("not a multicast group"), "{err}");
+    let err = Subscriber::<Map>::builder()
+        .group(unicast)
+        .port(port(id))
+        .bind()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Socket(_)), "{err:?}");
+
+    for p in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        let err = subscriber::<Map>(id)
+            .simulate_loss(p, 1)
+            .bind()
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidLoss(_)), "{p}: {err:?}");
+        assert!(err.to_string().contains("0.0 ..= 1.0"), "{err}");
+    }
+    // The bounds themselves are fine.
+    subscriber::<Map>(id)
+        .simulate_loss(0.0, 1)
+        .bind()
+        .await
+        .unwrap();
+    subscriber::<Map>(id)
+        .simulate_loss(1.0, 1)
+        .bind()
+        .await
+        .unwrap();
+
+    let err = publisher(id)
+        .heartbeat_interval(Duration::ZERO)
+        .bind(Map::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("heartbeat_interval"), "{err}");
+    let err = subscriber::<Map>(id)
+        .missed_heartbeats(0)
+        .bind()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn wait_until_times_out_with_status() {
+    let id = 7;
+    // Nobody publishes on this group.
+    let sub = subscriber::<Map>(id).bind().await.unwrap();
+    let err = sub
+        .wait_until(|s| s.synced, Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    match err {
+        Error::Timeout { waited, status } => {
+            assert_eq!(waited, Duration::from_millis(50));
+            assert_eq!(status, Status::default());
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // A condition that already holds returns at once.
+    let status = sub
+        .wait_until(|s| !s.synced, Duration::from_millis(1))
+        .await
+        .unwrap();
+    assert!(!status.synced);
+}
