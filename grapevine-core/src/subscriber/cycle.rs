@@ -1,5 +1,9 @@
-//! Tracking which positions of a snapshot cycle have been received.
+//! The snapshot cycle being heard: which positions arrived, and the links
+//! between consecutive positions that verify key-space intervals.
 
+use std::collections::HashMap;
+
+use super::coverage::{Hi, Lo};
 use crate::{CycleId, SeqNum};
 
 /// One cycle being heard, from its CycleBegin.
@@ -10,6 +14,18 @@ pub(crate) struct CycleTracker {
     pub(crate) leaf_count: u32,
     seen: Vec<u64>,
     seen_count: u32,
+    /// Keys of received positions with a neighbour not received yet.
+    edges: HashMap<u32, Box<[u8]>>,
+}
+
+/// What receiving one position established.
+#[derive(Debug, Default)]
+pub(crate) struct Marked {
+    /// Intervals now verified: between this key and its received neighbours
+    /// (or the ends of the key space).
+    pub(crate) links: Vec<(Lo, Hi)>,
+    /// Neighbouring keys out of order: the publisher broke the key order.
+    pub(crate) disorder: bool,
 }
 
 impl CycleTracker {
@@ -21,30 +37,70 @@ impl CycleTracker {
             leaf_count,
             seen: vec![0; words],
             seen_count: 0,
+            edges: HashMap::new(),
         }
     }
 
-    /// Marks a position; returns false if it is out of range.
-    pub(crate) fn mark(&mut self, position: u32) -> bool {
-        if position >= self.leaf_count {
-            return false;
+    fn is_seen(&self, position: u32) -> bool {
+        let (word, bit) = ((position / 64) as usize, position % 64);
+        self.seen.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    /// Whether both neighbours of `position` have been received.
+    fn settled(&self, position: u32) -> bool {
+        (position == 0 || self.is_seen(position - 1))
+            && (position + 1 >= self.leaf_count || self.is_seen(position + 1))
+    }
+
+    /// Records position `position` carrying `key`. Returns `None` if the
+    /// position is out of range or was already received.
+    pub(crate) fn mark(&mut self, position: u32, key: &[u8]) -> Option<Marked> {
+        if position >= self.leaf_count || self.is_seen(position) {
+            return None;
         }
         let (word, bit) = ((position / 64) as usize, position % 64);
         if let Some(w) = self.seen.get_mut(word) {
-            if *w & (1 << bit) == 0 {
-                *w |= 1 << bit;
-                self.seen_count += 1;
+            *w |= 1 << bit;
+        }
+        self.seen_count += 1;
+        let mut out = Marked::default();
+        // Left link.
+        if position == 0 {
+            out.links.push((Lo::Start, Hi::Key(key.into())));
+        } else if let Some(left) = self.edges.get(&(position - 1)) {
+            if left.as_ref() < key {
+                out.links.push((Lo::Key(left.clone()), Hi::Key(key.into())));
+            } else {
+                out.disorder = true;
             }
         }
-        true
+        // Right link.
+        if position + 1 == self.leaf_count {
+            out.links.push((Lo::Key(key.into()), Hi::End));
+        } else if let Some(right) = self.edges.get(&(position + 1)) {
+            if key < right.as_ref() {
+                out.links.push((Lo::Key(key.into()), Hi::Key(right.clone())));
+            } else {
+                out.disorder = true;
+            }
+        }
+        // Keep keys only while a neighbour may still need them.
+        if !self.settled(position) {
+            self.edges.insert(position, key.into());
+        }
+        for n in [position.checked_sub(1), position.checked_add(1)]
+            .into_iter()
+            .flatten()
+        {
+            if self.is_seen(n) && self.settled(n) {
+                self.edges.remove(&n);
+            }
+        }
+        Some(out)
     }
 
     pub(crate) fn seen(&self) -> u32 {
         self.seen_count
-    }
-
-    pub(crate) fn is_complete(&self) -> bool {
-        self.seen_count == self.leaf_count
     }
 }
 
@@ -53,15 +109,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn counts_each_position_once() {
-        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 130);
-        assert!(!c.is_complete());
-        for p in (0..130).chain(0..10) {
-            assert!(c.mark(p));
-        }
-        assert!(!c.mark(130));
-        assert_eq!(c.seen(), 130);
-        assert!(c.is_complete());
-        assert!(CycleTracker::new(CycleId(2), SeqNum(0), 0).is_complete());
+    fn links_form_between_received_neighbours_in_any_order() {
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 4);
+        let m = c.mark(1, b"b").unwrap();
+        assert!(m.links.is_empty());
+        let m = c.mark(3, b"d").unwrap();
+        assert_eq!(m.links, vec![(Lo::Key(b"d"[..].into()), Hi::End)]);
+        let m = c.mark(0, b"a").unwrap();
+        assert_eq!(m.links.len(), 2, "start..a and a..b");
+        assert!(c.mark(0, b"a").is_none(), "duplicates add nothing");
+        assert!(c.mark(4, b"e").is_none(), "out of range");
+        let m = c.mark(2, b"c").unwrap();
+        assert_eq!(m.links.len(), 2, "b..c and c..d");
+        assert_eq!(c.seen(), 4);
+        assert!(c.edges.is_empty(), "no key kept once settled");
+    }
+
+    #[test]
+    fn keys_out_of_order_are_reported_not_linked() {
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 3);
+        c.mark(1, b"m").unwrap();
+        let m = c.mark(2, b"a").unwrap();
+        assert!(m.disorder);
+        assert_eq!(m.links, vec![(Lo::Key(b"a"[..].into()), Hi::End)]);
     }
 }

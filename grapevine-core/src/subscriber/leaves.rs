@@ -8,10 +8,12 @@
 //! later delta for it is known (`stale_until > seq`) but could not be applied.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use super::{Event, SubscriberStats};
 use crate::state::Replica;
-use crate::{CycleId, SeqNum};
+use super::coverage::{Hi, Lo};
+use crate::SeqNum;
 
 #[derive(Debug, Clone, Copy)]
 struct LeafMeta {
@@ -21,8 +23,6 @@ struct LeafMeta {
     present: bool,
     /// Highest seq of a delta for this leaf that could not be applied.
     stale_until: SeqNum,
-    /// Last cycle that carried a snapshot of this leaf.
-    last_cycle: Option<CycleId>,
 }
 
 impl LeafMeta {
@@ -171,7 +171,6 @@ impl LeafTable {
                         seq: Some(d.seq),
                         present,
                         stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
-                        last_cycle: before.and_then(|m| m.last_cycle),
                     };
                     self.set_meta(d.key, before, after, ctx);
                     return DeltaOutcome::Applied;
@@ -220,7 +219,6 @@ impl LeafTable {
             seq: ctx.synced.then_some(SeqNum::NONE),
             present: false,
             stale_until: SeqNum::NONE,
-            last_cycle: None,
         });
         after.stale_until = after.stale_until.max(seq);
         self.set_meta(key, before, after, ctx);
@@ -233,13 +231,9 @@ impl LeafTable {
         key: &[u8],
         seq: SeqNum,
         value: Option<&[u8]>,
-        cycle: Option<CycleId>,
         ctx: &mut Ctx<'_, R>,
     ) -> bool {
         let before = self.metas.get(key).copied();
-        if let (Some(c), Some(m)) = (cycle, self.metas.get_mut(key)) {
-            m.last_cycle = Some(c);
-        }
         if before.and_then(|m| m.seq).is_some_and(|h| seq <= h) {
             return false;
         }
@@ -257,7 +251,6 @@ impl LeafTable {
             seq: Some(seq),
             present: value.is_some(),
             stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
-            last_cycle: cycle.or(before.and_then(|m| m.last_cycle)),
         };
         self.max_installed = self.max_installed.max(seq);
         // Pending deltas for this leaf, in sequence order.
@@ -305,32 +298,49 @@ impl LeafTable {
         true
     }
 
-    /// After a complete cycle `cycle` that started at `start_seq`: every
-    /// leaf the cycle did not carry was absent at the publisher at
-    /// `start_seq`; install that absence where what is held is older
-    /// (removing ghosts of missed deletions). Then forget absent leaves that
-    /// nothing refers to any more.
-    pub(crate) fn sweep<R: Replica + ?Sized>(
+    /// A cycle that started at `start_seq` carried no leaf strictly between
+    /// `lo` and `hi`: every leaf held there with older knowledge was absent
+    /// at the publisher at `start_seq`. Installs that absence (removing the
+    /// ghosts of missed removals).
+    pub(crate) fn sweep_between<R: Replica + ?Sized>(
         &mut self,
-        cycle: CycleId,
+        lo: &Lo,
+        hi: &Hi,
         start_seq: SeqNum,
-        applied: SeqNum,
         ctx: &mut Ctx<'_, R>,
     ) {
-        let absent: Vec<(Box<[u8]>, bool)> = self
+        let lower = match lo {
+            Lo::Start => Bound::Unbounded,
+            Lo::Key(k) => Bound::Excluded(k.as_ref()),
+        };
+        let upper = match hi {
+            Hi::Key(k) => Bound::Excluded(k.as_ref()),
+            Hi::End => Bound::Unbounded,
+        };
+        if let (Lo::Key(a), Hi::Key(b)) = (lo, hi) {
+            if a >= b {
+                return;
+            }
+        }
+        let ghosts: Vec<(Box<[u8]>, bool)> = self
             .metas
-            .iter()
-            .filter(|(_, m)| m.last_cycle != Some(cycle) && m.seq.is_none_or(|s| s < start_seq))
+            .range::<[u8], _>((lower, upper))
+            .filter(|(_, m)| m.seq.is_none_or(|s| s < start_seq))
             .map(|(k, m)| (k.clone(), m.present))
             .collect();
-        for (key, was_present) in absent {
-            if self.install(&key, start_seq, None, None, ctx) && was_present {
+        for (key, was_present) in ghosts {
+            if self.install(&key, start_seq, None, ctx) && was_present {
                 ctx.stats.ghosts_removed += 1;
             }
         }
-        // Absent leaves no later delta can refer to: forget them. (A leaf
-        // with pending deltas is stale, so it stays.)
-        self.metas
-            .retain(|_, m| m.present || m.is_stale() || m.seq.is_some_and(|s| s > applied));
+    }
+
+    /// Forgets absent leaves that no delta still to come can refer to
+    /// (known absent before `before` and up to `applied`). A leaf with
+    /// pending deltas is stale and stays.
+    pub(crate) fn forget_absent(&mut self, applied: SeqNum, before: SeqNum) {
+        self.metas.retain(|_, m| {
+            m.present || m.is_stale() || m.seq.is_none_or(|s| s > applied || s >= before)
+        });
     }
 }

@@ -10,10 +10,19 @@
 //!
 //! [`Status::consistent`] is true when the replica equals the publisher's
 //! state as of [`Status::seq`]: every leaf holds the publisher's value after
-//! delta `seq`. It is false before the first complete snapshot cycle, while
-//! any leaf is stale, after a loss until a whole cycle that began after the
-//! loss has been received, and while a snapshot newer than `seq` has been
-//! installed but the deltas before it have not all been processed.
+//! delta `seq`. It is false until snapshot cycles have verified the whole
+//! key space, while any leaf is stale, after a loss until cycles that began
+//! after the loss have verified the key space again, and while a snapshot
+//! newer than `seq` has been installed but the deltas before it have not all
+//! been processed.
+//!
+//! # Sync under loss
+//!
+//! A cycle sends the leaves in increasing key order, so receiving two
+//! consecutive positions proves there is no other leaf between their keys.
+//! The subscriber collects these intervals across cycles: snapshots lost in
+//! one cycle are filled in by the next, and a lossy network delays sync by
+//! about one cycle instead of preventing it.
 //!
 //! ```
 //! use std::collections::BTreeMap;
@@ -51,16 +60,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod coverage;
 mod cycle;
 mod leaves;
 mod sequencer;
 
 use std::collections::{BTreeMap, VecDeque};
+
+/// Most verified intervals held while the deltas catch up with their cycle.
+const MAX_DEFERRED: usize = 1 << 20;
 use std::time::{Duration, Instant};
 
 use crate::state::{ApplyError, Replica};
 use crate::wire::{Datagram, Delta, Message};
 use crate::{ConfigError, CycleId, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId};
+use coverage::{Coverage, Hi, Lo};
 use cycle::CycleTracker;
 use leaves::{Ctx, DeltaOutcome, DeltaRef, LeafTable};
 use sequencer::{Admit, Sequencer};
@@ -209,7 +223,8 @@ pub enum Event {
         /// The session.
         session: SessionId,
     },
-    /// The first complete snapshot cycle was received: every leaf is known.
+    /// Snapshot cycles have now verified the whole key space: every leaf is
+    /// known (once per publisher session).
     Synced {
         /// Sequence number processed at that moment.
         seq: SeqNum,
@@ -321,15 +336,20 @@ pub struct SubscriberStats {
     pub snapshots_received: u64,
     /// Leaf snapshots installed (newer than what was held).
     pub snapshots_applied: u64,
-    /// Snapshots whose position was outside their cycle.
+    /// Snapshots whose position was outside their cycle, or whose key broke
+    /// the cycle's key order.
     pub bad_positions: u64,
     /// Late copies of snapshots from a completed cycle, for leaves no longer
     /// tracked (ignored).
     pub stale_snapshots: u64,
     /// Cycles announced larger than `max_cycle_leaves` (not tracked).
     pub oversized_cycles: u64,
-    /// Complete cycles received.
-    pub cycles_completed: u64,
+    /// Verified key intervals dropped because too many waited for deltas.
+    pub links_dropped: u64,
+    /// Snapshot cycles whose start was heard.
+    pub cycles_begun: u64,
+    /// Times the replica became synced (once per publisher session).
+    pub syncs: u64,
     /// Gaps declared.
     pub gaps: u64,
     /// Sequence numbers declared lost.
@@ -350,7 +370,8 @@ pub struct SubscriberStats {
 pub struct Status {
     /// The publisher session followed, once one has been heard.
     pub session: Option<SessionId>,
-    /// A complete snapshot cycle has been received in this session.
+    /// Every leaf has been heard: snapshot cycles have verified the whole key
+    /// space at least once in this session.
     pub synced: bool,
     /// The replica equals the publisher's state as of `seq` (see the module
     /// docs).
@@ -378,11 +399,22 @@ struct Session {
     leaves: LeafTable,
     cycle: Option<CycleTracker>,
     synced: bool,
-    /// A complete cycle starting at or after this is needed before the
-    /// replica is consistent (join point, or the end of a loss).
-    needs_cycle_from: Option<SeqNum>,
-    /// The last complete cycle.
-    last_completed: Option<CycleId>,
+    /// The key space must be verified by cycles that started at or after
+    /// this before the replica is consistent (join point, or the end of the
+    /// latest loss).
+    needs_from: Option<SeqNum>,
+    /// Key-space intervals verified as of `needs_from` or later.
+    coverage: Coverage,
+    /// Key-space intervals verified by any cycle of the session: the whole
+    /// space means every leaf has been heard (synced).
+    heard: Coverage,
+    /// The cycle at whose start absent leaves were last forgotten: earlier
+    /// cycles' snapshots of unknown leaves may predate a forgotten removal.
+    forgot_at: Option<CycleId>,
+    /// Verified intervals of cycles that started after the last processed
+    /// delta, by start: applied once the deltas before the cycle are.
+    deferred: BTreeMap<SeqNum, Vec<(Lo, Hi)>>,
+    deferred_len: usize,
 }
 
 impl Session {
@@ -394,8 +426,12 @@ impl Session {
             leaves: LeafTable::default(),
             cycle: None,
             synced: false,
-            needs_cycle_from: None,
-            last_completed: None,
+            needs_from: None,
+            coverage: Coverage::default(),
+            heard: Coverage::default(),
+            forgot_at: None,
+            deferred: BTreeMap::new(),
+            deferred_len: 0,
         }
     }
 
@@ -403,7 +439,7 @@ impl Session {
     /// the snapshot cycle.
     fn baseline(&mut self, base: SeqNum) -> &mut Sequencer {
         if self.seq.is_none() {
-            self.needs_cycle_from = Some(base);
+            self.needs_from = Some(base);
         }
         self.seq.get_or_insert_with(|| Sequencer::new(base))
     }
@@ -411,7 +447,7 @@ impl Session {
     fn consistent(&self) -> bool {
         let Some(seq) = &self.seq else { return false };
         self.synced
-            && self.needs_cycle_from.is_none()
+            && self.coverage.is_full()
             && self.leaves.stale_count() == 0
             && seq.applied >= self.leaves.max_installed
     }
@@ -652,51 +688,56 @@ impl Subscriber {
             }
             Message::LeafSnapshot(snap) => {
                 ctx.stats.snapshots_received += 1;
-                // A late copy of a snapshot from a cycle already completed
-                // may predate a removal whose bookkeeping has since been
-                // forgotten: only leaves still tracked can judge it by seq.
-                let old_cycle = s.last_completed.is_some_and(|l| !snap.cycle.is_after(l));
-                if old_cycle && !s.leaves.contains(snap.key) {
+                // A late copy of a snapshot from before the last time absent
+                // leaves were forgotten may predate a forgotten removal: only
+                // leaves still tracked can judge it by seq.
+                let old = s.forgot_at.is_some_and(|f| f.is_after(snap.cycle));
+                if old && !s.leaves.contains(snap.key) {
                     ctx.stats.stale_snapshots += 1;
                     return;
                 }
-                let mut cycle = None;
-                if let Some(c) = s.cycle.as_mut() {
-                    if c.id == snap.cycle {
-                        if c.mark(snap.position) {
-                            cycle = Some(c.id);
-                        } else {
-                            ctx.stats.bad_positions += 1;
-                        }
-                    }
-                }
-                if s.leaves
-                    .install(snap.key, snap.leaf_seq, snap.value, cycle, &mut ctx)
+                if s
+                    .leaves
+                    .install(snap.key, snap.leaf_seq, snap.value, &mut ctx)
                 {
                     ctx.stats.snapshots_applied += 1;
+                }
+                let Some(t) = s.cycle.as_mut().filter(|t| t.id == snap.cycle) else {
+                    return;
+                };
+                let start_seq = t.start_seq;
+                match t.mark(snap.position, snap.key) {
+                    Some(marked) => {
+                        if marked.disorder {
+                            ctx.stats.bad_positions += 1;
+                        }
+                        for (lo, hi) in marked.links {
+                            Self::verify(s, now, lo, hi, start_seq, &mut ctx);
+                        }
+                    }
+                    None if snap.position >= t.leaf_count => ctx.stats.bad_positions += 1,
+                    None => {}
                 }
             }
             Message::CycleBegin(c) => {
                 s.baseline(c.start_seq).saw_tail(now, c.start_seq);
+                let newer = s.cycle.as_ref().is_none_or(|t| c.cycle.is_after(t.id));
                 if c.leaf_count > self.cfg.max_cycle_leaves {
                     ctx.stats.oversized_cycles += 1;
                     s.cycle = None;
-                } else if s.last_completed.is_none_or(|l| c.cycle.is_after(l))
-                    && s.cycle.as_ref().is_none_or(|t| c.cycle.is_after(t.id))
-                {
+                } else if newer {
+                    ctx.stats.cycles_begun += 1;
+                    let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+                    s.leaves.forget_absent(applied, c.start_seq);
+                    s.forgot_at = Some(c.cycle);
                     s.cycle = Some(CycleTracker::new(c.cycle, c.start_seq, c.leaf_count));
+                    if c.leaf_count == 0 {
+                        Self::verify(s, now, Lo::Start, Hi::End, c.start_seq, &mut ctx);
+                    }
                 }
             }
             Message::CycleEnd(c) => {
                 s.baseline(c.end_seq).saw_tail(now, c.end_seq);
-                let complete = s.cycle.as_ref().is_some_and(|t| {
-                    t.id == c.cycle && t.leaf_count == c.leaf_count && t.is_complete()
-                });
-                if complete {
-                    if let Some(t) = s.cycle.take() {
-                        Self::complete_cycle(s, now, t.id, t.start_seq, &mut ctx);
-                    }
-                }
             }
             Message::Heartbeat(h) => {
                 if h.interval_ms > 0 {
@@ -709,26 +750,62 @@ impl Subscriber {
         }
     }
 
-    fn complete_cycle<R: Replica + ?Sized>(
+    /// A cycle that started at `start_seq` showed that no leaf lies strictly
+    /// between `lo` and `hi` but those it sent: remove ghosts there, and
+    /// count the interval as verified if the cycle is recent enough.
+    fn verify<R: Replica + ?Sized>(
         s: &mut Session,
         now: Instant,
-        id: CycleId,
+        lo: Lo,
+        hi: Hi,
         start_seq: SeqNum,
         ctx: &mut Ctx<'_, R>,
     ) {
-        ctx.stats.cycles_completed += 1;
-        s.last_completed = Some(id);
+        // What the cycle saw at `start_seq` can only be compared with the
+        // replica once every delta up to `start_seq` has been processed.
         let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
-        s.leaves.sweep(id, start_seq, applied, ctx);
-        if s.needs_cycle_from.is_some_and(|n| n <= start_seq) {
-            s.needs_cycle_from = None;
+        if applied < start_seq {
+            if s.deferred_len < MAX_DEFERRED {
+                s.deferred.entry(start_seq).or_default().push((lo, hi));
+                s.deferred_len += 1;
+            } else {
+                ctx.stats.links_dropped += 1;
+            }
+            return;
         }
+        s.leaves.sweep_between(&lo, &hi, start_seq, ctx);
         if !s.synced {
+            s.heard.insert(lo.clone(), hi.clone(), start_seq);
+        }
+        if s.needs_from.is_some_and(|n| start_seq >= n) {
+            s.coverage.insert(lo, hi, start_seq);
+        }
+        if !s.synced && s.heard.is_full() {
             s.synced = true;
+            ctx.synced = true;
+            ctx.stats.syncs += 1;
+            let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
             ctx.events.push(Event::Synced {
                 seq: applied,
                 elapsed: now.saturating_duration_since(s.first_heard),
             });
+        }
+    }
+
+    /// Verifies the deferred intervals whose cycle the deltas have caught up
+    /// with.
+    fn run_deferred<R: Replica + ?Sized>(s: &mut Session, now: Instant, ctx: &mut Ctx<'_, R>) {
+        let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+        while let Some(entry) = s.deferred.first_entry() {
+            if *entry.key() > applied {
+                break;
+            }
+            let start_seq = *entry.key();
+            let links = entry.remove();
+            s.deferred_len -= links.len();
+            for (lo, hi) in links {
+                Self::verify(s, now, lo, hi, start_seq, ctx);
+            }
         }
     }
 
@@ -809,9 +886,12 @@ impl Subscriber {
                 ctx.stats.gaps += 1;
                 ctx.stats.lost += last.0 - first.0 + 1;
                 ctx.events.push(Event::Gap { first, last });
-                s.needs_cycle_from = Some(s.needs_cycle_from.map_or(last, |n| n.max(last)));
+                let needs = s.needs_from.map_or(last, |n| n.max(last));
+                s.needs_from = Some(needs);
+                s.coverage.drop_older_than(needs);
                 Self::drain(s, now, &self.cfg, &mut ctx);
             }
+            Self::run_deferred(s, now, &mut ctx);
             let consistent = s.consistent();
             if consistent != self.was_consistent {
                 self.was_consistent = consistent;
