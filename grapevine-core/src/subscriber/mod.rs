@@ -269,8 +269,9 @@ pub enum Event {
         /// What failed.
         error: ApplyError,
     },
-    /// A new publisher session replaced the old one: the replica was cleared
-    /// and is resynchronising.
+    /// A new publisher session replaced the old one, which had fallen silent
+    /// for two heartbeat intervals: the replica was cleared and is
+    /// resynchronising.
     PublisherRestarted {
         /// The session that ended.
         old: SessionId,
@@ -316,6 +317,9 @@ pub struct SubscriberStats {
     pub foreign_stream: u64,
     /// Datagrams of a session that was replaced.
     pub old_session: u64,
+    /// Datagrams of another session while the current one is alive (a late
+    /// datagram of an ended session, or a second publisher on the stream).
+    pub other_session: u64,
     /// Messages of kinds this version does not know (skipped).
     pub unknown_messages: u64,
     /// Fragments rejected by reassembly.
@@ -601,7 +605,6 @@ impl Subscriber {
             return;
         }
         if !self.enter_session(now, header.session, replica) {
-            self.stats.old_session += 1;
             return;
         }
         self.last_heard = Some(now);
@@ -629,7 +632,13 @@ impl Subscriber {
         self.settle(now, replica);
     }
 
-    /// Switches to `id` if it is new; false if it is a retired session.
+    /// Whether datagrams of session `id` are to be used now, switching to it
+    /// if it replaces a publisher that has fallen silent.
+    ///
+    /// A datagram of another session does not by itself end the current one:
+    /// it may be a late datagram of a session that has already ended, or a
+    /// second publisher wrongly sharing the stream. The switch happens once
+    /// the current session has been silent for two heartbeat intervals.
     fn enter_session(
         &mut self,
         now: Instant,
@@ -638,8 +647,18 @@ impl Subscriber {
     ) -> bool {
         match &self.session {
             Some(s) if s.id == id => return true,
-            _ if self.retired.contains(&id) => return false,
+            _ if self.retired.contains(&id) => {
+                self.stats.old_session += 1;
+                return false;
+            }
             Some(s) => {
+                let silent = self
+                    .last_heard
+                    .is_none_or(|t| now >= t + self.heartbeat_interval * 2);
+                if !silent {
+                    self.stats.other_session += 1;
+                    return false;
+                }
                 let old = s.id;
                 self.stats.restarts += 1;
                 self.events.push(Event::PublisherRestarted { old, new: id });
