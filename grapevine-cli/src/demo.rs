@@ -146,10 +146,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         let join_at = duration.mul_f64(i as f64 / (2.0 * n as f64));
         let bar = bars.add(ProgressBar::new(0));
         bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}",
-            )?
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}")?
+                .progress_chars("=> "),
         );
         bar.set_prefix(format!("subscriber {}", i + 1));
         bar.set_message(format!("joins at {:.1}s", join_at.as_secs_f64()));
@@ -291,7 +289,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     } else {
         print_summary(&summary, ok);
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
@@ -309,7 +311,11 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
                 "synced in {:.2}s  seq {}  {}  stale {}",
                 d.as_secs_f64(),
                 st.seq.0,
-                if st.consistent { "consistent" } else { "repairing" },
+                if st.consistent {
+                    "consistent"
+                } else {
+                    "repairing"
+                },
                 st.stale_leaves
             ));
         }
@@ -347,7 +353,10 @@ fn print_summary(s: &Summary, ok: bool) {
         );
     }
     if ok {
-        println!("all {} subscribers converged to the publisher's state", s.subscribers.len());
+        println!(
+            "all {} subscribers converged to the publisher's state",
+            s.subscribers.len()
+        );
     } else {
         println!("NOT CONVERGED: some subscriber differs from the publisher");
     }

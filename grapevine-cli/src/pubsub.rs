@@ -95,7 +95,9 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
         sent,
         start.elapsed().as_secs_f64()
     );
-    tokio::signal::ctrl_c().await.context("waiting for ctrl-c")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for ctrl-c")?;
     publisher.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -153,10 +155,7 @@ pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
     if args.loss > 0.0 {
         builder = builder.simulate_loss(args.loss, args.seed);
     }
-    let mut sub = builder
-        .bind()
-        .await
-        .context("starting the subscriber")?;
+    let mut sub = builder.bind().await.context("starting the subscriber")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut synced_at: Option<Duration> = None;

@@ -217,7 +217,8 @@ struct Partial {
     created: Instant,
 }
 
-/// Puts fragmented messages back together; see the [module docs](self).
+/// Puts fragmented messages back together, within the memory bounds of its
+/// [`ReassemblyConfig`] (see the crate docs on reassembly).
 #[derive(Debug)]
 pub struct Reassembler {
     cfg: ReassemblyConfig,

@@ -79,7 +79,8 @@ impl CycleTracker {
             out.links.push((Lo::Key(key.into()), Hi::End));
         } else if let Some(right) = self.edges.get(&(position + 1)) {
             if key < right.as_ref() {
-                out.links.push((Lo::Key(key.into()), Hi::Key(right.clone())));
+                out.links
+                    .push((Lo::Key(key.into()), Hi::Key(right.clone())));
             } else {
                 out.disorder = true;
             }

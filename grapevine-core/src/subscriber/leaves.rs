@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use super::coverage::{Hi, Lo};
 use super::{Event, SubscriberStats};
 use crate::state::Replica;
-use super::coverage::{Hi, Lo};
 use crate::SeqNum;
 
 #[derive(Debug, Clone, Copy)]

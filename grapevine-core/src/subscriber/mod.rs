@@ -715,8 +715,7 @@ impl Subscriber {
                     ctx.stats.stale_snapshots += 1;
                     return;
                 }
-                if s
-                    .leaves
+                if s.leaves
                     .install(snap.key, snap.leaf_seq, snap.value, &mut ctx)
                 {
                     ctx.stats.snapshots_applied += 1;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::sim::{Counters, DigestReplica, Op, SimPublisher};
+use super::sim::{DigestReplica, Op, SimPublisher};
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::{Event, Subscriber, SubscriberConfig};
 use crate::wire::{Datagram, Message};
@@ -24,7 +24,13 @@ impl Pair {
         let now = Instant::now();
         Self {
             now,
-            publisher: SimPublisher::new(pub_config(), SessionId(1), now, initial, Default::default()),
+            publisher: SimPublisher::new(
+                pub_config(),
+                SessionId(1),
+                now,
+                initial,
+                Default::default(),
+            ),
             sub: Subscriber::new(sub_config()).unwrap(),
             replica: DigestReplica::default(),
             events: Vec::new(),
@@ -35,10 +41,10 @@ impl Pair {
     /// Datagrams the publisher has due now.
     fn output(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(len) = self
-            .publisher
-            .core
-            .poll_transmit(self.now, &self.publisher.state, &mut self.buf)
+        while let Some(len) =
+            self.publisher
+                .core
+                .poll_transmit(self.now, &self.publisher.state, &mut self.buf)
         {
             out.push(self.buf[..len].to_vec());
         }
@@ -127,7 +133,9 @@ fn late_joiner_reports_progress_then_syncs() {
     let st = p.sub.status();
     assert!(st.synced && st.consistent, "{st:?}");
     assert!(
-        progress.iter().any(|&(seen, total)| total == 400 && seen > 0 && seen < 400),
+        progress
+            .iter()
+            .any(|&(seen, total)| total == 400 && seen > 0 && seen < 400),
         "progress was reported part-way: {progress:?}"
     );
     assert!(p.events.iter().any(|e| matches!(e, Event::Synced { .. })));
@@ -149,7 +157,10 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
     let st = p.sub.status();
     assert!(!st.consistent);
     assert_eq!(st.stale_leaves, 1, "only leaf 4 is broken: {st:?}");
-    assert!(p.events.iter().any(|e| matches!(e, Event::Gap { first, last } if first.0 == 1 && last.0 == 1)));
+    assert!(p
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::Gap { first, last } if first.0 == 1 && last.0 == 1)));
     let key4 = crate::state::encode(&4u16);
     assert!(p.events.contains(&Event::LeafStale { key: key4.clone() }));
     // Leaf 9's delta still applied.
@@ -169,7 +180,10 @@ fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
     p.publish_delivered(Op::Add(3, 1));
     p.now += Duration::from_millis(6);
     p.sub.handle_timeout(p.now, &mut p.replica);
-    assert!(p.replica.typed.state().0.contains_key(&7), "ghost still held");
+    assert!(
+        p.replica.typed.state().0.contains_key(&7),
+        "ghost still held"
+    );
     assert!(!p.sub.status().consistent);
     p.run(Duration::from_millis(40));
     assert!(!p.replica.typed.state().0.contains_key(&7));
@@ -246,7 +260,11 @@ fn silence_reports_the_publisher_gone_and_back() {
     p.drain_events();
     assert!(p.events.contains(&Event::PublisherGone));
     assert!(!p.sub.status().publisher_alive);
-    assert_eq!(p.replica.typed.state().0.len(), 5, "the replica stays readable");
+    assert_eq!(
+        p.replica.typed.state().0.len(),
+        5,
+        "the replica stays readable"
+    );
     p.run(Duration::from_millis(20));
     assert!(p.events.contains(&Event::PublisherBack));
     assert!(p.sub.status().publisher_alive);
@@ -260,14 +278,24 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
     // Another stream on the same group.
     let mut other_cfg = pub_config();
     other_cfg.stream(StreamId(4));
-    let mut other = SimPublisher::new(other_cfg, SessionId(9), p.now, &leaves(3), Default::default());
+    let mut other = SimPublisher::new(
+        other_cfg,
+        SessionId(9),
+        p.now,
+        &leaves(3),
+        Default::default(),
+    );
     other.publish(&Op::Set(1, 5));
     let mut buf = vec![0; 1452];
-    let len = other.core.poll_transmit(p.now, &other.state, &mut buf).unwrap();
+    let len = other
+        .core
+        .poll_transmit(p.now, &other.state, &mut buf)
+        .unwrap();
     p.sub.handle_datagram(p.now, &buf[..len], &mut p.replica);
     assert_eq!(p.sub.stats().foreign_stream, 1);
     // Garbage and a truncated datagram.
-    p.sub.handle_datagram(p.now, b"definitely not grapevine", &mut p.replica);
+    p.sub
+        .handle_datagram(p.now, b"definitely not grapevine", &mut p.replica);
     p.publisher.publish(&Op::Set(1, 7));
     let out = p.output();
     let cut = &out[0][..out[0].len() - 3];
@@ -277,7 +305,11 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
     assert_eq!(p.replica.digest, before, "nothing dropped was applied");
     p.deliver(&out);
     // A delta whose payload does not decode as the state's delta type.
-    let seq = p.publisher.core.publish(&crate::state::encode(&1u16), &[0xff; 3], true).unwrap();
+    let seq = p
+        .publisher
+        .core
+        .publish(&crate::state::encode(&1u16), &[0xff; 3], true)
+        .unwrap();
     let out = p.output();
     assert!(out.iter().any(|d| Datagram::decode(d)
         .unwrap()
@@ -285,6 +317,9 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
         .any(|m| matches!(m, Message::Delta(d) if d.seq == seq))));
     p.deliver(&out);
     assert_eq!(p.sub.stats().apply_errors, 1);
-    assert!(p.events.iter().any(|e| matches!(e, Event::ApplyFailed { .. })));
+    assert!(p
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::ApplyFailed { .. })));
     assert!(!p.sub.status().consistent);
 }

@@ -288,10 +288,13 @@ pub(crate) struct Faults {
     pub(crate) jitter: Duration,
 }
 
+/// A datagram in flight: delivery time, tie-breaker, destination, bytes.
+type InFlight = (Instant, u64, usize, Vec<u8>);
+
 /// In-flight datagrams, ordered by delivery time.
 #[derive(Default)]
 pub(crate) struct Net {
-    queue: BinaryHeap<Reverse<(Instant, u64, usize, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     order: u64,
 }
 
