@@ -193,6 +193,7 @@ type Key = Arc<[u8]>;
 #[derive(Debug)]
 struct Cycle {
     id: CycleId,
+    start_seq: SeqNum,
     keys: Vec<Key>,
     /// Next position to send; `keys.len()` means only CycleEnd is left.
     pos: usize,
@@ -436,6 +437,12 @@ impl Publisher {
 
     /// Queues one datagram's worth of cycle messages if the budget allows.
     /// Returns whether anything was queued.
+    /// Queues one datagram's worth of cycle messages if the budget allows.
+    /// Returns whether anything was queued.
+    ///
+    /// Every datagram of snapshots opens with a copy of its cycle's
+    /// CycleBegin, so that a subscriber that joins mid-cycle, or lost the
+    /// first CycleBegin, can use the rest of the cycle.
     fn fill_snapshots(&mut self, now: Instant, source: &impl LeafSource) -> bool {
         self.refill(now);
         if self.cycle.is_none() {
@@ -446,34 +453,42 @@ impl Publisher {
         }
         let mut queued = false;
         while self.tokens > 0.0 {
-            let Some(cycle) = self.cycle.as_mut() else {
+            let Some(cycle) = self.cycle.as_ref() else {
                 break;
             };
-            if cycle.pos >= cycle.keys.len() {
+            let begin = Message::CycleBegin(CycleBegin {
+                cycle: cycle.id,
+                start_seq: cycle.start_seq,
+                leaf_count: u32::try_from(cycle.keys.len()).unwrap_or(u32::MAX),
+            });
+            let pos = cycle.pos;
+            let msg_len;
+            if pos >= cycle.keys.len() {
                 let end = Message::CycleEnd(CycleEnd {
                     cycle: cycle.id,
                     end_seq: self.last_seq,
                     leaf_count: u32::try_from(cycle.keys.len()).unwrap_or(u32::MAX),
                 });
-                self.tokens -= self.cost(end.encoded_len());
-                self.stats.snapshot_bytes += end.encoded_len() as u64;
+                msg_len = end.encoded_len();
+                if self.packer.is_open() && msg_len > self.packer.remaining() {
+                    break;
+                }
                 let _ = self.packer.push(&end);
                 self.cycle = None;
                 self.stats.cycles += 1;
-                self.packer.flush();
-                return true;
+                self.tokens -= self.cost(msg_len);
+                self.stats.snapshot_bytes += msg_len as u64;
+                queued = true;
+                break;
             }
-            let pos = cycle.pos;
-            let id = cycle.id;
             let Some(key) = cycle.keys.get(pos).cloned() else {
                 break;
             };
-            cycle.pos += 1;
             self.leaf_buf.clear();
             let leaf_seq = self.leaves.get(&key).copied();
             let present = leaf_seq.is_some() && source.encode_leaf(&key, &mut self.leaf_buf);
-            let snap = LeafSnapshot {
-                cycle: id,
+            let msg = Message::LeafSnapshot(LeafSnapshot {
+                cycle: cycle.id,
                 position: u32::try_from(pos).unwrap_or(u32::MAX),
                 leaf_seq: if present {
                     leaf_seq.unwrap_or(SeqNum::NONE)
@@ -482,27 +497,32 @@ impl Publisher {
                 },
                 key: &key,
                 value: present.then_some(self.leaf_buf.as_slice()),
-            };
-            let msg = Message::LeafSnapshot(snap);
-            let len = msg.encoded_len();
-            let before = self.packer.ready_count();
-            if self.packer.push(&msg).is_err() {
+            });
+            msg_len = msg.encoded_len();
+            if self.packer.is_open() && msg_len > self.packer.remaining() {
+                // This datagram is full: hand it out before spending more.
+                break;
+            }
+            if !self.packer.is_open() {
+                let _ = self.packer.push(&begin);
+                self.stats.snapshot_bytes += begin.encoded_len() as u64;
+            }
+            if self.packer.push(&msg).is_ok() {
+                self.tokens -= self.cost(msg_len);
+                self.stats.snapshots += 1;
+                self.stats.snapshot_bytes += msg_len as u64;
+                if !present {
+                    self.stats.tombstones += 1;
+                }
+            } else {
                 // Cannot happen: keys were checked by `publish` and a leaf
                 // body would have to exceed 4 GiB. Counted, not hidden.
                 self.stats.unencodable += 1;
-                continue;
             }
-            self.tokens -= self.cost(len);
-            self.stats.snapshots += 1;
-            self.stats.snapshot_bytes += len as u64;
-            if !present {
-                self.stats.tombstones += 1;
+            if let Some(c) = self.cycle.as_mut() {
+                c.pos += 1;
             }
             queued = true;
-            if self.packer.ready_count() > before {
-                // A datagram filled up: hand it out before spending more.
-                return true;
-            }
         }
         if queued {
             self.packer.flush();
@@ -521,7 +541,12 @@ impl Publisher {
         });
         self.stats.snapshot_bytes += begin.encoded_len() as u64;
         let _ = self.packer.push(&begin);
-        self.cycle = Some(Cycle { id, keys, pos: 0 });
+        self.cycle = Some(Cycle {
+            id,
+            start_seq: self.last_seq,
+            keys,
+            pos: 0,
+        });
         self.next_cycle_at = now + self.cfg.min_cycle_interval;
     }
 

@@ -94,6 +94,12 @@ impl Packer {
         self.ready.len()
     }
 
+    /// Whether a datagram is being filled (holds at least one message).
+    #[must_use]
+    pub fn is_open(&self) -> bool {
+        self.cur_msgs > 0
+    }
+
     /// Whether nothing waits to be sent: no finished datagram and no open one.
     #[must_use]
     pub fn is_idle(&self) -> bool {
