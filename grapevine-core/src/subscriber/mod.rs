@@ -738,7 +738,11 @@ impl Subscriber {
                 }
             }
             Message::CycleBegin(c) => {
-                s.baseline(c.start_seq).saw_tail(now, c.start_seq);
+                // Not a starting point: copies of CycleBegin repeat through
+                // the cycle, so `start_seq` may be long past.
+                if let Some(q) = s.seq.as_mut() {
+                    q.saw_tail(now, c.start_seq);
+                }
                 let newer = s.cycle.as_ref().is_none_or(|t| c.cycle.is_after(t.id));
                 if c.leaf_count > self.cfg.max_cycle_leaves {
                     ctx.stats.oversized_cycles += 1;
@@ -781,8 +785,9 @@ impl Subscriber {
     ) {
         // What the cycle saw at `start_seq` can only be compared with the
         // replica once every delta up to `start_seq` has been processed.
-        let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
-        if applied < start_seq {
+        // Before the starting point is known, nothing can be compared.
+        let caught_up = s.seq.as_ref().is_some_and(|q| q.applied >= start_seq);
+        if !caught_up {
             if s.deferred_len < MAX_DEFERRED {
                 s.deferred.entry(start_seq).or_default().push((lo, hi));
                 s.deferred_len += 1;
@@ -813,7 +818,9 @@ impl Subscriber {
     /// Verifies the deferred intervals whose cycle the deltas have caught up
     /// with.
     fn run_deferred<R: Replica + ?Sized>(s: &mut Session, now: Instant, ctx: &mut Ctx<'_, R>) {
-        let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+        let Some(applied) = s.seq.as_ref().map(|q| q.applied) else {
+            return;
+        };
         while let Some(entry) = s.deferred.first_entry() {
             if *entry.key() > applied {
                 break;

@@ -126,7 +126,7 @@ fn late_joiner_reports_progress_then_syncs() {
         if let Some(pr) = st.cycle_progress {
             progress.push(pr);
         }
-        if st.synced {
+        if st.consistent {
             break;
         }
     }
