@@ -279,7 +279,7 @@ impl OrderBook {
 }
 
 /// Mid price of generated books, in ticks.
-const MID: u64 = 100_000;
+const MID: u64 = 10_000_000;
 
 impl State for OrderBook {
     type Key = Level;
