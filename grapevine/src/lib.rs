@@ -12,7 +12,8 @@
 //!   [`MapDelta`] works with no trait to implement.
 //! * A subscriber that joins late, or loses datagrams, recovers from the
 //!   publisher's continuous **snapshot cycle**: it is [`Status::synced`] once
-//!   it has heard one whole cycle, and [`Status::consistent`] whenever its
+//!   it has heard every leaf (about one cycle, even under loss: what one
+//!   cycle misses the next fills in), and [`Status::consistent`] whenever its
 //!   replica equals the publisher's state as of [`Status::seq`]. While it
 //!   recovers from a loss only the leaves the loss touched are stale.
 //! * A publisher restart (a new session) makes subscribers clear and resync
