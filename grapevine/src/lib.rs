@@ -129,3 +129,8 @@ pub use grapevine_core::publisher::SnapshotRate;
 pub use grapevine_core::state::{Digest, MapDelta, State};
 pub use grapevine_core::subscriber::{Event, Status};
 pub use grapevine_core::{SeqNum, SessionId, StreamId};
+
+/// The README's Rust example, compiled and run by `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
