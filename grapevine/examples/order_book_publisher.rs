@@ -71,9 +71,7 @@ fn parse_options() -> Result<Options, String> {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
         }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("bad value {value:?} for {flag}: {e}");
         match flag.as_str() {
             "--levels" => options.levels = value.parse().map_err(|e| bad(&e))?,

@@ -62,9 +62,7 @@ fn parse_options() -> Result<Options, String> {
         if flag == "--help" || flag == "-h" {
             return Err(String::new());
         }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("bad value {value:?} for {flag}: {e}");
         match flag.as_str() {
             "--loss" => options.loss = value.parse().map_err(|e| bad(&e))?,
@@ -131,6 +129,8 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
     // Gap and repair lines left this second, and how many were not printed.
     let mut event_lines = EVENT_LINES_PER_SECOND;
     let mut unprinted = 0u32;
+    // Whether the replica has been consistent in this publisher session.
+    let mut ever_consistent = false;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
 
@@ -142,7 +142,13 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
                 };
                 // Gaps and repairs can come many a second under loss: print a
                 // few, count the rest.
-                let Some(line) = describe(&event, &subscriber) else {
+                let line = describe(&event, &subscriber, ever_consistent);
+                match event {
+                    Event::Consistency { consistent: true } => ever_consistent = true,
+                    Event::PublisherRestarted { .. } => ever_consistent = false,
+                    _ => {}
+                }
+                let Some(line) = line else {
                     continue;
                 };
                 if matches!(event, Event::Gap { .. } | Event::Consistency { .. }) {
@@ -244,8 +250,13 @@ fn state_word(status: &Status) -> &'static str {
     }
 }
 
-/// A line for a notable event, `None` for the others.
-fn describe(event: &Event, subscriber: &Subscriber<OrderBook>) -> Option<String> {
+/// A line for a notable event, `None` for the others. `ever_consistent`:
+/// whether the replica has been consistent before in this publisher session.
+fn describe(
+    event: &Event,
+    subscriber: &Subscriber<OrderBook>,
+    ever_consistent: bool,
+) -> Option<String> {
     let status = subscriber.status();
     Some(match event {
         Event::SessionStarted { session } => {
@@ -256,12 +267,13 @@ fn describe(event: &Event, subscriber: &Subscriber<OrderBook>) -> Option<String>
             status.leaves,
             elapsed.as_millis()
         ),
-        Event::Consistency { consistent: true } => {
-            format!("consistent at seq {}", status.seq)
+        Event::Consistency { consistent: true } if ever_consistent => {
+            format!("repaired: consistent again at seq {}", status.seq)
         }
+        Event::Consistency { consistent: true } => format!("consistent at seq {}", status.seq),
         Event::Gap { first, last } => format!(
-            "gap: seq {first}..={last} lost; {} stale levels, repaired from snapshots",
-            status.stale_leaves
+            "gap: {} deltas lost (seq {first}..={last}); the levels they touched are repaired from snapshots",
+            last.0.wrapping_sub(first.0).wrapping_add(1)
         ),
         Event::PublisherRestarted { old, new } => format!(
             "publisher restarted (session {old} -> {new}): replica cleared, resyncing"

@@ -112,9 +112,22 @@ impl Packer {
     ///
     /// # Errors
     ///
-    /// [`EncodeError::FieldTooLong`] if a field exceeds its wire width (a key
-    /// over 65,535 bytes, a body over 4 GiB).
+    /// [`EncodeError::InvalidMessage`] if a receiver would reject the
+    /// message ([`Message::validate`]); [`EncodeError::FieldTooLong`] if a
+    /// field exceeds its wire width (a key over 65,535 bytes, a body over
+    /// 4 GiB). Nothing is queued or flushed then.
     pub fn push(&mut self, msg: &Message<'_>) -> Result<(), EncodeError> {
+        msg.validate()?;
+        if let Message::Delta(d) | Message::Retransmit(d) = msg {
+            if d.key.len() > u16::MAX as usize {
+                return Err(EncodeError::FieldTooLong { field: "key" });
+            }
+        }
+        if let Message::LeafSnapshot(l) = msg {
+            if l.key.len() > u16::MAX as usize {
+                return Err(EncodeError::FieldTooLong { field: "key" });
+            }
+        }
         let body_len = msg.body_len();
         let fits_alone =
             body_len <= MAX_BODY_LEN && msg.encoded_len() <= self.max_datagram - HEADER_LEN;
@@ -206,5 +219,87 @@ impl Packer {
             self.pool.push(d);
         }
         copied
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::wire::{Datagram, Delta, EncodeError, LeafSnapshot};
+    use crate::{CycleId, Reassembler, ReassemblyConfig, SeqNum};
+
+    fn delta(seq: u64, key: &[u8]) -> Message<'_> {
+        Message::Delta(Delta {
+            seq: SeqNum(seq),
+            prev_leaf_seq: SeqNum::NONE,
+            creates: true,
+            key,
+            payload: b"p",
+        })
+    }
+
+    #[test]
+    fn refused_messages_leave_the_open_datagram_alone() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        p.push(&delta(1, b"k")).unwrap();
+        assert!(p.is_open());
+        let err = p.push(&delta(0, b"k")).unwrap_err();
+        assert!(matches!(err, EncodeError::InvalidMessage { .. }), "{err:?}");
+        let long = vec![0u8; 70_000];
+        assert_eq!(
+            p.push(&delta(2, &long)),
+            Err(EncodeError::FieldTooLong { field: "key" })
+        );
+        assert!(p.is_open());
+        assert_eq!(p.ready_count(), 0);
+        p.flush();
+        let mut buf = [0u8; 200];
+        let len = p.pop_into(&mut buf).unwrap();
+        let msgs: Vec<_> = Datagram::decode(&buf[..len]).unwrap().messages().collect();
+        assert_eq!(msgs, vec![delta(1, b"k")]);
+    }
+
+    #[test]
+    fn a_large_message_goes_out_in_fragments_that_reassemble() {
+        let value: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let snap = Message::LeafSnapshot(LeafSnapshot {
+            cycle: CycleId(3),
+            position: 0,
+            leaf_seq: SeqNum(9),
+            key: b"big",
+            value: Some(&value),
+        });
+        let mut p = Packer::new(StreamId(1), SessionId(2), 1452);
+        p.push(&delta(1, b"a")).unwrap();
+        p.push(&snap).unwrap();
+        p.flush();
+        let mut r = Reassembler::new(ReassemblyConfig::default()).unwrap();
+        let mut buf = [0u8; 1452];
+        let (mut datagrams, mut whole, mut seqs) = (0, None, Vec::new());
+        while let Some(len) = p.pop_into(&mut buf) {
+            datagrams += 1;
+            let d = Datagram::decode(&buf[..len]).unwrap();
+            seqs.push(d.header().datagram_seq);
+            for m in d.messages() {
+                if let Message::Fragment(f) = m {
+                    if let Some(done) = r
+                        .handle_fragment(Instant::now(), StreamId(1), SessionId(2), &f)
+                        .unwrap()
+                    {
+                        whole = Some(done);
+                    }
+                }
+            }
+        }
+        assert!(datagrams >= 8, "{datagrams}");
+        assert_eq!(
+            seqs,
+            (0..datagrams).collect::<Vec<u64>>(),
+            "datagram_seq counts up"
+        );
+        let whole = whole.expect("reassembled");
+        assert_eq!(whole.message().unwrap(), snap);
     }
 }
