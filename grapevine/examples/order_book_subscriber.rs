@@ -184,7 +184,9 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
                 if now < next_report {
                     continue;
                 }
-                next_report += Duration::from_secs(1);
+                while next_report <= now {
+                    next_report += Duration::from_secs(1);
+                }
                 event_lines = EVENT_LINES_PER_SECOND;
                 if status.synced && status.publisher_alive {
                     let stats = subscriber.stats();
@@ -225,11 +227,11 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
 }
 
 /// The status and the replica's top of book, read so that the top of book
-/// is the one as of `status.seq` (the replica may move between the two
-/// reads: read again when it did).
+/// is the one as of `status.seq`: the replica may move between the two
+/// reads, so read again (a few times at most) when it did.
 fn snapshot(subscriber: &Subscriber<OrderBook>) -> (Status, TopOfBook) {
     let mut status = subscriber.status();
-    loop {
+    for _ in 0..10 {
         let top = subscriber.read(|book| book.top_of_book());
         let after = subscriber.status();
         if after.seq == status.seq && after.session == status.session {
@@ -237,6 +239,7 @@ fn snapshot(subscriber: &Subscriber<OrderBook>) -> (Status, TopOfBook) {
         }
         status = after;
     }
+    (status, subscriber.read(|book| book.top_of_book()))
 }
 
 /// One word for where the replica stands.
