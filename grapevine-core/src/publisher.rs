@@ -159,6 +159,9 @@ pub enum PublishError {
     /// The session has used every sequence number; start a new publisher.
     #[error("sequence numbers exhausted; restart the publisher with a new session")]
     SeqExhausted,
+    /// `track_leaf` after the first delta: publish the new leaf as a delta.
+    #[error("initial leaves must be declared before the first delta; publish later leaves as deltas")]
+    TrackAfterPublish,
     /// The delta could not be encoded.
     #[error("delta could not be encoded: {0}")]
     Encode(#[from] EncodeError),
@@ -297,10 +300,23 @@ impl Publisher {
         self.stats
     }
 
-    /// Declares a leaf that exists before any delta (initial state). It is
-    /// sent in snapshots with `leaf_seq` 0.
-    pub fn track_leaf(&mut self, key: &[u8]) {
+    /// Declares a leaf that exists before any delta (the initial state). It
+    /// is sent in snapshots with `leaf_seq` 0.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::TrackAfterPublish`] once a delta has been published:
+    /// a leaf that appears later is a change, and must be published as a
+    /// delta so that subscribers can order it.
+    pub fn track_leaf(&mut self, key: &[u8]) -> Result<(), PublishError> {
+        if self.last_seq != SeqNum::NONE {
+            return Err(PublishError::TrackAfterPublish);
+        }
+        if key.len() > u16::MAX as usize {
+            return Err(PublishError::KeyTooLong { len: key.len() });
+        }
         self.leaves.entry(Arc::from(key)).or_insert(SeqNum::NONE);
+        Ok(())
     }
 
     /// Publishes one delta that the application has already applied to its

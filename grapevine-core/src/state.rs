@@ -220,7 +220,9 @@ pub trait Replica {
         absent_first: bool,
     ) -> Result<bool, ApplyError>;
 
-    /// Installs a leaf from a snapshot, or removes it (`None`).
+    /// Installs a leaf from a snapshot, or removes it (`None`). Removing a
+    /// leaf whose key does not decode must succeed: such a leaf cannot be
+    /// held.
     ///
     /// # Errors
     ///
@@ -365,7 +367,13 @@ impl<S: State> Replica for Typed<S> {
     }
 
     fn install_leaf(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), ApplyError> {
-        let k: S::Key = decode(key).map_err(ApplyError::Key)?;
+        let k: S::Key = match decode(key) {
+            Ok(k) => k,
+            // A key the state cannot represent is never held: its absence is
+            // already true.
+            Err(_) if value.is_none() => return Ok(()),
+            Err(e) => return Err(ApplyError::Key(e)),
+        };
         let leaf = match value {
             Some(v) => Some(decode::<S::Leaf>(v).map_err(ApplyError::Payload)?),
             None => None,

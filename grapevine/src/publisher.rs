@@ -213,7 +213,13 @@ impl<S> PublisherBuilder<S> {
         let session = SessionId(self.session.unwrap_or_else(random_session));
         let mut core = CorePublisher::new(self.protocol.clone(), session, Instant::now())?;
         core.set_wall_clock(Box::new(wall_clock_micros));
-        initial.for_each_leaf(&mut |key, _| core.track_leaf(&encode(key)));
+        let mut tracked = Ok(());
+        initial.for_each_leaf(&mut |key, _| {
+            if tracked.is_ok() {
+                tracked = core.track_leaf(&encode(key));
+            }
+        });
+        tracked.map_err(Error::Publish)?;
 
         let socket = bind_sender(&self.multicast)?;
         let group = socket.group_addr();

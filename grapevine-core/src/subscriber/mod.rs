@@ -270,8 +270,8 @@ pub enum Event {
         error: ApplyError,
     },
     /// A new publisher session replaced the old one, which had fallen silent
-    /// for two heartbeat intervals: the replica was cleared and is
-    /// resynchronising.
+    /// for two heartbeat intervals while the new one was heard twice: the
+    /// replica was cleared and is resynchronising.
     PublisherRestarted {
         /// The session that ended.
         old: SessionId,
@@ -315,10 +315,9 @@ pub struct SubscriberStats {
     pub malformed: BTreeMap<&'static str, u64>,
     /// Datagrams of another stream.
     pub foreign_stream: u64,
-    /// Datagrams of a session that was replaced.
-    pub old_session: u64,
-    /// Datagrams of another session while the current one is alive (a late
-    /// datagram of an ended session, or a second publisher on the stream).
+    /// Datagrams of another session that were not followed: a late datagram
+    /// of an ended session, a second publisher on the stream, or the first
+    /// datagram of a restarted publisher.
     pub other_session: u64,
     /// Messages of kinds this version does not know (skipped).
     pub unknown_messages: u64,
@@ -412,6 +411,8 @@ struct Session {
     /// Key-space intervals verified by any cycle of the session: the whole
     /// space means every leaf has been heard (synced).
     heard: Coverage,
+    /// The newest cycle whose CycleBegin was heard (tracked or not).
+    latest_cycle: Option<CycleId>,
     /// The cycle at whose start absent leaves were last forgotten: earlier
     /// cycles' snapshots of unknown leaves may predate a forgotten removal.
     forgot_at: Option<CycleId>,
@@ -433,6 +434,7 @@ impl Session {
             needs_from: None,
             coverage: Coverage::default(),
             heard: Coverage::default(),
+            latest_cycle: None,
             forgot_at: None,
             deferred: BTreeMap::new(),
             deferred_len: 0,
@@ -462,7 +464,9 @@ impl Session {
 pub struct Subscriber {
     cfg: SubscriberConfig,
     session: Option<Session>,
-    retired: VecDeque<SessionId>,
+    /// Another session heard while the current one was alive, and how many
+    /// datagrams of it in a row.
+    candidate: Option<(SessionId, u32)>,
     reassembler: Reassembler,
     events: EventQueue,
     stats: SubscriberStats,
@@ -489,7 +493,7 @@ impl Subscriber {
             },
             cfg,
             session: None,
-            retired: VecDeque::new(),
+            candidate: None,
             stats: SubscriberStats::default(),
             last_heard: None,
             heartbeat_interval: Duration::from_millis(100),
@@ -637,40 +641,44 @@ impl Subscriber {
     ///
     /// A datagram of another session does not by itself end the current one:
     /// it may be a late datagram of a session that has already ended, or a
-    /// second publisher wrongly sharing the stream. The switch happens once
-    /// the current session has been silent for two heartbeat intervals.
+    /// second publisher wrongly sharing the stream. The switch happens when
+    /// the current session has been silent for two heartbeat intervals and
+    /// the other session has been heard at least twice in a row.
     fn enter_session(
         &mut self,
         now: Instant,
         id: SessionId,
         replica: &mut (impl Replica + ?Sized),
     ) -> bool {
-        match &self.session {
-            Some(s) if s.id == id => return true,
-            _ if self.retired.contains(&id) => {
-                self.stats.old_session += 1;
-                return false;
+        let old = match &self.session {
+            Some(s) if s.id == id => {
+                self.candidate = None;
+                return true;
             }
             Some(s) => {
+                let heard = match self.candidate {
+                    Some((c, n)) if c == id => n + 1,
+                    _ => 1,
+                };
+                self.candidate = Some((id, heard));
                 let silent = self
                     .last_heard
                     .is_none_or(|t| now >= t + self.heartbeat_interval * 2);
-                if !silent {
+                if !silent || heard < 2 {
                     self.stats.other_session += 1;
                     return false;
                 }
-                let old = s.id;
-                self.stats.restarts += 1;
-                self.events.push(Event::PublisherRestarted { old, new: id });
-                self.reassembler.forget_session(self.cfg.stream, old);
-                if self.retired.len() == 16 {
-                    self.retired.pop_front();
-                }
-                self.retired.push_back(old);
-                replica.clear();
+                Some(s.id)
             }
-            None => {}
+            None => None,
+        };
+        if let Some(old) = old {
+            self.stats.restarts += 1;
+            self.events.push(Event::PublisherRestarted { old, new: id });
+            self.reassembler.forget_session(self.cfg.stream, old);
+            replica.clear();
         }
+        self.candidate = None;
         self.events.push(Event::SessionStarted { session: id });
         self.session = Some(Session::new(id, now));
         true
@@ -743,11 +751,17 @@ impl Subscriber {
                 if let Some(q) = s.seq.as_mut() {
                     q.saw_tail(now, c.start_seq);
                 }
-                let newer = s.cycle.as_ref().is_none_or(|t| c.cycle.is_after(t.id));
+                // Only a cycle newer than any heard before: late copies of
+                // older CycleBegins must not rewind anything.
+                let newer = s.latest_cycle.is_none_or(|l| c.cycle.is_after(l));
+                if !newer {
+                    return;
+                }
+                s.latest_cycle = Some(c.cycle);
                 if c.leaf_count > self.cfg.max_cycle_leaves {
                     ctx.stats.oversized_cycles += 1;
                     s.cycle = None;
-                } else if newer {
+                } else {
                     ctx.stats.cycles_begun += 1;
                     let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
                     s.leaves.forget_absent(applied, c.start_seq);
@@ -909,7 +923,7 @@ impl Subscriber {
                 });
                 let Some((first, last)) = lost else { break };
                 ctx.stats.gaps += 1;
-                ctx.stats.lost += last.0 - first.0 + 1;
+                ctx.stats.lost = ctx.stats.lost.saturating_add(last.0 - first.0).saturating_add(1);
                 ctx.events.push(Event::Gap { first, last });
                 let needs = s.needs_from.map_or(last, |n| n.max(last));
                 s.needs_from = Some(needs);

@@ -2,5 +2,6 @@
 //! lossy, reordering, duplicating network.
 
 mod replication;
+mod review;
 mod scenarios;
 mod sim;

@@ -179,7 +179,7 @@ impl SimPublisher {
         let mut state = Typed::new(Counters::default());
         for &(k, v) in initial {
             state.state_mut().0.insert(k, v);
-            core.track_leaf(&encode(&k));
+            core.track_leaf(&encode(&k)).expect("before any delta");
         }
         let digest = state.digest();
         let mut history = history;
