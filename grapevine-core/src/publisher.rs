@@ -160,7 +160,9 @@ pub enum PublishError {
     #[error("sequence numbers exhausted; restart the publisher with a new session")]
     SeqExhausted,
     /// `track_leaf` after the first delta: publish the new leaf as a delta.
-    #[error("initial leaves must be declared before the first delta; publish later leaves as deltas")]
+    #[error(
+        "initial leaves must be declared before the first delta; publish later leaves as deltas"
+    )]
     TrackAfterPublish,
     /// The delta could not be encoded.
     #[error("delta could not be encoded: {0}")]

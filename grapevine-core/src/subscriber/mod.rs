@@ -923,7 +923,11 @@ impl Subscriber {
                 });
                 let Some((first, last)) = lost else { break };
                 ctx.stats.gaps += 1;
-                ctx.stats.lost = ctx.stats.lost.saturating_add(last.0 - first.0).saturating_add(1);
+                ctx.stats.lost = ctx
+                    .stats
+                    .lost
+                    .saturating_add(last.0 - first.0)
+                    .saturating_add(1);
                 ctx.events.push(Event::Gap { first, last });
                 let needs = s.needs_from.map_or(last, |n| n.max(last));
                 s.needs_from = Some(needs);
