@@ -133,6 +133,13 @@ impl PublisherConfig {
             }
             _ => {}
         }
+        if self.min_cycle_interval > Duration::from_secs(3600) {
+            return Err(ConfigError::out_of_range(
+                "min_cycle_interval",
+                format!("{:?}", self.min_cycle_interval),
+                "use at most 1 h, e.g. 100 ms",
+            ));
+        }
         if self.heartbeat_interval < Duration::from_millis(1)
             || self.heartbeat_interval > Duration::from_secs(3600)
         {

@@ -16,6 +16,9 @@ pub(crate) struct CycleTracker {
     seen_count: u32,
     /// Keys of received positions with a neighbour not received yet.
     edges: HashMap<u32, Box<[u8]>>,
+    /// Bytes of keys in `edges`, and the most allowed.
+    edge_bytes: usize,
+    max_edge_bytes: usize,
 }
 
 /// What receiving one position established.
@@ -29,7 +32,15 @@ pub(crate) struct Marked {
 }
 
 impl CycleTracker {
-    pub(crate) fn new(id: CycleId, start_seq: SeqNum, leaf_count: u32) -> Self {
+    /// Tracks a cycle; keys kept for links use at most `max_edge_bytes`
+    /// (beyond that, links are not formed: sync takes longer, nothing
+    /// breaks).
+    pub(crate) fn new(
+        id: CycleId,
+        start_seq: SeqNum,
+        leaf_count: u32,
+        max_edge_bytes: usize,
+    ) -> Self {
         let words = (leaf_count as usize).div_ceil(64);
         Self {
             id,
@@ -38,6 +49,8 @@ impl CycleTracker {
             seen: vec![0; words],
             seen_count: 0,
             edges: HashMap::new(),
+            edge_bytes: 0,
+            max_edge_bytes,
         }
     }
 
@@ -86,7 +99,8 @@ impl CycleTracker {
             }
         }
         // Keep keys only while a neighbour may still need them.
-        if !self.settled(position) {
+        if !self.settled(position) && self.edge_bytes + key.len() <= self.max_edge_bytes {
+            self.edge_bytes += key.len();
             self.edges.insert(position, key.into());
         }
         for n in [position.checked_sub(1), position.checked_add(1)]
@@ -94,7 +108,9 @@ impl CycleTracker {
             .flatten()
         {
             if self.is_seen(n) && self.settled(n) {
-                self.edges.remove(&n);
+                if let Some(k) = self.edges.remove(&n) {
+                    self.edge_bytes -= k.len();
+                }
             }
         }
         Some(out)
@@ -111,7 +127,7 @@ mod tests {
 
     #[test]
     fn links_form_between_received_neighbours_in_any_order() {
-        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 4);
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 4, 1 << 20);
         let m = c.mark(1, b"b").unwrap();
         assert!(m.links.is_empty());
         let m = c.mark(3, b"d").unwrap();
@@ -128,7 +144,7 @@ mod tests {
 
     #[test]
     fn keys_out_of_order_are_reported_not_linked() {
-        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 3);
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 3, 1 << 20);
         c.mark(1, b"m").unwrap();
         let m = c.mark(2, b"a").unwrap();
         assert!(m.disorder);

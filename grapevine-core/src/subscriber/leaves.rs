@@ -66,6 +66,8 @@ pub(crate) struct Ctx<'r, R: Replica + ?Sized> {
     /// Whether the session is synced: then a leaf without an entry is known
     /// to be absent, and leaves going stale or repaired are reported.
     pub(crate) synced: bool,
+    /// Byte budget of each of the subscriber's buffers.
+    pub(crate) max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Default)]

@@ -193,18 +193,18 @@ impl SubscriberConfig {
                 "use at least 1, e.g. 4096",
             ));
         }
-        if self.reorder_timeout.is_zero() {
+        if self.reorder_timeout.is_zero() || self.reorder_timeout > Duration::from_secs(3600) {
             return Err(ConfigError::out_of_range(
                 "reorder_timeout",
-                "0s",
-                "use a positive duration, e.g. 20 ms",
+                format!("{:?}", self.reorder_timeout),
+                "use a positive duration up to 1 h, e.g. 20 ms",
             ));
         }
-        if self.missed_heartbeats == 0 {
+        if !(1..=1000).contains(&self.missed_heartbeats) {
             return Err(ConfigError::out_of_range(
                 "missed_heartbeats",
-                0,
-                "use at least 1, e.g. 5",
+                self.missed_heartbeats,
+                "use 1 ..= 1000, e.g. 5",
             ));
         }
         if self.max_events == 0 {
@@ -420,6 +420,8 @@ struct Session {
     /// delta, by start: applied once the deltas before the cycle are.
     deferred: BTreeMap<SeqNum, Vec<(Lo, Hi)>>,
     deferred_len: usize,
+    /// Key bytes held by `deferred`.
+    deferred_bytes: usize,
 }
 
 impl Session {
@@ -438,6 +440,7 @@ impl Session {
             forgot_at: None,
             deferred: BTreeMap::new(),
             deferred_len: 0,
+            deferred_bytes: 0,
         }
     }
 
@@ -459,6 +462,29 @@ impl Session {
     }
 }
 
+/// Key bytes held by an interval's bounds (plus a fixed overhead).
+fn bound_len(lo: &Lo, hi: &Hi) -> usize {
+    let l = match lo {
+        Lo::Key(k) => k.len(),
+        Lo::Start => 0,
+    };
+    let h = match hi {
+        Hi::Key(k) => k.len(),
+        Hi::End => 0,
+    };
+    l + h + 32
+}
+
+/// Another session heard while the current one is followed.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    id: SessionId,
+    first_heard: Instant,
+    last_datagram: u64,
+    /// Datagrams with increasing `datagram_seq`.
+    heard: u32,
+}
+
 /// The subscriber state machine; see the [module docs](self).
 #[derive(Debug)]
 pub struct Subscriber {
@@ -466,7 +492,7 @@ pub struct Subscriber {
     session: Option<Session>,
     /// Another session heard while the current one was alive, and how many
     /// datagrams of it in a row.
-    candidate: Option<(SessionId, u32)>,
+    candidate: Option<Candidate>,
     reassembler: Reassembler,
     events: EventQueue,
     stats: SubscriberStats,
@@ -608,7 +634,7 @@ impl Subscriber {
             self.stats.foreign_stream += 1;
             return;
         }
-        if !self.enter_session(now, header.session, replica) {
+        if !self.enter_session(now, header.session, header.datagram_seq, replica) {
             return;
         }
         self.last_heard = Some(now);
@@ -643,11 +669,14 @@ impl Subscriber {
     /// it may be a late datagram of a session that has already ended, or a
     /// second publisher wrongly sharing the stream. The switch happens when
     /// the current session has been silent for two heartbeat intervals and
-    /// the other session has been heard at least twice in a row.
+    /// the other session has proven alive: datagrams with increasing
+    /// `datagram_seq` (a duplicated late datagram does not count) heard over
+    /// at least one heartbeat interval.
     fn enter_session(
         &mut self,
         now: Instant,
         id: SessionId,
+        datagram_seq: u64,
         replica: &mut (impl Replica + ?Sized),
     ) -> bool {
         let old = match &self.session {
@@ -656,15 +685,28 @@ impl Subscriber {
                 return true;
             }
             Some(s) => {
-                let heard = match self.candidate {
-                    Some((c, n)) if c == id => n + 1,
-                    _ => 1,
+                let c = match self.candidate {
+                    Some(c) if c.id == id => {
+                        let mut c = c;
+                        if datagram_seq > c.last_datagram {
+                            c.last_datagram = datagram_seq;
+                            c.heard += 1;
+                        }
+                        c
+                    }
+                    _ => Candidate {
+                        id,
+                        first_heard: now,
+                        last_datagram: datagram_seq,
+                        heard: 1,
+                    },
                 };
-                self.candidate = Some((id, heard));
+                self.candidate = Some(c);
                 let silent = self
                     .last_heard
                     .is_none_or(|t| now >= t + self.heartbeat_interval * 2);
-                if !silent || heard < 2 {
+                let alive = c.heard >= 2 && now >= c.first_heard + self.heartbeat_interval;
+                if !silent || !alive {
                     self.stats.other_session += 1;
                     return false;
                 }
@@ -698,6 +740,7 @@ impl Subscriber {
             events: &mut self.events,
             stats: &mut self.stats,
             synced: s.synced,
+            max_buffered_bytes: self.cfg.max_buffered_bytes,
         };
         match msg {
             Message::Delta(d) | Message::Retransmit(d) => {
@@ -758,15 +801,20 @@ impl Subscriber {
                     return;
                 }
                 s.latest_cycle = Some(c.cycle);
+                let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+                s.leaves.forget_absent(applied, c.start_seq);
+                s.forgot_at = Some(c.cycle);
                 if c.leaf_count > self.cfg.max_cycle_leaves {
                     ctx.stats.oversized_cycles += 1;
                     s.cycle = None;
                 } else {
                     ctx.stats.cycles_begun += 1;
-                    let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
-                    s.leaves.forget_absent(applied, c.start_seq);
-                    s.forgot_at = Some(c.cycle);
-                    s.cycle = Some(CycleTracker::new(c.cycle, c.start_seq, c.leaf_count));
+                    s.cycle = Some(CycleTracker::new(
+                        c.cycle,
+                        c.start_seq,
+                        c.leaf_count,
+                        self.cfg.max_buffered_bytes,
+                    ));
                     if c.leaf_count == 0 {
                         Self::verify(s, now, Lo::Start, Hi::End, c.start_seq, &mut ctx);
                     }
@@ -777,7 +825,9 @@ impl Subscriber {
             }
             Message::Heartbeat(h) => {
                 if h.interval_ms > 0 {
-                    self.heartbeat_interval = Duration::from_millis(u64::from(h.interval_ms));
+                    // At most an hour, whatever the wire says.
+                    let ms = u64::from(h.interval_ms).min(3_600_000);
+                    self.heartbeat_interval = Duration::from_millis(ms);
                 }
                 s.baseline(h.last_seq).saw_tail(now, h.last_seq);
             }
@@ -802,9 +852,11 @@ impl Subscriber {
         // Before the starting point is known, nothing can be compared.
         let caught_up = s.seq.as_ref().is_some_and(|q| q.applied >= start_seq);
         if !caught_up {
-            if s.deferred_len < MAX_DEFERRED {
+            let bytes = bound_len(&lo, &hi);
+            if s.deferred_len < MAX_DEFERRED && s.deferred_bytes + bytes <= ctx.max_buffered_bytes {
                 s.deferred.entry(start_seq).or_default().push((lo, hi));
                 s.deferred_len += 1;
+                s.deferred_bytes += bytes;
             } else {
                 ctx.stats.links_dropped += 1;
             }
@@ -842,6 +894,10 @@ impl Subscriber {
             let start_seq = *entry.key();
             let links = entry.remove();
             s.deferred_len -= links.len();
+            s.deferred_bytes -= links
+                .iter()
+                .map(|(lo, hi)| bound_len(lo, hi))
+                .sum::<usize>();
             for (lo, hi) in links {
                 Self::verify(s, now, lo, hi, start_seq, ctx);
             }
@@ -911,6 +967,7 @@ impl Subscriber {
                 events: &mut self.events,
                 stats: &mut self.stats,
                 synced: s.synced,
+                max_buffered_bytes: self.cfg.max_buffered_bytes,
             };
             loop {
                 let lost = s.seq.as_mut().and_then(|q| {
