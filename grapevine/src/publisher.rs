@@ -171,7 +171,10 @@ impl<S> PublisherBuilder<S> {
 
     /// A fixed session id, for tests. By default every bind draws a random
     /// one from the operating system, so a restarted publisher is told apart
-    /// from the previous one.
+    /// from the previous one. A fixed id must still differ from the
+    /// previous run's: subscribers take a publisher that comes back with the
+    /// same id for the same session, and its new sequence numbers for
+    /// duplicates.
     pub fn session_id(mut self, session: u64) -> Self {
         self.session = Some(session);
         self
