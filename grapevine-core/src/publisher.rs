@@ -110,6 +110,13 @@ impl PublisherConfig {
         self
     }
 
+    /// The maximum datagram size: the buffer a driver needs for
+    /// [`Publisher::poll_transmit`].
+    #[must_use]
+    pub fn max_datagram_size(&self) -> usize {
+        self.max_datagram
+    }
+
     /// Checks the values.
     ///
     /// # Errors

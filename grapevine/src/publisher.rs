@@ -214,6 +214,7 @@ impl<S> PublisherBuilder<S> {
         self.protocol.validate()?;
         self.multicast.validate()?;
         let session = SessionId(self.session.unwrap_or_else(random_session));
+        let max_datagram = self.protocol.max_datagram_size();
         let mut core = CorePublisher::new(self.protocol.clone(), session, Instant::now())?;
         core.set_wall_clock(Box::new(wall_clock_micros));
         let mut tracked = Ok(());
@@ -237,9 +238,7 @@ impl<S> PublisherBuilder<S> {
             inner: Mutex::new(Inner {
                 core,
                 typed: Typed::new(initial),
-                // The core's configured size is not readable back; the
-                // largest UDP payload always holds it.
-                buf: vec![0; MAX_UDP_PAYLOAD],
+                buf: vec![0; max_datagram],
                 unsent: None,
                 stats: PublisherStats::default(),
                 closing: false,
@@ -257,9 +256,6 @@ impl<S> PublisherBuilder<S> {
         })
     }
 }
-
-/// Largest UDP payload over IPv4.
-const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// Publishes a state: see the [module docs](self).
 ///
