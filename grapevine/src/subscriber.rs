@@ -474,6 +474,26 @@ impl<S: State + Send + 'static> Subscriber<S> {
     /// task has stopped. Events the application does not read fast enough
     /// are dropped once [`SubscriberBuilder::event_capacity`] are pending,
     /// and counted in [`SubscriberStats::events_dropped`].
+    ///
+    /// `Subscriber` is also a [`Stream`](futures_core::Stream) of the same
+    /// events, for stream combinators:
+    ///
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// # use grapevine::{Event, MapDelta, Publisher, Subscriber};
+    /// use std::pin::Pin;
+    /// use futures_core::Stream;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), grapevine::Error> {
+    /// # let group = "239.255.28.12".parse().unwrap();
+    /// let mut sub = Subscriber::<BTreeMap<u32, u32>>::builder().group(group).port(28012).bind().await?;
+    /// let publisher = Publisher::builder().group(group).port(28012).bind(BTreeMap::<u32, u32>::new()).await?;
+    /// publisher.publish(MapDelta::Upsert(1, 2))?;
+    /// let first = std::future::poll_fn(|cx| Pin::new(&mut sub).poll_next(cx)).await;
+    /// assert!(matches!(first, Some(Event::SessionStarted { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await
     }
@@ -547,5 +567,17 @@ impl<S> fmt::Debug for Subscriber<S> {
             .field("group", &self.group)
             .field("status", &*self.status.borrow())
             .finish_non_exhaustive()
+    }
+}
+
+impl<S> futures_core::Stream for Subscriber<S> {
+    type Item = Event;
+
+    /// The next event, as [`Subscriber::next_event`].
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.events.poll_recv(cx)
     }
 }
