@@ -486,9 +486,9 @@ impl<S: State + Send + 'static> Subscriber<S> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), grapevine::Error> {
-    /// # let group = "239.255.28.12".parse().unwrap();
-    /// let mut sub = Subscriber::<BTreeMap<u32, u32>>::builder().group(group).port(28012).bind().await?;
-    /// let publisher = Publisher::builder().group(group).port(28012).bind(BTreeMap::<u32, u32>::new()).await?;
+    /// # let group = "239.255.28.19".parse().unwrap();
+    /// let mut sub = Subscriber::<BTreeMap<u32, u32>>::builder().group(group).port(28019).bind().await?;
+    /// let publisher = Publisher::builder().group(group).port(28019).bind(BTreeMap::<u32, u32>::new()).await?;
     /// publisher.publish(MapDelta::Upsert(1, 2))?;
     /// let first = std::future::poll_fn(|cx| Pin::new(&mut sub).poll_next(cx)).await;
     /// assert!(matches!(first, Some(Event::SessionStarted { .. })));
