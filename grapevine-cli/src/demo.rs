@@ -184,6 +184,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                 while sub.try_next_event().is_some() {}
                 show(&bar, &sub.status(), sync);
             }
+            // Keep the bar on screen above the summary.
+            bar.abandon();
             Ok::<_, anyhow::Error>(Joined {
                 sub,
                 joined_at: joined - start,
