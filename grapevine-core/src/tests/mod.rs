@@ -3,5 +3,6 @@
 
 mod replication;
 mod review;
+mod rig;
 mod scenarios;
 mod sim;

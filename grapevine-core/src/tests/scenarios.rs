@@ -2,120 +2,17 @@
 //! decides which datagrams arrive. Each checks one rule of the algorithm.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::sim::{DigestReplica, Op, SimPublisher};
-use crate::publisher::{PublisherConfig, SnapshotRate};
-use crate::subscriber::{Event, Subscriber, SubscriberConfig};
+use super::rig::{leaves, rig_pub_config, rig_sub_config, Rig};
+use super::sim::{Op, SimPublisher};
+use crate::subscriber::Event;
 use crate::wire::{Datagram, Message};
 use crate::{SessionId, StreamId};
 
-struct Pair {
-    now: Instant,
-    publisher: SimPublisher,
-    sub: Subscriber,
-    replica: DigestReplica,
-    events: Vec<Event>,
-    buf: Vec<u8>,
-}
-
-impl Pair {
-    fn new(initial: &[(u16, i64)]) -> Self {
-        let now = Instant::now();
-        Self {
-            now,
-            publisher: SimPublisher::new(
-                pub_config(),
-                SessionId(1),
-                now,
-                initial,
-                Default::default(),
-            ),
-            sub: Subscriber::new(sub_config()).unwrap(),
-            replica: DigestReplica::default(),
-            events: Vec::new(),
-            buf: vec![0; 1452],
-        }
-    }
-
-    /// Datagrams the publisher has due now.
-    fn output(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        while let Some(len) =
-            self.publisher
-                .core
-                .poll_transmit(self.now, &self.publisher.state, &mut self.buf)
-        {
-            out.push(self.buf[..len].to_vec());
-        }
-        out
-    }
-
-    fn deliver(&mut self, datagrams: &[Vec<u8>]) {
-        for d in datagrams {
-            self.sub.handle_datagram(self.now, d, &mut self.replica);
-        }
-        self.drain_events();
-    }
-
-    fn drain_events(&mut self) {
-        while let Some(e) = self.sub.poll_event() {
-            self.events.push(e);
-        }
-    }
-
-    /// Advances time by `dt` in 1 ms steps, delivering everything.
-    fn run(&mut self, dt: Duration) {
-        let end = self.now + dt;
-        while self.now < end {
-            self.now += Duration::from_millis(1);
-            let out = self.output();
-            self.deliver(&out);
-            self.sub.handle_timeout(self.now, &mut self.replica);
-            self.drain_events();
-        }
-    }
-
-    fn publish_dropped(&mut self, op: Op) {
-        self.publisher.publish(&op);
-        let _lost = self.output();
-    }
-
-    fn publish_delivered(&mut self, op: Op) {
-        self.publisher.publish(&op);
-        let out = self.output();
-        self.deliver(&out);
-    }
-
-    fn assert_equal(&self) {
-        assert_eq!(self.replica.typed.state(), self.publisher.state.state());
-    }
-}
-
-fn pub_config() -> PublisherConfig {
-    let mut c = PublisherConfig::default();
-    c.stream(StreamId(3))
-        .snapshot_rate(SnapshotRate::LeavesPerSec(10_000))
-        .heartbeat_interval(Duration::from_millis(10))
-        .min_cycle_interval(Duration::from_millis(20));
-    c
-}
-
-fn sub_config() -> SubscriberConfig {
-    let mut c = SubscriberConfig::default();
-    c.stream(StreamId(3))
-        .reorder_timeout(Duration::from_millis(5))
-        .missed_heartbeats(5);
-    c
-}
-
-fn leaves(n: u16) -> Vec<(u16, i64)> {
-    (0..n).map(|k| (k, i64::from(k) * 10)).collect()
-}
-
 #[test]
 fn late_joiner_reports_progress_then_syncs() {
-    let mut p = Pair::new(&leaves(400));
+    let mut p = Rig::new(&leaves(400), rig_sub_config());
     // The subscriber hears nothing for a while, then joins mid-stream.
     p.now += Duration::from_millis(7);
     let _missed = p.output();
@@ -144,7 +41,7 @@ fn late_joiner_reports_progress_then_syncs() {
 
 #[test]
 fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
-    let mut p = Pair::new(&leaves(30));
+    let mut p = Rig::new(&leaves(30), rig_sub_config());
     p.run(Duration::from_millis(30));
     assert!(p.sub.status().consistent);
     p.publish_dropped(Op::Add(4, 1));
@@ -174,7 +71,7 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
 
 #[test]
 fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
-    let mut p = Pair::new(&leaves(20));
+    let mut p = Rig::new(&leaves(20), rig_sub_config());
     p.run(Duration::from_millis(30));
     p.publish_dropped(Op::Remove(7));
     p.publish_delivered(Op::Add(3, 1));
@@ -194,7 +91,7 @@ fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
 
 #[test]
 fn a_removal_during_a_cycle_is_sent_as_a_tombstone() {
-    let mut p = Pair::new(&leaves(200));
+    let mut p = Rig::new(&leaves(200), rig_sub_config());
     p.run(Duration::from_millis(1));
     // The cycle has started but has not reached the last leaves yet.
     let (sent, total) = p.publisher.core.cycle_progress().unwrap();
@@ -208,7 +105,7 @@ fn a_removal_during_a_cycle_is_sent_as_a_tombstone() {
 
 #[test]
 fn creating_delta_replaces_a_ghost_without_a_snapshot() {
-    let mut p = Pair::new(&leaves(10));
+    let mut p = Rig::new(&leaves(10), rig_sub_config());
     p.run(Duration::from_millis(30));
     p.publish_dropped(Op::Remove(2));
     // Leaf 2 comes back as a new leaf: the delta says it creates it, so the
@@ -222,11 +119,11 @@ fn creating_delta_replaces_a_ghost_without_a_snapshot() {
 
 #[test]
 fn publisher_restart_clears_and_resyncs() {
-    let mut p = Pair::new(&leaves(15));
+    let mut p = Rig::new(&leaves(15), rig_sub_config());
     p.run(Duration::from_millis(30));
     p.publish_delivered(Op::Set(1, 111));
     let history = std::mem::take(&mut p.publisher.history);
-    p.publisher = SimPublisher::new(pub_config(), SessionId(2), p.now, &[(50, 5)], history);
+    p.publisher = SimPublisher::new(rig_pub_config(), SessionId(2), p.now, &[(50, 5)], history);
     p.run(Duration::from_millis(40));
     assert!(p.events.contains(&Event::PublisherRestarted {
         old: SessionId(1),
@@ -237,7 +134,13 @@ fn publisher_restart_clears_and_resyncs() {
     assert!(st.consistent);
     assert_eq!(p.replica.typed.state().0, BTreeMap::from([(50, 5)]));
     // A late datagram of the old session is not taken for a new restart.
-    let mut old = SimPublisher::new(pub_config(), SessionId(1), p.now, &[], Default::default());
+    let mut old = SimPublisher::new(
+        rig_pub_config(),
+        SessionId(1),
+        p.now,
+        &[],
+        Default::default(),
+    );
     old.publish(&Op::Set(1, 1));
     let mut buf = vec![0; 1452];
     let len = old.core.poll_transmit(p.now, &old.state, &mut buf).unwrap();
@@ -249,7 +152,7 @@ fn publisher_restart_clears_and_resyncs() {
 
 #[test]
 fn silence_reports_the_publisher_gone_and_back() {
-    let mut p = Pair::new(&leaves(5));
+    let mut p = Rig::new(&leaves(5), rig_sub_config());
     p.run(Duration::from_millis(30));
     assert!(p.sub.status().publisher_alive);
     let deadline = p.sub.poll_timeout().unwrap();
@@ -273,11 +176,11 @@ fn silence_reports_the_publisher_gone_and_back() {
 
 #[test]
 fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
-    let mut p = Pair::new(&leaves(5));
+    let mut p = Rig::new(&leaves(5), rig_sub_config());
     p.run(Duration::from_millis(30));
     let before = p.replica.digest;
     // Another stream on the same group.
-    let mut other_cfg = pub_config();
+    let mut other_cfg = rig_pub_config();
     other_cfg.stream(StreamId(4));
     let mut other = SimPublisher::new(
         other_cfg,
