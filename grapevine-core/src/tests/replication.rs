@@ -42,6 +42,7 @@ impl Scenario {
             loss,
             duplicate: [0.0, 0.05][r.below(2) as usize],
             jitter: Duration::from_micros([0, 500, 5_000][r.below(3) as usize]),
+            dup_delay: Duration::ZERO,
         };
         let restarts = if r.chance(0.2) {
             vec![Duration::from_millis(r.below(run.as_millis() as u64))]

@@ -382,53 +382,18 @@ impl Wide {
     }
 }
 
-/// A datagram in flight: delivery time, tie-breaker, destination, bytes.
-type Flight = (Instant, u64, usize, Vec<u8>);
-
-/// A network with late duplicates.
-#[derive(Default)]
-struct WideNet {
-    queue: std::collections::BinaryHeap<std::cmp::Reverse<Flight>>,
-    order: u64,
-}
-
-impl WideNet {
-    fn send(&mut self, rng: &mut Rng, now: Instant, to: usize, sc: &Wide, quiet: bool, d: &[u8]) {
-        let (loss, dup, jitter, dup_delay) = if quiet {
-            (0.0, 0.0, Duration::ZERO, Duration::ZERO)
-        } else {
-            (sc.loss, sc.duplicate, sc.jitter, sc.dup_delay)
-        };
-        if rng.chance(loss) {
-            return;
+impl Wide {
+    /// The faults while the scenario runs (`quiet`: after it, none).
+    fn faults(&self, quiet: bool) -> Faults {
+        if quiet {
+            return Faults::default();
         }
-        let copies = if rng.chance(dup) { 2 } else { 1 };
-        for c in 0..copies {
-            let mut delay = 200 + rng.below(jitter.as_micros() as u64 + 1);
-            if c == 1 {
-                delay += rng.below(dup_delay.as_micros() as u64 + 1);
-            }
-            self.order += 1;
-            self.queue.push(std::cmp::Reverse((
-                now + Duration::from_micros(delay),
-                self.order,
-                to,
-                d.to_vec(),
-            )));
+        Faults {
+            loss: self.loss,
+            duplicate: self.duplicate,
+            jitter: self.jitter,
+            dup_delay: self.dup_delay,
         }
-    }
-
-    fn next_time(&self) -> Option<Instant> {
-        self.queue.peek().map(|std::cmp::Reverse((t, ..))| *t)
-    }
-
-    fn pop_due(&mut self, now: Instant) -> Option<(usize, Vec<u8>)> {
-        if self.next_time()? > now {
-            return None;
-        }
-        self.queue
-            .pop()
-            .map(|std::cmp::Reverse((_, _, to, d))| (to, d))
     }
 }
 
@@ -477,7 +442,7 @@ fn run_wide(sc: &Wide) -> Result<u64, String> {
     let mut subs: Vec<SimSubscriber> = (0..sc.subscribers)
         .map(|_| SimSubscriber::new(wide_subscriber_config(&mut rng)))
         .collect();
-    let mut net = WideNet::default();
+    let mut net = Net::default();
     let mut restarts = sc.restarts.clone();
     let end = start + sc.run;
     let settle_until = end + Duration::from_secs(4);
@@ -536,7 +501,7 @@ fn run_wide(sc: &Wide) -> Result<u64, String> {
                 }
                 for (i, s) in subs.iter().enumerate() {
                     if s.joined {
-                        net.send(&mut rng, now, i, sc, quiet, &buf[..len]);
+                        net.send(&mut rng, now, i, sc.faults(quiet), &buf[..len]);
                     }
                 }
             }

@@ -286,6 +286,9 @@ pub(crate) struct Faults {
     pub(crate) duplicate: f64,
     /// Extra random latency up to this (reorders datagrams).
     pub(crate) jitter: Duration,
+    /// Further random delay, up to this, of a duplicate copy (late
+    /// duplicates).
+    pub(crate) dup_delay: Duration,
 }
 
 /// A datagram in flight: delivery time, tie-breaker, destination, bytes.
@@ -311,9 +314,13 @@ impl Net {
             return;
         }
         let copies = if rng.chance(faults.duplicate) { 2 } else { 1 };
-        for _ in 0..copies {
+        for copy in 0..copies {
             let jitter_us = faults.jitter.as_micros() as u64;
-            let delay = Duration::from_micros(200 + rng.below(jitter_us + 1));
+            let mut delay = Duration::from_micros(200 + rng.below(jitter_us + 1));
+            if copy == 1 && !faults.dup_delay.is_zero() {
+                let late_us = faults.dup_delay.as_micros() as u64;
+                delay += Duration::from_micros(rng.below(late_us + 1));
+            }
             self.order += 1;
             self.queue
                 .push(Reverse((now + delay, self.order, to, datagram.to_vec())));
