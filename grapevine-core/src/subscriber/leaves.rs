@@ -255,6 +255,11 @@ impl LeafTable {
             stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
         };
         self.max_installed = self.max_installed.max(seq);
+        // Only a stale leaf has pending deltas: the common case is done.
+        if !before.is_some_and(|m| m.is_stale()) {
+            self.set_meta(key, before, after, ctx);
+            return true;
+        }
         // Pending deltas for this leaf, in sequence order.
         let lo = (Box::<[u8]>::from(key), SeqNum::NONE);
         let hi = (Box::<[u8]>::from(key), SeqNum(u64::MAX));
