@@ -9,6 +9,7 @@
 //! one cycle without loss.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 
 use crate::SeqNum;
 
@@ -70,7 +71,7 @@ impl Coverage {
         // The interval starting at or before `lo` may reach it.
         let before = self
             .intervals
-            .range(..=lo.clone())
+            .range((Bound::Unbounded, Bound::Included(&lo)))
             .next_back()
             .filter(|(_, (h, _))| meets(h, &lo))
             .map(|(l, _)| l.clone());
@@ -87,7 +88,7 @@ impl Coverage {
         loop {
             let next = self
                 .intervals
-                .range(lo.clone()..)
+                .range((Bound::Included(&lo), Bound::Unbounded))
                 .next()
                 .filter(|(l, _)| meets(&hi, l))
                 .map(|(l, _)| l.clone());
