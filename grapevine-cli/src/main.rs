@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use grapevine::socket::Interface;
+use grapevine::socket::{Interface, MulticastConfig};
 use grapevine::StreamId;
 
 /// Replicate application state over UDP multicast.
@@ -58,6 +58,11 @@ pub(crate) struct NetArgs {
     /// Stream id: which state on the group.
     #[arg(long, default_value_t = 1)]
     pub(crate) stream: u32,
+    /// Multicast TTL (IPv4) or hop limit (IPv6): 0 (the default) keeps
+    /// datagrams on this host; 1 reaches the local network of `--interface`
+    /// and no further.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) ttl: u32,
 }
 
 impl NetArgs {
@@ -73,6 +78,16 @@ impl NetArgs {
 
     pub(crate) fn stream(&self) -> StreamId {
         StreamId(self.stream)
+    }
+
+    /// Group, port, interface and TTL as a socket configuration.
+    pub(crate) fn multicast(&self) -> MulticastConfig {
+        let mut c = MulticastConfig::default();
+        c.group(self.group)
+            .port(self.port)
+            .interface(self.interface())
+            .ttl(self.ttl);
+        c
     }
 }
 

@@ -6,11 +6,60 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use grapevine::order_book::{BookDeltaGen, OrderBook};
-use grapevine::{Event, Publisher, SnapshotRate, Subscriber};
+use grapevine::order_book::{BookDeltaGen, OrderBook, PaddedBook, PaddedDeltaGen};
+use grapevine::{Event, Publisher, PublisherStats, SnapshotRate, State, Subscriber};
 use serde::Serialize;
 
 use crate::NetArgs;
+
+/// Largest `--value-size`: a leaf must fit the subscribers' reassembly
+/// limit (4 MiB) with room to spare.
+const MAX_VALUE_SIZE: u32 = 1 << 20;
+
+/// The state `pub` and `sub` replicate: the demo order book, or the same
+/// book with each level padded to `--value-size` bytes.
+pub(crate) trait DemoState: State + Default + Send + 'static {
+    /// Its delta generator.
+    type Gen: Iterator<Item = Self::Delta> + Send;
+    /// The initial book.
+    fn build(levels: usize, seed: u64, value_size: u32) -> Self;
+    /// Deltas for it.
+    fn deltas(&self, seed: u64, value_size: u32) -> Self::Gen;
+}
+
+impl DemoState for OrderBook {
+    type Gen = BookDeltaGen;
+    fn build(levels: usize, seed: u64, _: u32) -> Self {
+        OrderBook::generate(levels, seed)
+    }
+    fn deltas(&self, seed: u64, _: u32) -> BookDeltaGen {
+        BookDeltaGen::new(self, seed)
+    }
+}
+
+impl DemoState for PaddedBook {
+    type Gen = PaddedDeltaGen;
+    fn build(levels: usize, seed: u64, value_size: u32) -> Self {
+        PaddedBook::generate(levels, seed, value_size)
+    }
+    fn deltas(&self, seed: u64, value_size: u32) -> PaddedDeltaGen {
+        PaddedDeltaGen::new(self, seed, value_size)
+    }
+}
+
+fn check_value_size(v: u32) -> Result<()> {
+    if v > MAX_VALUE_SIZE {
+        bail!("--value-size {v} is too large: use 0 ..= {MAX_VALUE_SIZE} bytes (0: the plain book)");
+    }
+    Ok(())
+}
+
+fn check_seconds(flag: &str, v: f64) -> Result<()> {
+    if !(v.is_finite() && v > 0.0 && v <= 1e6) {
+        bail!("{flag} must be a number of seconds in (0, 1000000], not {v}");
+    }
+    Ok(())
+}
 
 /// Flags of `grapevine pub`.
 #[derive(Debug, Args)]
@@ -35,6 +84,16 @@ pub(crate) struct PubArgs {
     /// Seed of the book and of the deltas.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Pad every level's value to this many bytes (0: the plain book).
+    /// Values larger than a datagram are sent in fragments; subscribers
+    /// must pass `--value-size` too (any positive value).
+    #[arg(long, default_value_t = 0)]
+    value_size: u32,
+    /// After the last delta, keep serving (snapshots, heartbeats, NAK
+    /// repair) this many seconds, then print the final counters and exit.
+    /// Without it, run until interrupted (SIGINT or SIGTERM).
+    #[arg(long)]
+    linger: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,16 +104,71 @@ struct PubLine {
     session: String,
 }
 
+/// The publisher's last line: its repair counters.
+#[derive(Debug, Serialize)]
+struct PubFinal {
+    #[serde(rename = "final")]
+    is_final: bool,
+    seq: u64,
+    digest: String,
+    session: String,
+    datagrams: u64,
+    naks_received: u64,
+    nak_seqs_requested: u64,
+    nak_seqs_unavailable: u64,
+    retransmits: u64,
+    repairs_coalesced: u64,
+    repair_bytes: u64,
+    frag_naks_received: u64,
+    fragments_resent: u64,
+    other_session_naks: u64,
+}
+
+impl PubFinal {
+    fn new<S: State>(p: &Publisher<S>, st: &PublisherStats) -> Self
+    where
+        S: Send + 'static,
+    {
+        let c = &st.protocol;
+        PubFinal {
+            is_final: true,
+            seq: p.last_seq().0,
+            digest: p.digest().to_string(),
+            session: p.session().to_string(),
+            datagrams: st.datagrams_sent,
+            naks_received: c.naks_received,
+            nak_seqs_requested: c.nak_seqs_requested,
+            nak_seqs_unavailable: c.nak_seqs_unavailable,
+            retransmits: c.retransmits,
+            repairs_coalesced: c.repairs_coalesced,
+            repair_bytes: c.repair_bytes,
+            frag_naks_received: c.frag_naks_received,
+            fragments_resent: c.fragments_resent,
+            other_session_naks: c.other_session_naks,
+        }
+    }
+}
+
 pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
     if args.rate == 0 && args.deltas > 0 {
         bail!("--rate must be positive to publish --deltas");
     }
-    let book = OrderBook::generate(args.leaves, args.seed);
-    let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));
+    check_value_size(args.value_size)?;
+    if let Some(l) = args.linger {
+        check_seconds("--linger", l)?;
+    }
+    if args.value_size > 0 {
+        pub_with::<PaddedBook>(args).await
+    } else {
+        pub_with::<OrderBook>(args).await
+    }
+}
+
+async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
+    let book = S::build(args.leaves, args.seed, args.value_size);
+    let mut gen = book.deltas(args.seed.wrapping_add(0x9e37), args.value_size);
     let publisher = Publisher::builder()
-        .group(args.net.group)
-        .port(args.net.port)
-        .interface(args.net.interface())
+        .multicast(args.net.multicast())
         .stream(args.net.stream())
         .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1)))
@@ -78,7 +192,7 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
         let batch = due.saturating_sub(sent);
         if batch > 0 {
             publisher
-                .publish_batch((0..batch).map(|_| gen.next_delta()))
+                .publish_batch(gen.by_ref().take(usize::try_from(batch).unwrap_or(usize::MAX)))
                 .context("publishing")?;
             sent += batch;
         }
@@ -90,16 +204,49 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
         session: publisher.session().to_string(),
     };
     println!("{}", serde_json::to_string(&line)?);
-    eprintln!(
-        "published {} deltas in {:.2}s; cycling snapshots until killed",
-        sent,
-        start.elapsed().as_secs_f64()
-    );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for ctrl-c")?;
+    match args.linger {
+        Some(secs) => {
+            eprintln!(
+                "published {} deltas in {:.2}s; serving {secs}s more",
+                sent,
+                start.elapsed().as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                r = stop_signal() => r?,
+            }
+        }
+        None => {
+            eprintln!(
+                "published {} deltas in {:.2}s; cycling snapshots until interrupted",
+                sent,
+                start.elapsed().as_secs_f64()
+            );
+            stop_signal().await?;
+        }
+    }
+    let last = PubFinal::new(&publisher, &publisher.stats());
+    println!("{}", serde_json::to_string(&last)?);
     publisher.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or (on Unix) SIGTERM.
+async fn stop_signal() -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("listening for SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for ctrl-c")
+    }
 }
 
 /// Flags of `grapevine sub`.
@@ -125,6 +272,10 @@ pub(crate) struct SubArgs {
     /// Seed of the simulated losses.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// The publisher pads values (`pub --value-size`): any positive value
+    /// selects the padded book.
+    #[arg(long, default_value_t = 0)]
+    value_size: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -138,19 +289,63 @@ struct SubLine {
     stale_leaves: usize,
     leaves: usize,
     gaps: u64,
+    /// NAK datagrams sent.
+    naks_sent: u64,
+    /// Missing sequence numbers filled by a retransmission.
+    repaired_by_nak: u64,
+    /// Missing sequence numbers given up on and left to snapshots.
+    repaired_by_snapshot: u64,
+    /// Share of the time since sync during which the replica was consistent.
+    consistent_share: Option<f64>,
+    /// Time from knowing a sequence number missing to its repair by NAK.
+    repair_p50_ms: Option<f64>,
+    repair_p99_ms: Option<f64>,
+}
+
+fn sub_line<S: State + Send + 'static>(sub: &Subscriber<S>, synced_at: Option<Duration>) -> SubLine {
+    let st = sub.status();
+    let stats = sub.stats();
+    let p = &stats.protocol;
+    let ms = |q: f64| {
+        p.repair_latency
+            .quantile(q)
+            .map(|d| d.as_secs_f64() * 1000.0)
+    };
+    SubLine {
+        seq: st.seq.0,
+        digest: sub.digest().to_string(),
+        synced: st.synced,
+        consistent: st.consistent,
+        sync_ms: synced_at.map(|d| d.as_millis() as u64),
+        session: st.session.map(|s| s.to_string()),
+        stale_leaves: st.stale_leaves,
+        leaves: st.leaves,
+        gaps: p.gaps,
+        naks_sent: p.naks_sent,
+        repaired_by_nak: p.repaired_by_nak,
+        repaired_by_snapshot: p.repaired_by_snapshot,
+        consistent_share: sub.consistent_share(),
+        repair_p50_ms: ms(0.5),
+        repair_p99_ms: ms(0.99),
+    }
 }
 
 pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
     if let Some(t) = args.timeout {
-        if !(t.is_finite() && t > 0.0) {
-            bail!("--timeout must be a positive number of seconds");
-        }
+        check_seconds("--timeout", t)?;
     }
+    check_value_size(args.value_size)?;
+    if args.value_size > 0 {
+        sub_with::<PaddedBook>(args).await
+    } else {
+        sub_with::<OrderBook>(args).await
+    }
+}
+
+async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     let timeout = args.timeout.unwrap_or(60.0);
-    let mut builder = Subscriber::<OrderBook>::builder()
-        .group(args.net.group)
-        .port(args.net.port)
-        .interface(args.net.interface())
+    let mut builder = Subscriber::<S>::builder()
+        .multicast(args.net.multicast())
         .stream(args.net.stream());
     if args.loss > 0.0 {
         builder = builder.simulate_loss(args.loss, args.seed);
@@ -160,20 +355,7 @@ pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut synced_at: Option<Duration> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let line = |sub: &Subscriber<OrderBook>, synced_at: Option<Duration>| {
-        let st = sub.status();
-        SubLine {
-            seq: st.seq.0,
-            digest: sub.digest().to_string(),
-            synced: st.synced,
-            consistent: st.consistent,
-            sync_ms: synced_at.map(|d| d.as_millis() as u64),
-            session: st.session.map(|s| s.to_string()),
-            stale_leaves: st.stale_leaves,
-            leaves: st.leaves,
-            gaps: sub.stats().protocol.gaps,
-        }
-    };
+    let line = sub_line::<S>;
     if let Some(target) = args.until_seq {
         let reached = |s: &grapevine::Status| s.synced && s.consistent && s.seq.0 >= target;
         loop {

@@ -9,10 +9,11 @@
 //! simulated network, deterministically.
 //!
 //! ```text
-//!  application ──publish──▶ ┌──────────────┐ ──datagrams──▶ socket / sim
-//!                           │ grapevine-   │
+//!  application ──publish──▶ ┌──────────────┐ ──transmits──▶ socket / sim
+//!                           │ grapevine-   │   (group or unicast)
 //!  socket / sim ─datagrams─▶│ core         │ ──events────▶ application
-//!  clock ──────────now────▶ └──────────────┘ ──deadline──▶ timer
+//!   (with source address)   │              │
+//!  clock ─────now, wall───▶ └──────────────┘ ──deadline──▶ timer
 //! ```
 //!
 //! # Contents
@@ -20,9 +21,12 @@
 //! * [`wire`]: the wire format of PROTOCOL.md: datagram header, message
 //!   kinds, packing several messages per datagram, fragmentation.
 //! * [`publisher`]: the publisher state machine (sequence stamping, snapshot
-//!   cycle, heartbeats).
+//!   cycle, heartbeats, NAK repair from a bounded history).
 //! * [`subscriber`]: the subscriber state machine (late join, ordering,
-//!   per-leaf chains, snapshot repair, ghost removal, restart and liveness).
+//!   NAK repair with suppression, per-leaf chains, snapshot repair, ghost
+//!   removal, restart and liveness).
+//! * [`Transmit`] and [`Destination`]: what an engine asks its driver to
+//!   send, and where (the group, or one host by unicast).
 //! * [`state`]: the [`state::State`] trait for replicated states, the keyed
 //!   map mode, and the order-independent [`state::Digest`].
 //! * [`Reassembler`]: puts fragmented messages back together within
@@ -49,18 +53,25 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod histogram;
 pub mod publisher;
 mod reassembly;
+mod rng;
 mod seq;
 pub mod state;
 pub mod subscriber;
+mod timer;
+mod transmit;
 pub mod wire;
 
 pub use config::ConfigError;
+pub use histogram::LatencyHistogram;
 pub use reassembly::{
-    Reassembled, Reassembler, ReassemblyConfig, ReassemblyError, ReassemblyStats, MAX_RANGES,
+    Missing, Reassembled, Reassembler, ReassemblyConfig, ReassemblyError, ReassemblyStats,
+    MAX_RANGES,
 };
 pub use seq::{CycleId, SeqNum, SeqRange, SessionId, StreamId};
+pub use transmit::{Destination, Transmit};
 
 #[cfg(test)]
 mod tests;

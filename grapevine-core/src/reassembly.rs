@@ -215,6 +215,27 @@ struct Partial {
     /// Sorted, disjoint, non-adjacent `[start, end)` ranges received.
     ranges: Vec<(usize, usize)>,
     created: Instant,
+    /// When a fragment last added bytes.
+    progress: Instant,
+    /// Requests for the missing bytes sent so far.
+    naks: u32,
+    /// Not before this may the missing bytes be requested (again).
+    nak_at: Option<Instant>,
+}
+
+/// A request for the missing bytes of one partial message
+/// ([`Reassembler::poll_missing`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// The stream of the partial message.
+    pub stream: StreamId,
+    /// The publisher session of the partial message.
+    pub session: SessionId,
+    /// The fragmented message.
+    pub frag_id: u32,
+    /// Missing `[offset, end)` byte ranges of its body, in order (at most
+    /// the `max_ranges` asked for).
+    pub ranges: Vec<(u32, u32)>,
 }
 
 /// Puts fragmented messages back together, within the memory bounds of its
@@ -370,6 +391,9 @@ impl Reassembler {
                     buf: vec![0; total],
                     ranges: Vec::new(),
                     created: now,
+                    progress: now,
+                    naks: 0,
+                    nak_at: None,
                 },
             );
         }
@@ -399,8 +423,68 @@ impl Reassembler {
                 self.stats.completed += 1;
                 Ok(Some(Reassembled { kind, body }))
             }
-            Added::New => Ok(None),
+            Added::New => {
+                p.progress = now;
+                Ok(None)
+            }
         }
+    }
+
+    /// The partial messages that have made no progress for `quiet` and were
+    /// asked for at most `attempts - 1` times before, with their missing
+    /// byte ranges (at most `max_ranges` each): the caller sends a request
+    /// for each (PROTOCOL.md §4.7). Each one returned may be returned again
+    /// after `retry`, at most `attempts` times in all.
+    pub fn poll_missing(
+        &mut self,
+        now: Instant,
+        quiet: Duration,
+        retry: Duration,
+        attempts: u32,
+        max_ranges: usize,
+    ) -> Vec<Missing> {
+        let mut out = Vec::new();
+        for (key, p) in &mut self.partials {
+            let due = p
+                .nak_at
+                .unwrap_or_else(|| p.progress.checked_add(quiet).unwrap_or(p.progress));
+            if p.naks >= attempts || now < due {
+                continue;
+            }
+            let mut ranges = Vec::new();
+            let mut at = 0usize;
+            for &(s, e) in p.ranges.iter().chain(std::iter::once(&(p.buf.len(), p.buf.len()))) {
+                if s > at && ranges.len() < max_ranges {
+                    ranges.push((
+                        u32::try_from(at).unwrap_or(u32::MAX),
+                        u32::try_from(s).unwrap_or(u32::MAX),
+                    ));
+                }
+                at = e;
+            }
+            p.naks += 1;
+            p.nak_at = now.checked_add(retry);
+            if !ranges.is_empty() {
+                out.push(Missing {
+                    stream: key.0,
+                    session: key.1,
+                    frag_id: key.2,
+                    ranges,
+                });
+            }
+        }
+        out
+    }
+
+    /// When [`Reassembler::poll_missing`] next has something to return, for
+    /// the same `quiet` and `attempts`.
+    #[must_use]
+    pub fn missing_timeout(&self, quiet: Duration, attempts: u32) -> Option<Instant> {
+        self.partials
+            .values()
+            .filter(|p| p.naks < attempts)
+            .filter_map(|p| p.nak_at.or_else(|| p.progress.checked_add(quiet)))
+            .min()
     }
 
     fn remove(&mut self, key: &Key) -> Option<Partial> {

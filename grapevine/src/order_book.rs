@@ -498,6 +498,175 @@ impl Iterator for BookDeltaGen {
     }
 }
 
+/// One price level of a [`PaddedBook`]: its quantity and filler bytes that
+/// make the leaf as large as asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaddedLevel {
+    /// The level's quantity (positive).
+    pub quantity: u64,
+    /// Filler, a deterministic function of the level, quantity and size.
+    pub pad: Vec<u8>,
+}
+
+/// A delta of a [`PaddedBook`]: a [`BookDelta`] plus the size of the
+/// filler the level gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaddedDelta {
+    /// The change to the level's quantity.
+    pub delta: BookDelta,
+    /// Bytes of filler the level carries afterwards.
+    pub value_size: u32,
+}
+
+/// An order book whose levels carry filler bytes, for leaves larger than a
+/// datagram (the CLI's `--value-size`): the same quantities and deltas as
+/// an [`OrderBook`], each level padded to a chosen size.
+///
+/// ```
+/// use grapevine::order_book::{PaddedBook, PaddedDeltaGen};
+/// use grapevine::State;
+///
+/// let mut book = PaddedBook::generate(10, 1, 65_536);
+/// let mut deltas = PaddedDeltaGen::new(&book, 3, 65_536);
+/// for delta in deltas.by_ref().take(100) {
+///     book.apply(&delta);
+/// }
+/// let mut sizes = Vec::new();
+/// book.for_each_leaf(&mut |_, level| sizes.push(level.pad.len()));
+/// assert!(sizes.iter().all(|&n| n == 65_536));
+/// assert_eq!(book.leaf_count(), deltas.book().len());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PaddedBook {
+    levels: BTreeMap<Level, PaddedLevel>,
+}
+
+/// The filler of a level: `size` bytes from the level and quantity.
+fn filler(level: Level, quantity: u64, size: u32) -> Vec<u8> {
+    let mut rng = SplitMix64::new(level.1 ^ quantity.rotate_left(17) ^ (level.0 as u64));
+    let mut out = Vec::with_capacity(size as usize);
+    while out.len() < size as usize {
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
+    }
+    out.truncate(size as usize);
+    out
+}
+
+impl PaddedBook {
+    /// [`OrderBook::generate`]'s book, each level padded to `value_size`
+    /// bytes.
+    #[must_use]
+    pub fn generate(levels: usize, seed: u64, value_size: u32) -> PaddedBook {
+        let book = OrderBook::generate(levels, seed);
+        let levels = book
+            .levels()
+            .map(|(level, quantity)| {
+                let pad = filler(level, quantity, value_size);
+                (level, PaddedLevel { quantity, pad })
+            })
+            .collect();
+        PaddedBook { levels }
+    }
+
+    /// The quantities alone, as an [`OrderBook`].
+    #[must_use]
+    pub fn to_book(&self) -> OrderBook {
+        let mut book = OrderBook::new();
+        for (level, l) in &self.levels {
+            book.set_leaf(level, Some(l.quantity));
+        }
+        book
+    }
+}
+
+impl State for PaddedBook {
+    type Key = Level;
+    type Leaf = PaddedLevel;
+    type Delta = PaddedDelta;
+
+    fn key_of(delta: &PaddedDelta) -> Level {
+        delta.delta.level()
+    }
+
+    fn apply(&mut self, d: &PaddedDelta) {
+        let level = d.delta.level();
+        let old = self.levels.get(&level).map_or(0, |l| l.quantity);
+        let new = i128::from(old) + i128::from(d.delta.change);
+        if new <= 0 {
+            self.levels.remove(&level);
+        } else {
+            let quantity = u64::try_from(new).unwrap_or(u64::MAX);
+            let pad = filler(level, quantity, d.value_size);
+            self.levels.insert(level, PaddedLevel { quantity, pad });
+        }
+    }
+
+    fn leaf(&self, key: &Level) -> Option<&PaddedLevel> {
+        self.levels.get(key)
+    }
+
+    fn set_leaf(&mut self, key: &Level, leaf: Option<PaddedLevel>) {
+        match leaf {
+            Some(l) if l.quantity > 0 => {
+                self.levels.insert(*key, l);
+            }
+            _ => {
+                self.levels.remove(key);
+            }
+        }
+    }
+
+    fn for_each_leaf(&self, f: &mut dyn FnMut(&Level, &PaddedLevel)) {
+        for (k, v) in &self.levels {
+            f(k, v);
+        }
+    }
+
+    fn leaf_count(&self) -> usize {
+        self.levels.len()
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+    }
+}
+
+/// [`BookDeltaGen`]'s deltas for a [`PaddedBook`], each padding its level
+/// to `value_size` bytes. Never ends.
+#[derive(Clone, Debug)]
+pub struct PaddedDeltaGen {
+    inner: BookDeltaGen,
+    value_size: u32,
+}
+
+impl PaddedDeltaGen {
+    /// A generator for deltas to `book`, seeded with `seed`.
+    #[must_use]
+    pub fn new(book: &PaddedBook, seed: u64, value_size: u32) -> Self {
+        Self {
+            inner: BookDeltaGen::new(&book.to_book(), seed),
+            value_size,
+        }
+    }
+
+    /// The quantities after every delta yielded so far.
+    #[must_use]
+    pub fn book(&self) -> &OrderBook {
+        self.inner.book()
+    }
+}
+
+impl Iterator for PaddedDeltaGen {
+    type Item = PaddedDelta;
+
+    fn next(&mut self) -> Option<PaddedDelta> {
+        Some(PaddedDelta {
+            delta: self.inner.next_delta(),
+            value_size: self.value_size,
+        })
+    }
+}
+
 /// SplitMix64 (Steele, Lea, Flood 2014): tiny, fast and fixed forever, so
 /// generated books do not change when a dependency does.
 #[derive(Clone, Debug)]

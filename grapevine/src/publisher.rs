@@ -29,13 +29,15 @@
 //! stamps it with the next sequence number and sends the datagrams that are
 //! due right away, with a non-blocking send, from the calling thread. A
 //! background tokio task (spawned by [`bind`](PublisherBuilder::bind)) sends
-//! the paced snapshot cycle and the heartbeats, and anything `publish` could
-//! not send because the socket buffer was full. The state sits behind a
-//! mutex that is never held across an `.await`.
+//! the paced snapshot cycle and the heartbeats, answers subscribers' NAKs
+//! (they arrive by unicast on the publisher's socket, the source address of
+//! its datagrams) with retransmissions to the group, and sends anything
+//! `publish` could not send because the socket buffer was full. The state
+//! sits behind a mutex that is never held across an `.await`.
 //!
 //! A datagram the operating system refuses (other than "would block") is
 //! dropped and counted in [`PublisherStats::send_errors`], like a loss on the
-//! network: subscribers repair it from the snapshot cycle.
+//! network: subscribers repair it by NAK or from the snapshot cycle.
 
 use std::fmt;
 use std::io;
@@ -48,7 +50,7 @@ use grapevine_core::publisher::{
     Publisher as CorePublisher, PublisherConfig, PublisherStats as CoreStats, SnapshotRate,
 };
 use grapevine_core::state::{digest_of, encode, Digest, State, Typed};
-use grapevine_core::{SeqNum, SessionId, StreamId};
+use grapevine_core::{Destination, SeqNum, SessionId, StreamId};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -72,6 +74,10 @@ pub struct PublisherStats {
     pub send_errors: u64,
     /// Times the socket's send buffer was full and sending waited.
     pub send_blocked: u64,
+    /// Datagrams received on the publisher's socket (NAKs).
+    pub datagrams_received: u64,
+    /// Receive errors on the publisher's socket.
+    pub recv_errors: u64,
 }
 
 /// Configures and binds a [`Publisher`]. Get one from
@@ -216,7 +222,6 @@ impl<S> PublisherBuilder<S> {
         let session = SessionId(self.session.unwrap_or_else(random_session));
         let max_datagram = self.protocol.max_datagram_size();
         let mut core = CorePublisher::new(self.protocol.clone(), session, Instant::now())?;
-        core.set_wall_clock(Box::new(wall_clock_micros));
         let mut tracked = Ok(());
         initial.for_each_leaf(&mut |key, _| {
             if tracked.is_ok() {
@@ -296,23 +301,37 @@ enum Flush {
 }
 
 impl<S: State> Inner<S> {
-    /// Sends the held datagram, then every datagram the core has due at
-    /// `now`, until the socket would block.
+    /// Fires the core's due timers, sends the held datagram, then every
+    /// datagram the core has due at `now`, until the socket would block.
     fn flush(&mut self, socket: &UdpSocket, group: SocketAddr, now: Instant) -> Flush {
+        if self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now, wall_clock_micros());
+        }
         if let Some(datagram) = self.unsent.take() {
             if !send(socket, group, &datagram, &mut self.stats) {
                 self.unsent = Some(datagram);
                 return Flush::Blocked;
             }
         }
-        while let Some(len) = self.core.poll_transmit(now, &self.typed, &mut self.buf) {
-            let datagram = self.buf.get(..len).unwrap_or_default();
-            if !send(socket, group, datagram, &mut self.stats) {
-                self.unsent = Some(datagram.to_vec());
-                return Flush::Blocked;
+        while let Some(t) = self.core.poll_transmit(now, &self.typed, 1, &mut self.buf) {
+            let to = match t.destination {
+                Destination::Unicast(addr) => addr,
+                _ => group,
+            };
+            for datagram in t.datagrams(&self.buf) {
+                if !send(socket, to, datagram, &mut self.stats) {
+                    self.unsent = Some(datagram.to_vec());
+                    return Flush::Blocked;
+                }
             }
         }
         Flush::Done
+    }
+
+    /// Hands a received datagram (a NAK) to the core.
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
+        self.stats.datagrams_received += 1;
+        self.core.handle_datagram(now, from, datagram);
     }
 }
 
@@ -351,6 +370,7 @@ impl<S> Shared<S> {
 /// The background task: sends what is due, then sleeps until the core's next
 /// deadline or until woken.
 async fn drive<S: State>(shared: Arc<Shared<S>>) {
+    let mut rbuf = vec![0u8; RECV_BUFFER];
     loop {
         let (flush, deadline, closing) = {
             let mut inner = shared.lock();
@@ -377,6 +397,7 @@ async fn drive<S: State>(shared: Arc<Shared<S>>) {
                             tokio::time::sleep(Duration::from_millis(10)).await;
                         }
                     }
+                    r = shared.socket.recv_from(&mut rbuf) => receive(&shared, r, &mut rbuf),
                     () = shared.wake.notified() => {}
                 }
             }
@@ -389,12 +410,50 @@ async fn drive<S: State>(shared: Arc<Shared<S>>) {
                 };
                 tokio::select! {
                     () = sleep => {}
+                    r = shared.socket.recv_from(&mut rbuf) => receive(&shared, r, &mut rbuf),
                     () = shared.wake.notified() => {}
                 }
             }
         }
     }
 }
+
+/// Hands one received datagram, and any others already waiting (a bounded
+/// batch), to the core.
+fn receive<S: State>(
+    shared: &Shared<S>,
+    first: io::Result<(usize, SocketAddr)>,
+    buf: &mut [u8],
+) {
+    let mut inner = shared.lock();
+    let now = Instant::now();
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(r) = next.take() {
+        match r {
+            Ok((len, from)) => {
+                if let Some(d) = buf.get_mut(..len) {
+                    inner.handle_datagram(now, from, d);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(_) => {
+                inner.stats.recv_errors += 1;
+                break;
+            }
+        }
+        n += 1;
+        if n < RECV_BATCH {
+            next = Some(shared.socket.try_recv_from(buf));
+        }
+    }
+}
+
+/// Largest datagram the publisher reads (NAKs are small; anything larger is
+/// truncated and then dropped as malformed).
+const RECV_BUFFER: usize = 65_536;
+/// Most datagrams handled per wake-up before sending again.
+const RECV_BATCH: usize = 64;
 
 /// How long [`Publisher::shutdown`] waits for socket room to send what is
 /// queued.

@@ -44,7 +44,8 @@
 //!
 //! [`bind`](SubscriberBuilder::bind) joins the group and spawns a tokio task
 //! that receives datagrams (up to 64 at a time under one lock), feeds them
-//! and the protocol's timers to the sans-IO core, forwards the core's
+//! and the protocol's timers to the sans-IO core, sends the core's NAKs by
+//! unicast to the publisher's source address (from the same socket), forwards the core's
 //! [`Event`]s to [`next_event`](Subscriber::next_event) and publishes the
 //! [`Status`] that [`wait_until`](Subscriber::wait_until) watches. The
 //! replica sits behind a mutex that is never held across an `.await`;
@@ -61,7 +62,7 @@ use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
     Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
 };
-use grapevine_core::StreamId;
+use grapevine_core::{Destination, StreamId};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tokio::net::UdpSocket;
@@ -70,6 +71,19 @@ use tokio::task::JoinHandle;
 
 use crate::error::Error;
 use crate::socket::{bind_receiver, Interface, MulticastConfig};
+
+/// A seed from the operating system (or, should that fail, from std's
+/// randomly keyed hasher).
+fn random_seed() -> u64 {
+    use rand::TryRng;
+    if let Ok(seed) = rand::rngs::SysRng.try_next_u64() {
+        return seed;
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish()
+}
 
 /// Size of the receive buffer: the largest UDP datagram.
 const RECV_BUFFER: usize = 65_536;
@@ -95,6 +109,11 @@ pub struct SubscriberStats {
     pub simulated_drops: u64,
     /// Receive errors reported by the socket.
     pub recv_errors: u64,
+    /// NAK datagrams handed to the socket.
+    pub naks_sent: u64,
+    /// NAK datagrams the socket refused (the hole is then repaired by a
+    /// later NAK or by snapshots).
+    pub send_errors: u64,
     /// Events dropped because the channel read by
     /// [`Subscriber::next_event`] was full.
     pub events_dropped: u64,
@@ -273,7 +292,12 @@ impl<S> SubscriberBuilder<S> {
             _ => None,
         };
         self.multicast.validate()?;
-        let core = CoreSubscriber::new(self.protocol)?;
+        let mut protocol = self.protocol;
+        if !protocol.is_seeded() {
+            // Different NAK delays and requester ids on every subscriber.
+            protocol.rng_seed(random_seed());
+        }
+        let core = CoreSubscriber::new(protocol)?;
         let socket = bind_receiver(&self.multicast)?;
         let group = socket.group_addr();
         let socket = socket.into_tokio()?;
@@ -281,6 +305,7 @@ impl<S> SubscriberBuilder<S> {
         empty.clear();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
+                nak_buf: vec![0; core.config().max_datagram_size()],
                 core,
                 replica: Typed::new(empty),
                 loss,
@@ -319,6 +344,7 @@ struct Shared<S> {
 struct Inner<S> {
     core: CoreSubscriber,
     replica: Typed<S>,
+    nak_buf: Vec<u8>,
     loss: Option<Loss>,
     stats: SubscriberStats,
 }
@@ -337,7 +363,7 @@ impl<S> Shared<S> {
 }
 
 impl<S: State> Inner<S> {
-    fn handle_datagram(&mut self, now: Instant, datagram: &[u8]) {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
         if let Some(loss) = &mut self.loss {
@@ -346,18 +372,32 @@ impl<S: State> Inner<S> {
                 return;
             }
         }
-        self.core.handle_datagram(now, datagram, &mut self.replica);
+        self.core
+            .handle_datagram(now, from, datagram, &mut self.replica);
     }
 
-    /// Fires due timers, forwards events and publishes the status.
+    /// Fires due timers, sends NAKs, forwards events and publishes the
+    /// status.
     fn finish_batch(
         &mut self,
         now: Instant,
+        socket: &UdpSocket,
         events: &mpsc::Sender<Event>,
         status: &watch::Sender<Status>,
     ) {
         if self.core.poll_timeout().is_some_and(|at| at <= now) {
             self.core.handle_timeout(now, &mut self.replica);
+        }
+        while let Some(t) = self.core.poll_transmit(now, &mut self.nak_buf) {
+            let Destination::Unicast(to) = t.destination else {
+                continue;
+            };
+            for datagram in t.datagrams(&self.nak_buf) {
+                match socket.try_send_to(datagram, to) {
+                    Ok(_) => self.stats.naks_sent += 1,
+                    Err(_) => self.stats.send_errors += 1,
+                }
+            }
         }
         while let Some(event) = self.core.poll_event() {
             if events.try_send(event).is_err() {
@@ -394,12 +434,20 @@ async fn drive<S: State>(
                 let mut inner = shared.lock();
                 let now = Instant::now();
                 match first {
-                    Ok((n, _)) => inner.handle_datagram(now, buf.get(..n).unwrap_or_default()),
+                    Ok((n, from)) => {
+                        if let Some(d) = buf.get_mut(..n) {
+                            inner.handle_datagram(now, from, d);
+                        }
+                    }
                     Err(_) => inner.stats.recv_errors += 1,
                 }
                 for _ in 1..RECV_BATCH {
                     match socket.try_recv_from(&mut buf) {
-                        Ok((n, _)) => inner.handle_datagram(now, buf.get(..n).unwrap_or_default()),
+                        Ok((n, from)) => {
+                            if let Some(d) = buf.get_mut(..n) {
+                                inner.handle_datagram(now, from, d);
+                            }
+                        }
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(_) => {
                             inner.stats.recv_errors += 1;
@@ -407,10 +455,10 @@ async fn drive<S: State>(
                         }
                     }
                 }
-                inner.finish_batch(now, &events, &status);
+                inner.finish_batch(now, &socket, &events, &status);
             }
             () = sleep => {
-                shared.lock().finish_batch(Instant::now(), &events, &status);
+                shared.lock().finish_batch(Instant::now(), &socket, &events, &status);
             }
         }
     }
@@ -452,6 +500,12 @@ impl<S: State + Send + 'static> Subscriber<S> {
     /// Where the replica stands now.
     pub fn status(&self) -> Status {
         self.shared.lock().core.status()
+    }
+
+    /// The share of the time since the replica first synced (in the current
+    /// publisher session) during which it was consistent; `None` before sync.
+    pub fn consistent_share(&self) -> Option<f64> {
+        self.shared.lock().core.consistent_share(Instant::now())
     }
 
     /// The counters.

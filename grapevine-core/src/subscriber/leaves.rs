@@ -50,7 +50,8 @@ pub(crate) struct DeltaRef<'a> {
 /// Outcome of one delta, for counters.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum DeltaOutcome {
-    Applied,
+    /// Applied; whether the leaf is present afterwards.
+    Applied { present: bool },
     /// Already reflected by a newer snapshot.
     Covered,
     /// Waiting for the leaf's snapshot.
@@ -90,6 +91,16 @@ impl LeafTable {
 
     pub(crate) fn contains(&self, key: &[u8]) -> bool {
         self.metas.contains_key(key)
+    }
+
+    /// Whether the leaf is held exactly (known, not stale) as of a
+    /// sequence number before `seq`. Once synced, a leaf without an entry
+    /// is held: known absent.
+    pub(crate) fn is_held_before(&self, key: &[u8], seq: SeqNum, synced: bool) -> bool {
+        match self.metas.get(key) {
+            Some(m) => !m.is_stale() && m.seq.is_some_and(|h| h < seq),
+            None => synced,
+        }
     }
 
     pub(crate) fn pending_count(&self) -> usize {
@@ -175,7 +186,7 @@ impl LeafTable {
                         stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
                     };
                     self.set_meta(d.key, before, after, ctx);
-                    return DeltaOutcome::Applied;
+                    return DeltaOutcome::Applied { present };
                 }
                 Err(error) => {
                     ctx.stats.apply_errors += 1;

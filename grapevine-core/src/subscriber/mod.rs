@@ -66,18 +66,35 @@ mod leaves;
 mod sequencer;
 
 use std::collections::{BTreeMap, VecDeque};
-
-/// Most verified intervals held while the deltas catch up with their cycle.
-const MAX_DEFERRED: usize = 1 << 20;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::histogram::LatencyHistogram;
+use crate::rng::Rng;
+use crate::timer::{TimerId, Timers};
 use crate::state::{ApplyError, Replica};
-use crate::wire::{Datagram, Delta, Message};
-use crate::{ConfigError, CycleId, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId};
+use crate::transmit::{Destination, Transmit};
+use crate::wire::{
+    Datagram, DatagramHeader, DatagramWriter, Delta, FragNak, FragRanges, Message, Nak, NakRanges,
+    DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+};
+use crate::{
+    ConfigError, CycleId, Missing, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId,
+};
 use coverage::{Coverage, Hi, Lo};
 use cycle::CycleTracker;
 use leaves::{Ctx, DeltaOutcome, DeltaRef, LeafTable};
-use sequencer::{Admit, Sequencer};
+use sequencer::{Admit, RepairPolicy, Sequencer};
+
+/// Most verified intervals held while the deltas catch up with their cycle.
+const MAX_DEFERRED: usize = 1 << 20;
+/// How far ahead of the newest cycle heard a CycleBegin may be and still be
+/// believed from one datagram; beyond, it must be repeated by another.
+const MAX_CYCLE_JUMP: u32 = 4;
+/// Most fragment ranges named in one FragNak.
+const MAX_FRAG_RANGES: usize = 64;
+/// Most fragment requests waiting to be sent.
+const MAX_QUEUED_FRAG_NAKS: usize = 256;
 
 /// Configuration of a [`Subscriber`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +109,13 @@ pub struct SubscriberConfig {
     max_events: usize,
     delta_events: bool,
     reassembly: ReassemblyConfig,
+    max_datagram: usize,
+    nak_repair: bool,
+    nak_delay: Duration,
+    repair_timeout: Duration,
+    nak_attempts: u32,
+    max_seq_jump: u64,
+    rng_seed: Option<u64>,
 }
 
 impl Default for SubscriberConfig {
@@ -107,6 +131,13 @@ impl Default for SubscriberConfig {
             max_events: 65_536,
             delta_events: false,
             reassembly: ReassemblyConfig::default(),
+            max_datagram: DEFAULT_MAX_DATAGRAM,
+            nak_repair: true,
+            nak_delay: Duration::from_millis(2),
+            repair_timeout: Duration::from_millis(20),
+            nak_attempts: 3,
+            max_seq_jump: 8192,
+            rng_seed: None,
         }
     }
 }
@@ -126,8 +157,10 @@ impl SubscriberConfig {
         self
     }
 
-    /// How long a missing sequence number is waited for before it is declared
-    /// lost and left to snapshot repair (default 20 ms).
+    /// Without NAK repair, how long a missing sequence number is waited for
+    /// before it is declared lost and left to snapshot repair; with it, the
+    /// bound on network reordering used to tell a forged sequence number from
+    /// a late heartbeat (default 20 ms).
     pub fn reorder_timeout(&mut self, t: Duration) -> &mut Self {
         self.reorder_timeout = t;
         self
@@ -180,6 +213,75 @@ impl SubscriberConfig {
         self
     }
 
+    /// Largest NAK datagram this subscriber sends (default 1452).
+    pub fn max_datagram(&mut self, bytes: usize) -> &mut Self {
+        self.max_datagram = bytes;
+        self
+    }
+
+    /// Whether [`SubscriberConfig::rng_seed`] was given.
+    #[must_use]
+    pub fn is_seeded(&self) -> bool {
+        self.rng_seed.is_some()
+    }
+
+    /// The largest NAK datagram: the buffer a driver needs for
+    /// [`Subscriber::poll_transmit`].
+    #[must_use]
+    pub fn max_datagram_size(&self) -> usize {
+        self.max_datagram
+    }
+
+    /// Whether missing sequence numbers (and missing pieces of fragmented
+    /// messages) are asked for by NAK before being left to snapshot repair
+    /// (default true).
+    pub fn nak_repair(&mut self, on: bool) -> &mut Self {
+        self.nak_repair = on;
+        self
+    }
+
+    /// Longest random wait before the first NAK for a newly missing
+    /// sequence number (default 2 ms). Hearing a repair for another
+    /// subscriber during the wait holds the NAK back once more, so that
+    /// subscribers losing the same datagram do not all ask.
+    pub fn nak_delay(&mut self, delay: Duration) -> &mut Self {
+        self.nak_delay = delay;
+        self
+    }
+
+    /// How long a repair is waited for after a NAK before asking again, or,
+    /// after the last attempt, before giving up to snapshot repair (default
+    /// 20 ms).
+    pub fn repair_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.repair_timeout = timeout;
+        self
+    }
+
+    /// NAKs sent for one missing range before it is left to snapshot repair
+    /// (default 3).
+    pub fn nak_attempts(&mut self, n: u32) -> &mut Self {
+        self.nak_attempts = n;
+        self
+    }
+
+    /// How far one datagram may move the known end of the stream (default
+    /// 8192 sequence numbers). A sequence number further ahead is believed
+    /// only once another datagram of the session shows at least as much:
+    /// one forged or corrupt datagram cannot make the subscriber wait for,
+    /// or skip, more than this many sequence numbers.
+    pub fn max_seq_jump(&mut self, n: u64) -> &mut Self {
+        self.max_seq_jump = n;
+        self
+    }
+
+    /// Seed of the random NAK delays and requester id (default: none, and
+    /// the caller should give one from the OS; the same seed gives the same
+    /// behaviour, for simulations).
+    pub fn rng_seed(&mut self, seed: u64) -> &mut Self {
+        self.rng_seed = Some(seed);
+        self
+    }
+
     /// Checks the values.
     ///
     /// # Errors
@@ -210,6 +312,41 @@ impl SubscriberConfig {
         if self.max_events == 0 {
             return Err(ConfigError::out_of_range("max_events", 0, "use at least 1"));
         }
+        if !(HEADER_LEN + 64..=65_507).contains(&self.max_datagram) {
+            return Err(ConfigError::out_of_range(
+                "max_datagram",
+                self.max_datagram,
+                "use 92 ..= 65507 bytes; 1452 fits a 1500-byte MTU",
+            ));
+        }
+        if self.nak_delay > Duration::from_secs(10) {
+            return Err(ConfigError::out_of_range(
+                "nak_delay",
+                format!("{:?}", self.nak_delay),
+                "use at most 10 s, e.g. 2 ms",
+            ));
+        }
+        if self.repair_timeout.is_zero() || self.repair_timeout > Duration::from_secs(60) {
+            return Err(ConfigError::out_of_range(
+                "repair_timeout",
+                format!("{:?}", self.repair_timeout),
+                "use a positive duration up to 60 s, e.g. 20 ms",
+            ));
+        }
+        if !(1..=100).contains(&self.nak_attempts) {
+            return Err(ConfigError::out_of_range(
+                "nak_attempts",
+                self.nak_attempts,
+                "use 1 ..= 100, e.g. 3",
+            ));
+        }
+        if self.max_seq_jump == 0 || self.max_seq_jump > 1 << 40 {
+            return Err(ConfigError::out_of_range(
+                "max_seq_jump",
+                self.max_seq_jump,
+                "use 1 ..= 2^40, e.g. 8192",
+            ));
+        }
         self.reassembly.validate()
     }
 }
@@ -236,8 +373,8 @@ pub enum Event {
         /// The new value.
         consistent: bool,
     },
-    /// Sequence numbers were declared lost; the leaves they touched are
-    /// repaired from snapshots.
+    /// Sequence numbers were declared lost (NAK repair, if on, did not bring
+    /// them); the leaves they touched are repaired from snapshots.
     Gap {
         /// First lost sequence number.
         first: SeqNum,
@@ -339,6 +476,10 @@ pub struct SubscriberStats {
     pub snapshots_received: u64,
     /// Leaf snapshots installed (newer than what was held).
     pub snapshots_applied: u64,
+    /// Leaf snapshots of leaves held exactly, newer than the deltas
+    /// processed so far: left to those deltas (not installed, not used for
+    /// the key-space proof).
+    pub snapshots_deferred: u64,
     /// Snapshots whose position was outside their cycle, or whose key broke
     /// the cycle's key order.
     pub bad_positions: u64,
@@ -365,6 +506,35 @@ pub struct SubscriberStats {
     pub restarts: u64,
     /// Events dropped because the queue was full.
     pub events_dropped: u64,
+    /// Retransmit messages received.
+    pub retransmits_received: u64,
+    /// NAK datagrams sent.
+    pub naks_sent: u64,
+    /// Sequence ranges named by the NAKs sent.
+    pub nak_ranges_sent: u64,
+    /// FragNak datagrams sent (missing pieces of fragmented messages).
+    pub frag_naks_sent: u64,
+    /// Missing sequence numbers filled by a retransmission (NAK repair).
+    pub repaired_by_nak: u64,
+    /// Missing sequence numbers filled late by the original delta
+    /// (reordering).
+    pub filled_late: u64,
+    /// Missing sequence numbers given up on and left to snapshot repair
+    /// (the same as `lost`).
+    pub repaired_by_snapshot: u64,
+    /// NAKs held back because a repair for another subscriber was heard.
+    pub naks_postponed: u64,
+    /// Time from knowing a sequence number missing to its repair by NAK.
+    pub repair_latency: LatencyHistogram,
+    /// Messages dropped because their sequence number was further ahead
+    /// than one datagram may move the stream, and not yet corroborated.
+    pub unbelieved: u64,
+    /// Times the known end of the stream fell back because the session's
+    /// heartbeats showed it was never sent.
+    pub reanchors: u64,
+    /// Deltas whose REMOVES flag disagreed with the replica's result (the
+    /// subscriber's state type differs from the publisher's).
+    pub removes_mismatch: u64,
 }
 
 /// Where the replica stands.
@@ -383,6 +553,9 @@ pub struct Status {
     pub seq: SeqNum,
     /// Highest sequence number known to exist.
     pub known_seq: SeqNum,
+    /// Sequence numbers known to exist but neither received nor given up
+    /// on yet (being repaired by NAK, or waited for).
+    pub missing: u64,
     /// Leaves whose chain is broken, waiting for a snapshot.
     pub stale_leaves: usize,
     /// Present leaves held.
@@ -396,7 +569,19 @@ pub struct Status {
 #[derive(Debug)]
 struct Session {
     id: SessionId,
+    /// Where the session's datagrams come from: NAKs go there.
+    source: SocketAddr,
     first_heard: Instant,
+    /// A sequence number claimed by one datagram but not yet believed, and
+    /// that datagram's `datagram_seq`.
+    pending_claim: Option<(u64, u64)>,
+    /// Before the starting point: a claim two datagrams agreed on.
+    reference: Option<u64>,
+    /// A CycleBegin too far ahead to believe from one datagram, and the
+    /// `datagram_seq` that carried it.
+    pending_cycle: Option<(CycleId, u64)>,
+    /// When the session first became synced.
+    synced_at: Option<Instant>,
     /// `None` until a message tells where the stream stands.
     seq: Option<Sequencer>,
     leaves: LeafTable,
@@ -425,10 +610,15 @@ struct Session {
 }
 
 impl Session {
-    fn new(id: SessionId, now: Instant) -> Self {
+    fn new(id: SessionId, source: SocketAddr, now: Instant) -> Self {
         Self {
             id,
+            source,
             first_heard: now,
+            pending_claim: None,
+            reference: None,
+            pending_cycle: None,
+            synced_at: None,
             seq: None,
             leaves: LeafTable::default(),
             cycle: None,
@@ -453,6 +643,73 @@ impl Session {
         self.seq.get_or_insert_with(|| Sequencer::new(base))
     }
 
+    /// Decides how far the stream may be believed to go given a datagram
+    /// (`datagram_seq`) whose highest sequence number is `claim`: returns the
+    /// highest sequence number its messages may carry, or `None` when
+    /// nothing of it can be used yet (before the starting point, until two
+    /// datagrams agree).
+    ///
+    /// The rule: a datagram may move the known end of the stream by at most
+    /// `jump`. A claim further ahead is believed once another datagram of
+    /// the session claims at least as much; until then the messages beyond
+    /// the limit are dropped (and repaired by NAK or snapshot once the jump
+    /// is corroborated).
+    fn believe(&mut self, claim: Option<u64>, datagram_seq: u64, jump: u64) -> Option<u64> {
+        let tail = match (&self.seq, self.reference) {
+            (Some(q), _) => Some(q.known_tail.0),
+            (None, r) => r,
+        };
+        let Some(tail) = tail else {
+            let c = claim?;
+            return match self.pending_claim {
+                Some((p, d)) if d != datagram_seq && c.abs_diff(p) <= jump => {
+                    self.pending_claim = None;
+                    let r = c.max(p);
+                    self.reference = Some(r);
+                    Some(r.saturating_add(jump))
+                }
+                _ => {
+                    self.pending_claim = Some((c, datagram_seq));
+                    None
+                }
+            };
+        };
+        let limit = tail.saturating_add(jump);
+        let Some(c) = claim.filter(|&c| c > limit) else {
+            return Some(limit);
+        };
+        match self.pending_claim {
+            Some((p, d)) if d != datagram_seq && c >= p => {
+                self.pending_claim = None;
+                Some(limit.max(p.saturating_add(jump)))
+            }
+            _ => {
+                self.pending_claim = Some((c, datagram_seq));
+                Some(limit)
+            }
+        }
+    }
+
+    /// Whether a CycleBegin of `cycle`, carried by `datagram_seq`, may be
+    /// believed: it is at most a few cycles after the newest heard, or
+    /// another datagram carried it (or a cycle just before it) too.
+    fn believe_cycle(&mut self, cycle: CycleId, datagram_seq: u64) -> bool {
+        let near = |base: CycleId| cycle.0.wrapping_sub(base.0) <= MAX_CYCLE_JUMP;
+        if self.latest_cycle.is_some_and(near) {
+            return true;
+        }
+        match self.pending_cycle {
+            Some((p, d)) if d != datagram_seq && near(p) => {
+                self.pending_cycle = None;
+                true
+            }
+            _ => {
+                self.pending_cycle = Some((cycle, datagram_seq));
+                false
+            }
+        }
+    }
+
     fn consistent(&self) -> bool {
         let Some(seq) = &self.seq else { return false };
         self.synced
@@ -475,6 +732,46 @@ fn bound_len(lo: &Lo, hi: &Hi) -> usize {
     l + h + 32
 }
 
+/// The subscriber's timers.
+#[derive(Clone, Copy, Debug)]
+enum SubTimer {
+    /// A NAK falls due, or a hole's repair is over.
+    Repair,
+    /// The publisher is overdue.
+    Gone,
+    /// A partial fragmented message expires.
+    Fragments,
+    /// Missing pieces of a fragmented message are to be asked for.
+    FragNak,
+}
+
+impl TimerId for SubTimer {
+    const COUNT: usize = 4;
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The highest sequence number a message claims exists, if it names one.
+fn claim_of(m: &Message<'_>) -> Option<u64> {
+    match m {
+        Message::Delta(d) | Message::Retransmit(d) => Some(d.seq.0),
+        Message::LeafSnapshot(l) => Some(l.leaf_seq.0),
+        Message::CycleBegin(c) => Some(c.start_seq.0),
+        Message::CycleEnd(c) => Some(c.end_seq.0),
+        Message::Heartbeat(h) => Some(h.last_seq.0),
+        _ => None,
+    }
+}
+
+/// Writes one message into a datagram; its length, or `None` if it does
+/// not fit.
+fn write_one(buf: &mut [u8], header: &DatagramHeader, msg: &Message<'_>) -> Option<usize> {
+    let mut w = DatagramWriter::new(buf, header).ok()?;
+    w.push(msg).ok()?;
+    Some(w.finish())
+}
+
 /// Another session heard while the current one is followed.
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
@@ -489,6 +786,20 @@ struct Candidate {
 #[derive(Debug)]
 pub struct Subscriber {
     cfg: SubscriberConfig,
+    rng: Rng,
+    /// This subscriber's id in its NAKs.
+    requester: u32,
+    /// `datagram_seq` of the next NAK datagram.
+    next_datagram_seq: u64,
+    /// `datagram_seq` of the datagram being handled.
+    cur_datagram_seq: u64,
+    /// Fragment requests waiting to be sent.
+    frag_naks: VecDeque<Missing>,
+    /// Time the replica has been consistent since the session synced.
+    consistent_for: Duration,
+    /// Since when it has been consistent, while it is.
+    consistent_since: Option<Instant>,
+    timers: Timers<SubTimer>,
     session: Option<Session>,
     /// Another session heard while the current one was alive, and how many
     /// datagrams of it in a row.
@@ -510,7 +821,17 @@ impl Subscriber {
     /// [`ConfigError`] if the configuration is invalid.
     pub fn new(cfg: SubscriberConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let mut rng = Rng::new(cfg.rng_seed.unwrap_or(0x6772_6170_6576_696e));
+        let requester = (rng.next_u64() >> 32) as u32;
         Ok(Self {
+            rng,
+            requester,
+            next_datagram_seq: 0,
+            cur_datagram_seq: 0,
+            frag_naks: VecDeque::new(),
+            consistent_for: Duration::ZERO,
+            consistent_since: None,
+            timers: Timers::default(),
             reassembler: Reassembler::new(cfg.reassembly.clone())?,
             events: EventQueue {
                 queue: VecDeque::new(),
@@ -552,6 +873,7 @@ impl Subscriber {
             consistent: s.consistent(),
             seq: s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied),
             known_seq: s.seq.as_ref().map_or(SeqNum::NONE, |q| q.known_tail),
+            missing: s.seq.as_ref().map_or(0, sequencer::Sequencer::missing),
             stale_leaves: s.leaves.stale_count(),
             leaves: s.leaves.present_count(),
             cycle_progress: s.cycle.as_ref().map(|c| (c.seen(), c.leaf_count)),
@@ -580,27 +902,60 @@ impl Subscriber {
     }
 
     /// When [`Subscriber::handle_timeout`] must be called next, if no
-    /// datagram arrives first.
+    /// datagram arrives first. Then call [`Subscriber::poll_transmit`] too:
+    /// NAKs fall due on this timer.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    fn policy(&self) -> RepairPolicy {
+        RepairPolicy {
+            nak: self.cfg.nak_repair,
+            attempts: self.cfg.nak_attempts,
+            retry: self.cfg.repair_timeout,
+            reorder_timeout: self.cfg.reorder_timeout,
+        }
+    }
+
+    /// Re-arms the timer table from the state.
+    fn update_timers(&mut self) {
+        let policy = self.policy();
         let hole = self
             .session
             .as_ref()
             .and_then(|s| s.seq.as_ref())
-            .and_then(|q| q.deadline(self.cfg.reorder_timeout));
+            .and_then(|q| q.deadline(&policy));
+        self.timers.set_opt(SubTimer::Repair, hole);
         let gone = if self.gone {
             None
         } else {
             self.last_heard
-                .map(|t| t + self.heartbeat_interval * self.cfg.missed_heartbeats)
+                .and_then(|t| t.checked_add(self.heartbeat_interval * self.cfg.missed_heartbeats))
         };
-        let frag = self.reassembler.poll_timeout();
-        [hole, gone, frag].into_iter().flatten().min()
+        self.timers.set_opt(SubTimer::Gone, gone);
+        self.timers
+            .set_opt(SubTimer::Fragments, self.reassembler.poll_timeout());
+        let frag_nak = if self.cfg.nak_repair {
+            let queued = (!self.frag_naks.is_empty()).then_some(self.last_heard).flatten();
+            [
+                queued,
+                self.reassembler
+                    .missing_timeout(self.cfg.nak_delay, self.cfg.nak_attempts),
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+        } else {
+            None
+        };
+        self.timers.set_opt(SubTimer::FragNak, frag_nak);
     }
 
     /// Handles timer expiry at `now`: gives up on missing sequence numbers
-    /// whose wait is over, notices a silent publisher, expires partial
-    /// messages.
+    /// whose repair is over, notices a silent publisher, expires partial
+    /// messages. NAKs now due are handed out by
+    /// [`Subscriber::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant, replica: &mut (impl Replica + ?Sized)) {
         self.reassembler.handle_timeout(now);
         if let Some(t) = self.last_heard {
@@ -612,14 +967,112 @@ impl Subscriber {
         self.settle(now, replica);
     }
 
-    /// Handles one received datagram. Malformed, foreign and stale datagrams
-    /// are dropped and counted; nothing here panics on any input.
+    /// Writes the next NAK or FragNak due at `now` into `buf` (which must
+    /// hold the configured maximum datagram size) and says where to send
+    /// it (by unicast, to the publisher's source address), or returns
+    /// `None`. Call it until `None` after every `handle_*` call.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        if !self.cfg.nak_repair {
+            return None;
+        }
+        let policy = self.policy();
+        let (session, source) = {
+            let s = self.session.as_ref()?;
+            (s.id, s.source)
+        };
+        let header = DatagramHeader {
+            stream: self.cfg.stream,
+            session,
+            datagram_seq: self.next_datagram_seq,
+        };
+        let room = self.cfg.max_datagram.min(buf.len());
+        let max_ranges = room.saturating_sub(HEADER_LEN + MESSAGE_HEADER_LEN + 6) / 16;
+        let ranges = self
+            .session
+            .as_mut()
+            .and_then(|s| s.seq.as_mut())
+            .map(|q| q.due_naks(now, &policy, max_ranges.max(1)))
+            .unwrap_or_default();
+        let mut out = None;
+        if !ranges.is_empty() {
+            let msg = Message::Nak(Nak {
+                requester: self.requester,
+                ranges: NakRanges::from_slice(&ranges),
+            });
+            if let Some(len) = write_one(buf.get_mut(..room)?, &header, &msg) {
+                self.stats.naks_sent += 1;
+                self.stats.nak_ranges_sent += ranges.len() as u64;
+                out = Some(len);
+            }
+        } else {
+            if self.frag_naks.is_empty() {
+                let missing = self.reassembler.poll_missing(
+                    now,
+                    self.cfg.nak_delay,
+                    self.cfg.repair_timeout,
+                    self.cfg.nak_attempts,
+                    MAX_FRAG_RANGES,
+                );
+                for m in missing {
+                    if m.stream == self.cfg.stream
+                        && m.session == session
+                        && self.frag_naks.len() < MAX_QUEUED_FRAG_NAKS
+                    {
+                        self.frag_naks.push_back(m);
+                    }
+                }
+            }
+            if let Some(m) = self.frag_naks.pop_front() {
+                let msg = Message::FragNak(FragNak {
+                    requester: self.requester,
+                    frag_id: m.frag_id,
+                    ranges: FragRanges::from_slice(&m.ranges),
+                });
+                if let Some(len) = write_one(buf.get_mut(..room)?, &header, &msg) {
+                    self.stats.frag_naks_sent += 1;
+                    out = Some(len);
+                }
+            }
+        }
+        self.update_timers();
+        let size = out?;
+        self.next_datagram_seq += 1;
+        Some(Transmit {
+            destination: Destination::Unicast(source),
+            size,
+            segment_size: None,
+        })
+    }
+
+    /// The share of the time since this session first synced during which
+    /// the replica was consistent, at `now` (`None` before sync).
+    #[must_use]
+    pub fn consistent_share(&self, now: Instant) -> Option<f64> {
+        let since = self.session.as_ref()?.synced_at?;
+        let total = now.saturating_duration_since(since).as_secs_f64();
+        let mut on = self.consistent_for;
+        if let Some(t) = self.consistent_since {
+            on += now.saturating_duration_since(t);
+        }
+        if total <= 0.0 {
+            return Some(if self.was_consistent { 1.0 } else { 0.0 });
+        }
+        Some((on.as_secs_f64() / total).clamp(0.0, 1.0))
+    }
+
+    /// Handles one datagram received at `now` from `remote`. Malformed,
+    /// foreign and stale datagrams are dropped and counted; nothing here
+    /// panics on any input. The buffer is `&mut` so that authenticated
+    /// frames can later be opened in place. Then call
+    /// [`Subscriber::poll_transmit`] and [`Subscriber::poll_event`].
     pub fn handle_datagram(
         &mut self,
         now: Instant,
-        datagram: &[u8],
+        remote: SocketAddr,
+        datagram: &mut [u8],
         replica: &mut (impl Replica + ?Sized),
     ) {
+        let datagram: &[u8] = datagram;
         self.stats.datagrams += 1;
         self.stats.bytes += datagram.len() as u64;
         let d = match Datagram::decode(datagram) {
@@ -634,7 +1087,7 @@ impl Subscriber {
             self.stats.foreign_stream += 1;
             return;
         }
-        if !self.enter_session(now, header.session, header.datagram_seq, replica) {
+        if !self.enter_session(now, remote, header.session, header.datagram_seq, replica) {
             return;
         }
         self.last_heard = Some(now);
@@ -642,6 +1095,18 @@ impl Subscriber {
             self.gone = false;
             self.events.push(Event::PublisherBack);
         }
+        self.cur_datagram_seq = header.datagram_seq;
+        let claim = d.messages().filter_map(|m| claim_of(&m)).max();
+        let jump = self.cfg.max_seq_jump;
+        let Some(limit) = self
+            .session
+            .as_mut()
+            .and_then(|s| s.believe(claim, header.datagram_seq, jump))
+        else {
+            self.stats.unbelieved += 1;
+            self.update_timers();
+            return;
+        };
         for msg in d.messages() {
             if let Message::Fragment(f) = msg {
                 match self
@@ -649,14 +1114,14 @@ impl Subscriber {
                     .handle_fragment(now, header.stream, header.session, &f)
                 {
                     Ok(Some(whole)) => match whole.message() {
-                        Ok(inner) => self.handle_message(now, inner, replica),
+                        Ok(inner) => self.handle_message(now, inner, limit, replica),
                         Err(e) => *self.stats.malformed.entry(e.code()).or_default() += 1,
                     },
                     Ok(None) => {}
                     Err(_) => self.stats.fragments_rejected += 1,
                 }
             } else {
-                self.handle_message(now, msg, replica);
+                self.handle_message(now, msg, limit, replica);
             }
         }
         self.settle(now, replica);
@@ -675,6 +1140,7 @@ impl Subscriber {
     fn enter_session(
         &mut self,
         now: Instant,
+        remote: SocketAddr,
         id: SessionId,
         datagram_seq: u64,
         replica: &mut (impl Replica + ?Sized),
@@ -722,7 +1188,10 @@ impl Subscriber {
         }
         self.candidate = None;
         self.events.push(Event::SessionStarted { session: id });
-        self.session = Some(Session::new(id, now));
+        self.session = Some(Session::new(id, remote, now));
+        self.frag_naks.clear();
+        self.consistent_for = Duration::ZERO;
+        self.consistent_since = None;
         true
     }
 
@@ -730,8 +1199,15 @@ impl Subscriber {
         &mut self,
         now: Instant,
         msg: Message<'_>,
+        limit: u64,
         replica: &mut (impl Replica + ?Sized),
     ) {
+        if claim_of(&msg).is_some_and(|c| c > limit) {
+            self.stats.unbelieved += 1;
+            return;
+        }
+        let nak_at = now + self.rng.up_to(self.cfg.nak_delay);
+        let datagram_seq = self.cur_datagram_seq;
         let Some(s) = self.session.as_mut() else {
             return;
         };
@@ -744,15 +1220,31 @@ impl Subscriber {
         };
         match msg {
             Message::Delta(d) | Message::Retransmit(d) => {
+                let retransmit = matches!(msg, Message::Retransmit(_));
                 ctx.stats.deltas_received += 1;
                 let base = SeqNum(d.seq.0 - 1);
                 let seq = s.baseline(base);
-                match seq.admit(now, &d) {
+                let (admit, filled) = seq.admit(now, &d, nak_at);
+                if let Some(f) = filled {
+                    if retransmit {
+                        ctx.stats.repaired_by_nak += 1;
+                        ctx.stats.repair_latency.record(f.waited);
+                    } else {
+                        ctx.stats.filled_late += 1;
+                    }
+                }
+                if retransmit {
+                    ctx.stats.retransmits_received += 1;
+                    // Someone else's NAK is being answered: the same burst
+                    // may bring what this subscriber misses after it.
+                    ctx.stats.naks_postponed += seq.postpone_after(d.seq, nak_at);
+                }
+                match admit {
                     Admit::Duplicate => ctx.stats.duplicates += 1,
                     Admit::Buffered => {}
                     Admit::Next => {
-                        Self::process(s, now, &d, &self.cfg, &mut ctx);
-                        Self::drain(s, now, &self.cfg, &mut ctx);
+                        Self::process(s, &d, &self.cfg, &mut ctx);
+                        Self::drain(s, &self.cfg, &mut ctx);
                     }
                 }
             }
@@ -764,6 +1256,18 @@ impl Subscriber {
                 let old = s.forgot_at.is_some_and(|f| f.is_after(snap.cycle));
                 if old && !s.leaves.contains(snap.key) {
                     ctx.stats.stale_snapshots += 1;
+                    return;
+                }
+                // A snapshot newer than the deltas processed, of a leaf held
+                // exactly: the deltas in between will bring the leaf there
+                // (or break its chain and make it stale). Installing it now
+                // would only make the replica ahead of `seq` (inconsistent)
+                // until they arrive. It is not used for the key-space proof
+                // either: if the last of those deltas is lost, the leaf is
+                // wrong without being stale, and a later cycle must show it.
+                let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+                if s.leaves.is_held_before(snap.key, snap.leaf_seq, s.synced) && snap.leaf_seq > applied {
+                    ctx.stats.snapshots_deferred += 1;
                     return;
                 }
                 if s.leaves
@@ -792,12 +1296,19 @@ impl Subscriber {
                 // Not a starting point: copies of CycleBegin repeat through
                 // the cycle, so `start_seq` may be long past.
                 if let Some(q) = s.seq.as_mut() {
-                    q.saw_tail(now, c.start_seq);
+                    q.saw_tail(now, c.start_seq, nak_at);
                 }
                 // Only a cycle newer than any heard before: late copies of
                 // older CycleBegins must not rewind anything.
                 let newer = s.latest_cycle.is_none_or(|l| c.cycle.is_after(l));
                 if !newer {
+                    return;
+                }
+                // A cycle far ahead of the newest heard must be repeated by
+                // another datagram (every snapshot datagram repeats it): one
+                // forged CycleBegin cannot hide the real cycles.
+                if !s.believe_cycle(c.cycle, datagram_seq) {
+                    ctx.stats.unbelieved += 1;
                     return;
                 }
                 s.latest_cycle = Some(c.cycle);
@@ -821,7 +1332,11 @@ impl Subscriber {
                 }
             }
             Message::CycleEnd(c) => {
-                s.baseline(c.end_seq).saw_tail(now, c.end_seq);
+                let q = s.baseline(c.end_seq);
+                if q.reanchor(now, c.end_seq, self.cfg.reorder_timeout) {
+                    ctx.stats.reanchors += 1;
+                }
+                q.saw_tail(now, c.end_seq, nak_at);
             }
             Message::Heartbeat(h) => {
                 if h.interval_ms > 0 {
@@ -829,9 +1344,16 @@ impl Subscriber {
                     let ms = u64::from(h.interval_ms).min(3_600_000);
                     self.heartbeat_interval = Duration::from_millis(ms);
                 }
-                s.baseline(h.last_seq).saw_tail(now, h.last_seq);
+                let q = s.baseline(h.last_seq);
+                // The publisher sent this after everything it had sent
+                // before: a known end beyond it, known for longer than any
+                // reordering, was never sent.
+                if q.reanchor(now, h.last_seq, self.cfg.reorder_timeout) {
+                    ctx.stats.reanchors += 1;
+                }
+                q.saw_tail(now, h.last_seq, nak_at);
             }
-            Message::Nak(_) => {}
+            Message::Nak(_) | Message::FragNak(_) => {}
             Message::Fragment(_) | Message::Unknown { .. } => ctx.stats.unknown_messages += 1,
         }
     }
@@ -907,7 +1429,6 @@ impl Subscriber {
     /// Processes the next delta in sequence.
     fn process<R: Replica + ?Sized>(
         s: &mut Session,
-        now: Instant,
         d: &Delta<'_>,
         cfg: &SubscriberConfig,
         ctx: &mut Ctx<'_, R>,
@@ -925,7 +1446,10 @@ impl Subscriber {
             ctx,
         );
         match outcome {
-            DeltaOutcome::Applied => {
+            DeltaOutcome::Applied { present } => {
+                if present == d.removes {
+                    ctx.stats.removes_mismatch += 1;
+                }
                 ctx.stats.deltas_applied += 1;
                 if cfg.delta_events {
                     ctx.events.push(Event::DeltaApplied { seq: d.seq });
@@ -936,14 +1460,13 @@ impl Subscriber {
             DeltaOutcome::Failed => {}
         }
         if let Some(q) = s.seq.as_mut() {
-            q.advance(now, d.seq);
+            q.advance(d.seq);
         }
     }
 
     /// Processes buffered deltas that are now next in sequence.
     fn drain<R: Replica + ?Sized>(
         s: &mut Session,
-        now: Instant,
         cfg: &SubscriberConfig,
         ctx: &mut Ctx<'_, R>,
     ) {
@@ -952,10 +1475,11 @@ impl Subscriber {
                 seq: next.seq,
                 prev_leaf_seq: next.prev,
                 creates: next.creates,
+                removes: next.removes,
                 key: &next.key,
                 payload: &next.payload,
             };
-            Self::process(s, now, &d, cfg, ctx);
+            Self::process(s, &d, cfg, ctx);
         }
     }
 
@@ -969,35 +1493,48 @@ impl Subscriber {
                 synced: s.synced,
                 max_buffered_bytes: self.cfg.max_buffered_bytes,
             };
+            let policy = RepairPolicy {
+                nak: self.cfg.nak_repair,
+                attempts: self.cfg.nak_attempts,
+                retry: self.cfg.repair_timeout,
+                reorder_timeout: self.cfg.reorder_timeout,
+            };
             loop {
                 let lost = s.seq.as_mut().and_then(|q| {
                     q.take_lost(
                         now,
-                        self.cfg.reorder_timeout,
+                        &policy,
                         self.cfg.reorder_window,
                         self.cfg.max_buffered_bytes,
                     )
                 });
                 let Some((first, last)) = lost else { break };
                 ctx.stats.gaps += 1;
-                ctx.stats.lost = ctx
-                    .stats
-                    .lost
-                    .saturating_add(last.0 - first.0)
-                    .saturating_add(1);
+                let n = (last.0 - first.0).saturating_add(1);
+                ctx.stats.lost = ctx.stats.lost.saturating_add(n);
+                ctx.stats.repaired_by_snapshot = ctx.stats.repaired_by_snapshot.saturating_add(n);
                 ctx.events.push(Event::Gap { first, last });
                 let needs = s.needs_from.map_or(last, |n| n.max(last));
                 s.needs_from = Some(needs);
                 s.coverage.drop_older_than(needs);
-                Self::drain(s, now, &self.cfg, &mut ctx);
+                Self::drain(s, &self.cfg, &mut ctx);
             }
             Self::run_deferred(s, now, &mut ctx);
+            if s.synced && s.synced_at.is_none() {
+                s.synced_at = Some(now);
+            }
             let consistent = s.consistent();
             if consistent != self.was_consistent {
                 self.was_consistent = consistent;
                 self.events.push(Event::Consistency { consistent });
+                if consistent {
+                    self.consistent_since = Some(now);
+                } else if let Some(t) = self.consistent_since.take() {
+                    self.consistent_for += now.saturating_duration_since(t);
+                }
             }
         }
         self.stats.events_dropped = self.events.dropped;
+        self.update_timers();
     }
 }

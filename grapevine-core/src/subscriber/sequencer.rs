@@ -1,9 +1,16 @@
-//! Global sequence ordering: a bounded reorder buffer and hole detection.
+//! Global sequence ordering: a bounded reorder buffer, the missing sequence
+//! numbers ("holes") with their NAK schedule, and the decision to give a
+//! hole up to snapshot repair.
+//!
+//! Invariant: the holes and the buffered deltas together are exactly the
+//! sequence numbers in `applied + 1 ..= known_tail`, holes disjoint and in
+//! order; `applied + 1` is always in the first hole when `known_tail >
+//! applied` (it would have been processed otherwise).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::SeqNum;
+use crate::{SeqNum, SeqRange};
 
 /// A delta held until the ones before it arrive.
 #[derive(Debug, Clone)]
@@ -11,6 +18,7 @@ pub(crate) struct OwnedDelta {
     pub(crate) seq: SeqNum,
     pub(crate) prev: SeqNum,
     pub(crate) creates: bool,
+    pub(crate) removes: bool,
     pub(crate) key: Box<[u8]>,
     pub(crate) payload: Box<[u8]>,
 }
@@ -32,15 +40,51 @@ pub(crate) enum Admit {
     Buffered,
 }
 
+/// A run of missing sequence numbers and its repair schedule.
+#[derive(Debug, Clone, Copy)]
+struct Hole {
+    last: u64,
+    /// When these sequence numbers were first known to be missing.
+    since: Instant,
+    /// NAKs sent for them so far.
+    naks: u32,
+    /// When to NAK next (or, once the NAKs are used up, to give up).
+    next_nak: Instant,
+    /// Already held back once in this round by a repair heard for others.
+    postponed: bool,
+}
+
+/// How holes are repaired: by NAK, or by waiting for reordering only.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RepairPolicy {
+    /// NAKs may be sent (repair on, and the publisher's address known).
+    pub(crate) nak: bool,
+    /// NAKs per hole before giving up.
+    pub(crate) attempts: u32,
+    /// Wait after a NAK before the next one (or before giving up).
+    pub(crate) retry: Duration,
+    /// Without NAK: how long a hole is waited for.
+    pub(crate) reorder_timeout: Duration,
+}
+
+/// A missing sequence number filled, and how.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Filled {
+    /// Time since it was known missing.
+    pub(crate) waited: Duration,
+}
+
 #[derive(Debug)]
 pub(crate) struct Sequencer {
     /// Every delta `<= applied` has been processed or declared lost.
     pub(crate) applied: SeqNum,
     /// Highest sequence number known to exist.
     pub(crate) known_tail: SeqNum,
+    /// When `known_tail` took its current value.
+    tail_at: Option<Instant>,
     buffer: BTreeMap<SeqNum, OwnedDelta>,
     buffer_bytes: usize,
-    hole_since: Option<Instant>,
+    holes: BTreeMap<u64, Hole>,
 }
 
 impl Sequencer {
@@ -48,9 +92,10 @@ impl Sequencer {
         Self {
             applied,
             known_tail: applied,
+            tail_at: None,
             buffer: BTreeMap::new(),
             buffer_bytes: 0,
-            hole_since: None,
+            holes: BTreeMap::new(),
         }
     }
 
@@ -62,42 +107,96 @@ impl Sequencer {
         self.buffer_bytes
     }
 
-    /// Learns that `seq` exists (from a heartbeat or cycle marker).
-    pub(crate) fn saw_tail(&mut self, now: Instant, seq: SeqNum) {
-        if seq > self.known_tail {
-            self.known_tail = seq;
-        }
-        self.update_hole(now);
+    /// Number of missing sequence numbers.
+    pub(crate) fn missing(&self) -> u64 {
+        self.holes
+            .iter()
+            .map(|(f, h)| h.last - f + 1)
+            .fold(0u64, u64::saturating_add)
     }
 
-    pub(crate) fn admit(&mut self, now: Instant, d: &crate::wire::Delta<'_>) -> Admit {
+    /// Raises the known tail to `seq`; the sequence numbers between the old
+    /// tail and `upto_missing` become a hole, first NAKed at `nak_at`.
+    fn raise_tail(&mut self, now: Instant, seq: SeqNum, upto_missing: u64, nak_at: Instant) {
+        if seq <= self.known_tail {
+            return;
+        }
+        let first = self.known_tail.0 + 1;
+        if upto_missing >= first {
+            self.holes.insert(
+                first,
+                Hole {
+                    last: upto_missing,
+                    since: now,
+                    naks: 0,
+                    next_nak: nak_at,
+                    postponed: false,
+                },
+            );
+        }
+        self.known_tail = seq;
+        self.tail_at = Some(now);
+    }
+
+    /// Learns that `seq` exists (from a heartbeat or cycle marker).
+    pub(crate) fn saw_tail(&mut self, now: Instant, seq: SeqNum, nak_at: Instant) {
+        self.raise_tail(now, seq, seq.0, nak_at);
+    }
+
+    /// Takes delta `d` (a retransmission if `retransmit`). When it fills a
+    /// hole, the second value says how long it was missing.
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        d: &crate::wire::Delta<'_>,
+        nak_at: Instant,
+    ) -> (Admit, Option<Filled>) {
         if d.seq <= self.applied || self.buffer.contains_key(&d.seq) {
-            return Admit::Duplicate;
+            return (Admit::Duplicate, None);
         }
-        if d.seq > self.known_tail {
-            self.known_tail = d.seq;
-        }
+        let filled = if d.seq > self.known_tail {
+            self.raise_tail(now, d.seq, d.seq.0 - 1, nak_at);
+            None
+        } else {
+            self.fill(now, d.seq.0)
+        };
         if Some(d.seq) == self.applied.next() {
-            return Admit::Next;
+            return (Admit::Next, filled);
         }
         let owned = OwnedDelta {
             seq: d.seq,
             prev: d.prev_leaf_seq,
             creates: d.creates,
+            removes: d.removes,
             key: d.key.into(),
             payload: d.payload.into(),
         };
         self.buffer_bytes += owned.size();
         self.buffer.insert(d.seq, owned);
-        self.update_hole(now);
-        Admit::Buffered
+        (Admit::Buffered, filled)
+    }
+
+    /// Removes `seq` from its hole.
+    fn fill(&mut self, now: Instant, seq: u64) -> Option<Filled> {
+        let (&first, &hole) = self.holes.range(..=seq).next_back()?;
+        if hole.last < seq {
+            return None;
+        }
+        self.holes.remove(&first);
+        if first < seq {
+            self.holes.insert(first, Hole { last: seq - 1, ..hole });
+        }
+        if seq < hole.last {
+            self.holes.insert(seq + 1, hole);
+        }
+        Some(Filled {
+            waited: now.saturating_duration_since(hole.since),
+        })
     }
 
     /// Marks `seq` (the next one) processed.
-    pub(crate) fn advance(&mut self, now: Instant, seq: SeqNum) {
+    pub(crate) fn advance(&mut self, seq: SeqNum) {
         self.applied = seq;
-        self.hole_since = None;
-        self.update_hole(now);
     }
 
     /// The next buffered delta if it is the next in sequence.
@@ -108,44 +207,217 @@ impl Sequencer {
         Some(d)
     }
 
-    fn update_hole(&mut self, now: Instant) {
-        if self.known_tail > self.applied {
-            self.hole_since.get_or_insert(now);
-        } else {
-            self.hole_since = None;
+    /// When the first hole is given up on, under `policy`.
+    fn give_up_at(&self, policy: &RepairPolicy) -> Option<Instant> {
+        let (_, h) = self.holes.first_key_value()?;
+        if !policy.nak {
+            return h.since.checked_add(policy.reorder_timeout);
         }
+        (h.naks >= policy.attempts).then_some(h.next_nak)
     }
 
-    /// When the current hole must be given up on.
-    pub(crate) fn deadline(&self, timeout: Duration) -> Option<Instant> {
-        self.hole_since.map(|t| t + timeout)
+    /// When something is due: the next NAK or giving a hole up.
+    pub(crate) fn deadline(&self, policy: &RepairPolicy) -> Option<Instant> {
+        let nak = if policy.nak {
+            self.holes
+                .values()
+                .filter(|h| h.naks < policy.attempts)
+                .map(|h| h.next_nak)
+                .min()
+        } else {
+            None
+        };
+        [nak, self.give_up_at(policy)].into_iter().flatten().min()
     }
 
-    /// The hole to give up on now, if its deadline passed or the buffer
+    /// The ranges to NAK at `now` (at most `max`), marking them NAKed.
+    pub(crate) fn due_naks(
+        &mut self,
+        now: Instant,
+        policy: &RepairPolicy,
+        max: usize,
+    ) -> Vec<SeqRange> {
+        let mut out = Vec::new();
+        if !policy.nak {
+            return out;
+        }
+        for (&first, h) in &mut self.holes {
+            if out.len() >= max {
+                break;
+            }
+            if h.naks >= policy.attempts || h.next_nak > now {
+                continue;
+            }
+            h.naks += 1;
+            h.next_nak = now + policy.retry;
+            h.postponed = false;
+            out.push(SeqRange {
+                first: SeqNum(first),
+                last: SeqNum(h.last),
+            });
+        }
+        out
+    }
+
+    /// A repair of `seq` was heard: someone else's NAK is being answered,
+    /// so holes after it may be filled by the same burst. Holds back (once
+    /// per round) their NAKs not yet sent until `until`. Returns how many
+    /// were held back.
+    pub(crate) fn postpone_after(&mut self, seq: SeqNum, until: Instant) -> u64 {
+        let mut n = 0;
+        for (_, h) in self.holes.range_mut(seq.0.saturating_add(1)..) {
+            if !h.postponed && h.next_nak < until {
+                h.next_nak = until;
+                h.postponed = true;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// A heartbeat or cycle end of the session says its latest sequence
+    /// number is `latest`, below the known tail. If the tail has been known
+    /// for at least `settle` (longer than any reordering), the sequence
+    /// numbers above `latest` were never sent (a forged or corrupt claim):
+    /// forget them. Returns whether it re-anchored.
+    pub(crate) fn reanchor(&mut self, now: Instant, latest: SeqNum, settle: Duration) -> bool {
+        if latest >= self.known_tail || self.tail_at.is_none_or(|t| now < t + settle) {
+            return false;
+        }
+        let tail = latest.max(self.applied);
+        self.known_tail = tail;
+        self.tail_at = Some(now);
+        let dropped = self.buffer.split_off(&SeqNum(tail.0.saturating_add(1)));
+        for d in dropped.values() {
+            self.buffer_bytes -= d.size();
+        }
+        let above = self.holes.split_off(&(tail.0.saturating_add(1)));
+        drop(above);
+        if let Some(mut e) = self.holes.last_entry() {
+            if e.get().last > tail.0 {
+                e.get_mut().last = tail.0;
+            }
+        }
+        true
+    }
+
+    /// The hole to give up on now, if its repair is over or the buffer
     /// exceeds its bounds: `(first, last)` inclusive. Marks it processed.
     pub(crate) fn take_lost(
         &mut self,
         now: Instant,
-        timeout: Duration,
+        policy: &RepairPolicy,
         max_count: usize,
         max_bytes: usize,
     ) -> Option<(SeqNum, SeqNum)> {
         let overflow = self.buffer.len() > max_count || self.buffer_bytes > max_bytes;
-        let expired = self.hole_since.is_some_and(|t| now >= t + timeout);
-        if !(overflow || expired) || self.known_tail <= self.applied {
+        let expired = self.give_up_at(policy).is_some_and(|t| now >= t);
+        if !(overflow || expired) {
             return None;
         }
-        let first = self.applied.next()?;
-        let last = match self.buffer.keys().next() {
-            Some(&s) => SeqNum(s.0 - 1),
-            None => self.known_tail,
-        };
-        if last < first {
+        let (first, hole) = self.holes.pop_first()?;
+        if Some(SeqNum(first)) != self.applied.next() {
+            // Cannot happen (see the invariant); stay consistent anyway.
+            self.holes.insert(first, hole);
             return None;
         }
-        self.applied = last;
-        self.hole_since = None;
-        self.update_hole(now);
-        Some((first, last))
+        self.applied = SeqNum(hole.last);
+        Some((SeqNum(first), SeqNum(hole.last)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Delta;
+
+    fn d(seq: u64) -> Delta<'static> {
+        Delta {
+            seq: SeqNum(seq),
+            prev_leaf_seq: SeqNum::NONE,
+            creates: true,
+            removes: false,
+            key: b"k",
+            payload: b"",
+        }
+    }
+
+    fn policy() -> RepairPolicy {
+        RepairPolicy {
+            nak: true,
+            attempts: 2,
+            retry: Duration::from_millis(10),
+            reorder_timeout: Duration::from_millis(5),
+        }
+    }
+
+    #[test]
+    fn holes_are_naked_then_given_up_in_order() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut q = Sequencer::new(SeqNum(0));
+        assert_eq!(q.admit(t0, &d(1), t0).0, Admit::Next);
+        q.advance(SeqNum(1));
+        assert_eq!(q.admit(t0, &d(4), t0).0, Admit::Buffered);
+        q.saw_tail(t0, SeqNum(6), t0);
+        assert_eq!(q.missing(), 2 + 2, "2..=3 and 5..=6");
+        let ranges = q.due_naks(t0, &p, 10);
+        assert_eq!(ranges.len(), 2);
+        assert_eq!(q.due_naks(t0, &p, 10), vec![], "not again before the retry");
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(q.due_naks(t1, &p, 1).len(), 1, "at most `max` ranges");
+        assert!(q.take_lost(t1, &p, 100, 1 << 20).is_none(), "5..=6 still has a NAK left");
+        // 2..=3 used both NAKs at t0 and t1: given up at t1 + retry.
+        let t2 = t1 + Duration::from_millis(10);
+        assert_eq!(q.take_lost(t2, &p, 100, 1 << 20), Some((SeqNum(2), SeqNum(3))));
+        assert_eq!(q.pop_next().map(|d| d.seq), Some(SeqNum(4)));
+    }
+
+    #[test]
+    fn a_retransmission_fills_and_splits_a_hole() {
+        let t0 = Instant::now();
+        let mut q = Sequencer::new(SeqNum(0));
+        q.saw_tail(t0, SeqNum(10), t0);
+        let t1 = t0 + Duration::from_millis(3);
+        let (admit, filled) = q.admit(t1, &d(5), t1);
+        assert_eq!(admit, Admit::Buffered);
+        assert_eq!(filled.map(|f| f.waited), Some(Duration::from_millis(3)));
+        assert_eq!(q.missing(), 9);
+        assert_eq!(q.holes.len(), 2, "1..=4 and 6..=10");
+        let (admit, filled) = q.admit(t1, &d(1), t1);
+        assert_eq!(admit, Admit::Next);
+        assert!(filled.is_some());
+        assert_eq!(q.admit(t1, &d(5), t1).0, Admit::Duplicate);
+    }
+
+    #[test]
+    fn a_tail_never_confirmed_by_the_session_is_forgotten() {
+        let t0 = Instant::now();
+        let settle = Duration::from_millis(20);
+        let mut q = Sequencer::new(SeqNum(0));
+        q.admit(t0, &d(1), t0);
+        q.advance(SeqNum(1));
+        q.admit(t0, &d(900), t0); // forged
+        assert!(!q.reanchor(t0 + Duration::from_millis(1), SeqNum(3), settle));
+        assert!(q.reanchor(t0 + settle, SeqNum(3), settle));
+        assert_eq!(q.known_tail, SeqNum(3));
+        assert_eq!(q.buffered(), 0);
+        assert_eq!(q.missing(), 2, "2..=3 only");
+    }
+
+    #[test]
+    fn hearing_a_repair_holds_later_naks_back_once() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut q = Sequencer::new(SeqNum(0));
+        q.saw_tail(t0, SeqNum(3), t0);
+        let later = t0 + Duration::from_millis(2);
+        assert_eq!(q.postpone_after(SeqNum(3), later), 0, "1..=3 is before the repair");
+        q.admit(t0, &d(5), t0);
+        q.admit(t0, &d(8), t0);
+        assert_eq!(q.postpone_after(SeqNum(4), later), 1, "6..=7 held back");
+        assert_eq!(q.postpone_after(SeqNum(4), later + later.duration_since(t0)), 0);
+        assert_eq!(q.due_naks(t0, &p, 10).len(), 2, "1..=3 and 4..=4");
+        assert_eq!(q.due_naks(later, &p, 10).len(), 1);
     }
 }

@@ -147,6 +147,14 @@ pub enum Malformed {
         /// Last sequence number of the range.
         last: u64,
     },
+    /// A fragment NAK range that is empty or inverted (`offset >= end`).
+    #[error("fragment NAK range {offset}..{end} is empty or inverted")]
+    BadFragRange {
+        /// Start of the range.
+        offset: u32,
+        /// End of the range (exclusive).
+        end: u32,
+    },
     /// A fragment that carries no data or declares a zero total length.
     #[error("fragment carries no data")]
     EmptyFragment,
@@ -164,7 +172,7 @@ pub enum Malformed {
     #[error("fragment cannot carry kind {0:#04x}")]
     BadInnerKind(u8),
     /// An unknown message ([`super::Message::Unknown`]) whose kind this
-    /// version defines (`0x00..=0x08`). Only the encoder reports it
+    /// version defines (`0x00..=0x09`). Only the encoder reports it
     /// ([`EncodeError::InvalidMessage`]): a decoder reads a defined kind as
     /// that kind, so PROTOCOL.md §7 has no counter for it.
     #[error("kind {0:#04x} is defined by this version and cannot be sent as an unknown message")]
@@ -185,6 +193,7 @@ impl Malformed {
             Malformed::TombstoneWithValue => "tombstone_with_value",
             Malformed::EmptyNak => "empty_nak",
             Malformed::BadNakRange { .. } => "bad_nak_range",
+            Malformed::BadFragRange { .. } => "bad_frag_range",
             Malformed::EmptyFragment => "empty_fragment",
             Malformed::FragmentOutOfBounds { .. } => "fragment_out_of_bounds",
             Malformed::BadInnerKind(_) => "bad_inner_kind",

@@ -32,6 +32,9 @@ pub enum MessageKind {
     Nak = 0x07,
     /// `0x08`: one piece of a message too large for one datagram.
     Fragment = 0x08,
+    /// `0x09`: a subscriber asks for missing byte ranges of a fragmented
+    /// message.
+    FragNak = 0x09,
 }
 
 impl MessageKind {
@@ -48,6 +51,7 @@ impl MessageKind {
             0x06 => MessageKind::Heartbeat,
             0x07 => MessageKind::Nak,
             0x08 => MessageKind::Fragment,
+            0x09 => MessageKind::FragNak,
             _ => return None,
         })
     }
@@ -58,6 +62,9 @@ pub const LEAF_FLAG_TOMBSTONE: u8 = 0x01;
 /// Bit in a delta's `delta_flags`: the leaf did not exist at the publisher
 /// before this delta.
 pub const DELTA_FLAG_CREATES: u8 = 0x01;
+/// Bit in a delta's `delta_flags`: the leaf does not exist at the publisher
+/// after this delta (it was removed).
+pub const DELTA_FLAG_REMOVES: u8 = 0x02;
 
 /// A live change to one leaf (kinds Delta and Retransmit).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +78,9 @@ pub struct Delta<'a> {
     /// The leaf did not exist at the publisher before this delta (then
     /// `prev_leaf_seq` is 0).
     pub creates: bool,
+    /// The leaf does not exist at the publisher after this delta (the delta
+    /// removed it).
+    pub removes: bool,
     /// The leaf's key, as encoded by the application's key codec.
     pub key: &'a [u8],
     /// The encoded change.
@@ -204,6 +214,83 @@ pub struct Nak<'a> {
     pub ranges: NakRanges<'a>,
 }
 
+/// The byte ranges of a [`FragNak`]: borrowed from the wire, or from a
+/// caller's slice. Each range is `(offset, end)`, end exclusive.
+#[derive(Clone, Copy)]
+pub struct FragRanges<'a>(FragRangesRepr<'a>);
+
+#[derive(Clone, Copy)]
+enum FragRangesRepr<'a> {
+    /// Validated 8-byte ranges.
+    Wire(&'a [u8]),
+    Slice(&'a [(u32, u32)]),
+}
+
+impl<'a> FragRanges<'a> {
+    /// Ranges to encode.
+    #[must_use]
+    pub fn from_slice(ranges: &'a [(u32, u32)]) -> Self {
+        FragRanges(FragRangesRepr::Slice(ranges))
+    }
+
+    /// Number of ranges.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self.0 {
+            FragRangesRepr::Wire(b) => b.len() / 8,
+            FragRangesRepr::Slice(s) => s.len(),
+        }
+    }
+
+    /// Whether there is no range.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ranges in order, as `(offset, end)` with `end` exclusive.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, u32)> + 'a {
+        let (wire, slice): (&'a [u8], &'a [(u32, u32)]) = match self.0 {
+            FragRangesRepr::Wire(b) => (b, &[]),
+            FragRangesRepr::Slice(s) => (&[], s),
+        };
+        wire.chunks_exact(8)
+            .filter_map(|c| {
+                let (a, b) = c.split_first_chunk::<4>()?;
+                let b: [u8; 4] = b.try_into().ok()?;
+                Some((u32::from_be_bytes(*a), u32::from_be_bytes(b)))
+            })
+            .chain(slice.iter().copied())
+    }
+}
+
+impl PartialEq for FragRanges<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for FragRanges<'_> {}
+
+impl fmt::Debug for FragRanges<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// A subscriber's request for the missing bytes of a fragmented message
+/// (sent unicast to the publisher), so that a large message is completed
+/// without resending all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FragNak<'a> {
+    /// Random id of the requesting subscriber.
+    pub requester: u32,
+    /// The fragmented message.
+    pub frag_id: u32,
+    /// The missing byte ranges of its body.
+    pub ranges: FragRanges<'a>,
+}
+
 /// One piece of a message whose body is too large for one datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fragment<'a> {
@@ -239,7 +326,9 @@ pub enum Message<'a> {
     Nak(Nak<'a>),
     /// A piece of a large message; feed it to a [`crate::Reassembler`].
     Fragment(Fragment<'a>),
-    /// A kind in `0x09..=0x7f` that this version does not define; receivers
+    /// A request for missing pieces of a fragmented message.
+    FragNak(FragNak<'a>),
+    /// A kind in `0x0a..=0x7f` that this version does not define; receivers
     /// skip it. Never produced for kinds this version defines, and never
     /// written with one ([`Malformed::ReservedKind`]). For tests and
     /// foreign-datagram tooling, an encoder also writes a critical kind
@@ -258,6 +347,7 @@ pub(crate) const SNAPSHOT_FIXED: usize = 4 + 4 + 8 + 1 + 2;
 pub(crate) const CYCLE_LEN: usize = 4 + 8 + 4;
 pub(crate) const HEARTBEAT_LEN: usize = 8 + 8 + 4;
 pub(crate) const NAK_FIXED: usize = 4 + 2;
+pub(crate) const FRAG_NAK_FIXED: usize = 4 + 4 + 2;
 /// Fixed part of a fragment body, before its data.
 pub const FRAGMENT_FIXED: usize = 4 + 4 + 4 + 1;
 
@@ -274,6 +364,7 @@ impl<'a> Message<'a> {
             Message::Heartbeat(_) => MessageKind::Heartbeat as u8,
             Message::Nak(_) => MessageKind::Nak as u8,
             Message::Fragment(_) => MessageKind::Fragment as u8,
+            Message::FragNak(_) => MessageKind::FragNak as u8,
             Message::Unknown { kind, .. } => *kind,
         }
     }
@@ -293,6 +384,7 @@ impl<'a> Message<'a> {
             Message::Heartbeat(_) => HEARTBEAT_LEN,
             Message::Nak(n) => NAK_FIXED + 16 * n.ranges.len(),
             Message::Fragment(f) => FRAGMENT_FIXED + f.data.len(),
+            Message::FragNak(n) => FRAG_NAK_FIXED + 8 * n.ranges.len(),
             Message::Unknown { body, .. } => body.len(),
         }
     }
@@ -346,10 +438,11 @@ impl<'a> Message<'a> {
                 if prev >= seq {
                     return Err(bad(Malformed::PrevNotBeforeSeq { seq, prev }));
                 }
-                if flags & !DELTA_FLAG_CREATES != 0 {
+                if flags & !(DELTA_FLAG_CREATES | DELTA_FLAG_REMOVES) != 0 {
                     return Err(bad(Malformed::UnknownDeltaFlags(flags)));
                 }
                 let creates = flags & DELTA_FLAG_CREATES != 0;
+                let removes = flags & DELTA_FLAG_REMOVES != 0;
                 if creates && prev != 0 {
                     return Err(bad(Malformed::CreatesWithPrev { prev }));
                 }
@@ -357,6 +450,7 @@ impl<'a> Message<'a> {
                     seq: SeqNum(seq),
                     prev_leaf_seq: SeqNum(prev),
                     creates,
+                    removes,
                     key,
                     payload,
                 };
@@ -435,6 +529,26 @@ impl<'a> Message<'a> {
                 }
                 Message::Nak(Nak { requester, ranges })
             }
+            MessageKind::FragNak => {
+                let requester = r.u32().map_err(short)?;
+                let frag_id = r.u32().map_err(short)?;
+                let count = r.u16().map_err(short)?;
+                if count == 0 {
+                    return Err(bad(Malformed::EmptyNak));
+                }
+                let raw = r.bytes(usize::from(count) * 8).map_err(short)?;
+                let ranges = FragRanges(FragRangesRepr::Wire(raw));
+                for (offset, end) in ranges.iter() {
+                    if offset >= end {
+                        return Err(bad(Malformed::BadFragRange { offset, end }));
+                    }
+                }
+                Message::FragNak(FragNak {
+                    requester,
+                    frag_id,
+                    ranges,
+                })
+            }
             MessageKind::Fragment => {
                 let frag_id = r.u32().map_err(short)?;
                 let total_len = r.u32().map_err(short)?;
@@ -489,7 +603,7 @@ impl<'a> Message<'a> {
     /// [`Malformed::EmptyFragment`], [`Malformed::FragmentOutOfBounds`] and
     /// [`Malformed::BadInnerKind`] for a fragment;
     /// [`Malformed::ReservedKind`] for a [`Message::Unknown`] whose kind this
-    /// version defines (`0x00..=0x08`).
+    /// version defines (`0x00..=0x09`).
     pub fn validate(&self) -> Result<(), EncodeError> {
         let invalid = |reason| Err(EncodeError::InvalidMessage { reason });
         match self {
@@ -515,6 +629,16 @@ impl<'a> Message<'a> {
                             first: range.first.0,
                             last: range.last.0,
                         });
+                    }
+                }
+            }
+            Message::FragNak(n) => {
+                if n.ranges.is_empty() {
+                    return invalid(Malformed::EmptyNak);
+                }
+                for (offset, end) in n.ranges.iter() {
+                    if offset >= end {
+                        return invalid(Malformed::BadFragRange { offset, end });
                     }
                 }
             }
@@ -563,8 +687,14 @@ impl<'a> Message<'a> {
                 let kl = key_len(d.key)?;
                 w.u64(d.seq.0).map_err(full)?;
                 w.u64(d.prev_leaf_seq.0).map_err(full)?;
-                w.u8(if d.creates { DELTA_FLAG_CREATES } else { 0 })
-                    .map_err(full)?;
+                let mut flags = 0;
+                if d.creates {
+                    flags |= DELTA_FLAG_CREATES;
+                }
+                if d.removes {
+                    flags |= DELTA_FLAG_REMOVES;
+                }
+                w.u8(flags).map_err(full)?;
                 w.u16(kl).map_err(full)?;
                 w.put(d.key).map_err(full)?;
                 w.put(d.payload).map_err(full)?;
@@ -609,6 +739,19 @@ impl<'a> Message<'a> {
                 for r in n.ranges.iter() {
                     w.u64(r.first.0).map_err(full)?;
                     w.u64(r.last.0).map_err(full)?;
+                }
+            }
+            Message::FragNak(n) => {
+                let count =
+                    u16::try_from(n.ranges.len()).map_err(|_| EncodeError::FieldTooLong {
+                        field: "fragment NAK ranges",
+                    })?;
+                w.u32(n.requester).map_err(full)?;
+                w.u32(n.frag_id).map_err(full)?;
+                w.u16(count).map_err(full)?;
+                for (offset, end) in n.ranges.iter() {
+                    w.u32(offset).map_err(full)?;
+                    w.u32(end).map_err(full)?;
                 }
             }
             Message::Fragment(f) => {
@@ -667,6 +810,9 @@ impl fmt::Display for Message<'_> {
                 if d.creates {
                     f.write_str(" creates")?;
                 }
+                if d.removes {
+                    f.write_str(" removes")?;
+                }
                 f.write_str(" key=")?;
                 hex(f, d.key)?;
                 f.write_str(" payload=")?;
@@ -709,6 +855,20 @@ impl fmt::Display for Message<'_> {
                         f.write_str(",")?;
                     }
                     write!(f, "{r}")?;
+                }
+                Ok(())
+            }
+            Message::FragNak(n) => {
+                write!(
+                    f,
+                    "FragNak requester={:#010x} frag_id={} ranges=",
+                    n.requester, n.frag_id
+                )?;
+                for (i, (offset, end)) in n.ranges.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{offset}..{end}")?;
                 }
                 Ok(())
             }

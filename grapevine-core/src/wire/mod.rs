@@ -20,6 +20,7 @@
 //!         seq: SeqNum(seq),
 //!         prev_leaf_seq: SeqNum::NONE,
 //!         creates: false,
+//!         removes: false,
 //!         key: b"k",
 //!         payload: &seq.to_be_bytes(),
 //!     }))?;
@@ -53,8 +54,9 @@ pub use datagram::{
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
 pub use message::{
-    CycleBegin, CycleEnd, Delta, Fragment, Heartbeat, LeafSnapshot, Message, MessageKind, Nak,
-    NakRanges, DELTA_FLAG_CREATES, FRAGMENT_FIXED, LEAF_FLAG_TOMBSTONE,
+    CycleBegin, CycleEnd, Delta, FragNak, FragRanges, Fragment, Heartbeat, LeafSnapshot, Message,
+    MessageKind, Nak, NakRanges, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES, FRAGMENT_FIXED,
+    LEAF_FLAG_TOMBSTONE,
 };
 pub use packer::Packer;
 

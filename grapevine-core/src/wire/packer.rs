@@ -49,6 +49,8 @@ pub struct Packer {
     ready: VecDeque<(Vec<u8>, usize)>,
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
+    /// Id and kind of the message last split into fragments, until taken.
+    fragmented: Option<(u32, u8)>,
 }
 
 impl Packer {
@@ -69,7 +71,28 @@ impl Packer {
             ready: VecDeque::new(),
             pool: Vec::new(),
             scratch: Vec::new(),
+            fragmented: None,
         }
+    }
+
+    /// Length of the oldest finished datagram, if any.
+    #[must_use]
+    pub fn next_len(&self) -> Option<usize> {
+        self.ready.front().map(|(_, len)| *len)
+    }
+
+    /// The message most recently split into fragments by [`Packer::push`],
+    /// once: its `frag_id`, kind byte and whole body. A publisher keeps it
+    /// to answer requests for missing fragments.
+    pub fn take_fragmented(&mut self) -> Option<(u32, u8, &[u8])> {
+        let (id, kind) = self.fragmented.take()?;
+        Some((id, kind, &self.scratch))
+    }
+
+    /// Number of datagrams finished so far (the next `datagram_seq`).
+    #[must_use]
+    pub fn datagrams(&self) -> u64 {
+        self.next_datagram_seq
     }
 
     /// The maximum datagram size.
@@ -165,10 +188,12 @@ impl Packer {
             for frag in Fragments::new(frag_id, kind, &scratch, cap) {
                 self.push(&Message::Fragment(frag))?;
             }
-            Ok(())
+            Ok(frag_id)
         });
         self.scratch = scratch;
-        res
+        let frag_id = res?;
+        self.fragmented = Some((frag_id, kind as u8));
+        Ok(())
     }
 
     fn open(&mut self) {
@@ -235,6 +260,7 @@ mod tests {
             seq: SeqNum(seq),
             prev_leaf_seq: SeqNum::NONE,
             creates: true,
+            removes: false,
             key,
             payload: b"p",
         })

@@ -1,0 +1,223 @@
+//! The publisher's bounded record of what it sent, to answer NAKs: every
+//! recent delta by sequence number, and every recent fragmented message by
+//! `frag_id`. Bounded in count and bytes; the oldest entries go first.
+//!
+//! A durable segment log will later take the entries this history evicts.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use crate::SeqNum;
+
+/// Per-entry bookkeeping overhead counted against the byte bound.
+const ENTRY_OVERHEAD: usize = 48;
+
+#[derive(Debug)]
+struct Entry {
+    /// The Delta body, as sent.
+    body: Box<[u8]>,
+    /// When it was last retransmitted.
+    repaired_at: Option<Instant>,
+    /// Whether any NAK has asked for it yet.
+    requested: bool,
+}
+
+/// Recent deltas, contiguous in `seq`.
+#[derive(Debug)]
+pub(crate) struct History {
+    entries: VecDeque<Entry>,
+    /// Sequence number of `entries[0]`.
+    first: u64,
+    bytes: usize,
+    max_count: usize,
+    max_bytes: usize,
+}
+
+/// What the history says about one sequence number asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Lookup<'a> {
+    /// Retransmit this body.
+    Send(&'a [u8]),
+    /// Retransmitted within the hold-off: a repair is already on its way.
+    Coalesced,
+    /// No longer (or not yet) held.
+    Gone,
+}
+
+impl History {
+    pub(crate) fn new(max_count: usize, max_bytes: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first: 1,
+            bytes: 0,
+            max_count,
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The oldest sequence number held, if any.
+    pub(crate) fn first_seq(&self) -> Option<SeqNum> {
+        (!self.entries.is_empty()).then_some(SeqNum(self.first))
+    }
+
+    /// Records delta `seq` (the next after the newest held) and evicts the
+    /// oldest entries beyond the bounds.
+    pub(crate) fn push(&mut self, seq: SeqNum, body: &[u8]) {
+        if self.max_count == 0 {
+            self.first = seq.0.saturating_add(1);
+            return;
+        }
+        if self.entries.is_empty() {
+            self.first = seq.0;
+        }
+        self.bytes += body.len() + ENTRY_OVERHEAD;
+        self.entries.push_back(Entry {
+            body: body.into(),
+            repaired_at: None,
+            requested: false,
+        });
+        while self.entries.len() > self.max_count
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
+            if let Some(e) = self.entries.pop_front() {
+                self.bytes -= e.body.len() + ENTRY_OVERHEAD;
+                self.first += 1;
+            }
+        }
+    }
+
+    /// Looks `seq` up for a repair at `now`: a body to retransmit unless it
+    /// was retransmitted at or after `holdoff_since`. The second value is
+    /// true the first time any NAK asks for `seq`.
+    pub(crate) fn take(
+        &mut self,
+        seq: u64,
+        now: Instant,
+        holdoff_since: Option<Instant>,
+    ) -> (Lookup<'_>, bool) {
+        let Some(i) = seq.checked_sub(self.first) else {
+            return (Lookup::Gone, false);
+        };
+        let Some(e) = usize::try_from(i).ok().and_then(|i| self.entries.get_mut(i)) else {
+            return (Lookup::Gone, false);
+        };
+        let first_ask = !e.requested;
+        e.requested = true;
+        if let (Some(at), Some(since)) = (e.repaired_at, holdoff_since) {
+            if at >= since {
+                return (Lookup::Coalesced, first_ask);
+            }
+        }
+        e.repaired_at = Some(now);
+        (Lookup::Send(&e.body), first_ask)
+    }
+}
+
+/// Recent fragmented messages, to resend their missing pieces.
+#[derive(Debug)]
+pub(crate) struct FragHistory {
+    entries: VecDeque<(u32, u8, Box<[u8]>)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl FragHistory {
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Records a fragmented message, evicting the oldest beyond the bound.
+    pub(crate) fn push(&mut self, frag_id: u32, kind: u8, body: &[u8]) {
+        if body.len() > self.max_bytes {
+            return;
+        }
+        self.bytes += body.len();
+        self.entries.push_back((frag_id, kind, body.into()));
+        while self.bytes > self.max_bytes {
+            match self.entries.pop_front() {
+                Some((_, _, b)) => self.bytes -= b.len(),
+                None => break,
+            }
+        }
+    }
+
+    /// The kind and body of message `frag_id`, if held.
+    pub(crate) fn get(&self, frag_id: u32) -> Option<(u8, &[u8])> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(id, _, _)| *id == frag_id)
+            .map(|(_, kind, body)| (*kind, &body[..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_by_count_and_bytes_and_forgets_the_oldest() {
+        let mut h = History::new(3, 1 << 20);
+        for seq in 1..=5 {
+            h.push(SeqNum(seq), &[seq as u8; 10]);
+        }
+        assert_eq!(h.len(), 3);
+        assert_eq!(h.first_seq(), Some(SeqNum(3)));
+        let now = Instant::now();
+        assert_eq!(h.take(2, now, None).0, Lookup::Gone);
+        assert_eq!(h.take(6, now, None).0, Lookup::Gone);
+        assert_eq!(h.take(4, now, None).0, Lookup::Send(&[4u8; 10][..]));
+
+        let mut h = History::new(1000, 3 * (10 + ENTRY_OVERHEAD));
+        for seq in 1..=10 {
+            h.push(SeqNum(seq), &[0; 10]);
+        }
+        assert_eq!(h.len(), 3);
+        assert!(h.bytes() <= 3 * (10 + ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_repair_within_the_holdoff_is_coalesced_and_first_asks_are_told() {
+        let mut h = History::new(10, 1 << 20);
+        h.push(SeqNum(1), b"a");
+        let t0 = Instant::now();
+        let (l, first) = h.take(1, t0, None);
+        assert_eq!((l, first), (Lookup::Send(&b"a"[..]), true));
+        let t1 = t0 + Duration::from_millis(1);
+        let (l, first) = h.take(1, t1, Some(t0));
+        assert_eq!((l, first), (Lookup::Coalesced, false));
+        let t2 = t0 + Duration::from_millis(50);
+        let (l, _) = h.take(1, t2, Some(t2 - Duration::from_millis(10)));
+        assert_eq!(l, Lookup::Send(&b"a"[..]));
+    }
+
+    #[test]
+    fn fragment_history_keeps_the_newest_within_its_bytes() {
+        let mut f = FragHistory::new(100);
+        f.push(1, 3, &[1; 60]);
+        f.push(2, 3, &[2; 60]);
+        assert!(f.get(1).is_none());
+        assert_eq!(f.get(2).map(|(k, b)| (k, b.len())), Some((3, 60)));
+        f.push(3, 3, &[3; 101]);
+        assert!(f.get(3).is_none(), "larger than the whole bound: not kept");
+        assert!(f.bytes() <= 100);
+    }
+}

@@ -1,0 +1,31 @@
+//! A small seedable random number generator (SplitMix64) for the engines'
+//! randomised delays, so that simulations are deterministic for a seed.
+
+use std::time::Duration;
+
+/// SplitMix64: fast, and deterministic for a seed. Not for cryptography.
+#[derive(Clone, Debug)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x2545_f491_4f6c_dd1d)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A duration drawn uniformly from `0 ..= max`.
+    pub(crate) fn up_to(&mut self, max: Duration) -> Duration {
+        let us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
+        if us == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.next_u64() % us.saturating_add(1))
+    }
+}
