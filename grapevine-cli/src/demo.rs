@@ -60,6 +60,12 @@ struct PublisherSummary {
     digest: String,
     deltas_per_sec: f64,
     snapshot_bytes_per_sec: f64,
+    /// NAKs received from the subscribers.
+    naks_received: u64,
+    /// Distinct sequence numbers asked for by NAKs.
+    nak_seqs_requested: u64,
+    /// Deltas retransmitted: per requested one, the implosion factor.
+    retransmits: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,12 +82,23 @@ struct SubscriberSummary {
     lost: u64,
     simulated_drops: u64,
     datagrams: u64,
+    naks_sent: u64,
+    repaired_by_nak: u64,
+    repaired_by_snapshot: u64,
+    consistent_share: Option<f64>,
+    repair_p50_ms: Option<f64>,
+    repair_p99_ms: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
 struct Summary {
     publisher: PublisherSummary,
     subscribers: Vec<SubscriberSummary>,
+}
+
+/// A quantile of a latency histogram in milliseconds.
+fn ms(h: &grapevine::core::LatencyHistogram, q: f64) -> Option<f64> {
+    h.quantile(q).map(|d| d.as_secs_f64() * 1000.0)
 }
 
 fn check_args(a: &DemoArgs) -> Result<()> {
@@ -116,9 +133,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));
     let publisher = Arc::new(
         Publisher::builder()
-            .group(args.net.group)
-            .port(args.net.port)
-            .interface(args.net.interface())
+            .multicast(args.net.multicast())
             .stream(args.net.stream())
             .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
             .bind(book)
@@ -157,9 +172,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((start + join_at).into()).await;
             let mut builder = Subscriber::<OrderBook>::builder()
-                .group(net.group)
-                .port(net.port)
-                .interface(net.interface())
+                .multicast(net.multicast())
                 .stream(net.stream());
             if loss > 0.0 {
                 builder = builder.simulate_loss(loss, seed);
@@ -270,6 +283,12 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             lost: stats.protocol.lost,
             simulated_drops: stats.simulated_drops,
             datagrams: stats.datagrams_received,
+            naks_sent: stats.protocol.naks_sent,
+            repaired_by_nak: stats.protocol.repaired_by_nak,
+            repaired_by_snapshot: stats.protocol.repaired_by_snapshot,
+            consistent_share: j.sub.consistent_share(),
+            repair_p50_ms: ms(&stats.protocol.repair_latency, 0.5),
+            repair_p99_ms: ms(&stats.protocol.repair_latency, 0.99),
         });
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-3);
@@ -280,6 +299,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             digest: pub_digest.to_string(),
             deltas_per_sec: sent as f64 / live.as_secs_f64().max(1e-3),
             snapshot_bytes_per_sec: pstats.snapshot_bytes as f64 / elapsed,
+            naks_received: pstats.naks_received,
+            nak_seqs_requested: pstats.nak_seqs_requested,
+            retransmits: pstats.retransmits,
         },
         subscribers: summaries,
     };

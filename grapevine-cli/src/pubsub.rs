@@ -47,6 +47,21 @@ impl DemoState for PaddedBook {
     }
 }
 
+/// The snapshot pacing the flags ask for.
+fn snapshot_rate(args: &PubArgs) -> Result<SnapshotRate> {
+    let bytes = args
+        .snapshot_bytes_rate
+        .or((args.value_size > 0).then_some(4_000_000));
+    match bytes {
+        Some(0) => bail!("--snapshot-bytes-rate must be positive, e.g. 16000000"),
+        Some(b) => Ok(SnapshotRate::BytesPerSec(b)),
+        None if args.snapshot_rate == 0 => {
+            bail!("--snapshot-rate must be positive, e.g. 100000 leaves/s")
+        }
+        None => Ok(SnapshotRate::LeavesPerSec(args.snapshot_rate)),
+    }
+}
+
 fn check_value_size(v: u32) -> Result<()> {
     if v > MAX_VALUE_SIZE {
         bail!("--value-size {v} is too large: use 0 ..= {MAX_VALUE_SIZE} bytes (0: the plain book)");
@@ -78,6 +93,10 @@ pub(crate) struct PubArgs {
     /// Snapshot cycle rate in leaves per second.
     #[arg(long, default_value_t = 100_000)]
     snapshot_rate: u32,
+    /// Snapshot cycle rate in bytes per second instead (default with
+    /// `--value-size`: 4,000,000, so that large values are paced by size).
+    #[arg(long)]
+    snapshot_bytes_rate: Option<u64>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 100)]
     heartbeat_ms: u64,
@@ -125,10 +144,7 @@ struct PubFinal {
 }
 
 impl PubFinal {
-    fn new<S: State>(p: &Publisher<S>, st: &PublisherStats) -> Self
-    where
-        S: Send + 'static,
-    {
+    fn new<S: State + Send + 'static>(p: &Publisher<S>, st: &PublisherStats) -> Self {
         let c = &st.protocol;
         PubFinal {
             is_final: true,
@@ -170,7 +186,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
     let publisher = Publisher::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
-        .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
+        .snapshot_rate(snapshot_rate(&args)?)
         .heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1)))
         .bind(book)
         .await

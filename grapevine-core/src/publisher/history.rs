@@ -143,12 +143,12 @@ impl FragHistory {
     }
 
     /// Records a fragmented message, evicting the oldest beyond the bound.
-    pub(crate) fn push(&mut self, frag_id: u32, kind: u8, body: &[u8]) {
+    pub(crate) fn push(&mut self, frag_id: u32, kind: u8, body: Vec<u8>) {
         if body.len() > self.max_bytes {
             return;
         }
         self.bytes += body.len();
-        self.entries.push_back((frag_id, kind, body.into()));
+        self.entries.push_back((frag_id, kind, body.into_boxed_slice()));
         while self.bytes > self.max_bytes {
             match self.entries.pop_front() {
                 Some((_, _, b)) => self.bytes -= b.len(),
@@ -212,11 +212,11 @@ mod tests {
     #[test]
     fn fragment_history_keeps_the_newest_within_its_bytes() {
         let mut f = FragHistory::new(100);
-        f.push(1, 3, &[1; 60]);
-        f.push(2, 3, &[2; 60]);
+        f.push(1, 3, vec![1; 60]);
+        f.push(2, 3, vec![2; 60]);
         assert!(f.get(1).is_none());
         assert_eq!(f.get(2).map(|(k, b)| (k, b.len())), Some((3, 60)));
-        f.push(3, 3, &[3; 101]);
+        f.push(3, 3, vec![3; 101]);
         assert!(f.get(3).is_none(), "larger than the whole bound: not kept");
         assert!(f.bytes() <= 100);
     }

@@ -427,8 +427,10 @@ impl Publisher {
         cfg.validate()?;
         let mut timers = Timers::default();
         timers.set(Timer::Heartbeat, now);
+        let mut packer = Packer::new(cfg.stream, session, cfg.max_datagram);
+        packer.keep_fragmented(cfg.fragment_history_bytes > 0);
         Ok(Self {
-            packer: Packer::new(cfg.stream, session, cfg.max_datagram),
+            packer,
             cycler: Cycler::new(now),
             history: History::new(cfg.history_count, cfg.history_bytes),
             frags: FragHistory::new(cfg.fragment_history_bytes),
@@ -555,7 +557,7 @@ impl Publisher {
     }
 
     fn record_fragmented(&mut self) {
-        if let Some((id, kind, body)) = self.packer.take_fragmented() {
+        for (id, kind, body) in self.packer.drain_fragmented() {
             self.frags.push(id, kind, body);
         }
     }
@@ -728,6 +730,7 @@ impl Publisher {
                     stats: &mut self.stats,
                 },
             );
+            self.record_fragmented();
             if !filled {
                 break;
             }

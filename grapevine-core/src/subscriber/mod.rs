@@ -586,6 +586,8 @@ struct Session {
     seq: Option<Sequencer>,
     leaves: LeafTable,
     cycle: Option<CycleTracker>,
+    /// The cycle before it, for snapshots completed after it ended.
+    prev_cycle: Option<CycleTracker>,
     synced: bool,
     /// The key space must be verified by cycles that started at or after
     /// this before the replica is consistent (join point, or the end of the
@@ -598,8 +600,11 @@ struct Session {
     heard: Coverage,
     /// The newest cycle whose CycleBegin was heard (tracked or not).
     latest_cycle: Option<CycleId>,
-    /// The cycle at whose start absent leaves were last forgotten: earlier
-    /// cycles' snapshots of unknown leaves may predate a forgotten removal.
+    /// That cycle and its `start_seq`.
+    latest_begin: Option<(CycleId, SeqNum)>,
+    /// Absent leaves known before this cycle's start were last forgotten:
+    /// earlier cycles' snapshots of unknown leaves may predate a forgotten
+    /// removal.
     forgot_at: Option<CycleId>,
     /// Verified intervals of cycles that started after the last processed
     /// delta, by start: applied once the deltas before the cycle are.
@@ -622,11 +627,13 @@ impl Session {
             seq: None,
             leaves: LeafTable::default(),
             cycle: None,
+            prev_cycle: None,
             synced: false,
             needs_from: None,
             coverage: Coverage::default(),
             heard: Coverage::default(),
             latest_cycle: None,
+            latest_begin: None,
             forgot_at: None,
             deferred: BTreeMap::new(),
             deferred_len: 0,
@@ -893,6 +900,13 @@ impl Subscriber {
             .as_ref()
             .map_or((0, 0), |q| (q.buffered(), q.buffered_bytes()));
         (n + s.leaves.pending_count(), b + s.leaves.pending_bytes())
+    }
+
+    /// Bytes reserved and partial messages held by the reassembler (for the
+    /// simulations' memory bounds).
+    #[cfg(test)]
+    pub(crate) fn reassembly_usage(&self) -> (usize, usize) {
+        (self.reassembler.buffered_bytes(), self.reassembler.partial_count())
     }
 
     /// The next event, if any. Call after each `handle_*` until `None`.
@@ -1275,8 +1289,13 @@ impl Subscriber {
                 {
                     ctx.stats.snapshots_applied += 1;
                 }
-                let Some(t) = s.cycle.as_mut().filter(|t| t.id == snap.cycle) else {
-                    return;
+                // The cycle being heard, or the one before it: a snapshot
+                // completed late (its fragments repaired) after the next
+                // cycle began still counts for its own cycle.
+                let t = match (s.cycle.as_mut(), s.prev_cycle.as_mut()) {
+                    (Some(t), _) if t.id == snap.cycle => t,
+                    (_, Some(t)) if t.id == snap.cycle => t,
+                    _ => return,
                 };
                 let start_seq = t.start_seq;
                 match t.mark(snap.position, snap.key) {
@@ -1311,13 +1330,21 @@ impl Subscriber {
                     ctx.stats.unbelieved += 1;
                     return;
                 }
+                // Forget absences older than the start of the cycle that now
+                // becomes the previous one: that cycle's late snapshots (a
+                // leaf completed by fragment repair after this CycleBegin)
+                // still carry a leaf_seq newer than any absence forgotten, so
+                // they can be judged and used. Older cycles' cannot.
+                if let Some((prev, prev_start)) = s.latest_begin {
+                    let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
+                    s.leaves.forget_absent(applied, prev_start);
+                    s.forgot_at = Some(prev);
+                }
                 s.latest_cycle = Some(c.cycle);
-                let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
-                s.leaves.forget_absent(applied, c.start_seq);
-                s.forgot_at = Some(c.cycle);
+                s.latest_begin = Some((c.cycle, c.start_seq));
+                s.prev_cycle = s.cycle.take();
                 if c.leaf_count > self.cfg.max_cycle_leaves {
                     ctx.stats.oversized_cycles += 1;
-                    s.cycle = None;
                 } else {
                     ctx.stats.cycles_begun += 1;
                     s.cycle = Some(CycleTracker::new(

@@ -49,8 +49,10 @@ pub struct Packer {
     ready: VecDeque<(Vec<u8>, usize)>,
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
-    /// Id and kind of the message last split into fragments, until taken.
-    fragmented: Option<(u32, u8)>,
+    /// Whether to keep a copy of every message split into fragments.
+    keep: bool,
+    /// Messages split into fragments since last drained: id, kind, body.
+    kept: Vec<(u32, u8, Vec<u8>)>,
 }
 
 impl Packer {
@@ -71,7 +73,8 @@ impl Packer {
             ready: VecDeque::new(),
             pool: Vec::new(),
             scratch: Vec::new(),
-            fragmented: None,
+            keep: false,
+            kept: Vec::new(),
         }
     }
 
@@ -81,12 +84,20 @@ impl Packer {
         self.ready.front().map(|(_, len)| *len)
     }
 
-    /// The message most recently split into fragments by [`Packer::push`],
-    /// once: its `frag_id`, kind byte and whole body. A publisher keeps it
-    /// to answer requests for missing fragments.
-    pub fn take_fragmented(&mut self) -> Option<(u32, u8, &[u8])> {
-        let (id, kind) = self.fragmented.take()?;
-        Some((id, kind, &self.scratch))
+    /// Keep a copy of every message split into fragments from now on, for
+    /// [`Packer::drain_fragmented`] (a publisher keeps them to answer
+    /// requests for missing fragments).
+    pub fn keep_fragmented(&mut self, on: bool) {
+        self.keep = on;
+        if !on {
+            self.kept.clear();
+        }
+    }
+
+    /// The messages split into fragments since the last call, with
+    /// [`Packer::keep_fragmented`] on: `frag_id`, kind byte and whole body.
+    pub fn drain_fragmented(&mut self) -> std::vec::Drain<'_, (u32, u8, Vec<u8>)> {
+        self.kept.drain(..)
     }
 
     /// Number of datagrams finished so far (the next `datagram_seq`).
@@ -192,7 +203,9 @@ impl Packer {
         });
         self.scratch = scratch;
         let frag_id = res?;
-        self.fragmented = Some((frag_id, kind as u8));
+        if self.keep {
+            self.kept.push((frag_id, kind as u8, self.scratch.clone()));
+        }
         Ok(())
     }
 
