@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use grapevine::core::wire::{Datagram, Message};
-use grapevine::core::{Reassembler, ReassemblyConfig};
+use grapevine::core::{Reassembler, ReassemblyConfig, ReassemblyError};
 
 fn parse_hex(s: &str) -> Result<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
@@ -18,8 +18,25 @@ fn parse_hex(s: &str) -> Result<Vec<u8>> {
         .collect()
 }
 
+/// The counter name of PROTOCOL.md §5 for a fragment rejected by
+/// reassembly.
+fn reassembly_code(e: &ReassemblyError) -> &'static str {
+    match e {
+        ReassemblyError::TooLarge { .. } => "fragment_too_large",
+        ReassemblyError::Inconsistent { .. } => "fragment_inconsistent",
+        ReassemblyError::Conflict { .. } => "fragment_conflict",
+        ReassemblyError::TooFragmented { .. } => "fragment_too_many_ranges",
+        _ => "fragment_rejected",
+    }
+}
+
 /// Decodes each datagram and prints one line per header and message.
-/// Fragments across the given datagrams are reassembled.
+/// Fragments across the given datagrams are reassembled: a fragment that
+/// completes a message is followed by a `reassembled:` line (or
+/// `reassembled-error:` when the whole body does not decode), one that
+/// reassembly rejects by a `fragment-error:` line, and one whose bytes were
+/// already held (or whose message was completed recently) by a
+/// `fragment-duplicate:` line. PROTOCOL.md §9 describes the notation.
 pub(crate) fn run(mut datagrams: Vec<String>) -> Result<()> {
     if datagrams.is_empty() {
         datagrams = std::io::stdin()
@@ -42,13 +59,17 @@ pub(crate) fn run(mut datagrams: Vec<String>) -> Result<()> {
                 for m in d.messages() {
                     println!("message: {m}");
                     if let Message::Fragment(f) = m {
+                        let duplicates = reassembler.stats().duplicates;
                         match reassembler.handle_fragment(now, h.stream, h.session, &f) {
                             Ok(Some(done)) => match done.message() {
                                 Ok(inner) => println!("reassembled: {inner}"),
                                 Err(e) => println!("reassembled-error: {} ({e})", e.code()),
                             },
+                            Ok(None) if reassembler.stats().duplicates > duplicates => {
+                                println!("fragment-duplicate: frag_id={}", f.frag_id);
+                            }
                             Ok(None) => {}
-                            Err(e) => println!("fragment-error: {e}"),
+                            Err(e) => println!("fragment-error: {} ({e})", reassembly_code(&e)),
                         }
                     }
                 }

@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
+use grapevine::core::state::{decode, digest_of, encode, Digest, Replica, Typed};
 use grapevine::core::wire::{Datagram, DatagramWriter};
+use grapevine::order_book::{BookDelta, OrderBook, Side};
+use grapevine::State;
 
 fn grapevine() -> Command {
     Command::new(env!("CARGO_BIN_EXE_grapevine"))
@@ -15,36 +18,76 @@ struct Vector {
     canonical: bool,
 }
 
-/// The ```vector blocks of PROTOCOL.md §9.
-fn vectors() -> Vec<Vector> {
+/// The lines of every block fenced as ```` ```tag ```` in PROTOCOL.md.
+fn blocks(tag: &str) -> Vec<Vec<String>> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../PROTOCOL.md");
     let text = std::fs::read_to_string(path).expect("PROTOCOL.md is at the repository root");
+    let fence = format!("```{tag}");
     let mut out = Vec::new();
-    let mut current: Option<Vector> = None;
+    let mut current: Option<Vec<String>> = None;
     for line in text.lines() {
-        if line == "```vector" {
-            current = Some(Vector {
-                name: String::new(),
-                hexes: Vec::new(),
-                expected: Vec::new(),
-                canonical: true,
-            });
-            continue;
-        }
-        let Some(v) = current.as_mut() else { continue };
-        if line == "```" {
-            out.extend(current.take());
-        } else if let Some(name) = line.strip_prefix("name: ") {
-            v.name = name.to_owned();
-        } else if let Some(hex) = line.strip_prefix("hex: ") {
-            v.hexes.push(hex.to_owned());
-        } else if line == "canonical: no" {
-            v.canonical = false;
-        } else {
-            v.expected.push(line.to_owned());
+        match current.as_mut() {
+            None if line == fence => current = Some(Vec::new()),
+            None => {}
+            Some(_) if line == "```" => out.extend(current.take()),
+            Some(lines) => lines.push(line.to_owned()),
         }
     }
-    assert!(current.is_none(), "unterminated vector block");
+    assert!(current.is_none(), "unterminated {tag} block");
+    out
+}
+
+/// The name of a block: its first line, `name: ...`.
+fn block_name(lines: &[String]) -> &str {
+    let name = lines
+        .first()
+        .and_then(|l| l.strip_prefix("name: "))
+        .unwrap_or_else(|| panic!("block without a first `name:` line: {lines:?}"));
+    assert!(!name.is_empty());
+    name
+}
+
+/// Line tags `grapevine decode` prints (PROTOCOL.md §9).
+const OUTPUT_TAGS: [&str; 7] = [
+    "header: ",
+    "message: ",
+    "reassembled: ",
+    "reassembled-error: ",
+    "fragment-error: ",
+    "fragment-duplicate: ",
+    "error: ",
+];
+
+/// Output lines that name a counter, followed in the output by a human
+/// explanation in parentheses.
+const COUNTER_TAGS: [&str; 3] = ["error: ", "fragment-error: ", "reassembled-error: "];
+
+/// The ```vector blocks of PROTOCOL.md (§9 and Appendix A).
+fn vectors() -> Vec<Vector> {
+    let mut out = Vec::new();
+    for lines in blocks("vector") {
+        let mut v = Vector {
+            name: block_name(&lines).to_owned(),
+            hexes: Vec::new(),
+            expected: Vec::new(),
+            canonical: true,
+        };
+        for line in &lines[1..] {
+            if let Some(hex) = line.strip_prefix("hex: ") {
+                v.hexes.push(hex.to_owned());
+            } else if line == "canonical: no" {
+                v.canonical = false;
+            } else {
+                assert!(
+                    OUTPUT_TAGS.iter().any(|t| line.starts_with(t)),
+                    "vector {}: line {line:?} is not in the §9 notation",
+                    v.name
+                );
+                v.expected.push(line.clone());
+            }
+        }
+        out.push(v);
+    }
     out
 }
 
@@ -78,7 +121,7 @@ fn protocol_md_vectors_match_the_decoder() {
         );
         assert_eq!(got.len(), v.expected.len(), "vector {}: {got:#?}", v.name);
         for (g, e) in got.iter().zip(&v.expected) {
-            if e.starts_with("error: ") {
+            if COUNTER_TAGS.iter().any(|t| e.starts_with(t)) {
                 // The counter name must match; a human explanation follows it.
                 assert!(
                     g.strip_prefix(e.as_str())
@@ -141,4 +184,174 @@ fn decode_rejects_non_hex_with_a_clear_message() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a hex byte"), "{err}");
+}
+
+/// The `name=value` fields of a vector line, in order; every name in
+/// `names` must appear exactly once and no other.
+fn fields<'a>(line: &'a str, names: &[&str]) -> Vec<&'a str> {
+    let tokens: Vec<(&str, &str)> = line
+        .split_whitespace()
+        .map(|t| {
+            t.split_once('=')
+                .unwrap_or_else(|| panic!("{t:?} in {line:?} is not name=value"))
+        })
+        .collect();
+    assert_eq!(
+        tokens.iter().map(|t| t.0).collect::<Vec<_>>(),
+        names,
+        "fields of {line:?}"
+    );
+    tokens.into_iter().map(|t| t.1).collect()
+}
+
+/// Bytes written as in the vectors: lowercase hex, or `-` when empty.
+fn bytes_of(text: &str) -> Vec<u8> {
+    if text == "-" {
+        return Vec::new();
+    }
+    assert!(
+        !text.is_empty()
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        "{text:?} is not lowercase hex"
+    );
+    unhex(text)
+}
+
+#[test]
+fn protocol_md_digest_vectors_match_the_library() {
+    let blocks = blocks("digest-vector");
+    assert!(blocks.len() >= 2, "found {} digest vectors", blocks.len());
+    for lines in &blocks {
+        let name = block_name(lines);
+        let mut leaves = Vec::new();
+        let mut expected = None;
+        for line in &lines[1..] {
+            if let Some(rest) = line.strip_prefix("leaf: ") {
+                let f = fields(rest, &["key", "value", "hash"]);
+                let (key, value) = (bytes_of(f[0]), bytes_of(f[1]));
+                let mut one = Digest::default();
+                one.add(&key, &value);
+                assert_eq!(one.to_string(), f[2], "{name}: hash of {line:?}");
+                leaves.push((key, value));
+            } else if let Some(digest) = line.strip_prefix("digest: ") {
+                assert!(expected.is_none(), "{name}: two digest lines");
+                expected = Some(digest);
+            } else {
+                panic!("{name}: unexpected line {line:?}");
+            }
+        }
+        let expected = expected.unwrap_or_else(|| panic!("{name}: no digest line"));
+        let mut forward = Digest::default();
+        for (k, v) in &leaves {
+            forward.add(k, v);
+        }
+        assert_eq!(forward.to_string(), expected, "{name}");
+        let mut backward = Digest::default();
+        for (k, v) in leaves.iter().rev() {
+            backward.add(k, v);
+        }
+        assert_eq!(
+            backward, forward,
+            "{name}: the digest depends on leaf order"
+        );
+        for (k, v) in &leaves {
+            forward.remove(k, v);
+        }
+        assert_eq!(forward, Digest::default(), "{name}");
+    }
+    assert_eq!(Digest::default().to_string(), "0".repeat(32));
+}
+
+fn side_of(text: &str) -> Side {
+    match text {
+        "bid" => Side::Bid,
+        "ask" => Side::Ask,
+        other => panic!("{other:?} is not a side"),
+    }
+}
+
+#[test]
+fn protocol_md_book_vectors_match_the_order_book() {
+    let blocks = blocks("book-vector");
+    assert!(blocks.len() >= 2, "found {} book vectors", blocks.len());
+    for lines in &blocks {
+        let name = block_name(lines);
+        let mut replica = Typed::new(OrderBook::new());
+        let mut generated = None;
+        // The book of the `level:` lines, once a delta has been applied.
+        let mut start: Option<OrderBook> = None;
+        let mut last_key: Option<Vec<u8>> = None;
+        let mut digests = 0;
+        for line in &lines[1..] {
+            if let Some(rest) = line.strip_prefix("generated: ") {
+                let f = fields(rest, &["levels", "seed"]);
+                generated = Some((f[0].parse::<usize>().unwrap(), f[1].parse::<u64>().unwrap()));
+            } else if let Some(rest) = line.strip_prefix("level: ") {
+                assert!(start.is_none(), "{name}: a level after a delta");
+                let f = fields(rest, &["side", "price", "qty", "key", "value"]);
+                let level = (side_of(f[0]), f[1].parse::<u64>().unwrap());
+                let qty: u64 = f[2].parse().unwrap();
+                let (key, value) = (bytes_of(f[3]), bytes_of(f[4]));
+                assert_eq!(encode(&level), key, "{name}: key of {line:?}");
+                assert_eq!(decode::<(Side, u64)>(&key), Ok(level), "{name}");
+                assert_eq!(encode(&qty), value, "{name}: value of {line:?}");
+                assert_eq!(decode::<u64>(&value), Ok(qty), "{name}");
+                assert!(qty > 0, "{name}: a held level has a positive quantity");
+                // Listed in cycle order: strictly increasing key bytes.
+                assert!(
+                    last_key.as_ref().is_none_or(|k| *k < key),
+                    "{name}: {line:?} is out of key order"
+                );
+                last_key = Some(key.clone());
+                replica.install_leaf(&key, Some(&value)).unwrap();
+                assert_eq!(replica.state().leaf(&level), Some(&qty), "{name}");
+            } else if let Some(rest) = line.strip_prefix("delta: ") {
+                start.get_or_insert_with(|| replica.state().clone());
+                let f = fields(rest, &["side", "price", "change", "key", "payload", "qty"]);
+                let change: i64 = f[2].parse().unwrap();
+                let delta = BookDelta::new(side_of(f[0]), f[1].parse().unwrap(), change);
+                let (key, payload) = (bytes_of(f[3]), bytes_of(f[4]));
+                let after = match f[5] {
+                    "absent" => None,
+                    qty => Some(qty.parse::<u64>().unwrap()),
+                };
+                assert_eq!(encode(&delta.level()), key, "{name}: key of {line:?}");
+                assert_eq!(
+                    Typed::<OrderBook>::encode_delta(&delta),
+                    payload,
+                    "{name}: payload of {line:?}"
+                );
+                assert_eq!(decode::<BookDelta>(&payload), Ok(delta), "{name}");
+                let present = replica.apply_delta(&key, &payload, false).unwrap();
+                assert_eq!(
+                    replica.state().quantity(delta.side, delta.price),
+                    after,
+                    "{name}: {line:?}"
+                );
+                assert_eq!(present, after.is_some(), "{name}");
+            } else if let Some(digest) = line.strip_prefix("digest: ") {
+                assert_eq!(digest_of(replica.state()).to_string(), digest, "{name}");
+                // The same digest from the encoded leaves, summed by hand.
+                let mut d = Digest::default();
+                replica.state().for_each_leaf(&mut |level, qty| {
+                    d.add(&encode(level), &encode(qty));
+                });
+                assert_eq!(d, replica.digest(), "{name}");
+                digests += 1;
+            } else {
+                panic!("{name}: unexpected line {line:?}");
+            }
+        }
+        assert!(digests > 0, "{name}: no digest line");
+        if let Some((levels, seed)) = generated {
+            let start = start.unwrap_or_else(|| replica.state().clone());
+            assert_eq!(
+                OrderBook::generate(levels, seed),
+                start,
+                "{name}: the level lines are not the generated book"
+            );
+        }
+    }
 }
