@@ -682,9 +682,17 @@ impl Session {
             };
         };
         let limit = tail.saturating_add(jump);
-        let Some(c) = claim.filter(|&c| c > limit) else {
+        let Some(c) = claim else {
             return Some(limit);
         };
+        if c <= limit {
+            // A believable claim from another datagram: the session has
+            // moved on without corroborating the pending one.
+            if self.pending_claim.is_some_and(|(_, d)| d != datagram_seq) {
+                self.pending_claim = None;
+            }
+            return Some(limit);
+        }
         match self.pending_claim {
             Some((p, d)) if d != datagram_seq && c >= p => {
                 self.pending_claim = None;

@@ -386,3 +386,87 @@ async fn wait_until_times_out_with_status() {
         .unwrap();
     assert!(!status.synced);
 }
+
+/// Forged datagrams of the live session, each sent once into a running
+/// stream: sequence numbers 2^60 ahead (a Delta, a Heartbeat, a CycleEnd, a
+/// LeafSnapshot) and a CycleBegin 2^31 cycles ahead. None is believed
+/// (PROTOCOL.md §8.4): the subscriber stays consistent and equal to the
+/// publisher, and counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_huge_sequence_numbers_do_not_wedge_a_live_subscriber() {
+    use grapevine::core::wire::{
+        CycleBegin, CycleEnd, DatagramHeader, DatagramWriter, Delta, Heartbeat, LeafSnapshot,
+        Message,
+    };
+    use grapevine::core::CycleId;
+    use grapevine::socket::{bind_sender, MulticastConfig};
+    use grapevine::SeqNum;
+
+    let id = 13;
+    let sub = subscriber::<Map>(id).bind().await.unwrap();
+    let publ = publisher(id).bind(Map::new()).await.unwrap();
+    for i in 0..100 {
+        publ.publish(entry(i)).unwrap();
+    }
+    converged(&sub, publ.session(), publ.last_seq()).await;
+
+    let mut config = MulticastConfig::default();
+    config.group(group(id)).port(port(id));
+    let attacker = bind_sender(&config).unwrap().into_std();
+    let huge = SeqNum(1 << 60);
+    let key = grapevine::core::state::encode(&"key-0001".to_string());
+    let forged = [
+        Message::Delta(Delta {
+            seq: huge,
+            prev_leaf_seq: SeqNum::NONE,
+            creates: true,
+            removes: false,
+            key: &key,
+            payload: b"",
+        }),
+        Message::Heartbeat(Heartbeat {
+            last_seq: huge,
+            sent_at_micros: 0,
+            interval_ms: 100,
+        }),
+        Message::CycleEnd(CycleEnd {
+            cycle: CycleId(0),
+            end_seq: huge,
+            leaf_count: 1,
+        }),
+        Message::LeafSnapshot(LeafSnapshot {
+            cycle: CycleId(0),
+            position: 0,
+            leaf_seq: huge,
+            key: &key,
+            value: Some(b"\x07"),
+        }),
+        Message::CycleBegin(CycleBegin {
+            cycle: CycleId(1 << 31),
+            start_seq: SeqNum(1),
+            leaf_count: 1,
+        }),
+    ];
+    // One forged datagram at a time, each followed by real traffic.
+    for (i, msg) in forged.iter().enumerate() {
+        let header = DatagramHeader {
+            stream: StreamId(1),
+            session: publ.session(),
+            datagram_seq: 1_000_000 + i as u64,
+        };
+        let mut buf = [0u8; 1452];
+        let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+        w.push(msg).unwrap();
+        let len = w.finish();
+        attacker.send_to(&buf[..len], config.group_addr()).unwrap();
+        for j in 0..20 {
+            publ.publish(entry(100 + 20 * i as u64 + j)).unwrap();
+        }
+        converged(&sub, publ.session(), publ.last_seq()).await;
+        assert!(sub.status().known_seq < SeqNum(1 << 40), "{:?}", sub.status());
+    }
+    assert_eq!(sub.digest(), publ.digest());
+    let stats = sub.stats();
+    assert!(stats.protocol.unbelieved >= 4, "{stats:?}");
+    assert_eq!(sub.status().known_seq, publ.last_seq());
+}
