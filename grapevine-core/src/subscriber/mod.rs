@@ -115,6 +115,7 @@ pub struct SubscriberConfig {
     repair_timeout: Duration,
     nak_attempts: u32,
     max_seq_jump: u64,
+    catch_up: u64,
     rng_seed: Option<u64>,
 }
 
@@ -137,6 +138,7 @@ impl Default for SubscriberConfig {
             repair_timeout: Duration::from_millis(20),
             nak_attempts: 3,
             max_seq_jump: 8192,
+            catch_up: 16_384,
             rng_seed: None,
         }
     }
@@ -271,6 +273,16 @@ impl SubscriberConfig {
     /// or skip, more than this many sequence numbers.
     pub fn max_seq_jump(&mut self, n: u64) -> &mut Self {
         self.max_seq_jump = n;
+        self
+    }
+
+    /// How many deltas back a late joiner may start, to use the snapshot
+    /// cycle in progress (default 16,384; 0 starts at the first delta heard).
+    /// It asks for the deltas since the cycle's start by NAK, from the
+    /// publisher's history: the first cycle it hears then proves its replica
+    /// consistent, a cycle sooner than without.
+    pub fn catch_up(&mut self, deltas: u64) -> &mut Self {
+        self.catch_up = deltas;
         self
     }
 
@@ -638,6 +650,34 @@ impl Session {
             deferred: BTreeMap::new(),
             deferred_len: 0,
             deferred_bytes: 0,
+        }
+    }
+
+    /// Where the starting point goes, given a message that would set it at
+    /// `base` (`None`: not yet, the message is dropped and later repaired).
+    ///
+    /// A late joiner starts at the `start_seq` of the cycle being sent, when
+    /// that is at most `catch_up` deltas back, and asks for the deltas in
+    /// between by NAK: then the cycle it hears first proves its replica
+    /// consistent, not only synced. It waits up to one heartbeat interval
+    /// for a CycleBegin; without one (or with NAK repair off, or a cycle too
+    /// far back) it starts at `base`, leaving the deltas before to the
+    /// snapshots.
+    fn starting_point(
+        &self,
+        base: SeqNum,
+        now: Instant,
+        wait: Duration,
+        cfg: &SubscriberConfig,
+    ) -> Option<SeqNum> {
+        if self.seq.is_some() || !cfg.nak_repair || cfg.catch_up == 0 {
+            return Some(base);
+        }
+        match self.latest_begin {
+            Some((_, start)) if start <= base && base.0 - start.0 <= cfg.catch_up => Some(start),
+            Some(_) => Some(base),
+            None if now >= self.first_heard + wait => Some(base),
+            None => None,
         }
     }
 
@@ -1244,9 +1284,14 @@ impl Subscriber {
             Message::Delta(d) | Message::Retransmit(d) => {
                 let retransmit = matches!(msg, Message::Retransmit(_));
                 ctx.stats.deltas_received += 1;
-                let base = SeqNum(d.seq.0 - 1);
+                let Some(base) =
+                    s.starting_point(SeqNum(d.seq.0 - 1), now, self.heartbeat_interval, &self.cfg)
+                else {
+                    return;
+                };
                 let seq = s.baseline(base);
-                let (admit, filled) = seq.admit(now, &d, nak_at);
+                let progress = retransmit.then_some(self.cfg.repair_timeout);
+                let (admit, filled) = seq.admit(now, &d, nak_at, progress);
                 if let Some(f) = filled {
                     if retransmit {
                         ctx.stats.repaired_by_nak += 1;
@@ -1279,6 +1324,23 @@ impl Subscriber {
                 if old && !s.leaves.contains(snap.key) {
                     ctx.stats.stale_snapshots += 1;
                     return;
+                }
+                // Once synced, a leaf not tracked is absent, but the
+                // subscriber may not know since when: its removal may predate
+                // the starting point or fall in a gap. Only a snapshot of a
+                // cycle that started at or after both (`needs_from`) was sent
+                // after any such removal and may bring the leaf back.
+                if s.synced && !s.leaves.contains(snap.key) {
+                    let start = [s.cycle.as_ref(), s.prev_cycle.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .find(|t| t.id == snap.cycle)
+                        .map(|t| t.start_seq)
+                        .or_else(|| s.latest_begin.filter(|b| b.0 == snap.cycle).map(|b| b.1));
+                    if !start.is_some_and(|st| s.needs_from.is_none_or(|n| st >= n)) {
+                        ctx.stats.stale_snapshots += 1;
+                        return;
+                    }
                 }
                 // A snapshot newer than the deltas processed, of a leaf held
                 // exactly: the deltas in between will bring the leaf there
@@ -1367,7 +1429,12 @@ impl Subscriber {
                 }
             }
             Message::CycleEnd(c) => {
-                let q = s.baseline(c.end_seq);
+                let Some(base) =
+                    s.starting_point(c.end_seq, now, self.heartbeat_interval, &self.cfg)
+                else {
+                    return;
+                };
+                let q = s.baseline(base);
                 if q.reanchor(now, c.end_seq, self.cfg.reorder_timeout) {
                     ctx.stats.reanchors += 1;
                 }
@@ -1379,7 +1446,12 @@ impl Subscriber {
                     let ms = u64::from(h.interval_ms).min(3_600_000);
                     self.heartbeat_interval = Duration::from_millis(ms);
                 }
-                let q = s.baseline(h.last_seq);
+                let Some(base) =
+                    s.starting_point(h.last_seq, now, self.heartbeat_interval, &self.cfg)
+                else {
+                    return;
+                };
+                let q = s.baseline(base);
                 // The publisher sent this after everything it had sent
                 // before: a known end beyond it, known for longer than any
                 // reordering, was never sent.

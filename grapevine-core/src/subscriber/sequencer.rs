@@ -143,13 +143,15 @@ impl Sequencer {
         self.raise_tail(now, seq, seq.0, nak_at);
     }
 
-    /// Takes delta `d` (a retransmission if `retransmit`). When it fills a
-    /// hole, the second value says how long it was missing.
+    /// Takes delta `d`. When it fills a hole, the second value says how long
+    /// it was missing. `progress` is set for a retransmission: the rest of
+    /// its hole then waits that much longer (see [`Sequencer::fill`]).
     pub(crate) fn admit(
         &mut self,
         now: Instant,
         d: &crate::wire::Delta<'_>,
         nak_at: Instant,
+        progress: Option<Duration>,
     ) -> (Admit, Option<Filled>) {
         if d.seq <= self.applied || self.buffer.contains_key(&d.seq) {
             return (Admit::Duplicate, None);
@@ -158,7 +160,7 @@ impl Sequencer {
             self.raise_tail(now, d.seq, d.seq.0 - 1, nak_at);
             None
         } else {
-            self.fill(now, d.seq.0)
+            self.fill(now, d.seq.0, progress)
         };
         if Some(d.seq) == self.applied.next() {
             return (Admit::Next, filled);
@@ -176,11 +178,17 @@ impl Sequencer {
         (Admit::Buffered, filled)
     }
 
-    /// Removes `seq` from its hole.
-    fn fill(&mut self, now: Instant, seq: u64) -> Option<Filled> {
-        let (&first, &hole) = self.holes.range(..=seq).next_back()?;
-        if hole.last < seq {
+    /// Removes `seq` from its hole. A hole being filled is making progress:
+    /// what is left of it waits `progress` more before its next NAK (or
+    /// before being given up), so that a long repair is not cut short.
+    fn fill(&mut self, now: Instant, seq: u64, progress: Option<Duration>) -> Option<Filled> {
+        let (&first, &found) = self.holes.range(..=seq).next_back()?;
+        if found.last < seq {
             return None;
+        }
+        let mut hole = found;
+        if let Some(p) = progress {
+            hole.next_nak = hole.next_nak.max(now + p);
         }
         self.holes.remove(&first);
         if first < seq {
@@ -190,7 +198,7 @@ impl Sequencer {
             self.holes.insert(seq + 1, hole);
         }
         Some(Filled {
-            waited: now.saturating_duration_since(hole.since),
+            waited: now.saturating_duration_since(found.since),
         })
     }
 
@@ -356,9 +364,9 @@ mod tests {
         let t0 = Instant::now();
         let p = policy();
         let mut q = Sequencer::new(SeqNum(0));
-        assert_eq!(q.admit(t0, &d(1), t0).0, Admit::Next);
+        assert_eq!(q.admit(t0, &d(1), t0, None).0, Admit::Next);
         q.advance(SeqNum(1));
-        assert_eq!(q.admit(t0, &d(4), t0).0, Admit::Buffered);
+        assert_eq!(q.admit(t0, &d(4), t0, None).0, Admit::Buffered);
         q.saw_tail(t0, SeqNum(6), t0);
         assert_eq!(q.missing(), 2 + 2, "2..=3 and 5..=6");
         let ranges = q.due_naks(t0, &p, 10);
@@ -379,15 +387,15 @@ mod tests {
         let mut q = Sequencer::new(SeqNum(0));
         q.saw_tail(t0, SeqNum(10), t0);
         let t1 = t0 + Duration::from_millis(3);
-        let (admit, filled) = q.admit(t1, &d(5), t1);
+        let (admit, filled) = q.admit(t1, &d(5), t1, None);
         assert_eq!(admit, Admit::Buffered);
         assert_eq!(filled.map(|f| f.waited), Some(Duration::from_millis(3)));
         assert_eq!(q.missing(), 9);
         assert_eq!(q.holes.len(), 2, "1..=4 and 6..=10");
-        let (admit, filled) = q.admit(t1, &d(1), t1);
+        let (admit, filled) = q.admit(t1, &d(1), t1, None);
         assert_eq!(admit, Admit::Next);
         assert!(filled.is_some());
-        assert_eq!(q.admit(t1, &d(5), t1).0, Admit::Duplicate);
+        assert_eq!(q.admit(t1, &d(5), t1, None).0, Admit::Duplicate);
     }
 
     #[test]
@@ -395,9 +403,9 @@ mod tests {
         let t0 = Instant::now();
         let settle = Duration::from_millis(20);
         let mut q = Sequencer::new(SeqNum(0));
-        q.admit(t0, &d(1), t0);
+        q.admit(t0, &d(1), t0, None);
         q.advance(SeqNum(1));
-        q.admit(t0, &d(900), t0); // forged
+        q.admit(t0, &d(900), t0, None); // forged
         assert!(!q.reanchor(t0 + Duration::from_millis(1), SeqNum(3), settle));
         assert!(q.reanchor(t0 + settle, SeqNum(3), settle));
         assert_eq!(q.known_tail, SeqNum(3));
@@ -413,8 +421,8 @@ mod tests {
         q.saw_tail(t0, SeqNum(3), t0);
         let later = t0 + Duration::from_millis(2);
         assert_eq!(q.postpone_after(SeqNum(3), later), 0, "1..=3 is before the repair");
-        q.admit(t0, &d(5), t0);
-        q.admit(t0, &d(8), t0);
+        q.admit(t0, &d(5), t0, None);
+        q.admit(t0, &d(8), t0, None);
         assert_eq!(q.postpone_after(SeqNum(4), later), 1, "6..=7 held back");
         assert_eq!(q.postpone_after(SeqNum(4), later + later.duration_since(t0)), 0);
         assert_eq!(q.due_naks(t0, &p, 10).len(), 2, "1..=3 and 4..=4");
