@@ -202,8 +202,18 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
     let mut sent = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while sent < args.deltas {
-        tick.tick().await;
+    // SIGINT or SIGTERM at any time ends the run with the final line.
+    let mut stop = Box::pin(stop_signal());
+    let mut stopped = false;
+    while sent < args.deltas && !stopped {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = &mut stop => {
+                r?;
+                stopped = true;
+                continue;
+            }
+        }
         let due = ((args.rate as f64 * start.elapsed().as_secs_f64()) as u64).min(args.deltas);
         let batch = due.saturating_sub(sent);
         if batch > 0 {
@@ -213,32 +223,36 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
             sent += batch;
         }
     }
-    let line = PubLine {
-        seq: publisher.last_seq().0,
-        leaves: publisher.leaf_count(),
-        digest: publisher.digest().to_string(),
-        session: publisher.session().to_string(),
-    };
-    println!("{}", serde_json::to_string(&line)?);
-    match args.linger {
-        Some(secs) => {
-            eprintln!(
-                "published {} deltas in {:.2}s; serving {secs}s more",
-                sent,
-                start.elapsed().as_secs_f64()
-            );
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
-                r = stop_signal() => r?,
+    if stopped {
+        eprintln!("interrupted after {sent} deltas");
+    } else {
+        let line = PubLine {
+            seq: publisher.last_seq().0,
+            leaves: publisher.leaf_count(),
+            digest: publisher.digest().to_string(),
+            session: publisher.session().to_string(),
+        };
+        println!("{}", serde_json::to_string(&line)?);
+        match args.linger {
+            Some(secs) => {
+                eprintln!(
+                    "published {} deltas in {:.2}s; serving {secs}s more",
+                    sent,
+                    start.elapsed().as_secs_f64()
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs_f64(secs)) => {}
+                    r = &mut stop => r?,
+                }
             }
-        }
-        None => {
-            eprintln!(
-                "published {} deltas in {:.2}s; cycling snapshots until interrupted",
-                sent,
-                start.elapsed().as_secs_f64()
-            );
-            stop_signal().await?;
+            None => {
+                eprintln!(
+                    "published {} deltas in {:.2}s; cycling snapshots until interrupted",
+                    sent,
+                    start.elapsed().as_secs_f64()
+                );
+                (&mut stop).await?;
+            }
         }
     }
     let last = PubFinal::new(&publisher, &publisher.stats());
