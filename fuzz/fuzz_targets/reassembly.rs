@@ -19,7 +19,11 @@
 //!   in order. A model of the documented behaviour predicts each result: a
 //!   message completes exactly when all its fragments arrived within the
 //!   timeout of the first one kept, it completes once, and it is
-//!   byte-identical to the original body. Nothing is ever rejected.
+//!   byte-identical to the original body. Nothing is ever rejected. After
+//!   every delivery, `poll_missing` (the requests for missing pieces) names
+//!   exactly the bytes not received yet of each partial message, in order,
+//!   at most `MISSING_RANGES` ranges and `MISSING_ATTEMPTS` times per
+//!   partial, and `missing_timeout` agrees with it.
 //!
 //! Both modes end with a timeout sweep that must leave nothing buffered.
 
@@ -28,7 +32,9 @@
 use std::time::{Duration, Instant};
 
 use grapevine_core::wire::{Fragment, Fragments, MessageKind};
-use grapevine_core::{Reassembler, ReassemblyConfig, ReassemblyError, SessionId, StreamId};
+use grapevine_core::{
+    Missing, Reassembler, ReassemblyConfig, ReassemblyError, SessionId, StreamId,
+};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_MESSAGE: usize = 4096;
@@ -48,6 +54,12 @@ const KINDS: [u8; 4] = [
 const TOTALS: [u32; 8] = [0, 1, 64, 1407, 4095, 4096, 4097, u32::MAX];
 /// Fragment contents: byte `p` of a message is `pattern(p) ^ SEEDS[s]`.
 const SEEDS: [u8; 4] = [0x5a, 0xa5, 0x3c, 0xc3];
+/// `poll_missing` in the honest mode: asked at once (no quiet time), again
+/// after `MISSING_RETRY`, at most `MISSING_ATTEMPTS` times per partial, at
+/// most `MISSING_RANGES` ranges each.
+const MISSING_RETRY: Duration = Duration::from_millis(5);
+const MISSING_ATTEMPTS: u32 = 3;
+const MISSING_RANGES: usize = 4;
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
@@ -268,6 +280,8 @@ struct Model<'a> {
     got: Vec<bool>,
     got_count: usize,
     done: bool,
+    /// Times `poll_missing` named the partial now held.
+    asked: u32,
 }
 
 /// Mode "honest": correct fragments, arbitrary order, loss and duplication.
@@ -321,6 +335,7 @@ fn honest(r: &mut Reassembler, mut now: Instant, mode: u8, input: &mut Input<'_>
                 created: None,
                 got_count: 0,
                 done: false,
+                asked: 0,
             }
         })
         .collect();
@@ -330,6 +345,7 @@ fn honest(r: &mut Reassembler, mut now: Instant, mode: u8, input: &mut Input<'_>
         let m = &mut models[usize::from(ctl & 1) % count as usize];
         let i = usize::from(idx) % m.frags.len();
         deliver(r, now, m, i);
+        check_missing(r, now, &mut models);
     }
     if mode & 2 != 0 {
         for m in &mut models {
@@ -359,6 +375,7 @@ fn deliver(r: &mut Reassembler, now: Instant, m: &mut Model<'_>, i: usize) {
             m.created = None;
             m.got.fill(false);
             m.got_count = 0;
+            m.asked = 0;
         }
         m.created.get_or_insert(now);
         if !m.got[i] {
@@ -388,4 +405,64 @@ fn deliver(r: &mut Reassembler, now: Instant, m: &mut Model<'_>, i: usize) {
         }
     }
     check_bounds(r, now);
+}
+
+/// `poll_missing` names, for each partial message, the bytes it lacks.
+fn check_missing(r: &mut Reassembler, now: Instant, models: &mut [Model<'_>]) {
+    let due = r.missing_timeout(Duration::ZERO, MISSING_ATTEMPTS);
+    let missing = r.poll_missing(
+        now,
+        Duration::ZERO,
+        MISSING_RETRY,
+        MISSING_ATTEMPTS,
+        MISSING_RANGES,
+    );
+    assert_eq!(
+        due.is_some_and(|t| t <= now),
+        !missing.is_empty(),
+        "missing_timeout {due:?} at {now:?} disagrees with poll_missing {missing:?}"
+    );
+    for Missing {
+        stream,
+        session,
+        frag_id,
+        ranges,
+    } in missing
+    {
+        assert_eq!((stream, session), (STREAM, SessionId(1)));
+        let m = models
+            .iter_mut()
+            .find(|m| m.frag_id == frag_id)
+            .expect("a message sent");
+        assert!(!m.done && m.created.is_some(), "no partial of {frag_id}");
+        m.asked += 1;
+        assert!(m.asked <= MISSING_ATTEMPTS, "asked {} times", m.asked);
+        assert!(!ranges.is_empty() && ranges.len() <= MISSING_RANGES);
+        // The complement of what arrived, in order.
+        let mut want = Vec::new();
+        let mut at = 0usize;
+        for (f, &got) in m.frags.iter().zip(&m.got) {
+            let start = f.offset as usize;
+            if got {
+                if start > at {
+                    want.push((at as u32, start as u32));
+                }
+                at = at.max(start + f.data.len());
+            }
+        }
+        if at < m.body.len() {
+            want.push((at as u32, m.body.len() as u32));
+        }
+        // Touching gaps between fragments not received form one range.
+        want.dedup_by(|b, a| {
+            if a.1 == b.0 {
+                a.1 = b.1;
+                true
+            } else {
+                false
+            }
+        });
+        want.truncate(MISSING_RANGES);
+        assert_eq!(ranges, want, "missing pieces of message {frag_id}");
+    }
 }

@@ -64,7 +64,9 @@ fn snapshot_rate(args: &PubArgs) -> Result<SnapshotRate> {
 
 fn check_value_size(v: u32) -> Result<()> {
     if v > MAX_VALUE_SIZE {
-        bail!("--value-size {v} is too large: use 0 ..= {MAX_VALUE_SIZE} bytes (0: the plain book)");
+        bail!(
+            "--value-size {v} is too large: use 0 ..= {MAX_VALUE_SIZE} bytes (0: the plain book)"
+        );
     }
     Ok(())
 }
@@ -218,7 +220,10 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         let batch = due.saturating_sub(sent);
         if batch > 0 {
             publisher
-                .publish_batch(gen.by_ref().take(usize::try_from(batch).unwrap_or(usize::MAX)))
+                .publish_batch(
+                    gen.by_ref()
+                        .take(usize::try_from(batch).unwrap_or(usize::MAX)),
+                )
                 .context("publishing")?;
             sent += batch;
         }
@@ -332,7 +337,10 @@ struct SubLine {
     repair_p99_ms: Option<f64>,
 }
 
-fn sub_line<S: State + Send + 'static>(sub: &Subscriber<S>, synced_at: Option<Duration>) -> SubLine {
+fn sub_line<S: State + Send + 'static>(
+    sub: &Subscriber<S>,
+    synced_at: Option<Duration>,
+) -> SubLine {
     let st = sub.status();
     let stats = sub.stats();
     let p = &stats.protocol;

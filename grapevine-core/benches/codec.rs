@@ -53,6 +53,7 @@ fn deltas<'a>(keys: &'a [[u8; 16]], payload: &'a [u8; 32]) -> Vec<Message<'a>> {
                 seq: SeqNum(1_000_000 + seq),
                 prev_leaf_seq: SeqNum(seq),
                 creates: false,
+                removes: false,
                 key,
                 payload,
             })

@@ -453,7 +453,11 @@ impl Reassembler {
             }
             let mut ranges = Vec::new();
             let mut at = 0usize;
-            for &(s, e) in p.ranges.iter().chain(std::iter::once(&(p.buf.len(), p.buf.len()))) {
+            for &(s, e) in p
+                .ranges
+                .iter()
+                .chain(std::iter::once(&(p.buf.len(), p.buf.len())))
+            {
                 if s > at && ranges.len() < max_ranges {
                     ranges.push((
                         u32::try_from(at).unwrap_or(u32::MAX),

@@ -420,11 +420,7 @@ async fn drive<S: State>(shared: Arc<Shared<S>>) {
 
 /// Hands one received datagram, and any others already waiting (a bounded
 /// batch), to the core.
-fn receive<S: State>(
-    shared: &Shared<S>,
-    first: io::Result<(usize, SocketAddr)>,
-    buf: &mut [u8],
-) {
+fn receive<S: State>(shared: &Shared<S>, first: io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
     let mut inner = shared.lock();
     let now = Instant::now();
     let mut next = Some(first);

@@ -16,6 +16,8 @@ struct Cycle {
     keys: Vec<Key>,
     /// Next position to send; `keys.len()` means only CycleEnd is left.
     pos: usize,
+    /// A datagram carrying this cycle's CycleBegin has been queued.
+    announced: bool,
 }
 
 /// The cycle in progress and its pacing.
@@ -110,14 +112,24 @@ impl Cycler {
                     leaf_count,
                 });
                 let msg_len = end.encoded_len();
-                if cx.packer.is_open() && msg_len > cx.packer.remaining() {
+                // CycleEnd goes in a datagram of its own, after a copy of the
+                // CycleBegin: every cycle, even one whose snapshots fit in
+                // one datagram (or an empty one), then carries its
+                // CycleBegin in at least two datagrams, which is what
+                // subscribers require before believing it.
+                if queued {
+                    // Hand out this datagram's snapshots first.
                     break;
                 }
-                if !cx.packer.is_open() {
-                    // An empty cycle is verified by its CycleBegin alone.
+                cx.packer.flush();
+                if !cycle.announced {
+                    // An empty cycle: a first datagram with the CycleBegin.
                     let _ = cx.packer.push(&begin);
+                    cx.packer.flush();
                     cx.stats.snapshot_bytes += begin.encoded_len() as u64;
                 }
+                let _ = cx.packer.push(&begin);
+                cx.stats.snapshot_bytes += begin.encoded_len() as u64;
                 let _ = cx.packer.push(&end);
                 self.cycle = None;
                 cx.stats.cycles += 1;
@@ -151,6 +163,9 @@ impl Cycler {
             if !cx.packer.is_open() {
                 let _ = cx.packer.push(&begin);
                 cx.stats.snapshot_bytes += begin.encoded_len() as u64;
+                if let Some(c) = self.cycle.as_mut() {
+                    c.announced = true;
+                }
             }
             if cx.packer.push(&msg).is_ok() {
                 self.tokens -= cost(cx.cfg, msg_len);
@@ -184,6 +199,7 @@ impl Cycler {
             start_seq: cx.last_seq,
             keys,
             pos: 0,
+            announced: false,
         });
         self.next_cycle_at = now + cx.cfg.min_cycle_interval;
     }

@@ -14,8 +14,9 @@ const ENTRY_OVERHEAD: usize = 48;
 
 #[derive(Debug)]
 struct Entry {
-    /// The Delta body, as sent.
-    body: Box<[u8]>,
+    /// The Delta body, as sent; `None` for one larger than the whole byte
+    /// bound (kept as a place holder: entries stay contiguous in `seq`).
+    body: Option<Box<[u8]>>,
     /// When it was last retransmitted.
     repaired_at: Option<Instant>,
     /// Whether any NAK has asked for it yet.
@@ -78,9 +79,11 @@ impl History {
         if self.entries.is_empty() {
             self.first = seq.0;
         }
-        self.bytes += body.len() + ENTRY_OVERHEAD;
+        let body: Option<Box<[u8]>> =
+            (body.len() + ENTRY_OVERHEAD <= self.max_bytes).then(|| Box::from(body));
+        self.bytes += body.as_ref().map_or(0, |b| b.len()) + ENTRY_OVERHEAD;
         self.entries.push_back(Entry {
-            body: body.into(),
+            body,
             repaired_at: None,
             requested: false,
         });
@@ -88,10 +91,16 @@ impl History {
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
             if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.body.len() + ENTRY_OVERHEAD;
+                self.bytes -= e.body.as_ref().map_or(0, |b| b.len()) + ENTRY_OVERHEAD;
                 self.first += 1;
             }
         }
+    }
+
+    /// Length of the body held for `seq`, if held.
+    pub(crate) fn body_len(&self, seq: u64) -> Option<usize> {
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.entries.get(i)?.body.as_ref().map(|b| b.len())
     }
 
     /// Looks `seq` up for a repair at `now`: a body to retransmit unless it
@@ -106,18 +115,24 @@ impl History {
         let Some(i) = seq.checked_sub(self.first) else {
             return (Lookup::Gone, false);
         };
-        let Some(e) = usize::try_from(i).ok().and_then(|i| self.entries.get_mut(i)) else {
+        let Some(e) = usize::try_from(i)
+            .ok()
+            .and_then(|i| self.entries.get_mut(i))
+        else {
             return (Lookup::Gone, false);
         };
         let first_ask = !e.requested;
         e.requested = true;
+        let Some(body) = e.body.as_ref() else {
+            return (Lookup::Gone, first_ask);
+        };
         if let (Some(at), Some(since)) = (e.repaired_at, holdoff_since) {
             if at >= since {
                 return (Lookup::Coalesced, first_ask);
             }
         }
         e.repaired_at = Some(now);
-        (Lookup::Send(&e.body), first_ask)
+        (Lookup::Send(body), first_ask)
     }
 }
 
@@ -148,7 +163,8 @@ impl FragHistory {
             return;
         }
         self.bytes += body.len();
-        self.entries.push_back((frag_id, kind, body.into_boxed_slice()));
+        self.entries
+            .push_back((frag_id, kind, body.into_boxed_slice()));
         while self.bytes > self.max_bytes {
             match self.entries.pop_front() {
                 Some((_, _, b)) => self.bytes -= b.len(),
@@ -192,6 +208,18 @@ mod tests {
         }
         assert_eq!(h.len(), 3);
         assert!(h.bytes() <= 3 * (10 + ENTRY_OVERHEAD));
+    }
+
+    #[test]
+    fn a_delta_larger_than_the_byte_bound_is_not_kept() {
+        let mut h = History::new(100, 1_000);
+        h.push(SeqNum(1), &[1; 10]);
+        h.push(SeqNum(2), &[2; 100_000]);
+        h.push(SeqNum(3), &[3; 10]);
+        assert!(h.bytes() <= 1_000, "{}", h.bytes());
+        let now = Instant::now();
+        assert_eq!(h.take(2, now, None).0, Lookup::Gone);
+        assert_eq!(h.take(3, now, None).0, Lookup::Send(&[3u8; 10][..]));
     }
 
     #[test]

@@ -397,6 +397,8 @@ pub struct Publisher {
     unannounced: bool,
     /// Deltas were published since the last `poll_transmit`.
     fresh: bool,
+    /// When a NAK last prompted a heartbeat.
+    last_prompt: Option<Instant>,
     body_buf: Vec<u8>,
     stats: PublisherStats,
 }
@@ -442,6 +444,7 @@ impl Publisher {
             timers,
             unannounced: false,
             fresh: false,
+            last_prompt: None,
             body_buf: Vec::new(),
             stats: PublisherStats::default(),
         })
@@ -640,10 +643,14 @@ impl Publisher {
     }
 
     fn prompt_heartbeat(&mut self, now: Instant) {
-        // At most one prompt per tail delay (and never more often than every
-        // millisecond): a NAK flood cannot turn into a heartbeat flood.
-        if self.timers.get(Timer::Prompt).is_none() {
+        // At most one prompt per millisecond: a NAK flood cannot turn into
+        // a heartbeat flood to the whole group.
+        let spaced = self
+            .last_prompt
+            .is_none_or(|t| now >= t + Duration::from_millis(1));
+        if self.timers.get(Timer::Prompt).is_none() && spaced {
             self.stats.future_nak_heartbeats += 1;
+            self.last_prompt = Some(now);
             self.timers.set(Timer::Prompt, now);
         }
     }
@@ -763,7 +770,10 @@ impl Publisher {
             if let Some(pad) = buf.get_mut(size..at) {
                 pad.fill(0);
             }
-            let Some(n) = buf.get_mut(at..).and_then(|slot| self.packer.pop_into(slot)) else {
+            let Some(n) = buf
+                .get_mut(at..)
+                .and_then(|slot| self.packer.pop_into(slot))
+            else {
                 // Dropped: the buffer cannot hold even one datagram.
                 return None;
             };
@@ -794,6 +804,15 @@ impl Publisher {
             };
             match next {
                 Next::Seq(seq) => {
+                    // A retransmission that does not fit waits for the next
+                    // datagram: one datagram of repairs per call, so live
+                    // deltas published meanwhile are never queued behind
+                    // more than one.
+                    let len = self.history.body_len(seq).map(|b| b + MESSAGE_HEADER_LEN);
+                    if len.is_some_and(|l| self.packer.is_open() && l > self.packer.remaining()) {
+                        self.repairs.add_seqs(seq, seq);
+                        break;
+                    }
                     let (lookup, first_ask) = self.history.take(seq, now, holdoff_since);
                     if first_ask {
                         self.stats.nak_seqs_requested += 1;
@@ -825,51 +844,62 @@ impl Publisher {
                     start,
                     end,
                 } => {
-                    let sent = self.resend_fragments(frag_id, start, end);
-                    queued |= sent > 0;
+                    // One fragment at a time, within the budget; the rest of
+                    // the range waits at the front of the queue.
+                    if self.packer.is_open() {
+                        // A fragment fills a datagram of its own.
+                        self.repairs.push_front_fragment(frag_id, start, end);
+                        break;
+                    }
+                    if let Some(next) = self.resend_fragment(frag_id, start) {
+                        queued = true;
+                        if next < end {
+                            self.repairs.push_front_fragment(frag_id, next, end);
+                        }
+                        break;
+                    }
                 }
             }
         }
         if queued {
             self.record_fragmented();
             self.packer.flush();
+            // Datagram headers count against the budget too: paced repairs
+            // often go out one small retransmission per datagram.
+            let datagrams = self.packer.datagrams().saturating_sub(before);
+            self.repairs
+                .spend(HEADER_LEN * usize::try_from(datagrams).unwrap_or(usize::MAX));
         }
         queued
     }
 
-    /// Queues the fragments of `frag_id` that overlap `start..end`, cut as
-    /// they were first sent. Returns their bytes.
-    fn resend_fragments(&mut self, frag_id: u32, start: u32, end: u32) -> usize {
+    /// Queues the fragment of `frag_id` that holds byte `start`,
+    /// cut as it was first sent. Returns where the next one starts, or
+    /// `None` if the message is no longer held.
+    fn resend_fragment(&mut self, frag_id: u32, start: u32) -> Option<u32> {
         let Some((kind, body)) = self.frags.get(frag_id) else {
             self.stats.frag_unavailable += 1;
-            return 0;
+            return None;
         };
         let cap = fragment_capacity(self.cfg.max_datagram).max(1);
         let total = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        let mut bytes = 0;
-        let mut off = (start as usize / cap) * cap;
-        while off < end as usize && off < body.len() {
-            let stop = (off + cap).min(body.len());
-            let Some(data) = body.get(off..stop) else {
-                break;
-            };
-            let msg = Message::Fragment(Fragment {
-                frag_id,
-                total_len: total,
-                offset: u32::try_from(off).unwrap_or(u32::MAX),
-                inner_kind: kind,
-                data,
-            });
-            let len = msg.encoded_len();
-            if self.packer.push(&msg).is_ok() {
-                bytes += len;
-                self.stats.fragments_resent += 1;
-            }
-            off = stop;
+        let off = (start as usize / cap) * cap;
+        let stop = (off + cap).min(body.len());
+        let data = body.get(off..stop).filter(|d| !d.is_empty())?;
+        let msg = Message::Fragment(Fragment {
+            frag_id,
+            total_len: total,
+            offset: u32::try_from(off).unwrap_or(u32::MAX),
+            inner_kind: kind,
+            data,
+        });
+        let len = msg.encoded_len();
+        if self.packer.push(&msg).is_ok() {
+            self.stats.fragments_resent += 1;
+            self.repairs.spend(len);
+            self.stats.repair_bytes += len as u64;
         }
-        self.repairs.spend(bytes);
-        self.stats.repair_bytes += bytes as u64;
-        bytes
+        Some(u32::try_from(stop).unwrap_or(u32::MAX))
     }
 
     /// Progress of the current snapshot cycle: (positions sent, leaf count),

@@ -88,15 +88,29 @@ impl RepairQueue {
         true
     }
 
-    /// Queues bytes `start..end` of `frag_id`. False when the queue is full.
+    /// Queues bytes `start..end` of `frag_id`, merged with a queued range of
+    /// the same message that it overlaps or touches. False when the queue
+    /// is full.
     pub(crate) fn add_fragment(&mut self, frag_id: u32, start: u32, end: u32) -> bool {
+        if let Some(r) = self
+            .frags
+            .iter_mut()
+            .find(|r| r.0 == frag_id && r.1 <= end && start <= r.2)
+        {
+            r.1 = r.1.min(start);
+            r.2 = r.2.max(end);
+            return true;
+        }
         if self.frags.len() >= MAX_QUEUED_FRAGMENTS {
             return false;
         }
-        if !self.frags.contains(&(frag_id, start, end)) {
-            self.frags.push_back((frag_id, start, end));
-        }
+        self.frags.push_back((frag_id, start, end));
         true
+    }
+
+    /// Puts the rest of a fragment range back at the front of the queue.
+    pub(crate) fn push_front_fragment(&mut self, frag_id: u32, start: u32, end: u32) {
+        self.frags.push_front((frag_id, start, end));
     }
 
     fn refill(&mut self, now: Instant) {

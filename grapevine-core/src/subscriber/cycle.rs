@@ -77,23 +77,46 @@ impl CycleTracker {
         }
         self.seen_count += 1;
         let mut out = Marked::default();
-        // Left link.
+        let last = self.leaf_count - 1;
+        // Left link. The interval before the first key is proved only with
+        // its right neighbour in order (or alone in the cycle): one forged
+        // position 0 cannot verify "nothing before my key" by itself.
         if position == 0 {
-            out.links.push((Lo::Start, Hi::Key(key.into())));
+            if last == 0 {
+                out.links.push((Lo::Start, Hi::Key(key.into())));
+            } else if let Some(right) = self.edges.get(&1) {
+                if key < right.as_ref() {
+                    out.links.push((Lo::Start, Hi::Key(key.into())));
+                }
+            }
         } else if let Some(left) = self.edges.get(&(position - 1)) {
             if left.as_ref() < key {
                 out.links.push((Lo::Key(left.clone()), Hi::Key(key.into())));
+                if position - 1 == 0 {
+                    // Position 0 waited for this neighbour.
+                    out.links.push((Lo::Start, Hi::Key(left.clone())));
+                }
             } else {
                 out.disorder = true;
             }
         }
-        // Right link.
-        if position + 1 == self.leaf_count {
-            out.links.push((Lo::Key(key.into()), Hi::End));
+        // Right link, likewise for the interval after the last key.
+        if position == last {
+            if last == 0 {
+                out.links.push((Lo::Key(key.into()), Hi::End));
+            } else if let Some(left) = self.edges.get(&(position - 1)) {
+                if left.as_ref() < key {
+                    out.links.push((Lo::Key(key.into()), Hi::End));
+                }
+            }
         } else if let Some(right) = self.edges.get(&(position + 1)) {
             if key < right.as_ref() {
                 out.links
                     .push((Lo::Key(key.into()), Hi::Key(right.clone())));
+                if position + 1 == last {
+                    // The last position waited for this neighbour.
+                    out.links.push((Lo::Key(right.clone()), Hi::End));
+                }
             } else {
                 out.disorder = true;
             }
@@ -131,15 +154,30 @@ mod tests {
         let m = c.mark(1, b"b").unwrap();
         assert!(m.links.is_empty());
         let m = c.mark(3, b"d").unwrap();
-        assert_eq!(m.links, vec![(Lo::Key(b"d"[..].into()), Hi::End)]);
+        assert!(m.links.is_empty(), "the last key waits for its neighbour");
         let m = c.mark(0, b"a").unwrap();
         assert_eq!(m.links.len(), 2, "start..a and a..b");
         assert!(c.mark(0, b"a").is_none(), "duplicates add nothing");
         assert!(c.mark(4, b"e").is_none(), "out of range");
         let m = c.mark(2, b"c").unwrap();
-        assert_eq!(m.links.len(), 2, "b..c and c..d");
+        assert_eq!(m.links.len(), 3, "b..c, c..d and d..end");
         assert_eq!(c.seen(), 4);
         assert!(c.edges.is_empty(), "no key kept once settled");
+    }
+
+    #[test]
+    fn an_edge_position_alone_verifies_nothing() {
+        // A forged last position with a key below every real key must not
+        // prove "nothing after it".
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 3, 1 << 20);
+        let m = c.mark(2, b"a").unwrap();
+        assert!(m.links.is_empty());
+        let m = c.mark(1, b"m").unwrap();
+        assert!(m.disorder);
+        assert!(m.links.is_empty(), "{:?}", m.links);
+        // A single-leaf cycle proves both ends at once.
+        let mut one = CycleTracker::new(CycleId(2), SeqNum(5), 1, 1 << 20);
+        assert_eq!(one.mark(0, b"k").unwrap().links.len(), 2);
     }
 
     #[test]
@@ -148,6 +186,6 @@ mod tests {
         c.mark(1, b"m").unwrap();
         let m = c.mark(2, b"a").unwrap();
         assert!(m.disorder);
-        assert_eq!(m.links, vec![(Lo::Key(b"a"[..].into()), Hi::End)]);
+        assert!(m.links.is_empty(), "{:?}", m.links);
     }
 }

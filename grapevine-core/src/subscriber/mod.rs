@@ -30,7 +30,7 @@
 //! use grapevine_core::publisher::{Publisher, PublisherConfig};
 //! use grapevine_core::subscriber::{Subscriber, SubscriberConfig};
 //! use grapevine_core::state::{MapDelta, State, Typed};
-//! use grapevine_core::SessionId;
+//! use grapevine_core::{Destination, SessionId};
 //!
 //! type Map = BTreeMap<String, u32>;
 //! let now = Instant::now();
@@ -44,12 +44,21 @@
 //! publisher.publish(&Typed::<Map>::encode_key(&Map::key_of(&delta)),
 //!                   &Typed::<Map>::encode_delta(&delta), true)?;
 //!
-//! // Carry every datagram from publisher to subscriber, as a network would.
-//! let mut buf = vec![0u8; 1452];
+//! // Carry datagrams both ways, as a network would: the publisher's to the
+//! // subscriber, the subscriber's NAKs (if any) back to the publisher's
+//! // source address. (Documentation addresses: nothing is sent anywhere.)
+//! let publisher_addr = "192.0.2.1:5000".parse()?;
+//! let subscriber_addr = "198.51.100.7:6000".parse()?;
+//! let (mut buf, mut nak) = (vec![0u8; 1452], vec![0u8; 1452]);
 //! let mut t = now;
 //! for _ in 0..10 {
-//!     while let Some(len) = publisher.poll_transmit(t, &state, &mut buf) {
-//!         subscriber.handle_datagram(t, &buf[..len], &mut replica);
+//!     publisher.handle_timeout(t, 1_764_000_000_000_000);
+//!     while let Some(tx) = publisher.poll_transmit(t, &state, 1, &mut buf) {
+//!         subscriber.handle_datagram(t, publisher_addr, &mut buf[..tx.size], &mut replica);
+//!         while let Some(tx) = subscriber.poll_transmit(t, &mut nak) {
+//!             assert_eq!(tx.destination, Destination::Unicast(publisher_addr));
+//!             publisher.handle_datagram(t, subscriber_addr, &mut nak[..tx.size]);
+//!         }
 //!     }
 //!     t = publisher.poll_timeout().unwrap();
 //!     subscriber.handle_timeout(t, &mut replica);
@@ -71,12 +80,12 @@ use std::time::{Duration, Instant};
 
 use crate::histogram::LatencyHistogram;
 use crate::rng::Rng;
-use crate::timer::{TimerId, Timers};
 use crate::state::{ApplyError, Replica};
+use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
-    Datagram, DatagramHeader, DatagramWriter, Delta, FragNak, FragRanges, Message, Nak, NakRanges,
-    DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+    CycleBegin, Datagram, DatagramHeader, DatagramWriter, Delta, FragNak, FragRanges, Message, Nak,
+    NakRanges, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
 };
 use crate::{
     ConfigError, CycleId, Missing, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId,
@@ -88,9 +97,8 @@ use sequencer::{Admit, RepairPolicy, Sequencer};
 
 /// Most verified intervals held while the deltas catch up with their cycle.
 const MAX_DEFERRED: usize = 1 << 20;
-/// How far ahead of the newest cycle heard a CycleBegin may be and still be
-/// believed from one datagram; beyond, it must be repeated by another.
-const MAX_CYCLE_JUMP: u32 = 4;
+/// Longest a late joiner waits for a CycleBegin to start from (§8.2).
+const MAX_CYCLE_WAIT: Duration = Duration::from_millis(250);
 /// Most fragment ranges named in one FragNak.
 const MAX_FRAG_RANGES: usize = 64;
 /// Most fragment requests waiting to be sent.
@@ -136,7 +144,7 @@ impl Default for SubscriberConfig {
             nak_repair: true,
             nak_delay: Duration::from_millis(2),
             repair_timeout: Duration::from_millis(20),
-            nak_attempts: 3,
+            nak_attempts: 5,
             max_seq_jump: 8192,
             catch_up: 16_384,
             rng_seed: None,
@@ -260,7 +268,7 @@ impl SubscriberConfig {
     }
 
     /// NAKs sent for one missing range before it is left to snapshot repair
-    /// (default 3).
+    /// (default 5).
     pub fn nak_attempts(&mut self, n: u32) -> &mut Self {
         self.nak_attempts = n;
         self
@@ -488,6 +496,8 @@ pub struct SubscriberStats {
     pub snapshots_received: u64,
     /// Leaf snapshots installed (newer than what was held).
     pub snapshots_applied: u64,
+    /// Leaf snapshots newer than the stream's known end, set aside.
+    pub snapshots_ahead: u64,
     /// Leaf snapshots of leaves held exactly, newer than the deltas
     /// processed so far: left to those deltas (not installed, not used for
     /// the key-space proof).
@@ -502,8 +512,11 @@ pub struct SubscriberStats {
     pub oversized_cycles: u64,
     /// Verified key intervals dropped because too many waited for deltas.
     pub links_dropped: u64,
-    /// Snapshot cycles whose start was heard.
+    /// Snapshot cycles whose start was heard (and believed).
     pub cycles_begun: u64,
+    /// Copies of a tracked cycle's CycleBegin that disagreed with it (the
+    /// cycle's evidence was dropped).
+    pub cycle_conflicts: u64,
     /// Times the replica became synced (once per publisher session).
     pub syncs: u64,
     /// Gaps declared.
@@ -581,17 +594,20 @@ pub struct Status {
 #[derive(Debug)]
 struct Session {
     id: SessionId,
-    /// Where the session's datagrams come from: NAKs go there.
-    source: SocketAddr,
+    /// Where the session's datagrams come from: NAKs go to the source most
+    /// of its believed datagrams came from, so that one forged datagram
+    /// cannot redirect them.
+    sources: Sources,
     first_heard: Instant,
     /// A sequence number claimed by one datagram but not yet believed, and
     /// that datagram's `datagram_seq`.
     pending_claim: Option<(u64, u64)>,
     /// Before the starting point: a claim two datagrams agreed on.
     reference: Option<u64>,
-    /// A CycleBegin too far ahead to believe from one datagram, and the
-    /// `datagram_seq` that carried it.
-    pending_cycle: Option<(CycleId, u64)>,
+    /// A CycleBegin heard in one datagram only, with the positions of its
+    /// cycle heard meanwhile: a cycle is used once two datagrams carry the
+    /// same CycleBegin.
+    pending_begin: Option<PendingBegin>,
     /// When the session first became synced.
     synced_at: Option<Instant>,
     /// `None` until a message tells where the stream stands.
@@ -630,11 +646,11 @@ impl Session {
     fn new(id: SessionId, source: SocketAddr, now: Instant) -> Self {
         Self {
             id,
-            source,
+            sources: Sources::new(source),
             first_heard: now,
             pending_claim: None,
             reference: None,
-            pending_cycle: None,
+            pending_begin: None,
             synced_at: None,
             seq: None,
             leaves: LeafTable::default(),
@@ -676,18 +692,30 @@ impl Session {
         match self.latest_begin {
             Some((_, start)) if start <= base && base.0 - start.0 <= cfg.catch_up => Some(start),
             Some(_) => Some(base),
-            None if now >= self.first_heard + wait => Some(base),
+            None if now >= self.first_heard + wait.min(MAX_CYCLE_WAIT) => Some(base),
             None => None,
+        }
+    }
+
+    /// Re-anchoring took back sequence numbers above `after`, up to
+    /// `before`, that were left to snapshots or declared lost but never
+    /// processed (never sent, per the publisher): they are expected again.
+    /// The key space verified as of later than `after` no longer says
+    /// anything about the replica as of `after`: it is verified anew.
+    fn took_back(&mut self, before: SeqNum, after: SeqNum) {
+        if after < before {
+            self.needs_from = self.needs_from.map(|n| n.min(after));
+            self.coverage.drop_older_than(SeqNum(u64::MAX));
         }
     }
 
     /// Sets the starting point if none yet: deltas up to `base` are left to
     /// the snapshot cycle.
-    fn baseline(&mut self, base: SeqNum) -> &mut Sequencer {
+    fn baseline(&mut self, base: SeqNum, now: Instant) -> &mut Sequencer {
         if self.seq.is_none() {
             self.needs_from = Some(base);
         }
-        self.seq.get_or_insert_with(|| Sequencer::new(base))
+        self.seq.get_or_insert_with(|| Sequencer::new(base, now))
     }
 
     /// Decides how far the stream may be believed to go given a datagram
@@ -745,22 +773,29 @@ impl Session {
         }
     }
 
-    /// Whether a CycleBegin of `cycle`, carried by `datagram_seq`, may be
-    /// believed: it is at most a few cycles after the newest heard, or
-    /// another datagram carried it (or a cycle just before it) too.
-    fn believe_cycle(&mut self, cycle: CycleId, datagram_seq: u64) -> bool {
-        let near = |base: CycleId| cycle.0.wrapping_sub(base.0) <= MAX_CYCLE_JUMP;
-        if self.latest_cycle.is_some_and(near) {
-            return true;
-        }
-        match self.pending_cycle {
-            Some((p, d)) if d != datagram_seq && near(p) => {
-                self.pending_cycle = None;
-                true
+    /// Whether CycleBegin `c`, carried by `datagram_seq`, is now believed:
+    /// another datagram carried the very same CycleBegin before. Returns the
+    /// positions of its cycle heard while it waited. A CycleBegin that
+    /// differs replaces the one waiting.
+    fn corroborate_cycle(
+        &mut self,
+        c: CycleBegin,
+        datagram_seq: u64,
+    ) -> Option<Vec<(u32, Box<[u8]>)>> {
+        match self.pending_begin.take() {
+            Some(p) if p.begin == c && p.datagram_seq != datagram_seq => Some(p.marks),
+            Some(p) if p.begin == c => {
+                self.pending_begin = Some(p);
+                None
             }
             _ => {
-                self.pending_cycle = Some((cycle, datagram_seq));
-                false
+                self.pending_begin = Some(PendingBegin {
+                    begin: c,
+                    datagram_seq,
+                    marks: Vec::new(),
+                    bytes: 0,
+                });
+                None
             }
         }
     }
@@ -807,6 +842,13 @@ impl TimerId for SubTimer {
     }
 }
 
+/// How long a partial fragmented message must make no progress before its
+/// missing pieces are asked for: the NAK delay, but at least 5 ms, so that
+/// fragments of one message still arriving back to back are not asked for.
+fn frag_quiet(nak_delay: Duration) -> Duration {
+    nak_delay.max(Duration::from_millis(5))
+}
+
 /// The highest sequence number a message claims exists, if it names one.
 fn claim_of(m: &Message<'_>) -> Option<u64> {
     match m {
@@ -826,6 +868,51 @@ fn write_one(buf: &mut [u8], header: &DatagramHeader, msg: &Message<'_>) -> Opti
     w.push(msg).ok()?;
     Some(w.finish())
 }
+
+/// Source addresses of a session's datagrams, with counts (a few at most).
+#[derive(Debug)]
+struct Sources(Vec<(SocketAddr, u64)>);
+
+impl Sources {
+    fn new(first: SocketAddr) -> Self {
+        Sources(vec![(first, 0)])
+    }
+
+    /// Counts one believed datagram from `addr`.
+    fn record(&mut self, addr: SocketAddr) {
+        if let Some(e) = self.0.iter_mut().find(|e| e.0 == addr) {
+            e.1 = e.1.saturating_add(1);
+        } else if self.0.len() < 4 {
+            self.0.push((addr, 1));
+        } else if let Some(e) = self.0.iter_mut().min_by_key(|e| e.1) {
+            *e = (addr, 1);
+        }
+    }
+
+    /// The source most datagrams came from.
+    fn main(&self) -> SocketAddr {
+        self.0
+            .iter()
+            .max_by_key(|e| e.1)
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.0)
+    }
+}
+
+/// A CycleBegin heard in one datagram, waiting for a second.
+#[derive(Debug)]
+struct PendingBegin {
+    begin: CycleBegin,
+    datagram_seq: u64,
+    /// Positions of its cycle received meanwhile, with their keys.
+    marks: Vec<(u32, Box<[u8]>)>,
+    /// Key bytes in `marks`.
+    bytes: usize,
+}
+
+/// Most positions remembered for a cycle whose CycleBegin waits for a
+/// second datagram, and their key bytes.
+const MAX_PENDING_MARKS: usize = 4096;
+const MAX_PENDING_MARK_BYTES: usize = 1 << 20;
 
 /// Another session heard while the current one is followed.
 #[derive(Clone, Copy, Debug)]
@@ -864,6 +951,8 @@ pub struct Subscriber {
     stats: SubscriberStats,
     last_heard: Option<Instant>,
     heartbeat_interval: Duration,
+    /// A heartbeat interval heard once, with its `datagram_seq`.
+    interval_claim: Option<(Duration, u64)>,
     gone: bool,
     was_consistent: bool,
 }
@@ -899,6 +988,7 @@ impl Subscriber {
             stats: SubscriberStats::default(),
             last_heard: None,
             heartbeat_interval: Duration::from_millis(100),
+            interval_claim: None,
             gone: false,
             was_consistent: false,
         })
@@ -954,7 +1044,10 @@ impl Subscriber {
     /// simulations' memory bounds).
     #[cfg(test)]
     pub(crate) fn reassembly_usage(&self) -> (usize, usize) {
-        (self.reassembler.buffered_bytes(), self.reassembler.partial_count())
+        (
+            self.reassembler.buffered_bytes(),
+            self.reassembler.partial_count(),
+        )
     }
 
     /// The next event, if any. Call after each `handle_*` until `None`.
@@ -999,11 +1092,13 @@ impl Subscriber {
         self.timers
             .set_opt(SubTimer::Fragments, self.reassembler.poll_timeout());
         let frag_nak = if self.cfg.nak_repair {
-            let queued = (!self.frag_naks.is_empty()).then_some(self.last_heard).flatten();
+            let queued = (!self.frag_naks.is_empty())
+                .then_some(self.last_heard)
+                .flatten();
             [
                 queued,
                 self.reassembler
-                    .missing_timeout(self.cfg.nak_delay, self.cfg.nak_attempts),
+                    .missing_timeout(frag_quiet(self.cfg.nak_delay), self.cfg.nak_attempts),
             ]
             .into_iter()
             .flatten()
@@ -1040,7 +1135,7 @@ impl Subscriber {
         let policy = self.policy();
         let (session, source) = {
             let s = self.session.as_ref()?;
-            (s.id, s.source)
+            (s.id, s.sources.main())
         };
         let header = DatagramHeader {
             stream: self.cfg.stream,
@@ -1070,7 +1165,7 @@ impl Subscriber {
             if self.frag_naks.is_empty() {
                 let missing = self.reassembler.poll_missing(
                     now,
-                    self.cfg.nak_delay,
+                    frag_quiet(self.cfg.nak_delay),
                     self.cfg.repair_timeout,
                     self.cfg.nak_attempts,
                     MAX_FRAG_RANGES,
@@ -1169,6 +1264,9 @@ impl Subscriber {
             self.update_timers();
             return;
         };
+        if let Some(s) = self.session.as_mut() {
+            s.sources.record(remote);
+        }
         for msg in d.messages() {
             if let Message::Fragment(f) = msg {
                 match self
@@ -1219,6 +1317,16 @@ impl Subscriber {
                         if datagram_seq > c.last_datagram {
                             c.last_datagram = datagram_seq;
                             c.heard += 1;
+                        } else if datagram_seq < c.last_datagram {
+                            // Out of order (a late or forged datagram): the
+                            // proof starts over from this one, so that one
+                            // datagram_seq far ahead cannot block it.
+                            c = Candidate {
+                                id,
+                                first_heard: now,
+                                last_datagram: datagram_seq,
+                                heard: 1,
+                            };
                         }
                         c
                     }
@@ -1289,7 +1397,7 @@ impl Subscriber {
                 else {
                     return;
                 };
-                let seq = s.baseline(base);
+                let seq = s.baseline(base, now);
                 let progress = retransmit.then_some(self.cfg.repair_timeout);
                 let (admit, filled) = seq.admit(now, &d, nak_at, progress);
                 if let Some(f) = filled {
@@ -1317,6 +1425,16 @@ impl Subscriber {
             }
             Message::LeafSnapshot(snap) => {
                 ctx.stats.snapshots_received += 1;
+                // A snapshot cannot be newer than the stream's known end:
+                // the publisher sends a delta before any snapshot that
+                // reflects it. One that is (a forged one, or one whose
+                // delta is late) is set aside: installed, it would pin the
+                // replica ahead of every delta up to its `leaf_seq`.
+                let tail = s.seq.as_ref().map(|q| q.known_tail.0).or(s.reference);
+                if tail.is_some_and(|t| snap.leaf_seq.0 > t) {
+                    ctx.stats.snapshots_ahead += 1;
+                    return;
+                }
                 // A late copy of a snapshot from before the last time absent
                 // leaves were forgotten may predate a forgotten removal: only
                 // leaves still tracked can judge it by seq.
@@ -1325,18 +1443,27 @@ impl Subscriber {
                     ctx.stats.stale_snapshots += 1;
                     return;
                 }
-                // Once synced, a leaf not tracked is absent, but the
-                // subscriber may not know since when: its removal may predate
-                // the starting point or fall in a gap. Only a snapshot of a
-                // cycle that started at or after both (`needs_from`) was sent
-                // after any such removal and may bring the leaf back.
-                if s.synced && !s.leaves.contains(snap.key) {
+                // A leaf not tracked may have been removed without the
+                // subscriber knowing when: before the starting point, or in
+                // a gap. A snapshot of the newest cycle is swept by the next
+                // cycles if so; an older cycle's may come after that sweep.
+                // It may bring the leaf (back) only if its cycle started at
+                // or after both (`needs_from`), after any such removal.
+                if !s.leaves.contains(snap.key) && s.latest_cycle != Some(snap.cycle) {
                     let start = [s.cycle.as_ref(), s.prev_cycle.as_ref()]
                         .into_iter()
                         .flatten()
                         .find(|t| t.id == snap.cycle)
                         .map(|t| t.start_seq)
-                        .or_else(|| s.latest_begin.filter(|b| b.0 == snap.cycle).map(|b| b.1));
+                        .or_else(|| s.latest_begin.filter(|b| b.0 == snap.cycle).map(|b| b.1))
+                        .or_else(|| {
+                            // A cycle whose CycleBegin (carried by this very
+                            // datagram) waits for a second copy.
+                            s.pending_begin
+                                .as_ref()
+                                .filter(|p| p.begin.cycle == snap.cycle)
+                                .map(|p| p.begin.start_seq)
+                        });
                     if !start.is_some_and(|st| s.needs_from.is_none_or(|n| st >= n)) {
                         ctx.stats.stale_snapshots += 1;
                         return;
@@ -1350,7 +1477,9 @@ impl Subscriber {
                 // either: if the last of those deltas is lost, the leaf is
                 // wrong without being stale, and a later cycle must show it.
                 let applied = s.seq.as_ref().map_or(SeqNum::NONE, |q| q.applied);
-                if s.leaves.is_held_before(snap.key, snap.leaf_seq, s.synced) && snap.leaf_seq > applied {
+                if s.leaves.is_held_before(snap.key, snap.leaf_seq, s.synced)
+                    && snap.leaf_seq > applied
+                {
                     ctx.stats.snapshots_deferred += 1;
                     return;
                 }
@@ -1359,27 +1488,7 @@ impl Subscriber {
                 {
                     ctx.stats.snapshots_applied += 1;
                 }
-                // The cycle being heard, or the one before it: a snapshot
-                // completed late (its fragments repaired) after the next
-                // cycle began still counts for its own cycle.
-                let t = match (s.cycle.as_mut(), s.prev_cycle.as_mut()) {
-                    (Some(t), _) if t.id == snap.cycle => t,
-                    (_, Some(t)) if t.id == snap.cycle => t,
-                    _ => return,
-                };
-                let start_seq = t.start_seq;
-                match t.mark(snap.position, snap.key) {
-                    Some(marked) => {
-                        if marked.disorder {
-                            ctx.stats.bad_positions += 1;
-                        }
-                        for (lo, hi) in marked.links {
-                            Self::verify(s, now, lo, hi, start_seq, &mut ctx);
-                        }
-                    }
-                    None if snap.position >= t.leaf_count => ctx.stats.bad_positions += 1,
-                    None => {}
-                }
+                Self::mark_position(s, now, snap.cycle, snap.position, snap.key, &mut ctx);
             }
             Message::CycleBegin(c) => {
                 // Not a starting point: copies of CycleBegin repeat through
@@ -1391,15 +1500,27 @@ impl Subscriber {
                 // older CycleBegins must not rewind anything.
                 let newer = s.latest_cycle.is_none_or(|l| c.cycle.is_after(l));
                 if !newer {
+                    // A copy of a tracked cycle that disagrees with it: one
+                    // of the two is forged or corrupt, so the cycle's
+                    // evidence cannot be trusted. Drop it.
+                    for t in [&mut s.cycle, &mut s.prev_cycle] {
+                        if t.as_ref().is_some_and(|t| {
+                            t.id == c.cycle
+                                && (t.start_seq != c.start_seq || t.leaf_count != c.leaf_count)
+                        }) {
+                            *t = None;
+                            ctx.stats.cycle_conflicts += 1;
+                        }
+                    }
                     return;
                 }
-                // A cycle far ahead of the newest heard must be repeated by
-                // another datagram (every snapshot datagram repeats it): one
-                // forged CycleBegin cannot hide the real cycles.
-                if !s.believe_cycle(c.cycle, datagram_seq) {
-                    ctx.stats.unbelieved += 1;
+                // A cycle is used once two datagrams carry the same
+                // CycleBegin (every datagram of a cycle repeats it, and the
+                // publisher sends at least two): one forged CycleBegin can
+                // neither hide the real cycles nor prove anything.
+                let Some(early) = s.corroborate_cycle(c, datagram_seq) else {
                     return;
-                }
+                };
                 // Forget absences older than the start of the cycle that now
                 // becomes the previous one: that cycle's late snapshots (a
                 // leaf completed by fragment repair after this CycleBegin)
@@ -1426,6 +1547,10 @@ impl Subscriber {
                     if c.leaf_count == 0 {
                         Self::verify(s, now, Lo::Start, Hi::End, c.start_seq, &mut ctx);
                     }
+                    // Positions heard before the CycleBegin was believed.
+                    for (position, key) in early {
+                        Self::mark_position(s, now, c.cycle, position, &key, &mut ctx);
+                    }
                 }
             }
             Message::CycleEnd(c) => {
@@ -1434,34 +1559,98 @@ impl Subscriber {
                 else {
                     return;
                 };
-                let q = s.baseline(base);
+                let q = s.baseline(base, now);
+                let before = q.applied;
                 if q.reanchor(now, c.end_seq, self.cfg.reorder_timeout) {
                     ctx.stats.reanchors += 1;
                 }
                 q.saw_tail(now, c.end_seq, nak_at);
+                let after = q.applied;
+                s.took_back(before, after);
             }
             Message::Heartbeat(h) => {
                 if h.interval_ms > 0 {
-                    // At most an hour, whatever the wire says.
+                    // At most an hour, whatever the wire says; and a change
+                    // only once two heartbeats (two datagrams) agree on it,
+                    // so that one forged heartbeat cannot make a healthy
+                    // publisher look gone, or a fake session take over.
                     let ms = u64::from(h.interval_ms).min(3_600_000);
-                    self.heartbeat_interval = Duration::from_millis(ms);
+                    let interval = Duration::from_millis(ms);
+                    if interval == self.heartbeat_interval {
+                        self.interval_claim = None;
+                    } else {
+                        match self.interval_claim {
+                            Some((v, d)) if v == interval && d != datagram_seq => {
+                                self.heartbeat_interval = interval;
+                                self.interval_claim = None;
+                            }
+                            _ => self.interval_claim = Some((interval, datagram_seq)),
+                        }
+                    }
                 }
                 let Some(base) =
                     s.starting_point(h.last_seq, now, self.heartbeat_interval, &self.cfg)
                 else {
                     return;
                 };
-                let q = s.baseline(base);
+                let q = s.baseline(base, now);
                 // The publisher sent this after everything it had sent
                 // before: a known end beyond it, known for longer than any
                 // reordering, was never sent.
+                let before = q.applied;
                 if q.reanchor(now, h.last_seq, self.cfg.reorder_timeout) {
                     ctx.stats.reanchors += 1;
                 }
                 q.saw_tail(now, h.last_seq, nak_at);
+                let after = q.applied;
+                s.took_back(before, after);
             }
             Message::Nak(_) | Message::FragNak(_) => {}
             Message::Fragment(_) | Message::Unknown { .. } => ctx.stats.unknown_messages += 1,
+        }
+    }
+
+    /// Records that `position` of `cycle` carried `key`, and verifies the
+    /// intervals this proves. The cycle is the one being heard or the one
+    /// before it (a snapshot completed late, its fragments repaired, after
+    /// the next cycle began still counts for its own cycle); a cycle whose
+    /// CycleBegin waits for a second datagram keeps the position for when
+    /// it is believed.
+    fn mark_position<R: Replica + ?Sized>(
+        s: &mut Session,
+        now: Instant,
+        cycle: CycleId,
+        position: u32,
+        key: &[u8],
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        let t = match (s.cycle.as_mut(), s.prev_cycle.as_mut()) {
+            (Some(t), _) if t.id == cycle => t,
+            (_, Some(t)) if t.id == cycle => t,
+            _ => {
+                if let Some(p) = s.pending_begin.as_mut().filter(|p| p.begin.cycle == cycle) {
+                    if p.marks.len() < MAX_PENDING_MARKS
+                        && p.bytes + key.len() <= MAX_PENDING_MARK_BYTES
+                    {
+                        p.bytes += key.len();
+                        p.marks.push((position, key.into()));
+                    }
+                }
+                return;
+            }
+        };
+        let start_seq = t.start_seq;
+        match t.mark(position, key) {
+            Some(marked) => {
+                if marked.disorder {
+                    ctx.stats.bad_positions += 1;
+                }
+                for (lo, hi) in marked.links {
+                    Self::verify(s, now, lo, hi, start_seq, ctx);
+                }
+            }
+            None if position >= t.leaf_count => ctx.stats.bad_positions += 1,
+            None => {}
         }
     }
 
@@ -1572,11 +1761,7 @@ impl Subscriber {
     }
 
     /// Processes buffered deltas that are now next in sequence.
-    fn drain<R: Replica + ?Sized>(
-        s: &mut Session,
-        cfg: &SubscriberConfig,
-        ctx: &mut Ctx<'_, R>,
-    ) {
+    fn drain<R: Replica + ?Sized>(s: &mut Session, cfg: &SubscriberConfig, ctx: &mut Ctx<'_, R>) {
         while let Some(next) = s.seq.as_mut().and_then(|q| q.pop_next()) {
             let d = Delta {
                 seq: next.seq,

@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 use crate::{SeqNum, SeqRange};
 
+/// How many repair timeouts a hole that retransmissions keep filling may
+/// wait, in all, before it is given up anyway.
+const PROGRESS_ROUNDS: u32 = 16;
+
 /// A delta held until the ones before it arrive.
 #[derive(Debug, Clone)]
 pub(crate) struct OwnedDelta {
@@ -78,6 +82,8 @@ pub(crate) struct Filled {
 pub(crate) struct Sequencer {
     /// Every delta `<= applied` has been processed or declared lost.
     pub(crate) applied: SeqNum,
+    /// The last delta processed (not declared lost), if any.
+    processed: SeqNum,
     /// Highest sequence number known to exist.
     pub(crate) known_tail: SeqNum,
     /// When `known_tail` took its current value.
@@ -88,11 +94,15 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
-    pub(crate) fn new(applied: SeqNum) -> Self {
+    /// A sequencer starting at `applied` (the starting point), at `now`.
+    /// The starting point counts as a claim of the tail made at `now`: a
+    /// heartbeat showing it beyond the stream re-anchors it too.
+    pub(crate) fn new(applied: SeqNum, now: Instant) -> Self {
         Self {
             applied,
+            processed: SeqNum::NONE,
             known_tail: applied,
-            tail_at: None,
+            tail_at: Some(now),
             buffer: BTreeMap::new(),
             buffer_bytes: 0,
             holes: BTreeMap::new(),
@@ -188,11 +198,22 @@ impl Sequencer {
         }
         let mut hole = found;
         if let Some(p) = progress {
-            hole.next_nak = hole.next_nak.max(now + p);
+            // Not beyond PROGRESS_ROUNDS waits after the hole was found: a
+            // hole that repairs fill slower than that (a small repair
+            // budget, a large backlog) is left to snapshot repair, which is
+            // then faster.
+            let cap = found.since.checked_add(p * PROGRESS_ROUNDS).unwrap_or(now);
+            hole.next_nak = hole.next_nak.max((now + p).min(cap));
         }
         self.holes.remove(&first);
         if first < seq {
-            self.holes.insert(first, Hole { last: seq - 1, ..hole });
+            self.holes.insert(
+                first,
+                Hole {
+                    last: seq - 1,
+                    ..hole
+                },
+            );
         }
         if seq < hole.last {
             self.holes.insert(seq + 1, hole);
@@ -205,6 +226,7 @@ impl Sequencer {
     /// Marks `seq` (the next one) processed.
     pub(crate) fn advance(&mut self, seq: SeqNum) {
         self.applied = seq;
+        self.processed = seq;
     }
 
     /// The next buffered delta if it is the next in sequence.
@@ -287,12 +309,15 @@ impl Sequencer {
     /// number is `latest`, below the known tail. If the tail has been known
     /// for at least `settle` (longer than any reordering), the sequence
     /// numbers above `latest` were never sent (a forged or corrupt claim):
-    /// forget them. Returns whether it re-anchored.
+    /// forget them, and take back those already declared lost (never
+    /// processed), which no delta would ever come to. Returns whether it
+    /// re-anchored.
     pub(crate) fn reanchor(&mut self, now: Instant, latest: SeqNum, settle: Duration) -> bool {
         if latest >= self.known_tail || self.tail_at.is_none_or(|t| now < t + settle) {
             return false;
         }
-        let tail = latest.max(self.applied);
+        let tail = latest.max(self.processed);
+        self.applied = self.applied.min(tail);
         self.known_tail = tail;
         self.tail_at = Some(now);
         let dropped = self.buffer.split_off(&SeqNum(tail.0.saturating_add(1)));
@@ -363,7 +388,7 @@ mod tests {
     fn holes_are_naked_then_given_up_in_order() {
         let t0 = Instant::now();
         let p = policy();
-        let mut q = Sequencer::new(SeqNum(0));
+        let mut q = Sequencer::new(SeqNum(0), t0);
         assert_eq!(q.admit(t0, &d(1), t0, None).0, Admit::Next);
         q.advance(SeqNum(1));
         assert_eq!(q.admit(t0, &d(4), t0, None).0, Admit::Buffered);
@@ -374,17 +399,23 @@ mod tests {
         assert_eq!(q.due_naks(t0, &p, 10), vec![], "not again before the retry");
         let t1 = t0 + Duration::from_millis(10);
         assert_eq!(q.due_naks(t1, &p, 1).len(), 1, "at most `max` ranges");
-        assert!(q.take_lost(t1, &p, 100, 1 << 20).is_none(), "5..=6 still has a NAK left");
+        assert!(
+            q.take_lost(t1, &p, 100, 1 << 20).is_none(),
+            "5..=6 still has a NAK left"
+        );
         // 2..=3 used both NAKs at t0 and t1: given up at t1 + retry.
         let t2 = t1 + Duration::from_millis(10);
-        assert_eq!(q.take_lost(t2, &p, 100, 1 << 20), Some((SeqNum(2), SeqNum(3))));
+        assert_eq!(
+            q.take_lost(t2, &p, 100, 1 << 20),
+            Some((SeqNum(2), SeqNum(3)))
+        );
         assert_eq!(q.pop_next().map(|d| d.seq), Some(SeqNum(4)));
     }
 
     #[test]
     fn a_retransmission_fills_and_splits_a_hole() {
         let t0 = Instant::now();
-        let mut q = Sequencer::new(SeqNum(0));
+        let mut q = Sequencer::new(SeqNum(0), t0);
         q.saw_tail(t0, SeqNum(10), t0);
         let t1 = t0 + Duration::from_millis(3);
         let (admit, filled) = q.admit(t1, &d(5), t1, None);
@@ -402,7 +433,7 @@ mod tests {
     fn a_tail_never_confirmed_by_the_session_is_forgotten() {
         let t0 = Instant::now();
         let settle = Duration::from_millis(20);
-        let mut q = Sequencer::new(SeqNum(0));
+        let mut q = Sequencer::new(SeqNum(0), t0);
         q.admit(t0, &d(1), t0, None);
         q.advance(SeqNum(1));
         q.admit(t0, &d(900), t0, None); // forged
@@ -417,14 +448,21 @@ mod tests {
     fn hearing_a_repair_holds_later_naks_back_once() {
         let t0 = Instant::now();
         let p = policy();
-        let mut q = Sequencer::new(SeqNum(0));
+        let mut q = Sequencer::new(SeqNum(0), t0);
         q.saw_tail(t0, SeqNum(3), t0);
         let later = t0 + Duration::from_millis(2);
-        assert_eq!(q.postpone_after(SeqNum(3), later), 0, "1..=3 is before the repair");
+        assert_eq!(
+            q.postpone_after(SeqNum(3), later),
+            0,
+            "1..=3 is before the repair"
+        );
         q.admit(t0, &d(5), t0, None);
         q.admit(t0, &d(8), t0, None);
         assert_eq!(q.postpone_after(SeqNum(4), later), 1, "6..=7 held back");
-        assert_eq!(q.postpone_after(SeqNum(4), later + later.duration_since(t0)), 0);
+        assert_eq!(
+            q.postpone_after(SeqNum(4), later + later.duration_since(t0)),
+            0
+        );
         assert_eq!(q.due_naks(t0, &p, 10).len(), 2, "1..=3 and 4..=4");
         assert_eq!(q.due_naks(later, &p, 10).len(), 1);
     }

@@ -1,6 +1,10 @@
 //! Deterministic simulation of one publisher and several subscribers over a
-//! lossy, reordering, duplicating network.
+//! lossy, reordering, duplicating network, in both directions, and
+//! hand-driven tests of single rules.
 
+mod forged;
+mod regressions;
+mod repair;
 mod replication;
 mod review;
 mod rig;

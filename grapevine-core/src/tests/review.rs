@@ -4,14 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::rig::*;
-use super::sim::*;
-use crate::publisher::{PublisherConfig, SnapshotRate};
-use crate::subscriber::{Event, Subscriber, SubscriberConfig};
-use crate::wire::{
-    CycleBegin, CycleEnd, Datagram, DatagramHeader, DatagramWriter, Heartbeat, LeafSnapshot,
-    Message,
-};
+use super::sim::{publisher_addr, DigestReplica, Op, Rng, SimPublisher, Val};
+use crate::subscriber::Subscriber;
+use crate::wire::{CycleBegin, CycleEnd, Datagram, Heartbeat, LeafSnapshot, Message};
 use crate::{CycleId, SeqNum, SessionId, StreamId};
 
 fn snapshot_keys(d: &[u8]) -> Vec<Vec<u8>> {
@@ -27,20 +26,27 @@ fn snapshot_keys(d: &[u8]) -> Vec<Vec<u8>> {
         .unwrap_or_default()
 }
 
+/// A datagram of `session` on `stream`; each gets a new `datagram_seq`, as
+/// a publisher's would (two datagrams must agree on where the stream stands
+/// before a subscriber uses either).
 fn craft(stream: u32, session: u64, msgs: &[Message<'_>]) -> Vec<u8> {
-    let mut buf = vec![0u8; 1452];
-    let header = DatagramHeader {
-        stream: StreamId(stream),
-        session: SessionId(session),
-        datagram_seq: 0,
-    };
-    let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
-    for m in msgs {
-        w.push(m).unwrap();
-    }
-    let len = w.finish();
-    buf.truncate(len);
-    buf
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    super::sim::craft(
+        StreamId(stream),
+        SessionId(session),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        msgs,
+    )
+}
+
+/// The address the crafted datagrams come from.
+fn from() -> SocketAddr {
+    publisher_addr(0)
+}
+
+/// Hands a crafted datagram to `sub`.
+fn feed(sub: &mut Subscriber, t: Instant, d: &[u8], rep: &mut DigestReplica) {
+    sub.handle_datagram(t, from(), &mut d.to_vec(), rep);
 }
 
 // ---------------------------------------------------------------------------
@@ -138,15 +144,14 @@ fn late_datagram_of_a_dead_session_after_a_stall_locks_out_the_live_session() {
     };
     let late_a = a_out.last().unwrap().clone();
     // A restarts as B; the subscriber joins now and follows B.
-    let history = std::mem::take(&mut r.publisher.history);
-    r.publisher = SimPublisher::new(rig_pub_config(), SessionId(2), r.now, &leaves(7), history);
+    r.restart_publisher(SessionId(2), &leaves(7));
     r.run(Duration::from_millis(60));
     assert!(r.converged(), "{:?}", r.sub.status());
     // B stalls for three heartbeat intervals (nothing is sent).
     r.now += Duration::from_millis(30);
     r.tick();
     // The late datagram of A.
-    r.deliver(&[late_a]);
+    r.deliver_from(publisher_addr(0), &late_a);
     // B resumes; the network is perfect from here on.
     r.run(Duration::from_millis(1000));
     assert!(
@@ -169,21 +174,21 @@ fn duplicated_late_datagram_of_a_dead_session_does_not_switch() {
         a_out.extend(r.output());
     }
     let late_a = a_out.last().unwrap().clone();
-    let history = std::mem::take(&mut r.publisher.history);
-    r.publisher = SimPublisher::new(rig_pub_config(), SessionId(2), r.now, &leaves(7), history);
+    r.restart_publisher(SessionId(2), &leaves(7));
     r.run(Duration::from_millis(60));
     assert!(r.converged(), "{:?}", r.sub.status());
     // B is quiet for three heartbeat intervals (a stall, or two lost
     // heartbeats on a quiet stream); the late datagram of A arrives twice.
     r.now += Duration::from_millis(30);
     r.tick();
-    r.deliver(&[late_a.clone(), late_a]);
+    r.deliver_from(publisher_addr(0), &late_a);
+    r.deliver_from(publisher_addr(0), &late_a);
     let st = r.sub.status();
     assert_eq!(
         st.session,
         Some(SessionId(2)),
         "switched to the dead session: {st:?}, replica {:?}",
-        r.replica.typed.state().0
+        r.replica.state().nums()
     );
 }
 
@@ -206,10 +211,26 @@ fn hostile_heartbeats_overflow_the_lost_counter() {
         })
     };
     let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        sub.handle_datagram(t0, &craft(3, 1, &[hb(0), hb(u64::MAX)]), &mut replica);
-        sub.handle_timeout(t0 + Duration::from_millis(6), &mut replica);
-        let t1 = t0 + Duration::from_millis(40);
-        sub.handle_datagram(t1, &craft(3, 2, &[hb(0), hb(1)]), &mut replica);
+        for t in 0..3u64 {
+            let t = t0 + Duration::from_millis(t);
+            feed(
+                &mut sub,
+                t,
+                &craft(3, 1, &[hb(0), hb(u64::MAX)]),
+                &mut replica,
+            );
+            feed(&mut sub, t, &craft(3, 1, &[hb(u64::MAX)]), &mut replica);
+        }
+        let mut t = t0;
+        for _ in 0..200 {
+            t += Duration::from_millis(1);
+            sub.handle_timeout(t, &mut replica);
+            while sub.poll_transmit(t, &mut [0u8; 1452]).is_some() {}
+        }
+        let t1 = t0 + Duration::from_millis(400);
+        for _ in 0..3 {
+            feed(&mut sub, t1, &craft(3, 2, &[hb(0), hb(1)]), &mut replica);
+        }
         sub.handle_timeout(t1 + Duration::from_millis(6), &mut replica);
     }));
     assert!(res.is_ok(), "the subscriber panicked on hostile input");
@@ -228,14 +249,33 @@ fn hostile_heartbeats_overflow_the_lost_counter() {
 fn an_undecodable_key_is_never_repaired() {
     let mut r = Rig::new(&leaves(10), rig_sub_config());
     r.run(Duration::from_millis(50));
+    // One delta, so that a snapshot as of seq 1 is not ahead of the stream.
+    r.publish_delivered(Op::Set(1, 11));
+    let sent = r.run(Duration::from_millis(5));
     assert!(r.converged());
+    // Of the cycle being sent (a snapshot of an older cycle is not taken for
+    // a leaf the subscriber does not track).
+    let cycle = sent
+        .iter()
+        .chain(&r.run(Duration::from_millis(25)))
+        .filter_map(|d| Datagram::decode(d).ok())
+        .flat_map(|d| {
+            d.messages()
+                .filter_map(|m| match m {
+                    Message::CycleBegin(c) => Some(c.cycle),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .last()
+        .expect("a cycle");
     // One snapshot of a key the application cannot decode (no seq used, so
     // the live stream is not disturbed).
     let bogus = craft(
         3,
         1,
         &[Message::LeafSnapshot(LeafSnapshot {
-            cycle: CycleId(1000),
+            cycle,
             position: 0,
             leaf_seq: SeqNum(1),
             key: &[0xff, 0xff, 0xff, 0xff],
@@ -243,7 +283,8 @@ fn an_undecodable_key_is_never_repaired() {
         })],
     );
     r.deliver(&[bogus]);
-    assert!(!r.sub.status().consistent);
+    assert!(!r.sub.status().consistent, "{:?}", r.sub.stats());
+    assert_eq!(r.sub.stats().apply_errors, 1);
     r.publish_delivered(Op::Set(3, 33));
     r.run(Duration::from_millis(500));
     assert!(
@@ -274,357 +315,6 @@ fn track_leaf_after_a_delta_is_refused() {
     r.publish_delivered(Op::Set(3, 7));
     r.run(Duration::from_millis(100));
     assert!(r.converged(), "{:?}", r.sub.status());
-}
-
-// ---------------------------------------------------------------------------
-// A wider random simulation: more jitter (across cycle boundaries and beyond
-// the reorder timeout), late duplicates, several restarts, publisher stalls,
-// long partitions, bursts, tiny buffers, bigger key spaces.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Wide {
-    seed: u64,
-    subscribers: usize,
-    joins: Vec<Duration>,
-    initial_leaves: usize,
-    key_space: u16,
-    delta_gap: Duration,
-    burst: u64,
-    loss: f64,
-    duplicate: f64,
-    /// Extra delay of a duplicate copy, up to this (late duplicates).
-    dup_delay: Duration,
-    jitter: Duration,
-    restarts: Vec<Duration>,
-    partitions: Vec<(Duration, Duration)>,
-    /// Windows in which the publisher is not driven at all (process stall).
-    stalls: Vec<(Duration, Duration)>,
-    run: Duration,
-}
-
-impl Wide {
-    fn draw(seed: u64) -> Self {
-        let mut r = Rng::new(seed ^ 0xdead_beef_0bad_f00d);
-        let subscribers = 1 + r.below(4) as usize;
-        let run_ms = 300 + r.below(1200);
-        let run = Duration::from_millis(run_ms);
-        let at = |r: &mut Rng| Duration::from_millis(r.below(run_ms));
-        let joins = (0..subscribers).map(|_| at(&mut r)).collect();
-        let restarts = (0..[0, 0, 1, 2, 3][r.below(5) as usize])
-            .map(|_| at(&mut r))
-            .collect::<Vec<_>>();
-        let mut restarts = restarts;
-        restarts.sort();
-        let partitions = (0..[0, 0, 1, 2][r.below(4) as usize])
-            .map(|_| {
-                let a = at(&mut r);
-                (a, a + Duration::from_millis(20 + r.below(500)))
-            })
-            .collect();
-        let stalls = (0..[0, 0, 1, 2][r.below(4) as usize])
-            .map(|_| {
-                let a = at(&mut r);
-                (a, a + Duration::from_millis(10 + r.below(300)))
-            })
-            .collect();
-        let key_space = [4u16, 30, 80, 200, 400][r.below(5) as usize];
-        Wide {
-            seed,
-            subscribers,
-            joins,
-            initial_leaves: r.below(u64::from(key_space) + 1) as usize,
-            key_space,
-            delta_gap: Duration::from_micros(100 + r.below(5000)),
-            burst: [1, 4, 4, 50][r.below(4) as usize],
-            loss: [0.0, 0.01, 0.05, 0.2, 0.4][r.below(5) as usize],
-            duplicate: [0.0, 0.05, 0.3][r.below(3) as usize],
-            dup_delay: Duration::from_millis([0, 30, 200][r.below(3) as usize]),
-            jitter: Duration::from_micros([0, 500, 5_000, 20_000, 60_000][r.below(5) as usize]),
-            restarts,
-            partitions,
-            stalls,
-            run,
-        }
-    }
-}
-
-impl Wide {
-    /// Biases a drawn scenario toward one kind of trouble.
-    fn profile(mut self, p: &str) -> Self {
-        match p {
-            "restarts" => {
-                let run = self.run;
-                self.restarts = vec![run / 5, run * 2 / 5, run * 3 / 5];
-                self.duplicate = 0.3;
-                self.dup_delay = Duration::from_millis(200);
-                self.jitter = Duration::from_millis(20);
-                self.subscribers = 4;
-                self.joins = vec![Duration::ZERO, run / 4, run / 2, run * 4 / 5];
-            }
-            "jitter" => {
-                self.jitter = Duration::from_millis(100);
-                self.duplicate = 0.3;
-                self.dup_delay = Duration::from_millis(300);
-            }
-            "bursts" => {
-                self.burst = 200;
-                self.loss = self.loss.max(0.05);
-            }
-            "calm" => {
-                self.loss = 0.0;
-                self.duplicate = 0.0;
-                self.partitions.clear();
-            }
-            _ => {}
-        }
-        self
-    }
-}
-
-impl Wide {
-    /// The faults while the scenario runs (`quiet`: after it, none).
-    fn faults(&self, quiet: bool) -> Faults {
-        if quiet {
-            return Faults::default();
-        }
-        Faults {
-            loss: self.loss,
-            duplicate: self.duplicate,
-            jitter: self.jitter,
-            dup_delay: self.dup_delay,
-        }
-    }
-}
-
-fn wide_publisher_config(rng: &mut Rng, key_space: u16) -> PublisherConfig {
-    let mut cfg = PublisherConfig::default();
-    // At least ~5 cycles per second even for the largest key space.
-    let min_rate = u32::from(key_space) * 5 + 100;
-    cfg.stream(StreamId(9))
-        .max_datagram([120, 200, 600, 1452][rng.below(4) as usize])
-        .snapshot_rate(SnapshotRate::LeavesPerSec(
-            min_rate + rng.below(8000) as u32,
-        ))
-        .heartbeat_interval(Duration::from_millis(2 + rng.below(40)))
-        .min_cycle_interval(Duration::from_millis(1 + rng.below(80)));
-    cfg
-}
-
-fn wide_subscriber_config(rng: &mut Rng) -> SubscriberConfig {
-    let mut cfg = SubscriberConfig::default();
-    cfg.stream(StreamId(9))
-        .reorder_window(1 + rng.below(128) as usize)
-        .reorder_timeout(Duration::from_millis(1 + rng.below(40)))
-        .max_pending_deltas([1, 2, 8, 256, 65_536][rng.below(5) as usize])
-        .missed_heartbeats(2 + rng.below(4) as u32);
-    cfg
-}
-
-fn in_window(w: &[(Duration, Duration)], t: Duration) -> bool {
-    w.iter().any(|&(a, b)| t >= a && t < b)
-}
-
-fn run_wide(sc: &Wide) -> Result<u64, String> {
-    let mut rng = Rng::new(sc.seed.wrapping_mul(0x9e37) + 11);
-    let start = Instant::now();
-    let pub_cfg = wide_publisher_config(&mut rng, sc.key_space);
-    let initial: Vec<(u16, i64)> = (0..sc.initial_leaves as u16)
-        .map(|k| (k % sc.key_space, i64::from(k)))
-        .collect();
-    let mut publisher = SimPublisher::new(
-        pub_cfg.clone(),
-        SessionId(rng.next_u64()),
-        start,
-        &initial,
-        Default::default(),
-    );
-    let mut subs: Vec<SimSubscriber> = (0..sc.subscribers)
-        .map(|_| SimSubscriber::new(wide_subscriber_config(&mut rng)))
-        .collect();
-    let mut net = Net::default();
-    let mut restarts = sc.restarts.clone();
-    let end = start + sc.run;
-    let settle_until = end + Duration::from_secs(4);
-    let mut now = start;
-    let mut next_delta = start;
-    let mut buf = vec![0u8; 1452];
-    let mut steps = 0u64;
-    let mut claims = 0;
-    while now <= settle_until {
-        steps += 1;
-        if steps > 3_000_000 {
-            return Err("simulation did not finish".into());
-        }
-        let elapsed = now - start;
-        let quiet = now > end;
-        let partitioned = !quiet && in_window(&sc.partitions, elapsed);
-        let stalled = !quiet && in_window(&sc.stalls, elapsed);
-        for (i, s) in subs.iter_mut().enumerate() {
-            if !s.joined && elapsed >= sc.joins[i] {
-                s.joined = true;
-            }
-        }
-        if restarts.first().is_some_and(|&t| elapsed >= t) {
-            restarts.remove(0);
-            let history = std::mem::take(&mut publisher.history);
-            let fresh: Vec<(u16, i64)> = (0..rng.below(u64::from(sc.key_space)) as u16)
-                .map(|k| (k % sc.key_space, -i64::from(k)))
-                .collect();
-            publisher = SimPublisher::new(
-                pub_cfg.clone(),
-                SessionId(rng.next_u64()),
-                now,
-                &fresh,
-                history,
-            );
-        }
-        if !quiet && !stalled && now >= next_delta {
-            for _ in 0..1 + rng.below(sc.burst) {
-                let key = rng.below(u64::from(sc.key_space)) as u16;
-                let op = match rng.below(10) {
-                    0..=4 => Op::Add(key, 1 + rng.below(9) as i64),
-                    5..=6 => Op::Set(key, rng.below(1000) as i64),
-                    _ => Op::Remove(key),
-                };
-                publisher.publish(&op);
-            }
-            next_delta = now + sc.delta_gap;
-        }
-        if !stalled {
-            while let Some(len) = publisher
-                .core
-                .poll_transmit(now, &publisher.state, &mut buf)
-            {
-                if partitioned {
-                    continue;
-                }
-                for (i, s) in subs.iter().enumerate() {
-                    if s.joined {
-                        net.send(&mut rng, now, i, sc.faults(quiet), &buf[..len]);
-                    }
-                }
-            }
-        }
-        while let Some((to, d)) = net.pop_due(now) {
-            let s = &mut subs[to];
-            s.core.handle_datagram(now, &d, &mut s.replica);
-            s.check(&publisher.history, &publisher.states)
-                .map_err(|e| format!("sub {to} after a datagram at {:?}: {e}", now - start))?;
-        }
-        for (i, s) in subs.iter_mut().enumerate() {
-            if s.core.poll_timeout().is_some_and(|t| t <= now) {
-                s.core.handle_timeout(now, &mut s.replica);
-                s.check(&publisher.history, &publisher.states)
-                    .map_err(|e| format!("sub {i} after a timeout at {:?}: {e}", now - start))?;
-            }
-        }
-        let mut next = [
-            (!stalled).then(|| publisher.core.poll_timeout()).flatten(),
-            net.next_time(),
-            (!quiet && !stalled).then_some(next_delta),
-            Some(settle_until + Duration::from_micros(1)),
-            Some(end + Duration::from_micros(1)).filter(|&t| t > now),
-        ]
-        .into_iter()
-        .flatten()
-        .chain(subs.iter().filter_map(|s| s.core.poll_timeout()))
-        .chain(restarts.first().map(|&t| start + t))
-        .chain(sc.joins.iter().map(|&t| start + t).filter(|&t| t > now))
-        .chain(
-            sc.stalls
-                .iter()
-                .chain(&sc.partitions)
-                .flat_map(|&(a, b)| [start + a, start + b])
-                .filter(|&t| t > now),
-        )
-        .min()
-        .unwrap_or(settle_until);
-        if next <= now {
-            next = now + Duration::from_micros(1);
-        }
-        now = next;
-    }
-    let want = publisher.state.state();
-    for (i, s) in subs.iter().enumerate() {
-        let st = s.core.status();
-        let restarts: Vec<_> = s
-            .events
-            .iter()
-            .filter(|e| {
-                matches!(
-                    e,
-                    Event::PublisherRestarted { .. } | Event::SessionStarted { .. }
-                )
-            })
-            .collect();
-        if !(st.synced && st.consistent) {
-            return Err(format!(
-                "subscriber {i} not converged: {st:?} {:?}\n publisher session {} \n session events {restarts:?}",
-                s.core.stats(),
-                publisher.core.session(),
-            ));
-        }
-        if st.session != Some(publisher.core.session()) || st.seq != publisher.core.last_seq() {
-            return Err(format!(
-                "subscriber {i} at {:?}/{} but publisher at {}/{}",
-                st.session,
-                st.seq,
-                publisher.core.session(),
-                publisher.core.last_seq()
-            ));
-        }
-        if s.replica.typed.state() != want {
-            return Err(format!("subscriber {i} differs from the publisher"));
-        }
-        claims += s.consistent_claims;
-    }
-    Ok(claims)
-}
-
-/// The seed of the "restarts" profile that found hole 2 in the random
-/// simulation (a partition of the live session plus a late duplicate of an
-/// earlier session locked subscriber 1 out of the live session for good).
-#[test]
-fn wide_restarts_seed_60_converges() {
-    let sc = Wide::draw(60).profile("restarts");
-    if let Err(e) = run_wide(&sc) {
-        panic!("{e}\n{sc:?}");
-    }
-}
-
-#[test]
-fn wide_simulation_converges() {
-    let n: u64 = std::env::var("GRAPEVINE_REVIEW_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let first: u64 = std::env::var("GRAPEVINE_REVIEW_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let profile = std::env::var("GRAPEVINE_REVIEW_PROFILE").unwrap_or_default();
-    let mut failures = Vec::new();
-    let mut claims = 0;
-    let only: Option<u64> = std::env::var("GRAPEVINE_REVIEW_ONLY")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let seeds: Vec<u64> = match only {
-        Some(s) => vec![s],
-        None => (first..first + n).collect(),
-    };
-    for seed in seeds {
-        let sc = Wide::draw(seed).profile(&profile);
-        match run_wide(&sc) {
-            Ok(c) => claims += c,
-            Err(e) => {
-                eprintln!("seed {seed}: {e}\n{sc:?}\n");
-                failures.push(seed);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
-    assert!(claims > n, "consistency was claimed and checked: {claims}");
 }
 
 // ---------------------------------------------------------------------------
@@ -671,29 +361,37 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
     let mut rep = DigestReplica::default();
     let mut t = Instant::now();
     let (k1, k2) = (crate::state::encode(&1u16), crate::state::encode(&2u16));
-    let (v1, v2) = (crate::state::encode(&10i64), crate::state::encode(&20i64));
+    let (v1, v2) = (
+        crate::state::encode(&Val::from(10)),
+        crate::state::encode(&Val::from(20)),
+    );
     let a = u32::MAX - 1;
     let hb = Message::Heartbeat(Heartbeat {
         last_seq: SeqNum(0),
         sent_at_micros: 0,
         interval_ms: 10,
     });
-    sub.handle_datagram(t, &craft(3, 1, &[hb]), &mut rep);
+    feed(&mut sub, t, &craft(3, 1, &[hb]), &mut rep);
     let old = craft(3, 1, &[begin(a, 0, 2), snap(a, 1, 0, &k2, Some(&v2))]);
-    sub.handle_datagram(
-        t,
-        &craft(
-            3,
-            1,
-            &[
-                begin(a, 0, 2),
-                snap(a, 0, 0, &k1, Some(&v1)),
-                snap(a, 1, 0, &k2, Some(&v2)),
-                end(a, 0, 2),
-            ],
-        ),
-        &mut rep,
-    );
+    // Twice: a subscriber believes the first CycleBegin it hears once
+    // another datagram repeats it.
+    for _ in 0..2 {
+        feed(
+            &mut sub,
+            t,
+            &craft(
+                3,
+                1,
+                &[
+                    begin(a, 0, 2),
+                    snap(a, 0, 0, &k1, Some(&v1)),
+                    snap(a, 1, 0, &k2, Some(&v2)),
+                    end(a, 0, 2),
+                ],
+            ),
+            &mut rep,
+        );
+    }
     assert!(sub.status().consistent, "{:?}", sub.status());
     // Leaf 2 is removed by delta 1.
     let rm = crate::state::encode(&Op::Remove(2));
@@ -701,15 +399,17 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         seq: SeqNum(1),
         prev_leaf_seq: SeqNum(0),
         creates: false,
+        removes: false,
         key: &k2,
         payload: &rm,
     });
-    sub.handle_datagram(t, &craft(3, 1, &[d]), &mut rep);
-    assert!(!rep.typed.state().0.contains_key(&2));
+    feed(&mut sub, t, &craft(3, 1, &[d]), &mut rep);
+    assert!(!rep.state().0.contains_key(&2));
     // Two more cycles, across the wrap: u32::MAX then 0.
     for c in [u32::MAX, 0] {
         t += Duration::from_millis(1);
-        sub.handle_datagram(
+        feed(
+            &mut sub,
             t,
             &craft(
                 3,
@@ -726,12 +426,14 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         seq: SeqNum(2),
         prev_leaf_seq: SeqNum(0),
         creates: false,
+        removes: false,
         key: &k1,
         payload: &add,
     });
-    sub.handle_datagram(t, &craft(3, 1, &[d]), &mut rep);
-    let v11 = crate::state::encode(&11i64);
-    sub.handle_datagram(
+    feed(&mut sub, t, &craft(3, 1, &[d]), &mut rep);
+    let v11 = crate::state::encode(&Val::from(11));
+    feed(
+        &mut sub,
         t,
         &craft(
             3,
@@ -740,9 +442,9 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         ),
         &mut rep,
     );
-    sub.handle_datagram(t, &old, &mut rep);
+    feed(&mut sub, t, &old, &mut rep);
     assert_eq!(
-        rep.typed.state().0,
+        rep.state().nums(),
         std::collections::BTreeMap::from([(1, 11)])
     );
     assert!(sub.status().consistent);
@@ -776,9 +478,11 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20_000);
-    // Sequence numbers near 2^64 reach the `stats.lost` overflow of
-    // `hostile_heartbeats_overflow_the_lost_counter`: off by default.
-    let huge = std::env::var("GRAPEVINE_REVIEW_HUGE_SEQS").is_ok();
+    // Sequence numbers near 2^64 (the `stats.lost` overflow of
+    // `hostile_heartbeats_overflow_the_lost_counter`, fixed) now and then.
+    let huge = std::env::var("GRAPEVINE_REVIEW_NO_HUGE_SEQS").is_err();
+    let mut nak_buf = vec![0u8; 1452];
+    let frag_ranges = [(0u32, 10u32), (20, u32::MAX)];
     for _ in 0..n {
         let mut keys: Vec<Vec<u8>> = Vec::new();
         let mut payloads: Vec<Vec<u8>> = Vec::new();
@@ -793,7 +497,7 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
             payloads.push(match rng.below(4) {
                 0 => crate::state::encode(&Op::Add(k, 1)),
                 1 => crate::state::encode(&Op::Remove(k)),
-                2 => crate::state::encode(&(rng.below(100) as i64)),
+                2 => crate::state::encode(&Val::from(rng.below(100) as i64)),
                 _ => vec![0xff; rng.below(8) as usize],
             });
         }
@@ -805,7 +509,12 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
                 1 + rng.below(300)
             };
             let cyc = rng.below(6) as u32;
-            let m = match rng.below(8) {
+            let m = match rng.below(9) {
+                8 => Message::FragNak(crate::wire::FragNak {
+                    requester: rng.next_u64() as u32,
+                    frag_id: rng.below(3) as u32,
+                    ranges: crate::wire::FragRanges::from_slice(&frag_ranges),
+                }),
                 7 => Message::Nak(crate::wire::Nak {
                     requester: rng.next_u64() as u32,
                     ranges: crate::wire::NakRanges::from_slice(&NAK_RANGES),
@@ -820,6 +529,7 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
                             SeqNum(rng.below(seq))
                         },
                         creates,
+                        removes: rng.chance(0.3),
                         key: &keys[i],
                         payload: &payloads[i],
                     })
@@ -853,14 +563,19 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
         }
         t += Duration::from_micros(rng.below(3000));
         let session = 1 + rng.below(3);
-        sub.handle_datagram(t, &craft(3, session, &msgs), &mut rep);
+        feed(&mut sub, t, &craft(3, session, &msgs), &mut rep);
         if rng.chance(0.2) {
             t += Duration::from_millis(rng.below(30));
             sub.handle_timeout(t, &mut rep);
         }
+        while let Some(tx) = sub.poll_transmit(t, &mut nak_buf) {
+            assert_eq!(tx.destination, crate::Destination::Unicast(from()));
+        }
         let (count, bytes) = sub.buffered();
         assert!(count <= 16 + 32, "buffered {count}");
         assert!(bytes <= 2 * 4096, "buffered bytes {bytes}");
+        let (rbytes, partials) = sub.reassembly_usage();
+        assert!(rbytes <= 16 << 20 && partials <= 64);
         let _ = sub.status();
         while sub.poll_event().is_some() {}
     }
@@ -885,7 +600,7 @@ fn durations_that_would_overflow_are_refused_and_the_largest_accepted_run() {
     // The largest accepted values, with the largest heartbeat interval the
     // wire can carry, do not overflow.
     let t = Instant::now();
-    let mut cfg = rig_sub_config();
+    let mut cfg = rig_sub_config_no_nak();
     cfg.reorder_timeout(Duration::from_secs(3600))
         .missed_heartbeats(1000);
     let mut sub = Subscriber::new(cfg).unwrap();
@@ -897,175 +612,23 @@ fn durations_that_would_overflow_are_refused_and_the_largest_accepted_run() {
             interval_ms: u32::MAX,
         })
     };
-    sub.handle_datagram(t, &craft(3, 1, &[hb(0), hb(5)]), &mut rep);
+    // Two datagrams agree on the interval and on where the stream is
+    // (PROTOCOL.md §8.4), then a third shows a hole.
+    feed(&mut sub, t, &craft(3, 1, &[hb(0)]), &mut rep);
+    feed(&mut sub, t, &craft(3, 1, &[hb(0)]), &mut rep);
+    feed(&mut sub, t, &craft(3, 1, &[hb(0), hb(5)]), &mut rep);
     let deadline = sub.poll_timeout().unwrap();
     sub.handle_timeout(deadline, &mut rep);
-    assert!(sub.stats().gaps >= 1);
+    assert!(
+        sub.stats().gaps >= 1,
+        "{:?} {:?}",
+        sub.status(),
+        sub.stats()
+    );
     let mut cfg = rig_pub_config();
     cfg.min_cycle_interval(Duration::from_secs(3600));
     let mut p = SimPublisher::new(cfg, SessionId(1), t, &leaves(3), Default::default());
     let mut buf = vec![0u8; 1452];
-    while p.core.poll_transmit(t, &p.state, &mut buf).is_some() {}
+    p.drive(t, 1, &mut buf, |_| {});
     assert!(p.core.poll_timeout().is_some());
-}
-
-// ---------------------------------------------------------------------------
-// Adversarial reordering: everything the publisher sends during a window is
-// delivered in a random permutation (some copies dropped, some duplicated,
-// some held back to a later window), across cycle boundaries, with a tiny
-// key space and heavy create/remove/re-create churn. The claim is checked
-// after every datagram and timeout; convergence at the end.
-// ---------------------------------------------------------------------------
-
-fn run_shuffled(seed: u64) -> Result<u64, String> {
-    let mut rng = Rng::new(seed ^ 0x5eed_5eed);
-    let key_space = 2 + rng.below(10) as u16;
-    let initial: Vec<(u16, i64)> = (0..rng.below(u64::from(key_space) + 1) as u16)
-        .map(|k| (k, i64::from(k)))
-        .collect();
-    let mut pc = PublisherConfig::default();
-    pc.stream(StreamId(3))
-        .max_datagram([120, 300, 1452][rng.below(3) as usize])
-        .snapshot_rate(SnapshotRate::LeavesPerSec(2_000 + rng.below(20_000) as u32))
-        .heartbeat_interval(Duration::from_millis(3 + rng.below(20)))
-        .min_cycle_interval(Duration::from_millis(1 + rng.below(15)));
-    let mut sc = rig_sub_config();
-    sc.reorder_window(1 + rng.below(16) as usize)
-        .reorder_timeout(Duration::from_millis(1 + rng.below(10)))
-        .max_pending_deltas(1 + rng.below(8) as usize);
-    let oversize = rng.chance(0.2);
-    if oversize {
-        sc.max_cycle_leaves(u32::from(key_space / 2));
-    }
-    let restart_p = [0.0, 0.0, 0.05][rng.below(3) as usize];
-    let mut r = Rig::new(&[], sc);
-    r.publisher = SimPublisher::new(
-        pc.clone(),
-        SessionId(1),
-        r.now,
-        &initial,
-        Default::default(),
-    );
-    let window = Duration::from_millis(1 + rng.below(30));
-    let (loss, dup, hold) = (
-        [0.0, 0.05, 0.2][rng.below(3) as usize],
-        [0.0, 0.2][rng.below(2) as usize],
-        [0.0, 0.1][rng.below(2) as usize],
-    );
-    // Datagrams held back, with the window that releases them.
-    let mut held: Vec<(u64, Vec<u8>)> = Vec::new();
-    let busy = Duration::from_millis(200 + rng.below(400));
-    let start = r.now;
-    let mut w = 0u64;
-    while r.now < start + busy {
-        w += 1;
-        if rng.chance(restart_p) {
-            let history = std::mem::take(&mut r.publisher.history);
-            let fresh: Vec<(u16, i64)> = (0..rng.below(u64::from(key_space) + 1) as u16)
-                .map(|k| (k, -i64::from(k)))
-                .collect();
-            r.publisher = SimPublisher::new(pc.clone(), SessionId(100 + w), r.now, &fresh, history);
-        }
-        let (due, later): (Vec<_>, Vec<_>) = held.into_iter().partition(|(at, _)| *at <= w);
-        held = later;
-        let mut batch: Vec<Vec<u8>> = due.into_iter().map(|(_, d)| d).collect();
-        let until = r.now + window;
-        while r.now < until {
-            r.now += Duration::from_micros(200 + rng.below(800));
-            for _ in 0..rng.below(3) {
-                let k = rng.below(u64::from(key_space)) as u16;
-                let op = match rng.below(6) {
-                    0 | 1 => Op::Add(k, 1 + rng.below(5) as i64),
-                    2 => Op::Set(k, rng.below(100) as i64),
-                    _ => Op::Remove(k),
-                };
-                r.publisher.publish(&op);
-            }
-            batch.extend(r.output());
-        }
-        // Shuffle (Fisher-Yates), drop, duplicate, hold back.
-        for i in (1..batch.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            batch.swap(i, j);
-        }
-        for d in batch {
-            if rng.chance(loss) {
-                continue;
-            }
-            if rng.chance(hold) {
-                held.push((w + 1 + rng.below(10), d));
-                continue;
-            }
-            if rng.chance(dup) {
-                held.push((w + 1 + rng.below(10), d.clone()));
-            }
-            r.sub.handle_datagram(r.now, &d, &mut r.replica);
-            r.claim_holds()?;
-            if rng.chance(0.1) {
-                r.tick_checked()?;
-            }
-        }
-        r.tick_checked()?;
-    }
-    for (_, d) in held {
-        r.sub.handle_datagram(r.now, &d, &mut r.replica);
-        r.claim_holds()?;
-    }
-    // The network heals.
-    for i in 0..2000 {
-        r.now += Duration::from_millis(1);
-        let out = r.output();
-        for d in out {
-            r.sub.handle_datagram(r.now, &d, &mut r.replica);
-            r.claim_holds()?;
-        }
-        r.tick_checked()?;
-        if r.converged() || (oversize && i > 500) {
-            if std::env::var("GRAPEVINE_REVIEW_VERBOSE").is_ok() {
-                eprintln!(
-                    "seed {seed}: seq {} {:?}",
-                    r.publisher.core.last_seq(),
-                    r.sub.stats()
-                );
-            }
-            return Ok(r.claims.get());
-        }
-    }
-    Err(format!(
-        "not converged: {:?} {:?}",
-        r.sub.status(),
-        r.sub.stats()
-    ))
-}
-
-impl Rig {
-    fn tick_checked(&mut self) -> Result<(), String> {
-        self.sub.handle_timeout(self.now, &mut self.replica);
-        self.claim_holds()
-    }
-}
-
-#[test]
-fn shuffled_windows_keep_the_claim_and_converge() {
-    let n: u64 = std::env::var("GRAPEVINE_REVIEW_SHUFFLE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1500);
-    let first: u64 = std::env::var("GRAPEVINE_REVIEW_FIRST")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut failures = Vec::new();
-    let mut claims = 0;
-    for seed in first..first + n {
-        match run_shuffled(seed) {
-            Ok(c) => claims += c,
-            Err(e) => {
-                eprintln!("shuffle seed {seed}: {e}");
-                failures.push(seed);
-            }
-        }
-    }
-    assert!(failures.is_empty(), "failing seeds: {failures:?}");
-    assert!(claims > n * 10, "the claim was checked: {claims}");
 }

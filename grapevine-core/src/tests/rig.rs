@@ -1,13 +1,22 @@
 //! A hand-driven rig: one publisher, one subscriber, and a test that decides
-//! which datagrams arrive and when timers fire. Every step checks the claim
-//! "consistent ⇒ equal to the publisher as of `status().seq`".
+//! which datagrams arrive, which NAKs reach the publisher, and when timers
+//! fire. Every step checks the claim "consistent ⇒ equal to the publisher
+//! as of `status().seq`", the leaf counts and the memory bounds.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::sim::{DigestReplica, Op, SimPublisher};
+use super::sim::{
+    check_bounds, check_claim, publisher_addr, subscriber_addr, Bounds, DigestReplica, Op,
+    SimPublisher, Val,
+};
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::{Event, Subscriber, SubscriberConfig};
-use crate::{SessionId, StreamId};
+use crate::wire::{Datagram, Message};
+use crate::{Destination, SessionId, StreamId};
+
+/// Drops chosen datagrams in [`Rig::run`].
+pub(crate) type Drop = Box<dyn FnMut(&[u8]) -> bool>;
 
 pub(crate) struct Rig {
     pub(crate) now: Instant,
@@ -15,10 +24,24 @@ pub(crate) struct Rig {
     pub(crate) sub: Subscriber,
     pub(crate) replica: DigestReplica,
     pub(crate) buf: Vec<u8>,
+    /// Where the publisher's datagrams come from, and the subscriber's.
+    pub(crate) pub_addr: SocketAddr,
+    pub(crate) sub_addr: SocketAddr,
+    /// NAK datagrams the subscriber sent that were not delivered yet.
+    pub(crate) naks: Vec<Vec<u8>>,
+    /// Whether [`Rig::run`] carries NAKs to the publisher (default true).
+    pub(crate) carry_naks: bool,
+    /// Publisher datagrams [`Rig::run`] drops (scripted loss).
+    pub(crate) drop: Option<Drop>,
+    /// Datagrams dropped by `drop`.
+    pub(crate) dropped: u64,
+    /// Time step of [`Rig::run`] (default 1 ms).
+    pub(crate) step: Duration,
     /// Times the claim was made and checked.
     pub(crate) claims: std::cell::Cell<u64>,
     /// Every event the subscriber emitted, in order.
     pub(crate) events: Vec<Event>,
+    nak_buf: Vec<u8>,
 }
 
 pub(crate) fn rig_pub_config() -> PublisherConfig {
@@ -34,59 +57,134 @@ pub(crate) fn rig_sub_config() -> SubscriberConfig {
     let mut c = SubscriberConfig::default();
     c.stream(StreamId(3))
         .reorder_timeout(Duration::from_millis(5))
-        .missed_heartbeats(5);
+        .missed_heartbeats(5)
+        .rng_seed(3);
     c
 }
 
-pub(crate) fn leaves(n: u16) -> Vec<(u16, i64)> {
-    (0..n).map(|k| (k, i64::from(k) * 10)).collect()
+/// `rig_sub_config` without NAK repair: holes go to snapshot repair after
+/// the reorder timeout (5 ms).
+pub(crate) fn rig_sub_config_no_nak() -> SubscriberConfig {
+    let mut c = rig_sub_config();
+    c.nak_repair(false);
+    c
+}
+
+pub(crate) fn leaves(n: u16) -> Vec<(u16, Val)> {
+    (0..n).map(|k| (k, Val::from(i64::from(k) * 10))).collect()
+}
+
+/// Whether a datagram carries delta (or retransmission) `seq`.
+pub(crate) fn carries_seq(d: &[u8], seq: u64) -> bool {
+    Datagram::decode(d).is_ok_and(|d| {
+        d.messages()
+            .any(|m| matches!(m, Message::Delta(x) | Message::Retransmit(x) if x.seq.0 == seq))
+    })
+}
+
+/// Whether a datagram carries the original (not a retransmission) of delta
+/// `seq`.
+pub(crate) fn carries_delta(d: &[u8], seq: u64) -> bool {
+    Datagram::decode(d).is_ok_and(|d| {
+        d.messages()
+            .any(|m| matches!(m, Message::Delta(x) if x.seq.0 == seq))
+    })
 }
 
 impl Rig {
-    pub(crate) fn new(initial: &[(u16, i64)], sub_cfg: SubscriberConfig) -> Self {
+    pub(crate) fn new(initial: &[(u16, Val)], sub_cfg: SubscriberConfig) -> Self {
+        Self::with_publisher(rig_pub_config(), initial, sub_cfg)
+    }
+
+    pub(crate) fn with_publisher(
+        pub_cfg: PublisherConfig,
+        initial: &[(u16, Val)],
+        sub_cfg: SubscriberConfig,
+    ) -> Self {
         let now = Instant::now();
         Self {
             now,
-            publisher: SimPublisher::new(
-                rig_pub_config(),
-                SessionId(1),
-                now,
-                initial,
-                Default::default(),
-            ),
+            publisher: SimPublisher::new(pub_cfg, SessionId(1), now, initial, Default::default()),
             sub: Subscriber::new(sub_cfg).unwrap(),
             replica: DigestReplica::default(),
             buf: vec![0; 1452],
+            pub_addr: publisher_addr(0),
+            sub_addr: subscriber_addr(0),
+            naks: Vec::new(),
+            carry_naks: true,
+            drop: None,
+            dropped: 0,
+            step: Duration::from_millis(1),
             claims: std::cell::Cell::new(0),
             events: Vec::new(),
+            nak_buf: vec![0; 65_536],
         }
     }
 
+    /// Replaces the publisher with a new session (a restart), at a new
+    /// port.
+    pub(crate) fn restart_publisher(&mut self, session: SessionId, initial: &[(u16, Val)]) {
+        let history = std::mem::take(&mut self.publisher.history);
+        let cfg = self.publisher.core.config().clone();
+        self.publisher = SimPublisher::new(cfg, session, self.now, initial, history);
+        self.pub_addr = publisher_addr(self.pub_addr.port() - 5000 + 1);
+    }
+
+    /// Everything the publisher sends at `now` (timers fired first).
     pub(crate) fn output(&mut self) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        while let Some(len) =
-            self.publisher
-                .core
-                .poll_transmit(self.now, &self.publisher.state, &mut self.buf)
-        {
-            out.push(self.buf[..len].to_vec());
-        }
+        let mut buf = std::mem::take(&mut self.buf);
+        self.publisher
+            .drive(self.now, 1, &mut buf, |d| out.push(d.to_vec()));
+        self.buf = buf;
+        self.publisher.check_bounds().unwrap();
         out
     }
 
+    /// Hands datagrams to the subscriber, as if from the publisher.
     pub(crate) fn deliver(&mut self, datagrams: &[Vec<u8>]) {
         for d in datagrams {
-            self.sub.handle_datagram(self.now, d, &mut self.replica);
-            self.check_claim();
-            self.drain_events();
+            self.deliver_from(self.pub_addr, d);
         }
+    }
+
+    pub(crate) fn deliver_from(&mut self, from: SocketAddr, d: &[u8]) {
+        let mut d = d.to_vec();
+        self.sub
+            .handle_datagram(self.now, from, &mut d, &mut self.replica);
+        self.after_sub();
     }
 
     /// Fires the subscriber's timers at `now`.
     pub(crate) fn tick(&mut self) {
         self.sub.handle_timeout(self.now, &mut self.replica);
+        self.after_sub();
+    }
+
+    fn after_sub(&mut self) {
         self.check_claim();
         self.drain_events();
+        self.collect_naks();
+    }
+
+    /// Collects the NAK datagrams the subscriber has to send now.
+    pub(crate) fn collect_naks(&mut self) {
+        while let Some(t) = self.sub.poll_transmit(self.now, &mut self.nak_buf) {
+            assert_eq!(t.destination, Destination::Unicast(self.pub_addr));
+            for d in t.datagrams(&self.nak_buf) {
+                self.naks.push(d.to_vec());
+            }
+        }
+    }
+
+    /// Hands the NAKs collected so far to the publisher.
+    pub(crate) fn deliver_naks(&mut self) {
+        for mut d in std::mem::take(&mut self.naks) {
+            self.publisher
+                .core
+                .handle_datagram(self.now, self.sub_addr, &mut d);
+        }
+        self.publisher.check_bounds().unwrap();
     }
 
     pub(crate) fn drain_events(&mut self) {
@@ -102,21 +200,50 @@ impl Rig {
     }
 
     pub(crate) fn assert_equal(&self) {
-        assert_eq!(self.replica.typed.state(), self.publisher.state.state());
+        assert_eq!(self.replica.state(), self.publisher.state.state());
     }
 
-    /// 1 ms steps, delivering everything; returns what was sent.
+    /// Steps of `step` (1 ms), delivering everything (but what `drop`
+    /// drops) and, if `carry_naks`, carrying NAKs back to the publisher;
+    /// returns what was sent.
     pub(crate) fn run(&mut self, dt: Duration) -> Vec<Vec<u8>> {
         let end = self.now + dt;
         let mut sent = Vec::new();
         while self.now < end {
-            self.now += Duration::from_millis(1);
+            self.now += self.step;
             let out = self.output();
-            self.deliver(&out);
+            for d in &out {
+                if let Some(f) = self.drop.as_mut() {
+                    if f(d) {
+                        self.dropped += 1;
+                        continue;
+                    }
+                }
+                self.deliver_from(self.pub_addr, d);
+            }
             self.tick();
+            if self.carry_naks {
+                self.deliver_naks();
+            }
             sent.extend(out);
         }
         sent
+    }
+
+    /// Runs until `done` or `limit`; returns the time it took.
+    pub(crate) fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        while self.now < start + limit {
+            if done(self) {
+                return Some(self.now - start);
+            }
+            self.run(self.step);
+        }
+        done(self).then(|| self.now - start)
     }
 
     pub(crate) fn publish_delivered(&mut self, op: Op) {
@@ -126,44 +253,13 @@ impl Rig {
     }
 
     /// The claim under review: consistent ⇒ the replica equals the
-    /// publisher's state as of `status().seq`.
+    /// publisher's state as of `status().seq`; and the buffers are within
+    /// their (default) bounds.
     pub(crate) fn claim_holds(&self) -> Result<(), String> {
-        let st = self.sub.status();
-        if !st.consistent {
-            return Ok(());
+        if check_claim(&self.sub, &self.replica, &self.publisher, true)? {
+            self.claims.set(self.claims.get() + 1);
         }
-        self.claims.set(self.claims.get() + 1);
-        if st.session != Some(self.publisher.core.session()) {
-            // An earlier session: compare digests.
-            let session = st.session.ok_or("consistent without a session")?;
-            let want = self
-                .publisher
-                .history
-                .get(&session)
-                .and_then(|h| h.get(st.seq.0 as usize))
-                .ok_or_else(|| format!("consistent at unknown seq {} of {session}", st.seq))?;
-            if *want != self.replica.digest {
-                return Err(format!(
-                    "claims consistent at {session}/{} but differs",
-                    st.seq
-                ));
-            }
-            return Ok(());
-        }
-        let want = self
-            .publisher
-            .states
-            .get(st.seq.0 as usize)
-            .ok_or_else(|| format!("consistent at unknown seq {}", st.seq))?;
-        if want != self.replica.typed.state() {
-            return Err(format!(
-                "claims consistent at seq {} but\n replica   {:?}\n publisher {:?}",
-                st.seq,
-                self.replica.typed.state().0,
-                want.0
-            ));
-        }
-        Ok(())
+        check_bounds(&self.sub, &Bounds::default())
     }
 
     pub(crate) fn check_claim(&self) {
@@ -178,6 +274,8 @@ impl Rig {
             && st.consistent
             && st.session == Some(self.publisher.core.session())
             && st.seq == self.publisher.core.last_seq()
-            && self.replica.typed.state() == self.publisher.state.state()
+            && st.known_seq == st.seq
+            && st.missing == 0
+            && self.replica.state() == self.publisher.state.state()
     }
 }

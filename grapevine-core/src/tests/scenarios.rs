@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::rig::{leaves, rig_pub_config, rig_sub_config, Rig};
-use super::sim::{Op, SimPublisher};
+use super::rig::{leaves, rig_pub_config, rig_sub_config, rig_sub_config_no_nak, Rig};
+use super::sim::{Op, SimPublisher, Val};
 use crate::subscriber::Event;
 use crate::wire::{Datagram, Message};
 use crate::{SessionId, StreamId};
@@ -41,7 +41,8 @@ fn late_joiner_reports_progress_then_syncs() {
 
 #[test]
 fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
-    let mut p = Rig::new(&leaves(30), rig_sub_config());
+    // Without NAK repair: the hole goes to snapshot repair.
+    let mut p = Rig::new(&leaves(30), rig_sub_config_no_nak());
     p.run(Duration::from_millis(30));
     assert!(p.sub.status().consistent);
     p.publish_dropped(Op::Add(4, 1));
@@ -61,7 +62,7 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
     let key4 = crate::state::encode(&4u16);
     assert!(p.events.contains(&Event::LeafStale { key: key4.clone() }));
     // Leaf 9's delta still applied.
-    assert_eq!(p.replica.typed.state().0.get(&9), Some(&95));
+    assert_eq!(p.replica.state().get(9), Some(95));
     p.run(Duration::from_millis(40));
     let st = p.sub.status();
     assert!(st.consistent && st.stale_leaves == 0, "{st:?}");
@@ -71,19 +72,16 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
 
 #[test]
 fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
-    let mut p = Rig::new(&leaves(20), rig_sub_config());
+    let mut p = Rig::new(&leaves(20), rig_sub_config_no_nak());
     p.run(Duration::from_millis(30));
     p.publish_dropped(Op::Remove(7));
     p.publish_delivered(Op::Add(3, 1));
     p.now += Duration::from_millis(6);
     p.sub.handle_timeout(p.now, &mut p.replica);
-    assert!(
-        p.replica.typed.state().0.contains_key(&7),
-        "ghost still held"
-    );
+    assert!(p.replica.state().0.contains_key(&7), "ghost still held");
     assert!(!p.sub.status().consistent);
     p.run(Duration::from_millis(40));
-    assert!(!p.replica.typed.state().0.contains_key(&7));
+    assert!(!p.replica.state().0.contains_key(&7));
     assert_eq!(p.sub.stats().ghosts_removed, 1);
     assert!(p.sub.status().consistent);
     p.assert_equal();
@@ -105,7 +103,7 @@ fn a_removal_during_a_cycle_is_sent_as_a_tombstone() {
 
 #[test]
 fn creating_delta_replaces_a_ghost_without_a_snapshot() {
-    let mut p = Rig::new(&leaves(10), rig_sub_config());
+    let mut p = Rig::new(&leaves(10), rig_sub_config_no_nak());
     p.run(Duration::from_millis(30));
     p.publish_dropped(Op::Remove(2));
     // Leaf 2 comes back as a new leaf: the delta says it creates it, so the
@@ -113,7 +111,7 @@ fn creating_delta_replaces_a_ghost_without_a_snapshot() {
     p.publish_delivered(Op::Add(2, 1));
     p.now += Duration::from_millis(6);
     p.sub.handle_timeout(p.now, &mut p.replica);
-    assert_eq!(p.replica.typed.state().0.get(&2), Some(&1));
+    assert_eq!(p.replica.state().get(2), Some(1));
     assert_eq!(p.sub.stats().deltas_pending, 0);
 }
 
@@ -122,9 +120,13 @@ fn publisher_restart_clears_and_resyncs() {
     let mut p = Rig::new(&leaves(15), rig_sub_config());
     p.run(Duration::from_millis(30));
     p.publish_delivered(Op::Set(1, 111));
-    let history = std::mem::take(&mut p.publisher.history);
-    p.publisher = SimPublisher::new(rig_pub_config(), SessionId(2), p.now, &[(50, 5)], history);
-    p.run(Duration::from_millis(40));
+    let old_addr = p.pub_addr;
+    p.restart_publisher(SessionId(2), &[(50, Val::from(5))]);
+    assert_ne!(
+        p.pub_addr, old_addr,
+        "a restarted publisher binds a new port"
+    );
+    p.run(Duration::from_millis(80));
     assert!(p.events.contains(&Event::PublisherRestarted {
         old: SessionId(1),
         new: SessionId(2)
@@ -132,7 +134,7 @@ fn publisher_restart_clears_and_resyncs() {
     let st = p.sub.status();
     assert_eq!(st.session, Some(SessionId(2)));
     assert!(st.consistent);
-    assert_eq!(p.replica.typed.state().0, BTreeMap::from([(50, 5)]));
+    assert_eq!(p.replica.state().nums(), BTreeMap::from([(50, 5)]));
     // A late datagram of the old session is not taken for a new restart.
     let mut old = SimPublisher::new(
         rig_pub_config(),
@@ -143,9 +145,10 @@ fn publisher_restart_clears_and_resyncs() {
     );
     old.publish(&Op::Set(1, 1));
     let mut buf = vec![0; 1452];
-    let len = old.core.poll_transmit(p.now, &old.state, &mut buf).unwrap();
+    let mut out = Vec::new();
+    old.drive(p.now, 1, &mut buf, |d| out.push(d.to_vec()));
     let others = p.sub.stats().other_session;
-    p.sub.handle_datagram(p.now, &buf[..len], &mut p.replica);
+    p.deliver_from(old_addr, &out[0]);
     assert_eq!(p.sub.status().session, Some(SessionId(2)));
     assert_eq!(p.sub.stats().other_session, others + 1);
 }
@@ -164,11 +167,7 @@ fn silence_reports_the_publisher_gone_and_back() {
     p.drain_events();
     assert!(p.events.contains(&Event::PublisherGone));
     assert!(!p.sub.status().publisher_alive);
-    assert_eq!(
-        p.replica.typed.state().0.len(),
-        5,
-        "the replica stays readable"
-    );
+    assert_eq!(p.replica.state().0.len(), 5, "the replica stays readable");
     p.run(Duration::from_millis(20));
     assert!(p.events.contains(&Event::PublisherBack));
     assert!(p.sub.status().publisher_alive);
@@ -191,19 +190,16 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
     );
     other.publish(&Op::Set(1, 5));
     let mut buf = vec![0; 1452];
-    let len = other
-        .core
-        .poll_transmit(p.now, &other.state, &mut buf)
-        .unwrap();
-    p.sub.handle_datagram(p.now, &buf[..len], &mut p.replica);
+    let mut out = Vec::new();
+    other.drive(p.now, 1, &mut buf, |d| out.push(d.to_vec()));
+    p.deliver(&out[..1]);
     assert_eq!(p.sub.stats().foreign_stream, 1);
     // Garbage and a truncated datagram.
-    p.sub
-        .handle_datagram(p.now, b"definitely not grapevine", &mut p.replica);
+    p.deliver(&[b"definitely not grapevine".to_vec()]);
     p.publisher.publish(&Op::Set(1, 7));
     let out = p.output();
-    let cut = &out[0][..out[0].len() - 3];
-    p.sub.handle_datagram(p.now, cut, &mut p.replica);
+    let cut = out[0][..out[0].len() - 3].to_vec();
+    p.deliver(&[cut]);
     let malformed: u64 = p.sub.stats().malformed.values().sum();
     assert_eq!(malformed, 2);
     assert_eq!(p.replica.digest, before, "nothing dropped was applied");

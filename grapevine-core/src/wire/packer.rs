@@ -23,7 +23,8 @@ use crate::{SessionId, StreamId};
 /// let mut packer = Packer::new(StreamId(1), SessionId(2), 1452);
 /// for seq in 1..=100u64 {
 ///     packer.push(&Message::Delta(Delta {
-///         seq: SeqNum(seq), prev_leaf_seq: SeqNum::NONE, creates: false, key: b"key", payload: &[0; 40],
+///         seq: SeqNum(seq), prev_leaf_seq: SeqNum::NONE, creates: false, removes: false,
+///         key: b"key", payload: &[0; 40],
 ///     }))?;
 /// }
 /// packer.flush();

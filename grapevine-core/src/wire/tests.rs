@@ -23,6 +23,7 @@ enum Owned {
         seq: u64,
         prev: u64,
         creates: bool,
+        removes: bool,
         key: Vec<u8>,
         payload: Vec<u8>,
     },
@@ -47,6 +48,11 @@ enum Owned {
         inner_kind: u8,
         data: Vec<u8>,
     },
+    FragNak {
+        requester: u32,
+        frag_id: u32,
+        ranges: Vec<(u32, u32)>,
+    },
     Unknown {
         kind: u8,
         body: Vec<u8>,
@@ -61,6 +67,7 @@ impl Owned {
                 seq,
                 prev,
                 creates,
+                removes,
                 key,
                 payload,
             } => {
@@ -68,6 +75,7 @@ impl Owned {
                     seq: SeqNum(*seq),
                     prev_leaf_seq: SeqNum(*prev),
                     creates: *creates,
+                    removes: *removes,
                     key,
                     payload,
                 };
@@ -110,6 +118,15 @@ impl Owned {
                 inner_kind: *inner_kind,
                 data,
             }),
+            Owned::FragNak {
+                requester,
+                frag_id,
+                ranges,
+            } => Message::FragNak(FragNak {
+                requester: *requester,
+                frag_id: *frag_id,
+                ranges: FragRanges::from_slice(ranges),
+            }),
             Owned::Unknown { kind, body } => Message::Unknown { kind: *kind, body },
         }
     }
@@ -147,14 +164,19 @@ fn delta() -> impl Strategy<Value = Owned> {
             } else {
                 Just(false).boxed()
             };
-            (Just((retransmit, seq, prev, key, payload)), creates)
+            (
+                Just((retransmit, seq, prev, key, payload)),
+                creates,
+                any::<bool>(),
+            )
         })
         .prop_map(
-            |((retransmit, seq, prev, key, payload), creates)| Owned::Delta {
+            |((retransmit, seq, prev, key, payload), creates, removes)| Owned::Delta {
                 retransmit,
                 seq,
                 prev,
                 creates,
+                removes,
                 key,
                 payload,
             },
@@ -185,6 +207,18 @@ fn nak_range() -> impl Strategy<Value = SeqRange> {
             first: SeqNum(first),
             last: SeqNum(last),
         })
+}
+
+/// A fragment NAK range `(offset, end)` with `offset < end`.
+fn frag_range() -> impl Strategy<Value = (u32, u32)> {
+    prop_oneof![Just(0u32), any::<u32>().prop_map(|o| o.min(u32::MAX - 1))].prop_flat_map(
+        |offset| {
+            (
+                Just(offset),
+                prop_oneof![Just(offset + 1), Just(u32::MAX), offset + 1..=u32::MAX],
+            )
+        },
+    )
 }
 
 fn inner_kind() -> impl Strategy<Value = u8> {
@@ -239,7 +273,10 @@ fn message() -> impl Strategy<Value = Owned> {
         1 => (any::<u32>(), vec(nak_range(), 1..=20))
             .prop_map(|(requester, ranges)| Owned::Nak { requester, ranges }),
         2 => fragment(),
-        1 => (0x09u8..=0x7f, bytes(200)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
+        1 => (any::<u32>(), any::<u32>(), vec(frag_range(), 1..=20)).prop_map(
+            |(requester, frag_id, ranges)| Owned::FragNak { requester, frag_id, ranges }
+        ),
+        1 => (0x0au8..=0x7f, bytes(200)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
     ]
 }
 
@@ -268,18 +305,20 @@ fn loose_message() -> impl Strategy<Value = Owned> {
             loose_u64(),
             any::<bool>(),
             bytes(3),
-            bytes(3)
+            bytes(3),
+            any::<bool>(),
         )
-            .prop_map(
-                |(retransmit, seq, prev, creates, key, payload)| Owned::Delta {
+            .prop_map(|(retransmit, seq, prev, creates, key, payload, removes)| {
+                Owned::Delta {
                     retransmit,
                     seq,
                     prev,
                     creates,
+                    removes,
                     key,
                     payload,
                 }
-            ),
+            }),
         (any::<u32>(), vec((loose_u64(), loose_u64()), 0..4)).prop_map(|(requester, r)| {
             Owned::Nak {
                 requester,
@@ -308,6 +347,16 @@ fn loose_message() -> impl Strategy<Value = Owned> {
                     data,
                 }
             ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            vec((loose_u32(), loose_u32()), 0..4)
+        )
+            .prop_map(|(requester, frag_id, ranges)| Owned::FragNak {
+                requester,
+                frag_id,
+                ranges,
+            }),
         (any::<u8>(), bytes(24)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
         message(),
     ]
@@ -528,6 +577,19 @@ fn nak_body(ranges: &[(u64, u64)]) -> Vec<u8> {
     b
 }
 
+fn frag_nak_body(ranges: &[(u32, u32)]) -> Vec<u8> {
+    let mut b = cat(&[
+        &0xdead_beefu32.to_be_bytes(),
+        &7u32.to_be_bytes(),
+        &u16::try_from(ranges.len()).unwrap().to_be_bytes(),
+    ]);
+    for (offset, end) in ranges {
+        b.extend(offset.to_be_bytes());
+        b.extend(end.to_be_bytes());
+    }
+    b
+}
+
 fn fragment_body(total_len: u32, offset: u32, inner_kind: u8, data: &[u8]) -> Vec<u8> {
     cat(&[
         &5u32.to_be_bytes(),
@@ -635,9 +697,9 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 /// unknown ones of both classes.
 fn soup_kind() -> impl Strategy<Value = u8> {
     prop_oneof![
-        8 => 0x01u8..=0x08,
+        8 => 0x01u8..=0x09,
         1 => Just(0x00u8),
-        1 => 0x09u8..=0x7f,
+        1 => 0x0au8..=0x7f,
         1 => 0x80u8..=0xff,
     ]
 }
@@ -827,7 +889,7 @@ proptest! {
     fn fragments_reassemble_through_datagrams(
         owned in prop_oneof![
             (seq_from(1), bytes(40), vec(any::<u8>(), 0..6000)).prop_map(|(seq, key, payload)| {
-                Owned::Delta { retransmit: false, seq, prev: seq - 1, creates: false, key, payload }
+                Owned::Delta { retransmit: false, seq, prev: seq - 1, creates: false, removes: false, key, payload }
             }),
             (any::<u32>(), bytes(40), vec(any::<u8>(), 0..6000)).prop_map(|(cycle, key, value)| {
                 Owned::Snapshot { cycle, position: 0, leaf_seq: 1, key, value: Some(value) }
@@ -1118,6 +1180,7 @@ fn body_too_short_for_each_kind() {
     let cycle = [0u8; 16];
     let nak = nak_body(&[(1, 2), (3, 4)]);
     let frag = fragment_body(10, 0, 0x01, b"");
+    let frag_nak = frag_nak_body(&[(0, 2), (3, 4)]);
     let cases: Vec<(u8, MessageKind, Vec<u8>, usize)> = vec![
         (0x01, MessageKind::Delta, vec![], 8),
         // seq and prev_leaf_seq, no delta_flags.
@@ -1151,6 +1214,15 @@ fn body_too_short_for_each_kind() {
         (0x07, MessageKind::Nak, nak[..6 + 24].to_vec(), 6 + 32),
         (0x08, MessageKind::Fragment, frag[..12].to_vec(), 13),
         (0x08, MessageKind::Fragment, vec![1], 4),
+        (0x09, MessageKind::FragNak, vec![], 4),
+        (0x09, MessageKind::FragNak, frag_nak[..9].to_vec(), 10),
+        // range_count says 2, one range and a half present.
+        (
+            0x09,
+            MessageKind::FragNak,
+            frag_nak[..10 + 12].to_vec(),
+            10 + 16,
+        ),
     ];
     for (byte, kind, body, needed) in cases {
         assert_eq!(kind as u8, byte);
@@ -1199,12 +1271,12 @@ fn prev_not_before_seq() {
 fn unknown_delta_flags() {
     for (byte, kind) in [(0x01, MessageKind::Delta), (0x02, MessageKind::Retransmit)] {
         for (prev, flags) in [
-            (0, 0x02),
-            (0, 0x03),
+            (0, 0x04),
+            (0, 0x07),
             (0, 0x80),
             (0, 0xff),
-            (4, 0x02),
-            (4, 0x03),
+            (4, 0x04),
+            (4, 0x06),
         ] {
             assert_rejects(
                 &datagram(&[(byte, &delta_body(5, prev, flags, b"k", b"v"))]),
@@ -1264,6 +1336,7 @@ fn creates_round_trips() {
             seq: SeqNum(1),
             prev_leaf_seq: SeqNum::NONE,
             creates: true,
+            removes: false,
             key: b"k1",
             payload: b"\x0a",
         };
@@ -1359,6 +1432,71 @@ fn bad_nak_range() {
     }
     let ok = datagram(&[(0x07, &nak_body(&[(1, 1), (5, u64::MAX)]))]);
     assert!(Datagram::decode(&ok).is_ok());
+}
+
+#[test]
+fn empty_frag_nak() {
+    assert_rejects(
+        &datagram(&[(0x09, &frag_nak_body(&[]))]),
+        malformed(MessageKind::FragNak, Malformed::EmptyNak),
+        "empty_nak",
+    );
+}
+
+#[test]
+fn bad_frag_range() {
+    for (ranges, offset, end) in [
+        (&[(5, 5)][..], 5, 5),
+        (&[(0, 0)], 0, 0),
+        (&[(7, 6)], 7, 6),
+        (&[(0, 1), (u32::MAX, 1)], u32::MAX, 1),
+    ] {
+        assert_rejects(
+            &datagram(&[(0x09, &frag_nak_body(ranges))]),
+            malformed(
+                MessageKind::FragNak,
+                Malformed::BadFragRange { offset, end },
+            ),
+            "bad_frag_range",
+        );
+    }
+    let ok = datagram(&[(0x09, &frag_nak_body(&[(0, 1), (5, u32::MAX)]))]);
+    let msgs: Vec<_> = Datagram::decode(&ok).unwrap().messages().collect();
+    assert_eq!(
+        msgs,
+        vec![Message::FragNak(FragNak {
+            requester: 0xdead_beef,
+            frag_id: 7,
+            ranges: FragRanges::from_slice(&[(0, 1), (5, u32::MAX)]),
+        })]
+    );
+    assert_eq!(
+        msgs[0].to_string(),
+        "FragNak requester=0xdeadbeef frag_id=7 ranges=0..1,5..4294967295"
+    );
+}
+
+#[test]
+fn removes_round_trips() {
+    for (creates, removes, flags) in [(false, true, 0x02), (true, true, 0x03)] {
+        let d = Delta {
+            seq: SeqNum(4),
+            prev_leaf_seq: SeqNum::NONE,
+            creates,
+            removes,
+            key: b"k1",
+            payload: b"",
+        };
+        for m in [Message::Delta(d), Message::Retransmit(d)] {
+            let bytes = encode(&H, &[m]);
+            let body = &bytes[HEADER_LEN + MESSAGE_HEADER_LEN..];
+            assert_eq!(body, delta_body(4, 0, flags, b"k1", b""));
+            let got: Vec<_> = Datagram::decode(&bytes).unwrap().messages().collect();
+            assert_eq!(got, vec![m]);
+            assert!(m.to_string().contains(" removes "), "{m}");
+        }
+    }
+    assert_eq!(DELTA_FLAG_REMOVES, 0x02);
 }
 
 #[test]
@@ -1465,7 +1603,7 @@ fn trailing_bytes_after_fixed_fields_are_ignored() {
 
 #[test]
 fn unknown_kinds_are_yielded_and_skipped() {
-    for kind in 0x09..=0x7fu8 {
+    for kind in 0x0a..=0x7fu8 {
         let b = datagram(&[(kind, b"opaque"), (0x06, &heartbeat_body(2)), (kind, b"")]);
         let msgs: Vec<_> = Datagram::decode(&b).unwrap().messages().collect();
         assert_eq!(
@@ -1490,7 +1628,7 @@ fn unknown_kinds_are_yielded_and_skipped() {
         // The decoder never reports a defined kind as unknown.
         assert!(MessageKind::from_u8(kind).is_none());
     }
-    for kind in 0x00..=0x08u8 {
+    for kind in 0x00..=0x09u8 {
         assert_eq!(MessageKind::from_u8(kind).unwrap() as u8, kind);
     }
 }
@@ -1520,6 +1658,7 @@ fn failed_push_writes_nothing() {
         seq: SeqNum(9),
         prev_leaf_seq: SeqNum::NONE,
         creates: false,
+        removes: false,
         key: b"k",
         payload: &payload,
     });
@@ -1612,6 +1751,7 @@ fn body_too_large() {
             seq: SeqNum(1),
             prev_leaf_seq: SeqNum::NONE,
             creates: false,
+            removes: false,
             key: &key,
             payload: b""
         })),
@@ -1647,6 +1787,7 @@ fn field_too_long() {
         seq: SeqNum(1),
         prev_leaf_seq: SeqNum::NONE,
         creates: false,
+        removes: false,
         key: &key,
         payload: b"",
     });
@@ -1687,6 +1828,7 @@ fn field_too_long() {
         seq: SeqNum(1),
         prev_leaf_seq: SeqNum::NONE,
         creates: false,
+        removes: false,
         key: &key[..65_535],
         payload: b"",
     });
@@ -1783,6 +1925,7 @@ fn push_refuses_messages_a_receiver_would_reject() {
         seq: SeqNum(seq),
         prev_leaf_seq: SeqNum(prev),
         creates,
+        removes: false,
         key: b"k",
         payload: b"v",
     };
@@ -1792,6 +1935,8 @@ fn push_refuses_messages_a_receiver_would_reject() {
     };
     let nak_zero = [r(0, 3)];
     let nak_inverted = [r(1, 1), r(9, 3)];
+    let frag_empty = [(7u32, 7u32)];
+    let frag_inverted = [(0u32, 1u32), (9, 3)];
     let frag = |total_len: u32, offset: u32, inner_kind: u8, data: &'static [u8]| Fragment {
         frag_id: 1,
         total_len,
@@ -1840,6 +1985,30 @@ fn push_refuses_messages_a_receiver_would_reject() {
             Malformed::BadNakRange { first: 9, last: 3 },
         ),
         (
+            Message::FragNak(FragNak {
+                requester: 1,
+                frag_id: 2,
+                ranges: FragRanges::from_slice(&[]),
+            }),
+            Malformed::EmptyNak,
+        ),
+        (
+            Message::FragNak(FragNak {
+                requester: 1,
+                frag_id: 2,
+                ranges: FragRanges::from_slice(&frag_empty),
+            }),
+            Malformed::BadFragRange { offset: 7, end: 7 },
+        ),
+        (
+            Message::FragNak(FragNak {
+                requester: 1,
+                frag_id: 2,
+                ranges: FragRanges::from_slice(&frag_inverted),
+            }),
+            Malformed::BadFragRange { offset: 9, end: 3 },
+        ),
+        (
             Message::Fragment(frag(10, 0, 0x01, b"")),
             Malformed::EmptyFragment,
         ),
@@ -1873,7 +2042,7 @@ fn push_refuses_messages_a_receiver_would_reject() {
         ),
     ];
     let mut reserved = Vec::new();
-    for kind in 0x00..=0x08u8 {
+    for kind in 0x00..=0x09u8 {
         reserved.push((
             Message::Unknown { kind, body: b"" },
             Malformed::ReservedKind(kind),
@@ -1925,7 +2094,7 @@ fn push_refuses_messages_a_receiver_would_reject() {
 
 #[test]
 fn push_writes_unknown_kinds_of_both_classes() {
-    for kind in [0x09, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
+    for kind in [0x0a, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
         let m = Message::Unknown { kind, body: b"xyz" };
         assert_eq!(m.validate(), Ok(()));
         let mut buf = vec![0u8; 100];
@@ -1955,6 +2124,7 @@ fn push_accepts_the_edge_cases_a_receiver_accepts() {
             seq: SeqNum(1),
             prev_leaf_seq: SeqNum(0),
             creates: true,
+            removes: false,
             key: b"",
             payload: b"",
         }),
@@ -1962,6 +2132,7 @@ fn push_accepts_the_edge_cases_a_receiver_accepts() {
             seq: SeqNum(u64::MAX),
             prev_leaf_seq: SeqNum(u64::MAX - 1),
             creates: false,
+            removes: false,
             key: b"k",
             payload: b"",
         }),
@@ -2065,6 +2236,7 @@ fn fragmented_message_reassembles_through_datagrams() {
         seq: SeqNum(3),
         prev_leaf_seq: SeqNum(2),
         creates: false,
+        removes: false,
         key: b"k1",
         payload: &payload,
     });
@@ -2140,7 +2312,7 @@ fn error_codes_are_stable() {
         assert_eq!(e.code(), code);
         assert!(!e.to_string().is_empty());
     }
-    let reasons: [(Malformed, &str); 13] = [
+    let reasons: [(Malformed, &str); 14] = [
         (
             Malformed::BodyTooShort {
                 needed: 1,
@@ -2161,6 +2333,10 @@ fn error_codes_are_stable() {
         (
             Malformed::BadNakRange { first: 0, last: 0 },
             "bad_nak_range",
+        ),
+        (
+            Malformed::BadFragRange { offset: 1, end: 1 },
+            "bad_frag_range",
         ),
         (Malformed::EmptyFragment, "empty_fragment"),
         (

@@ -187,9 +187,16 @@ async fn order_book_with_loss_converges() {
     assert!(stats.protocol.naks_sent > 0, "{stats:?}");
     assert!(stats.protocol.repaired_by_nak > 0, "{stats:?}");
     assert!(publ.stats().protocol.retransmits > 0, "{:?}", publ.stats());
-    assert!(publ.stats().datagrams_received > 0, "NAKs reached the publisher");
+    assert!(
+        publ.stats().datagrams_received > 0,
+        "NAKs reached the publisher"
+    );
     assert_eq!(clean.stats().simulated_drops, 0);
-    assert_eq!(clean.stats().protocol.naks_sent, 0, "nothing lost, nothing asked");
+    assert_eq!(
+        clean.stats().protocol.naks_sent,
+        0,
+        "nothing lost, nothing asked"
+    );
 }
 
 /// Leaves far larger than a datagram (64 KB, about 45 fragments each) sync
@@ -463,7 +470,11 @@ async fn forged_huge_sequence_numbers_do_not_wedge_a_live_subscriber() {
             publ.publish(entry(100 + 20 * i as u64 + j)).unwrap();
         }
         converged(&sub, publ.session(), publ.last_seq()).await;
-        assert!(sub.status().known_seq < SeqNum(1 << 40), "{:?}", sub.status());
+        assert!(
+            sub.status().known_seq < SeqNum(1 << 40),
+            "{:?}",
+            sub.status()
+        );
     }
     assert_eq!(sub.digest(), publ.digest());
     let stats = sub.stats();
