@@ -13,6 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::pubsub::RepairFigures;
 use crate::NetArgs;
 
 /// Flags of `grapevine demo`.
@@ -82,23 +83,14 @@ struct SubscriberSummary {
     lost: u64,
     simulated_drops: u64,
     datagrams: u64,
-    naks_sent: u64,
-    repaired_by_nak: u64,
-    repaired_by_snapshot: u64,
-    consistent_share: Option<f64>,
-    repair_p50_ms: Option<f64>,
-    repair_p99_ms: Option<f64>,
+    #[serde(flatten)]
+    repair: RepairFigures,
 }
 
 #[derive(Debug, Serialize)]
 struct Summary {
     publisher: PublisherSummary,
     subscribers: Vec<SubscriberSummary>,
-}
-
-/// A quantile of a latency histogram in milliseconds.
-fn ms(h: &grapevine::core::LatencyHistogram, q: f64) -> Option<f64> {
-    h.quantile(q).map(|d| d.as_secs_f64() * 1000.0)
 }
 
 fn check_args(a: &DemoArgs) -> Result<()> {
@@ -283,12 +275,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             lost: stats.protocol.lost,
             simulated_drops: stats.simulated_drops,
             datagrams: stats.datagrams_received,
-            naks_sent: stats.protocol.naks_sent,
-            repaired_by_nak: stats.protocol.repaired_by_nak,
-            repaired_by_snapshot: stats.protocol.repaired_by_snapshot,
-            consistent_share: j.sub.consistent_share(),
-            repair_p50_ms: ms(&stats.protocol.repair_latency, 0.5),
-            repair_p99_ms: ms(&stats.protocol.repair_latency, 0.99),
+            repair: RepairFigures::of(&j.sub),
         });
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-3);

@@ -324,6 +324,14 @@ struct SubLine {
     stale_leaves: usize,
     leaves: usize,
     gaps: u64,
+    #[serde(flatten)]
+    repair: RepairFigures,
+}
+
+/// A subscriber's repair figures, as `sub --json` and `demo --json` print
+/// them.
+#[derive(Debug, Serialize)]
+pub(crate) struct RepairFigures {
     /// NAK datagrams sent.
     naks_sent: u64,
     /// Missing sequence numbers filled by a retransmission.
@@ -332,9 +340,30 @@ struct SubLine {
     repaired_by_snapshot: u64,
     /// Share of the time since sync during which the replica was consistent.
     consistent_share: Option<f64>,
-    /// Time from knowing a sequence number missing to its repair by NAK.
+    /// Time from knowing a sequence number missing to its repair by NAK
+    /// (lower bounds of 12 %-wide buckets).
     repair_p50_ms: Option<f64>,
     repair_p99_ms: Option<f64>,
+}
+
+impl RepairFigures {
+    pub(crate) fn of<S: State + Send + 'static>(sub: &Subscriber<S>) -> Self {
+        let stats = sub.stats();
+        let p = &stats.protocol;
+        let ms = |q: f64| {
+            p.repair_latency
+                .quantile(q)
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        RepairFigures {
+            naks_sent: p.naks_sent,
+            repaired_by_nak: p.repaired_by_nak,
+            repaired_by_snapshot: p.repaired_by_snapshot,
+            consistent_share: sub.consistent_share(),
+            repair_p50_ms: ms(0.5),
+            repair_p99_ms: ms(0.99),
+        }
+    }
 }
 
 fn sub_line<S: State + Send + 'static>(
@@ -342,13 +371,6 @@ fn sub_line<S: State + Send + 'static>(
     synced_at: Option<Duration>,
 ) -> SubLine {
     let st = sub.status();
-    let stats = sub.stats();
-    let p = &stats.protocol;
-    let ms = |q: f64| {
-        p.repair_latency
-            .quantile(q)
-            .map(|d| d.as_secs_f64() * 1000.0)
-    };
     SubLine {
         seq: st.seq.0,
         digest: sub.digest().to_string(),
@@ -358,13 +380,8 @@ fn sub_line<S: State + Send + 'static>(
         session: st.session.map(|s| s.to_string()),
         stale_leaves: st.stale_leaves,
         leaves: st.leaves,
-        gaps: p.gaps,
-        naks_sent: p.naks_sent,
-        repaired_by_nak: p.repaired_by_nak,
-        repaired_by_snapshot: p.repaired_by_snapshot,
-        consistent_share: sub.consistent_share(),
-        repair_p50_ms: ms(0.5),
-        repair_p99_ms: ms(0.99),
+        gaps: sub.stats().protocol.gaps,
+        repair: RepairFigures::of(sub),
     }
 }
 
