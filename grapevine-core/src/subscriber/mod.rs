@@ -1464,7 +1464,7 @@ impl Subscriber {
                                 .filter(|p| p.begin.cycle == snap.cycle)
                                 .map(|p| p.begin.start_seq)
                         });
-                    if !start.is_some_and(|st| s.needs_from.is_none_or(|n| st >= n)) {
+                    if start.is_none_or(|st| s.needs_from.is_some_and(|n| st < n)) {
                         ctx.stats.stale_snapshots += 1;
                         return;
                     }

@@ -1,249 +1,98 @@
 //! Forged datagrams of the live session, one at a time, against the claims
 //! of PROTOCOL.md §8.4 and §8.5 (found by an adversarial review of NAK
-//! repair): each test drives a publisher and a subscriber by hand, checks
-//! "consistent ⇒ equal to the publisher at `status().seq`" after every
-//! event, and requires convergence once the forger stops.
+//! repair). Each test drives the rig: "consistent ⇒ equal to the publisher
+//! at `status().seq`" is checked after every event, and convergence is
+//! required once the forger stops.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::rig::Rig;
+use super::sim::{craft, wall_micros, Op, Val};
 use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
-use crate::state::{MapDelta, State, Typed};
-use crate::subscriber::{Event, Subscriber, SubscriberConfig};
-use crate::wire::{
-    CycleBegin, Datagram, DatagramHeader, DatagramWriter, FragNak, FragRanges, Heartbeat,
-    LeafSnapshot, Message,
-};
+use crate::state::Typed;
+use crate::subscriber::{Event, SubscriberConfig};
+use crate::wire::{CycleBegin, Datagram, FragNak, FragRanges, Heartbeat, LeafSnapshot, Message};
 use crate::{CycleId, Destination, SeqNum, SessionId, StreamId};
-
-type Map = BTreeMap<u32, u64>;
-const SESSION: u64 = 7;
-const WALL: u64 = 1_764_000_000_000_000;
-
-fn pub_addr() -> SocketAddr {
-    "192.0.2.1:5000".parse().unwrap()
-}
-
-fn sub_addr() -> SocketAddr {
-    "198.51.100.7:6000".parse().unwrap()
-}
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-/// A publisher, a subscriber, and a lossless link both ways that a test
-/// can cut (`deliver`).
-struct World {
-    t0: Instant,
-    now: Instant,
-    publisher: Publisher,
-    state: Typed<Map>,
-    subscriber: Subscriber,
-    replica: Typed<Map>,
-    /// The publisher's state after each seq (index = seq).
-    history: Vec<Map>,
-    /// Every group datagram, in order.
-    sent: Vec<Vec<u8>>,
-    deliver: bool,
-    violations: Vec<String>,
-    buf: Vec<u8>,
-}
-
-impl World {
-    fn new(pc: PublisherConfig) -> Self {
-        let t0 = Instant::now();
-        let mut sc = SubscriberConfig::default();
-        sc.rng_seed(1);
-        World {
-            t0,
-            now: t0,
-            publisher: Publisher::new(pc, SessionId(SESSION), t0).unwrap(),
-            state: Typed::new(Map::new()),
-            subscriber: Subscriber::new(sc).unwrap(),
-            replica: Typed::new(Map::new()),
-            history: vec![Map::new()],
-            sent: vec![],
-            deliver: true,
-            violations: vec![],
-            buf: vec![0u8; 1452],
-        }
-    }
-
-    fn upsert(&mut self, k: u32, v: u64) {
-        let d = MapDelta::Upsert(k, v);
-        self.state.state_mut().apply(&d);
-        let key = Typed::<Map>::encode_key(&k);
-        let seq = self
-            .publisher
-            .publish(&key, &Typed::<Map>::encode_delta(&d), true)
-            .unwrap();
-        assert_eq!(seq.0 as usize, self.history.len());
-        self.history.push(self.state.state().clone());
-    }
-
-    fn check(&mut self) {
-        let st = self.subscriber.status();
-        if st.consistent && self.history.get(st.seq.0 as usize) != Some(self.replica.state()) {
-            self.violations.push(format!(
-                "+{:?}: consistent at seq {} but replica {:?}",
-                self.now - self.t0,
-                st.seq,
-                self.replica.state()
-            ));
-        }
-    }
-
-    fn feed_from(&mut self, from: SocketAddr, bytes: &[u8]) {
-        let mut b = bytes.to_vec();
-        self.subscriber
-            .handle_datagram(self.now, from, &mut b, &mut self.replica);
-        self.check();
-        self.pump_naks();
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        self.feed_from(pub_addr(), bytes);
-    }
-
-    fn pump_naks(&mut self) {
-        let mut nbuf = vec![0u8; 1452];
-        while let Some(tx) = self.subscriber.poll_transmit(self.now, &mut nbuf) {
-            let mut b = nbuf[..tx.size].to_vec();
-            self.publisher.handle_datagram(self.now, sub_addr(), &mut b);
-        }
-    }
-
-    fn flush(&mut self) {
-        let wall = WALL + (self.now - self.t0).as_micros() as u64;
-        self.publisher.handle_timeout(self.now, wall);
-        while let Some(tx) = self
-            .publisher
-            .poll_transmit(self.now, &self.state, 1, &mut self.buf)
-        {
-            let b = self.buf[..tx.size].to_vec();
-            self.sent.push(b.clone());
-            if self.deliver {
-                self.feed(&b);
-            }
-        }
-    }
-
-    fn run(&mut self, d: Duration) {
-        let end = self.now + d;
-        while self.now < end {
-            self.now += ms(1);
-            self.flush();
-            if self
-                .subscriber
-                .poll_timeout()
-                .is_some_and(|t| t <= self.now)
-            {
-                self.subscriber.handle_timeout(self.now, &mut self.replica);
-                self.check();
-                self.pump_naks();
-            }
-            self.flush();
-        }
-    }
-
-    /// Synced with 20 leaves.
-    fn synced(pc: PublisherConfig) -> Self {
-        let mut w = World::new(pc);
-        for k in 1..=20u32 {
-            w.upsert(k, u64::from(k) * 10);
-        }
-        w.run(ms(400));
-        let st = w.subscriber.status();
-        assert!(
-            st.synced && st.consistent,
-            "{st:?} {:?}",
-            w.subscriber.stats()
-        );
-        assert_eq!(w.replica.state(), w.state.state());
-        w
-    }
-
-    fn latest_cycle(&self) -> (u32, u64, u32) {
-        self.sent
-            .iter()
-            .rev()
-            .find_map(|d| {
-                let dg = Datagram::decode(d).ok()?;
-                dg.messages().find_map(|m| match m {
-                    Message::CycleBegin(c) => Some((c.cycle.0, c.start_seq.0, c.leaf_count)),
-                    _ => None,
-                })
-            })
-            .unwrap()
-    }
-
-    fn assert_healthy(&self) {
-        assert!(
-            self.violations.is_empty(),
-            "{} violations, first: {}",
-            self.violations.len(),
-            self.violations[0]
-        );
-        assert_eq!(self.replica.state(), self.state.state(), "never converges");
-        assert!(self.subscriber.status().consistent);
-    }
+/// A datagram of the rig's stream and session (the live one), or of
+/// `session`.
+fn forge(session: u64, datagram_seq: u64, msgs: &[Message<'_>]) -> Vec<u8> {
+    craft(StreamId(3), SessionId(session), datagram_seq, msgs)
 }
 
 fn fast_pub() -> PublisherConfig {
     let mut c = PublisherConfig::default();
-    c.min_cycle_interval(ms(50));
+    c.stream(StreamId(3)).min_cycle_interval(ms(50));
     c
 }
 
-fn craft(session: u64, datagram_seq: u64, msgs: &[Message<'_>]) -> Vec<u8> {
-    let mut buf = vec![0u8; 65507];
-    let header = DatagramHeader {
-        stream: StreamId(1),
-        session: SessionId(session),
-        datagram_seq,
-    };
-    let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
-    for m in msgs {
-        w.push(m).unwrap();
+/// The subscriber's defaults (on the rig's stream).
+fn sub_cfg() -> SubscriberConfig {
+    let mut c = SubscriberConfig::default();
+    c.stream(StreamId(3)).rng_seed(1);
+    c
+}
+
+/// A rig whose publisher creates 20 leaves (1..=20) by delta.
+fn with_20_leaves(pc: PublisherConfig) -> Rig {
+    let mut r = Rig::with_publisher(pc, &[], sub_cfg());
+    for k in 1..=20u16 {
+        r.publisher.publish(&Op::Set(k, i64::from(k) * 10));
     }
-    let n = w.finish();
-    buf.truncate(n);
-    buf
+    r
+}
+
+/// ... and a subscriber synced with it.
+fn synced(pc: PublisherConfig) -> Rig {
+    let mut r = with_20_leaves(pc);
+    r.run(ms(400));
+    let st = r.sub.status();
+    assert!(st.synced && st.consistent, "{st:?} {:?}", r.sub.stats());
+    r.assert_equal();
+    r
+}
+
+fn assert_healthy(r: &Rig) {
+    r.assert_equal();
+    assert!(r.converged(), "{:?} {:?}", r.sub.status(), r.sub.stats());
 }
 
 #[test]
 fn a_forged_empty_cycle_neither_wipes_the_replica_nor_hides_real_cycles() {
-    let mut w = World::synced(fast_pub());
-    let (c, _, _) = w.latest_cycle();
-    let last = w.publisher.last_seq();
-    w.feed(&craft(
-        SESSION,
+    let mut r = synced(fast_pub());
+    let (c, _, _) = r.last_begin.unwrap();
+    let last = r.publisher.core.last_seq();
+    r.deliver(&[forge(
+        1,
         1 << 40,
         &[Message::CycleBegin(CycleBegin {
             cycle: CycleId(c.wrapping_add(1)),
             start_seq: last,
             leaf_count: 0,
         })],
-    ));
-    w.run(ms(1000));
-    w.assert_healthy();
+    )]);
+    r.run(ms(1000));
+    assert_healthy(&r);
 }
 
 #[test]
 fn a_forged_last_position_below_every_key_proves_nothing() {
     let mut pc = fast_pub();
     pc.snapshot_rate(SnapshotRate::LeavesPerSec(100)); // a 200 ms cycle
-    let mut w = World::synced(pc);
-    let before = w.latest_cycle().0;
-    while w.latest_cycle().0 == before {
-        w.run(ms(1));
+    let mut r = synced(pc);
+    let before = r.last_begin.unwrap().0;
+    while r.last_begin.unwrap().0 == before {
+        r.run(ms(1));
     }
-    let (c, _, count) = w.latest_cycle();
-    let key0 = Typed::<Map>::encode_key(&0); // below every real key
-    w.feed(&craft(
-        SESSION,
+    let (c, _, count) = r.last_begin.unwrap();
+    let key0 = crate::state::encode(&0u16); // below every real key
+    r.deliver(&[forge(
+        1,
         1 << 40,
         &[Message::LeafSnapshot(LeafSnapshot {
             cycle: CycleId(c),
@@ -252,26 +101,23 @@ fn a_forged_last_position_below_every_key_proves_nothing() {
             key: &key0,
             value: None,
         })],
-    ));
-    w.run(ms(1500));
-    w.assert_healthy();
+    )]);
+    r.run(ms(1500));
+    assert_healthy(&r);
 }
 
 #[test]
 fn a_forged_snapshot_ahead_of_the_stream_is_set_aside() {
     let mut pc = fast_pub();
     pc.snapshot_rate(SnapshotRate::LeavesPerSec(100));
-    let mut w = World::new(pc);
-    for k in 1..=20u32 {
-        w.upsert(k, u64::from(k) * 10);
-    }
-    w.run(ms(60));
-    assert!(!w.subscriber.status().synced);
-    let (c, _, _) = w.latest_cycle();
-    let key = Typed::<Map>::encode_key(&15);
-    let value = crate::state::encode(&999u64);
-    w.feed(&craft(
-        SESSION,
+    let mut r = with_20_leaves(pc);
+    r.run(ms(60));
+    assert!(!r.sub.status().synced);
+    let (c, _, _) = r.last_begin.unwrap();
+    let key = crate::state::encode(&15u16);
+    let value = crate::state::encode(&Val::from(999));
+    r.deliver(&[forge(
+        1,
         1 << 40,
         &[Message::LeafSnapshot(LeafSnapshot {
             cycle: CycleId(c),
@@ -280,28 +126,30 @@ fn a_forged_snapshot_ahead_of_the_stream_is_set_aside() {
             key: &key,
             value: Some(&value),
         })],
-    ));
-    assert!(w.subscriber.stats().snapshots_ahead >= 1);
-    w.run(ms(500));
-    w.upsert(15, 151);
-    w.run(ms(1500));
-    w.assert_healthy();
+    )]);
+    assert!(r.sub.stats().snapshots_ahead >= 1);
+    r.run(ms(500));
+    r.publisher.publish(&Op::Set(15, 151));
+    r.run(ms(1500));
+    assert_healthy(&r);
 }
 
 #[test]
 fn one_fragment_request_is_answered_within_the_repair_budget_after_live_deltas() {
+    type Map = std::collections::BTreeMap<u32, u64>;
     let t0 = Instant::now();
     let mut pc = PublisherConfig::default();
     pc.repair_rate(100_000); // burst: two datagrams, 2,904 bytes
-    let mut p = Publisher::new(pc, SessionId(SESSION), t0).unwrap();
+    let mut p = Publisher::new(pc, SessionId(7), t0).unwrap();
     let state = Typed::new(Map::new());
     let mut buf = vec![0u8; 1452];
     p.publish(b"big", &vec![7u8; 64 * 1024], true).unwrap(); // frag_id 0
-    p.handle_timeout(t0, WALL);
+    p.handle_timeout(t0, wall_micros(Duration::ZERO));
     while p.poll_transmit(t0, &state, 1, &mut buf).is_some() {}
     let t1 = t0 + ms(100);
     let mut nak = craft(
-        SESSION,
+        StreamId(1),
+        SessionId(7),
         0,
         &[Message::FragNak(FragNak {
             requester: 1,
@@ -309,7 +157,8 @@ fn one_fragment_request_is_answered_within_the_repair_budget_after_live_deltas()
             ranges: FragRanges::from_slice(&[(0, u32::MAX), (10, 20), (5000, 9000)]),
         })],
     );
-    p.handle_datagram(t1, sub_addr(), &mut nak);
+    let from: SocketAddr = "198.51.100.7:6000".parse().unwrap();
+    p.handle_datagram(t1, from, &mut nak);
     let before = p.stats().repair_bytes;
     let first = p.poll_transmit(t1, &state, 1, &mut buf).unwrap();
     let live_seq = p.publish(b"live", b"x", true).unwrap();
@@ -346,10 +195,10 @@ fn one_fragment_request_is_answered_within_the_repair_budget_after_live_deltas()
 
 #[test]
 fn a_forged_first_datagram_does_not_redirect_naks() {
-    let mut w = World::new(fast_pub());
+    let mut r = Rig::with_publisher(fast_pub(), &[], sub_cfg());
     let evil: SocketAddr = "203.0.113.66:9999".parse().unwrap();
-    let forged = craft(
-        SESSION,
+    let forged = forge(
+        1,
         1 << 40,
         &[Message::Heartbeat(Heartbeat {
             last_seq: SeqNum(0),
@@ -357,51 +206,42 @@ fn a_forged_first_datagram_does_not_redirect_naks() {
             interval_ms: 100,
         })],
     );
-    w.feed_from(evil, &forged);
-    for k in 1..=20u32 {
-        w.upsert(k, u64::from(k));
+    r.deliver_from(evil, &forged);
+    for k in 1..=20u16 {
+        r.publisher.publish(&Op::Set(k, i64::from(k)));
     }
-    w.run(ms(300));
-    assert!(w.subscriber.status().consistent);
-    w.deliver = false;
-    w.upsert(1, 100);
-    w.flush();
-    w.deliver = true;
-    w.upsert(2, 200);
-    w.flush();
+    r.run(ms(300));
+    assert!(r.sub.status().consistent);
+    r.publish_dropped(Op::Set(1, 100));
+    r.publish_delivered(Op::Set(2, 200));
+    // Take the NAK due by hand (the rig would carry it).
+    r.naks.clear();
+    r.now += ms(5);
+    r.sub.handle_timeout(r.now, &mut r.replica);
     let mut nbuf = vec![0u8; 1452];
-    w.now += ms(5);
-    w.subscriber.handle_timeout(w.now, &mut w.replica);
-    let tx = w
-        .subscriber
-        .poll_transmit(w.now, &mut nbuf)
-        .expect("a NAK is due");
-    assert_eq!(tx.destination, Destination::Unicast(pub_addr()));
+    let tx = r.sub.poll_transmit(r.now, &mut nbuf).expect("a NAK is due");
+    assert_eq!(tx.destination, Destination::Unicast(r.pub_addr));
 }
 
 #[test]
 fn a_forged_heartbeat_interval_neither_reports_the_publisher_gone_nor_lets_a_fake_session_in() {
-    let mut w = World::new(fast_pub());
-    for k in 1..=20u32 {
-        w.upsert(k, u64::from(k));
-    }
-    w.run(ms(420)); // real heartbeats at 1, 101, ..., 401 ms
-    assert!(w.subscriber.status().consistent);
-    while w.subscriber.poll_event().is_some() {}
-    let last = w.publisher.last_seq();
-    w.feed(&craft(
-        SESSION,
+    let mut r = with_20_leaves(fast_pub());
+    r.run(ms(420)); // real heartbeats at 1, 101, ..., 401 ms
+    assert!(r.sub.status().consistent);
+    let events = r.events.len();
+    let last = r.publisher.core.last_seq();
+    r.deliver(&[forge(
+        1,
         1 << 40,
         &[Message::Heartbeat(Heartbeat {
             last_seq: last,
             sent_at_micros: 0,
             interval_ms: 1,
         })],
-    ));
-    let mut events = vec![];
+    )]);
     for (i, dt) in [(0u64, 3u64), (1, 2)] {
-        w.run(ms(dt));
-        w.feed(&craft(
+        r.run(ms(dt));
+        r.deliver(&[forge(
             0xBAD,
             i,
             &[Message::Heartbeat(Heartbeat {
@@ -409,17 +249,15 @@ fn a_forged_heartbeat_interval_neither_reports_the_publisher_gone_nor_lets_a_fak
                 sent_at_micros: 0,
                 interval_ms: 100,
             })],
-        ));
-        while let Some(e) = w.subscriber.poll_event() {
-            events.push(e);
-        }
+        )]);
     }
     assert!(
-        !events
+        !r.events[events..]
             .iter()
             .any(|e| matches!(e, Event::PublisherRestarted { .. } | Event::PublisherGone)),
-        "{events:?}"
+        "{:?}",
+        &r.events[events..]
     );
-    w.run(ms(300));
-    w.assert_healthy();
+    r.run(ms(300));
+    assert_healthy(&r);
 }

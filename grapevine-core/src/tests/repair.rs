@@ -325,6 +325,10 @@ fn lose_for_all(
 fn subscribers_losing_the_same_datagram_cause_one_retransmission() {
     let n = 8;
     let (retransmits, _, t) = lose_for_all(n, 1, ms(2), Duration::ZERO);
+    eprintln!(
+        "{n} subscribers lose one delta: {retransmits} retransmission, {} NAKs sent, {} held back",
+        t.naks_sent, t.naks_postponed
+    );
     assert_eq!(retransmits, 1, "{t:?}");
     assert_eq!(t.repaired_by_nak, n as u64);
     assert!(

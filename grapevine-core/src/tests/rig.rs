@@ -41,6 +41,9 @@ pub(crate) struct Rig {
     pub(crate) claims: std::cell::Cell<u64>,
     /// Every event the subscriber emitted, in order.
     pub(crate) events: Vec<Event>,
+    /// The latest CycleBegin the publisher sent: (cycle, start_seq,
+    /// leaf_count).
+    pub(crate) last_begin: Option<(u32, u64, u32)>,
     nak_buf: Vec<u8>,
 }
 
@@ -117,6 +120,7 @@ impl Rig {
             step: Duration::from_millis(1),
             claims: std::cell::Cell::new(0),
             events: Vec::new(),
+            last_begin: None,
             nak_buf: vec![0; 65_536],
         }
     }
@@ -138,6 +142,13 @@ impl Rig {
             .drive(self.now, 1, &mut buf, |d| out.push(d.to_vec()));
         self.buf = buf;
         self.publisher.check_bounds().unwrap();
+        for d in &out {
+            for m in Datagram::decode(d).iter().flat_map(|d| d.messages()) {
+                if let Message::CycleBegin(c) = m {
+                    self.last_begin = Some((c.cycle.0, c.start_seq.0, c.leaf_count));
+                }
+            }
+        }
         out
     }
 

@@ -576,7 +576,7 @@ impl Peer {
             }
             self.events.push_back(e);
         }
-        let deep = self.claims % 64 == 0;
+        let deep = self.claims.is_multiple_of(64);
         if check_claim(&self.core, &self.replica, publisher, deep)? {
             self.claims += 1;
         }
@@ -1941,10 +1941,7 @@ impl World {
     /// Sends subscriber `i`'s NAKs to where it addresses them.
     fn flush_naks(&mut self, i: usize) {
         let now = self.now;
-        loop {
-            let Some(t) = self.subs[i].core.poll_transmit(now, &mut self.nak_buf) else {
-                break;
-            };
+        while let Some(t) = self.subs[i].core.poll_transmit(now, &mut self.nak_buf) {
             let Destination::Unicast(to) = t.destination else {
                 panic!("a subscriber sends only unicast: {t:?}");
             };
