@@ -12,6 +12,12 @@ impl Rng {
         Rng(seed ^ 0x2545_f491_4f6c_dd1d)
     }
 
+    /// A generator whose internal state starts at `state` exactly.
+    #[cfg(test)]
+    pub(crate) fn from_state(state: u64) -> Self {
+        Rng(state)
+    }
+
     pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;

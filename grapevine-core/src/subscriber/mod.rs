@@ -357,7 +357,7 @@ impl SubscriberConfig {
             return Err(ConfigError::out_of_range(
                 "nak_attempts",
                 self.nak_attempts,
-                "use 1 ..= 100, e.g. 3",
+                "use 1 ..= 100, e.g. 5",
             ));
         }
         if self.max_seq_jump == 0 || self.max_seq_jump > 1 << 40 {

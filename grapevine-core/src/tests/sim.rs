@@ -43,21 +43,17 @@ use crate::{CycleId, Destination, ReassemblyConfig, SeqNum, SessionId, StreamId}
 // Randomness
 // ---------------------------------------------------------------------------
 
-/// SplitMix64: small, fast, and deterministic for a seed.
+/// The engines' SplitMix64 (`crate::rng`), seeded for the simulation.
 #[derive(Clone, Debug)]
-pub(crate) struct Rng(u64);
+pub(crate) struct Rng(crate::rng::Rng);
 
 impl Rng {
     pub(crate) fn new(seed: u64) -> Self {
-        Rng(seed ^ 0x5851_f42d_4c95_7f2d)
+        Rng(crate::rng::Rng::from_state(seed ^ 0x5851_f42d_4c95_7f2d))
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
 
     pub(crate) fn below(&mut self, n: u64) -> u64 {
