@@ -355,3 +355,138 @@ fn protocol_md_book_vectors_match_the_order_book() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Contracts of `demo`, `pub` and `sub` over loopback multicast (no root).
+// ---------------------------------------------------------------------------
+
+fn json(line: &str) -> serde_json::Value {
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+}
+
+#[test]
+fn demo_json_shows_every_subscriber_consistent_equal_and_repairing_by_nak() {
+    let out = grapevine()
+        .args([
+            "demo",
+            "--port",
+            "17401",
+            "--leaves",
+            "2000",
+            "--rate",
+            "2000",
+            "--subscribers",
+            "2",
+            "--duration",
+            "1",
+            "--loss",
+            "0.05",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(stdout.trim());
+    let publisher = &v["publisher"];
+    let subs = v["subscribers"].as_array().unwrap();
+    assert_eq!(subs.len(), 2);
+    for s in subs {
+        assert_eq!(s["consistent"], true, "{s}");
+        assert_eq!(s["digest"], publisher["digest"], "{s}");
+        assert_eq!(s["seq"], publisher["seq"], "{s}");
+        assert!(s["simulated_drops"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["repaired_by_nak"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["naks_sent"].as_u64().unwrap() > 0, "{s}");
+        let share = s["consistent_share"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&share), "{s}");
+        assert!(s.get("repaired_by_snapshot").is_some() && s.get("repair_p99_ms").is_some());
+    }
+    assert!(
+        publisher["retransmits"].as_u64().unwrap() > 0,
+        "{publisher}"
+    );
+}
+
+#[test]
+fn pub_and_sub_as_processes_agree_on_the_digest_and_report_repair() {
+    let net = ["--port", "17402", "--stream", "4"];
+    let sub = grapevine()
+        .arg("sub")
+        .args(net)
+        .args([
+            "--until-seq",
+            "3000",
+            "--json",
+            "--timeout",
+            "30",
+            "--loss",
+            "0.05",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The publisher lingers until told to stop: SIGTERM ends it with its
+    // final line.
+    let publisher = grapevine()
+        .arg("pub")
+        .args(net)
+        .args([
+            "--leaves", "1000", "--deltas", "3000", "--rate", "6000", "--linger", "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let sub = sub.wait_with_output().unwrap();
+    let term = Command::new("kill")
+        .args(["-TERM", &publisher.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let publisher = publisher.wait_with_output().unwrap();
+    assert!(publisher.status.success(), "{:?}", publisher.status);
+    let sub_out = String::from_utf8_lossy(&sub.stdout);
+    assert!(
+        sub.status.success(),
+        "{sub_out} {}",
+        String::from_utf8_lossy(&sub.stderr)
+    );
+    let pub_out = String::from_utf8_lossy(&publisher.stdout);
+    let lines: Vec<_> = pub_out.lines().collect();
+    assert_eq!(lines.len(), 2, "{pub_out}");
+    let (state, last) = (json(lines[0]), json(lines[1]));
+    let s = json(sub_out.trim());
+    assert_eq!(state["seq"], 3000);
+    assert_eq!(s["seq"], 3000, "{s}");
+    assert_eq!(s["digest"], state["digest"]);
+    assert_eq!(s["session"], state["session"]);
+    assert_eq!(s["consistent"], true);
+    assert_eq!(last["final"], true);
+    assert_eq!(last["digest"], state["digest"]);
+    assert!(s["repaired_by_nak"].as_u64().unwrap() > 0, "{s}");
+    assert!(last["naks_received"].as_u64().unwrap() > 0, "{last}");
+    assert!(last["retransmits"].as_u64().unwrap() > 0, "{last}");
+}
+
+#[test]
+fn bad_repair_flags_are_refused_with_a_reason() {
+    for args in [
+        &["pub", "--value-size", "99999999"][..],
+        &["sub", "--value-size", "99999999"][..],
+        &["pub", "--linger", "nan"][..],
+        &["pub", "--snapshot-bytes-rate", "0", "--value-size", "10"][..],
+        &["sub", "--timeout", "1e300"][..],
+    ] {
+        let out = grapevine().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

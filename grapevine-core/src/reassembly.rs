@@ -593,6 +593,39 @@ mod tests {
         }
     }
 
+    /// Every byte of an overlap is compared: a second fragment that differs
+    /// from what is held at any single position of the overlap, first and
+    /// last included, is a conflict; one that agrees everywhere is not.
+    #[test]
+    fn a_conflict_at_any_position_of_an_overlap_is_caught() {
+        let body: Vec<u8> = (0..40u8).collect();
+        let now = Instant::now();
+        for (start, end) in [(5, 15), (10, 30), (25, 40), (12, 13), (0, 40)] {
+            let overlap = (start.max(10)..end.min(30)).collect::<Vec<usize>>();
+            for &pos in &overlap {
+                let mut r = reassembler(|_| {});
+                let first = frag(9, 40, 10, DELTA, &body[10..30]);
+                assert_eq!(r.handle_fragment(now, STREAM, SESSION, &first), Ok(None));
+                let mut data = body[start..end].to_vec();
+                data[pos - start] ^= 0xff;
+                let second = frag(9, 40, start as u32, DELTA, &data);
+                assert_eq!(
+                    r.handle_fragment(now, STREAM, SESSION, &second),
+                    Err(ReassemblyError::Conflict { frag_id: 9 }),
+                    "overlap {start}..{end}, byte {pos} differs"
+                );
+            }
+            let mut r = reassembler(|_| {});
+            let first = frag(9, 40, 10, DELTA, &body[10..30]);
+            assert_eq!(r.handle_fragment(now, STREAM, SESSION, &first), Ok(None));
+            let second = frag(9, 40, start as u32, DELTA, &body[start..end]);
+            assert!(
+                r.handle_fragment(now, STREAM, SESSION, &second).is_ok(),
+                "{start}..{end} agrees"
+            );
+        }
+    }
+
     fn reassembler(f: impl FnOnce(&mut ReassemblyConfig)) -> Reassembler {
         let mut cfg = ReassemblyConfig::default();
         f(&mut cfg);
