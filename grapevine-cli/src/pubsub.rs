@@ -358,7 +358,7 @@ impl RepairFigures {
         RepairFigures {
             naks_sent: p.naks_sent,
             repaired_by_nak: p.repaired_by_nak,
-            repaired_by_snapshot: p.repaired_by_snapshot,
+            repaired_by_snapshot: p.lost,
             consistent_share: sub.consistent_share(),
             repair_p50_ms: ms(0.5),
             repair_p99_ms: ms(0.99),

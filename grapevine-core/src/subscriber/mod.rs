@@ -521,7 +521,9 @@ pub struct SubscriberStats {
     pub syncs: u64,
     /// Gaps declared.
     pub gaps: u64,
-    /// Sequence numbers declared lost.
+    /// Sequence numbers declared lost: missing sequence numbers that NAK
+    /// repair did not bring, left to snapshot repair (`repaired_by_snapshot`
+    /// in the CLI's JSON).
     pub lost: u64,
     /// Leaves removed as ghosts of missed deletions.
     pub ghosts_removed: u64,
@@ -544,9 +546,6 @@ pub struct SubscriberStats {
     /// Missing sequence numbers filled late by the original delta
     /// (reordering).
     pub filled_late: u64,
-    /// Missing sequence numbers given up on and left to snapshot repair
-    /// (the same as `lost`).
-    pub repaired_by_snapshot: u64,
     /// NAKs held back because a repair for another subscriber was heard.
     pub naks_postponed: u64,
     /// Time from knowing a sequence number missing to its repair by NAK.
@@ -626,9 +625,8 @@ struct Session {
     /// Key-space intervals verified by any cycle of the session: the whole
     /// space means every leaf has been heard (synced).
     heard: Coverage,
-    /// The newest cycle whose CycleBegin was heard (tracked or not).
-    latest_cycle: Option<CycleId>,
-    /// That cycle and its `start_seq`.
+    /// The newest cycle whose CycleBegin was believed (tracked or not), and
+    /// its `start_seq`.
     latest_begin: Option<(CycleId, SeqNum)>,
     /// Absent leaves known before this cycle's start were last forgotten:
     /// earlier cycles' snapshots of unknown leaves may predate a forgotten
@@ -660,7 +658,6 @@ impl Session {
             needs_from: None,
             coverage: Coverage::default(),
             heard: Coverage::default(),
-            latest_cycle: None,
             latest_begin: None,
             forgot_at: None,
             deferred: BTreeMap::new(),
@@ -695,6 +692,34 @@ impl Session {
             None if now >= self.first_heard + wait.min(MAX_CYCLE_WAIT) => Some(base),
             None => None,
         }
+    }
+
+    /// A Heartbeat or CycleEnd says the publisher's latest sequence number
+    /// is `latest`: it may set the starting point, raises the known tail
+    /// (the missing sequence numbers become holes, first NAKed at `nak_at`),
+    /// or re-anchors a tail the publisher never sent. The publisher sends
+    /// these after everything it sent before them, so a known end beyond
+    /// `latest`, known for longer than any reordering, was never sent.
+    fn latest_seq<R: Replica + ?Sized>(
+        &mut self,
+        now: Instant,
+        latest: SeqNum,
+        nak_at: Instant,
+        wait: Duration,
+        cfg: &SubscriberConfig,
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        let Some(base) = self.starting_point(latest, now, wait, cfg) else {
+            return;
+        };
+        let q = self.baseline(base, now);
+        let before = q.applied;
+        if q.reanchor(now, latest, cfg.reorder_timeout) {
+            ctx.stats.reanchors += 1;
+        }
+        q.saw_tail(now, latest, nak_at);
+        let after = q.applied;
+        self.took_back(before, after);
     }
 
     /// Re-anchoring took back sequence numbers above `after`, up to
@@ -1449,13 +1474,14 @@ impl Subscriber {
                 // cycles if so; an older cycle's may come after that sweep.
                 // It may bring the leaf (back) only if its cycle started at
                 // or after both (`needs_from`), after any such removal.
-                if !s.leaves.contains(snap.key) && s.latest_cycle != Some(snap.cycle) {
+                if !s.leaves.contains(snap.key) && s.latest_begin.is_none_or(|b| b.0 != snap.cycle)
+                {
                     let start = [s.cycle.as_ref(), s.prev_cycle.as_ref()]
                         .into_iter()
                         .flatten()
                         .find(|t| t.id == snap.cycle)
                         .map(|t| t.start_seq)
-                        .or_else(|| s.latest_begin.filter(|b| b.0 == snap.cycle).map(|b| b.1))
+                        .or(s.latest_begin.filter(|b| b.0 == snap.cycle).map(|b| b.1))
                         .or_else(|| {
                             // A cycle whose CycleBegin (carried by this very
                             // datagram) waits for a second copy.
@@ -1498,7 +1524,7 @@ impl Subscriber {
                 }
                 // Only a cycle newer than any heard before: late copies of
                 // older CycleBegins must not rewind anything.
-                let newer = s.latest_cycle.is_none_or(|l| c.cycle.is_after(l));
+                let newer = s.latest_begin.is_none_or(|(l, _)| c.cycle.is_after(l));
                 if !newer {
                     // A copy of a tracked cycle that disagrees with it: one
                     // of the two is forged or corrupt, so the cycle's
@@ -1531,7 +1557,6 @@ impl Subscriber {
                     s.leaves.forget_absent(applied, prev_start);
                     s.forgot_at = Some(prev);
                 }
-                s.latest_cycle = Some(c.cycle);
                 s.latest_begin = Some((c.cycle, c.start_seq));
                 s.prev_cycle = s.cycle.take();
                 if c.leaf_count > self.cfg.max_cycle_leaves {
@@ -1554,19 +1579,14 @@ impl Subscriber {
                 }
             }
             Message::CycleEnd(c) => {
-                let Some(base) =
-                    s.starting_point(c.end_seq, now, self.heartbeat_interval, &self.cfg)
-                else {
-                    return;
-                };
-                let q = s.baseline(base, now);
-                let before = q.applied;
-                if q.reanchor(now, c.end_seq, self.cfg.reorder_timeout) {
-                    ctx.stats.reanchors += 1;
-                }
-                q.saw_tail(now, c.end_seq, nak_at);
-                let after = q.applied;
-                s.took_back(before, after);
+                s.latest_seq(
+                    now,
+                    c.end_seq,
+                    nak_at,
+                    self.heartbeat_interval,
+                    &self.cfg,
+                    &mut ctx,
+                );
             }
             Message::Heartbeat(h) => {
                 if h.interval_ms > 0 {
@@ -1588,22 +1608,14 @@ impl Subscriber {
                         }
                     }
                 }
-                let Some(base) =
-                    s.starting_point(h.last_seq, now, self.heartbeat_interval, &self.cfg)
-                else {
-                    return;
-                };
-                let q = s.baseline(base, now);
-                // The publisher sent this after everything it had sent
-                // before: a known end beyond it, known for longer than any
-                // reordering, was never sent.
-                let before = q.applied;
-                if q.reanchor(now, h.last_seq, self.cfg.reorder_timeout) {
-                    ctx.stats.reanchors += 1;
-                }
-                q.saw_tail(now, h.last_seq, nak_at);
-                let after = q.applied;
-                s.took_back(before, after);
+                s.latest_seq(
+                    now,
+                    h.last_seq,
+                    nak_at,
+                    self.heartbeat_interval,
+                    &self.cfg,
+                    &mut ctx,
+                );
             }
             Message::Nak(_) | Message::FragNak(_) => {}
             Message::Fragment(_) | Message::Unknown { .. } => ctx.stats.unknown_messages += 1,
@@ -1777,6 +1789,7 @@ impl Subscriber {
 
     /// Declares overdue holes lost, then reports consistency changes.
     fn settle(&mut self, now: Instant, replica: &mut (impl Replica + ?Sized)) {
+        let policy = self.policy();
         if let Some(s) = self.session.as_mut() {
             let mut ctx = Ctx {
                 replica,
@@ -1784,12 +1797,6 @@ impl Subscriber {
                 stats: &mut self.stats,
                 synced: s.synced,
                 max_buffered_bytes: self.cfg.max_buffered_bytes,
-            };
-            let policy = RepairPolicy {
-                nak: self.cfg.nak_repair,
-                attempts: self.cfg.nak_attempts,
-                retry: self.cfg.repair_timeout,
-                reorder_timeout: self.cfg.reorder_timeout,
             };
             loop {
                 let lost = s.seq.as_mut().and_then(|q| {
@@ -1804,7 +1811,6 @@ impl Subscriber {
                 ctx.stats.gaps += 1;
                 let n = (last.0 - first.0).saturating_add(1);
                 ctx.stats.lost = ctx.stats.lost.saturating_add(n);
-                ctx.stats.repaired_by_snapshot = ctx.stats.repaired_by_snapshot.saturating_add(n);
                 ctx.events.push(Event::Gap { first, last });
                 let needs = s.needs_from.map_or(last, |n| n.max(last));
                 s.needs_from = Some(needs);

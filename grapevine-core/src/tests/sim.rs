@@ -1414,7 +1414,7 @@ impl Tally {
         self.naks_sent += s.naks_sent;
         self.frag_naks_sent += s.frag_naks_sent;
         self.repaired_by_nak += s.repaired_by_nak;
-        self.repaired_by_snapshot += s.repaired_by_snapshot;
+        self.repaired_by_snapshot += s.lost;
         self.filled_late += s.filled_late;
         self.naks_postponed += s.naks_postponed;
         self.retransmits_received += s.retransmits_received;
