@@ -612,15 +612,11 @@ impl Publisher {
                     self.stats.nak_seqs_unavailable.saturating_add(ahead);
                 self.prompt_heartbeat(now);
             }
+            // Older than the history: gone.
             let hi = last.min(self.last_seq.0);
-            if first < oldest {
-                let gone = hi.min(oldest.saturating_sub(1)).saturating_sub(first) + 1;
-                if hi >= first {
-                    self.stats.nak_seqs_unavailable =
-                        self.stats.nak_seqs_unavailable.saturating_add(gone);
-                }
-            }
             let lo = first.max(oldest);
+            let gone = lo.min(hi.saturating_add(1)).saturating_sub(first);
+            self.stats.nak_seqs_unavailable = self.stats.nak_seqs_unavailable.saturating_add(gone);
             if lo <= hi && !self.repairs.add_seqs(lo, hi) {
                 self.stats.nak_ranges_dropped += 1;
             }
