@@ -112,6 +112,8 @@ mod error;
 pub mod order_book;
 #[cfg(feature = "runtime-tokio")]
 pub mod publisher;
+#[cfg(feature = "runtime-tokio")]
+mod random;
 pub mod socket;
 #[cfg(feature = "runtime-tokio")]
 pub mod subscriber;

@@ -278,6 +278,14 @@ impl OrderBook {
     }
 }
 
+/// A level's quantity after adding `change` to `old` (0 when absent):
+/// `None` when it reaches zero or below (the level is removed); saturating
+/// at `u64::MAX`.
+fn quantity_after(old: u64, change: i64) -> Option<u64> {
+    let new = i128::from(old) + i128::from(change);
+    (new > 0).then(|| u64::try_from(new).unwrap_or(u64::MAX))
+}
+
 /// Mid price of generated books, in ticks.
 const MID: u64 = 10_000_000;
 
@@ -293,12 +301,10 @@ impl State for OrderBook {
     fn apply(&mut self, delta: &BookDelta) {
         let levels = self.side_mut(delta.side);
         let old = levels.get(&delta.price).copied().unwrap_or(0);
-        let new = i128::from(old) + i128::from(delta.change);
-        if new <= 0 {
-            levels.remove(&delta.price);
-        } else {
-            levels.insert(delta.price, u64::try_from(new).unwrap_or(u64::MAX));
-        }
+        match quantity_after(old, delta.change) {
+            Some(q) => levels.insert(delta.price, q),
+            None => levels.remove(&delta.price),
+        };
     }
 
     fn leaf(&self, key: &Level) -> Option<&u64> {
@@ -591,13 +597,14 @@ impl State for PaddedBook {
     fn apply(&mut self, d: &PaddedDelta) {
         let level = d.delta.level();
         let old = self.levels.get(&level).map_or(0, |l| l.quantity);
-        let new = i128::from(old) + i128::from(d.delta.change);
-        if new <= 0 {
-            self.levels.remove(&level);
-        } else {
-            let quantity = u64::try_from(new).unwrap_or(u64::MAX);
-            let pad = filler(level, quantity, d.value_size);
-            self.levels.insert(level, PaddedLevel { quantity, pad });
+        match quantity_after(old, d.delta.change) {
+            Some(quantity) => {
+                let pad = filler(level, quantity, d.value_size);
+                self.levels.insert(level, PaddedLevel { quantity, pad });
+            }
+            None => {
+                self.levels.remove(&level);
+            }
         }
     }
 

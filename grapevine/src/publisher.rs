@@ -219,7 +219,7 @@ impl<S> PublisherBuilder<S> {
     {
         self.protocol.validate()?;
         self.multicast.validate()?;
-        let session = SessionId(self.session.unwrap_or_else(random_session));
+        let session = SessionId(self.session.unwrap_or_else(crate::random::random_u64));
         let max_datagram = self.protocol.max_datagram_size();
         let mut core = CorePublisher::new(self.protocol.clone(), session, Instant::now())?;
         let mut tracked = Ok(());
@@ -657,19 +657,4 @@ fn wall_clock_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-/// A random session id from the operating system, or, should that fail,
-/// from std's randomly keyed hasher mixed with the time and process id.
-fn random_session() -> u64 {
-    use rand::TryRng;
-    if let Ok(id) = rand::rngs::SysRng.try_next_u64() {
-        return id;
-    }
-    use std::hash::{BuildHasher, Hash, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    wall_clock_micros().hash(&mut h);
-    std::process::id().hash(&mut h);
-    Instant::now().hash(&mut h);
-    h.finish()
 }

@@ -72,19 +72,6 @@ use tokio::task::JoinHandle;
 use crate::error::Error;
 use crate::socket::{bind_receiver, Interface, MulticastConfig};
 
-/// A seed from the operating system (or, should that fail, from std's
-/// randomly keyed hasher).
-fn random_seed() -> u64 {
-    use rand::TryRng;
-    if let Ok(seed) = rand::rngs::SysRng.try_next_u64() {
-        return seed;
-    }
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.finish()
-}
-
 /// Size of the receive buffer: the largest UDP datagram.
 const RECV_BUFFER: usize = 65_536;
 
@@ -295,7 +282,7 @@ impl<S> SubscriberBuilder<S> {
         let mut protocol = self.protocol;
         if !protocol.is_seeded() {
             // Different NAK delays and requester ids on every subscriber.
-            protocol.rng_seed(random_seed());
+            protocol.rng_seed(crate::random::random_u64());
         }
         let core = CoreSubscriber::new(protocol)?;
         let socket = bind_receiver(&self.multicast)?;
