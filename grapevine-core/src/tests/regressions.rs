@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::rig::rig_sub_config_no_nak;
-use super::sim::{craft, publisher_addr, DigestReplica, Val};
+use super::sim::{begin, craft, end, publisher_addr, snap, DigestReplica, Val};
 use crate::subscriber::Subscriber;
-use crate::wire::{CycleBegin, CycleEnd, Delta, Heartbeat, LeafSnapshot, Message};
-use crate::{CycleId, SeqNum, SessionId, StreamId};
+use crate::wire::{Delta, Heartbeat, Message};
+use crate::{SeqNum, SessionId, StreamId};
 
 /// A crafted datagram of session 1 on stream 3 (the rig's), each with a new
 /// `datagram_seq` as a publisher's would have.
@@ -62,38 +62,6 @@ fn hb(last: u64) -> Message<'static> {
     })
 }
 
-fn begin(cycle: u32, start: u64, count: u32) -> Message<'static> {
-    Message::CycleBegin(CycleBegin {
-        cycle: CycleId(cycle),
-        start_seq: SeqNum(start),
-        leaf_count: count,
-    })
-}
-
-fn end(cycle: u32, end_seq: u64, count: u32) -> Message<'static> {
-    Message::CycleEnd(CycleEnd {
-        cycle: CycleId(cycle),
-        end_seq: SeqNum(end_seq),
-        leaf_count: count,
-    })
-}
-
-fn snap<'a>(
-    cycle: u32,
-    position: u32,
-    leaf_seq: u64,
-    key: &'a [u8],
-    value: &'a [u8],
-) -> Message<'a> {
-    Message::LeafSnapshot(LeafSnapshot {
-        cycle: CycleId(cycle),
-        position,
-        leaf_seq: SeqNum(leaf_seq),
-        key,
-        value: Some(value),
-    })
-}
-
 /// Found by the simulation (seed 126, restarts profile): a subscriber that
 /// followed a session only from cycle 6 on was consistent when a late copy
 /// of a cycle-1 datagram arrived; its snapshots of leaves removed before the
@@ -105,7 +73,7 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_removed_before_join
     let v = crate::state::encode(&Val::from(7));
     // The publisher: k1 and k2 from the start, k2 removed by delta 3.
     // Cycle 10 (start 2) sent k2 with leaf_seq 0; the subscriber joins at 5.
-    let late = dg(&[begin(10, 2, 2), snap(10, 1, 0, &k2, &v)]);
+    let late = dg(&[begin(10, 2, 2), snap(10, 1, 0, &k2, Some(&v))]);
     let mut c = Crafted::new();
     c.feed(&[hb(5)]);
     c.feed(&[hb(5)]);
@@ -113,7 +81,11 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_removed_before_join
     // believes the first CycleBegin it hears once another datagram repeats
     // it).
     for _ in 0..2 {
-        c.feed(&[begin(11, 5, 1), snap(11, 0, 0, &k1, &v), end(11, 5, 1)]);
+        c.feed(&[
+            begin(11, 5, 1),
+            snap(11, 0, 0, &k1, Some(&v)),
+            end(11, 5, 1),
+        ]);
     }
     let st = c.sub.status();
     assert!(st.consistent, "{st:?}");
@@ -144,9 +116,9 @@ fn late_snapshot_of_the_previous_cycle_does_not_resurrect_a_leaf_removed_in_a_ga
     c.feed(&[hb(1)]);
     c.feed(&[hb(1)]);
     // Cycle 10 (start 1) lists k1, k2; only k1's snapshot arrives.
-    c.feed(&[begin(10, 1, 2), snap(10, 0, 0, &k1, &v)]);
+    c.feed(&[begin(10, 1, 2), snap(10, 0, 0, &k1, Some(&v))]);
     c.feed(&[begin(10, 1, 2)]);
-    let late = dg(&[begin(10, 1, 2), snap(10, 1, 0, &k2, &v)]);
+    let late = dg(&[begin(10, 1, 2), snap(10, 1, 0, &k2, Some(&v))]);
     // Delta 2 changes k1; delta 3 removes k2 and is lost: a gap.
     c.feed(&[Message::Delta(Delta {
         seq: SeqNum(2),
@@ -163,7 +135,11 @@ fn late_snapshot_of_the_previous_cycle_does_not_resurrect_a_leaf_removed_in_a_ga
     // is believed once another datagram repeats it).
     let v8 = crate::state::encode(&Val::from(8));
     for _ in 0..2 {
-        c.feed(&[begin(11, 3, 1), snap(11, 0, 2, &k1, &v8), end(11, 3, 1)]);
+        c.feed(&[
+            begin(11, 3, 1),
+            snap(11, 0, 2, &k1, Some(&v8)),
+            end(11, 3, 1),
+        ]);
     }
     let st = c.sub.status();
     assert!(st.consistent, "{st:?} {:?}", c.sub.stats());
@@ -195,7 +171,7 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_before_sync() {
     let v = crate::state::encode(&Val::from(7));
     // Cycle 3 (start 0) sent k2; k2 was removed by delta 4; the subscriber
     // starts at 5.
-    let ancient = dg(&[begin(3, 0, 4), snap(3, 1, 0, &k2, &v)]);
+    let ancient = dg(&[begin(3, 0, 4), snap(3, 1, 0, &k2, Some(&v))]);
     let mut c = Crafted::new();
     c.feed(&[hb(5)]);
     c.feed(&[hb(5)]);
@@ -204,14 +180,18 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_before_sync() {
     c.feed(&[begin(10, 5, 3)]);
     c.feed(&[
         begin(10, 5, 3),
-        snap(10, 0, 0, &k1, &v),
-        snap(10, 1, 0, &k3, &v),
+        snap(10, 0, 0, &k1, Some(&v)),
+        snap(10, 1, 0, &k3, Some(&v)),
     ]);
     assert!(!c.sub.status().synced);
     // The ancient copy arrives, then the rest of cycle 10.
     c.sub
         .handle_datagram(c.t, from(), &mut ancient.clone(), &mut c.rep);
-    c.feed(&[begin(10, 5, 3), snap(10, 2, 0, &k5, &v), end(10, 5, 3)]);
+    c.feed(&[
+        begin(10, 5, 3),
+        snap(10, 2, 0, &k5, Some(&v)),
+        end(10, 5, 3),
+    ]);
     let st = c.sub.status();
     assert!(st.synced, "{st:?}");
     assert!(

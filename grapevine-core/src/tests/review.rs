@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::rig::*;
-use super::sim::{publisher_addr, DigestReplica, Op, Rng, SimPublisher, Val};
+use super::sim::{begin, end, publisher_addr, snap, DigestReplica, Op, Rng, SimPublisher, Val};
 use crate::subscriber::Subscriber;
-use crate::wire::{CycleBegin, CycleEnd, Datagram, Heartbeat, LeafSnapshot, Message};
-use crate::{CycleId, SeqNum, SessionId, StreamId};
+use crate::wire::{Datagram, Heartbeat, LeafSnapshot, Message};
+use crate::{SeqNum, SessionId, StreamId};
 
 fn snapshot_keys(d: &[u8]) -> Vec<Vec<u8>> {
     Datagram::decode(d)
@@ -320,38 +320,6 @@ fn track_leaf_after_a_delta_is_refused() {
 // ---------------------------------------------------------------------------
 // Suspicions that did not confirm (kept as regression tests).
 // ---------------------------------------------------------------------------
-
-fn snap<'a>(
-    cycle: u32,
-    position: u32,
-    leaf_seq: u64,
-    key: &'a [u8],
-    value: Option<&'a [u8]>,
-) -> Message<'a> {
-    Message::LeafSnapshot(LeafSnapshot {
-        cycle: CycleId(cycle),
-        position,
-        leaf_seq: SeqNum(leaf_seq),
-        key,
-        value,
-    })
-}
-
-fn begin(cycle: u32, start: u64, count: u32) -> Message<'static> {
-    Message::CycleBegin(CycleBegin {
-        cycle: CycleId(cycle),
-        start_seq: SeqNum(start),
-        leaf_count: count,
-    })
-}
-
-fn end(cycle: u32, end_seq: u64, count: u32) -> Message<'static> {
-    Message::CycleEnd(CycleEnd {
-        cycle: CycleId(cycle),
-        end_seq: SeqNum(end_seq),
-        leaf_count: count,
-    })
-}
 
 /// Cycle ids wrap at 2^32: a late snapshot of the cycle before the wrap must
 /// still be recognised as old once its leaf has been forgotten.

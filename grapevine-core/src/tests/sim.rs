@@ -2122,6 +2122,41 @@ impl World {
     }
 }
 
+/// A LeafSnapshot message (`value` `None`: a tombstone).
+pub(crate) fn snap<'a>(
+    cycle: u32,
+    position: u32,
+    leaf_seq: u64,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+) -> Message<'a> {
+    Message::LeafSnapshot(LeafSnapshot {
+        cycle: CycleId(cycle),
+        position,
+        leaf_seq: SeqNum(leaf_seq),
+        key,
+        value,
+    })
+}
+
+/// A CycleBegin message.
+pub(crate) fn begin(cycle: u32, start: u64, count: u32) -> Message<'static> {
+    Message::CycleBegin(CycleBegin {
+        cycle: CycleId(cycle),
+        start_seq: SeqNum(start),
+        leaf_count: count,
+    })
+}
+
+/// A CycleEnd message.
+pub(crate) fn end(cycle: u32, end_seq: u64, count: u32) -> Message<'static> {
+    Message::CycleEnd(CycleEnd {
+        cycle: CycleId(cycle),
+        end_seq: SeqNum(end_seq),
+        leaf_count: count,
+    })
+}
+
 /// A datagram of `session` on `stream` carrying `msgs`.
 pub(crate) fn craft(
     stream: StreamId,
