@@ -2,13 +2,11 @@
 //! for the behaviour it pins, deterministic and hand-driven (crafted
 //! datagrams or the rig).
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::rig::rig_sub_config_no_nak;
-use super::sim::{begin, craft, end, publisher_addr, snap, DigestReplica, Val};
-use crate::subscriber::Subscriber;
+use super::rig::{rig_sub_config_no_nak, Checked};
+use super::sim::{begin, craft, end, snap, Val};
 use crate::wire::{Delta, Heartbeat, Message};
 use crate::{SeqNum, SessionId, StreamId};
 
@@ -24,34 +22,10 @@ fn dg(msgs: &[Message<'_>]) -> Vec<u8> {
     )
 }
 
-fn from() -> SocketAddr {
-    publisher_addr(0)
-}
-
-struct Crafted {
-    sub: Subscriber,
-    rep: DigestReplica,
-    t: Instant,
-}
-
-impl Crafted {
-    fn new() -> Self {
-        Self {
-            sub: Subscriber::new(rig_sub_config_no_nak()).unwrap(),
-            rep: DigestReplica::default(),
-            t: Instant::now(),
-        }
-    }
-
-    fn feed(&mut self, msgs: &[Message<'_>]) {
-        self.sub
-            .handle_datagram(self.t, from(), &mut dg(msgs), &mut self.rep);
-    }
-
-    fn wait(&mut self, d: Duration) {
-        self.t += d;
-        self.sub.handle_timeout(self.t, &mut self.rep);
-    }
+/// A subscriber without NAK repair, fed crafted datagrams: the claim is
+/// checked after each against the publisher's states the test scripts.
+fn crafted() -> Checked {
+    Checked::scripted(rig_sub_config_no_nak())
 }
 
 fn hb(last: u64) -> Message<'static> {
@@ -74,25 +48,25 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_removed_before_join
     // The publisher: k1 and k2 from the start, k2 removed by delta 3.
     // Cycle 10 (start 2) sent k2 with leaf_seq 0; the subscriber joins at 5.
     let late = dg(&[begin(10, 2, 2), snap(10, 1, 0, &k2, Some(&v))]);
-    let mut c = Crafted::new();
-    c.feed(&[hb(5)]);
-    c.feed(&[hb(5)]);
+    let mut c = crafted();
+    c.at(5, &[(1, 7)]);
+    c.deliver(&dg(&[hb(5)]));
+    c.deliver(&dg(&[hb(5)]));
     // Cycle 11 (start 5) lists k1 only; heard whole (twice: a subscriber
     // believes the first CycleBegin it hears once another datagram repeats
     // it).
     for _ in 0..2 {
-        c.feed(&[
+        c.deliver(&dg(&[
             begin(11, 5, 1),
             snap(11, 0, 0, &k1, Some(&v)),
             end(11, 5, 1),
-        ]);
+        ]));
     }
     let st = c.sub.status();
     assert!(st.consistent, "{st:?}");
     assert_eq!(c.rep.state().nums().len(), 1);
     // The late copy of the cycle-10 datagram.
-    c.sub
-        .handle_datagram(c.t, from(), &mut late.clone(), &mut c.rep);
+    c.deliver(&late);
     let st = c.sub.status();
     assert!(
         !(st.consistent && c.rep.state().0.contains_key(&2)),
@@ -100,6 +74,7 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_removed_before_join
         c.rep.state().nums()
     );
     assert!(!c.rep.state().0.contains_key(&2));
+    assert!(c.claims > 0);
 }
 
 /// Found by the simulation (seed 62, nak-loss profile): a late snapshot of
@@ -111,41 +86,46 @@ fn late_snapshot_of_the_previous_cycle_does_not_resurrect_a_leaf_removed_in_a_ga
     let (k1, k2) = (crate::state::encode(&1u16), crate::state::encode(&2u16));
     let v = crate::state::encode(&Val::from(7));
     let add = crate::state::encode(&super::sim::Op::Add(1, 1));
-    let mut c = Crafted::new();
+    let mut c = crafted();
+    // Delta 2 adds 1 to k1, delta 3 removes k2.
+    c.at(1, &[(1, 7), (2, 7)]);
+    c.at(2, &[(1, 8), (2, 7)]);
+    c.at(3, &[(1, 8)]);
     // Starting point 1: k1 and k2 exist, unknown to the subscriber.
-    c.feed(&[hb(1)]);
-    c.feed(&[hb(1)]);
+    c.deliver(&dg(&[hb(1)]));
+    c.deliver(&dg(&[hb(1)]));
     // Cycle 10 (start 1) lists k1, k2; only k1's snapshot arrives.
-    c.feed(&[begin(10, 1, 2), snap(10, 0, 0, &k1, Some(&v))]);
-    c.feed(&[begin(10, 1, 2)]);
+    c.deliver(&dg(&[begin(10, 1, 2), snap(10, 0, 0, &k1, Some(&v))]));
+    c.deliver(&dg(&[begin(10, 1, 2)]));
     let late = dg(&[begin(10, 1, 2), snap(10, 1, 0, &k2, Some(&v))]);
     // Delta 2 changes k1; delta 3 removes k2 and is lost: a gap.
-    c.feed(&[Message::Delta(Delta {
+    c.deliver(&dg(&[Message::Delta(Delta {
         seq: SeqNum(2),
         prev_leaf_seq: SeqNum(0),
         creates: false,
         removes: false,
         key: &k1,
         payload: &add,
-    })]);
-    c.feed(&[hb(3)]);
+    })]));
+    c.deliver(&dg(&[hb(3)]));
     c.wait(Duration::from_millis(10));
-    assert_eq!(c.sub.stats().gaps, 1);
+    let stats = c.sub.stats();
+    assert_eq!((stats.gaps, stats.lost), (1, 1), "delta 3: {stats:?}");
+    assert!(!c.sub.status().consistent);
     // Cycle 11 (start 3) lists k1 only; heard whole (twice: a CycleBegin
     // is believed once another datagram repeats it).
     let v8 = crate::state::encode(&Val::from(8));
     for _ in 0..2 {
-        c.feed(&[
+        c.deliver(&dg(&[
             begin(11, 3, 1),
             snap(11, 0, 2, &k1, Some(&v8)),
             end(11, 3, 1),
-        ]);
+        ]));
     }
     let st = c.sub.status();
     assert!(st.consistent, "{st:?} {:?}", c.sub.stats());
     // The late snapshot of cycle 10 (the previous one) for k2.
-    c.sub
-        .handle_datagram(c.t, from(), &mut late.clone(), &mut c.rep);
+    c.deliver(&late);
     let st = c.sub.status();
     assert!(
         !c.rep.state().0.contains_key(&2),
@@ -153,6 +133,7 @@ fn late_snapshot_of_the_previous_cycle_does_not_resurrect_a_leaf_removed_in_a_ga
         c.rep.state().nums()
     );
     assert!(st.consistent, "{st:?}");
+    assert!(c.claims > 0);
 }
 
 /// Found by the simulation (seed 355, jitter profile): before sync, a very
@@ -172,26 +153,26 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_before_sync() {
     // Cycle 3 (start 0) sent k2; k2 was removed by delta 4; the subscriber
     // starts at 5.
     let ancient = dg(&[begin(3, 0, 4), snap(3, 1, 0, &k2, Some(&v))]);
-    let mut c = Crafted::new();
-    c.feed(&[hb(5)]);
-    c.feed(&[hb(5)]);
+    let mut c = crafted();
+    c.at(5, &[(1, 7), (3, 7), (5, 7)]);
+    c.deliver(&dg(&[hb(5)]));
+    c.deliver(&dg(&[hb(5)]));
     // Cycle 10 (start 5) lists k1, k3, k5: the first two positions verify
     // everything up to k3.
-    c.feed(&[begin(10, 5, 3)]);
-    c.feed(&[
+    c.deliver(&dg(&[begin(10, 5, 3)]));
+    c.deliver(&dg(&[
         begin(10, 5, 3),
         snap(10, 0, 0, &k1, Some(&v)),
         snap(10, 1, 0, &k3, Some(&v)),
-    ]);
+    ]));
     assert!(!c.sub.status().synced);
     // The ancient copy arrives, then the rest of cycle 10.
-    c.sub
-        .handle_datagram(c.t, from(), &mut ancient.clone(), &mut c.rep);
-    c.feed(&[
+    c.deliver(&ancient);
+    c.deliver(&dg(&[
         begin(10, 5, 3),
         snap(10, 2, 0, &k5, Some(&v)),
         end(10, 5, 3),
-    ]);
+    ]));
     let st = c.sub.status();
     assert!(st.synced, "{st:?}");
     assert!(
@@ -200,6 +181,7 @@ fn late_snapshot_of_an_older_cycle_does_not_resurrect_a_leaf_before_sync() {
         c.rep.state().nums()
     );
     assert!(st.consistent, "{st:?}");
+    assert!(c.claims > 0);
 }
 
 /// Found by the simulation (seeds 129, 305, 382, 404, forgery profile): a
@@ -235,7 +217,9 @@ fn sequence_numbers_given_up_beyond_the_stream_are_taken_back_by_reanchoring() {
     // Without NAK repair, the 20 are given up after the reorder timeout
     // (5 ms), before any heartbeat can show they were never sent.
     r.run(Duration::from_millis(6));
-    assert_eq!(r.sub.stats().gaps, 1);
+    let stats = r.sub.stats();
+    assert_eq!((stats.gaps, stats.lost), (1, 20), "{stats:?}");
+    assert_eq!(r.sub.status().seq.0, last + 20);
     // The stream stays quiet: no delta will ever reach those numbers.
     r.run(Duration::from_millis(300));
     let st = r.sub.status();
@@ -307,6 +291,7 @@ fn a_hole_repaired_slower_than_the_snapshot_cycle_falls_back_to_snapshots() {
     let st = r.sub.stats();
     assert!(st.repaired_by_nak > 0, "repair started by NAK: {st:?}");
     assert!(st.lost > 0, "and was left to snapshots");
+    assert_eq!(st.repaired_by_nak + st.lost, 2000, "{st:?}");
     assert!(took < Duration::from_secs(1), "converged after {took:?}");
 }
 
@@ -392,8 +377,12 @@ fn reanchoring_below_what_the_cycles_verified_withdraws_consistency() {
     assert!(r.converged(), "{:?}", r.sub.status());
     assert_eq!(r.sub.status().seq.0, 3);
     // The late duplicate arrives; the claim is checked at once.
+    let reanchors = r.sub.stats().reanchors;
     r.deliver(&[old.unwrap()]);
     r.check_claim();
+    let st = r.sub.status();
+    assert_eq!(r.sub.stats().reanchors, reanchors + 1);
+    assert!(st.seq.0 == 1 && !st.consistent, "{st:?}");
     r.run_until(Duration::from_millis(300), Rig::converged)
         .unwrap_or_else(|| panic!("{:?} {:?}", r.sub.status(), r.sub.stats()));
 }

@@ -4,11 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::rig::*;
-use super::sim::{begin, end, publisher_addr, snap, DigestReplica, Op, Rng, SimPublisher, Val};
+use super::sim::{begin, end, publisher_addr, snap, Bounds, Op, Rng, SimPublisher, Val};
 use crate::subscriber::{Event, Subscriber};
 use crate::wire::{Datagram, Heartbeat, LeafSnapshot, Message};
 use crate::{SeqNum, SessionId, StreamId};
@@ -37,16 +36,6 @@ fn craft(stream: u32, session: u64, msgs: &[Message<'_>]) -> Vec<u8> {
         NEXT.fetch_add(1, Ordering::Relaxed),
         msgs,
     )
-}
-
-/// The address the crafted datagrams come from.
-fn from() -> SocketAddr {
-    publisher_addr(0)
-}
-
-/// Hands a crafted datagram to `sub`.
-fn feed(sub: &mut Subscriber, t: Instant, d: &[u8], rep: &mut DigestReplica) {
-    sub.handle_datagram(t, from(), &mut d.to_vec(), rep);
 }
 
 // ---------------------------------------------------------------------------
@@ -365,9 +354,12 @@ fn track_leaf_after_a_delta_is_refused() {
 /// still be recognised as old once its leaf has been forgotten.
 #[test]
 fn cycle_ids_wrapping_keep_late_snapshots_out() {
-    let mut sub = Subscriber::new(rig_sub_config()).unwrap();
-    let mut rep = DigestReplica::default();
-    let mut t = Instant::now();
+    let mut c = Checked::scripted(rig_sub_config());
+    // The publisher: leaves 1 and 2 from the start, leaf 2 removed by delta
+    // 1, leaf 1 added to by delta 2.
+    c.at(0, &[(1, 10), (2, 20)]);
+    c.at(1, &[(1, 10)]);
+    c.at(2, &[(1, 11)]);
     let (k1, k2) = (crate::state::encode(&1u16), crate::state::encode(&2u16));
     let (v1, v2) = (
         crate::state::encode(&Val::from(10)),
@@ -379,28 +371,23 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         sent_at_micros: 0,
         interval_ms: 10,
     });
-    feed(&mut sub, t, &craft(3, 1, &[hb]), &mut rep);
+    c.deliver(&craft(3, 1, &[hb]));
     let old = craft(3, 1, &[begin(a, 0, 2), snap(a, 1, 0, &k2, Some(&v2))]);
     // Twice: a subscriber believes the first CycleBegin it hears once
     // another datagram repeats it.
     for _ in 0..2 {
-        feed(
-            &mut sub,
-            t,
-            &craft(
-                3,
-                1,
-                &[
-                    begin(a, 0, 2),
-                    snap(a, 0, 0, &k1, Some(&v1)),
-                    snap(a, 1, 0, &k2, Some(&v2)),
-                    end(a, 0, 2),
-                ],
-            ),
-            &mut rep,
-        );
+        c.deliver(&craft(
+            3,
+            1,
+            &[
+                begin(a, 0, 2),
+                snap(a, 0, 0, &k1, Some(&v1)),
+                snap(a, 1, 0, &k2, Some(&v2)),
+                end(a, 0, 2),
+            ],
+        ));
     }
-    assert!(sub.status().consistent, "{:?}", sub.status());
+    assert!(c.sub.status().consistent, "{:?}", c.sub.status());
     // Leaf 2 is removed by delta 1.
     let rm = crate::state::encode(&Op::Remove(2));
     let d = Message::Delta(crate::wire::Delta {
@@ -411,21 +398,20 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         key: &k2,
         payload: &rm,
     });
-    feed(&mut sub, t, &craft(3, 1, &[d]), &mut rep);
-    assert!(!rep.state().0.contains_key(&2));
+    c.deliver(&craft(3, 1, &[d]));
+    assert!(!c.rep.state().0.contains_key(&2));
     // Two more cycles, across the wrap: u32::MAX then 0.
-    for c in [u32::MAX, 0] {
-        t += Duration::from_millis(1);
-        feed(
-            &mut sub,
-            t,
-            &craft(
-                3,
-                1,
-                &[begin(c, 1, 1), snap(c, 0, 0, &k1, Some(&v1)), end(c, 1, 1)],
-            ),
-            &mut rep,
-        );
+    for cy in [u32::MAX, 0] {
+        c.now += Duration::from_millis(1);
+        c.deliver(&craft(
+            3,
+            1,
+            &[
+                begin(cy, 1, 1),
+                snap(cy, 0, 0, &k1, Some(&v1)),
+                end(cy, 1, 1),
+            ],
+        ));
     }
     // Hmm: with start_seq 1 == the absence seq, leaf 2 is not forgotten yet;
     // one more delta and one more cycle make sure it is.
@@ -438,24 +424,20 @@ fn cycle_ids_wrapping_keep_late_snapshots_out() {
         key: &k1,
         payload: &add,
     });
-    feed(&mut sub, t, &craft(3, 1, &[d]), &mut rep);
+    c.deliver(&craft(3, 1, &[d]));
     let v11 = crate::state::encode(&Val::from(11));
-    feed(
-        &mut sub,
-        t,
-        &craft(
-            3,
-            1,
-            &[begin(1, 2, 1), snap(1, 0, 2, &k1, Some(&v11)), end(1, 2, 1)],
-        ),
-        &mut rep,
-    );
-    feed(&mut sub, t, &old, &mut rep);
+    c.deliver(&craft(
+        3,
+        1,
+        &[begin(1, 2, 1), snap(1, 0, 2, &k1, Some(&v11)), end(1, 2, 1)],
+    ));
+    c.deliver(&old);
     assert_eq!(
-        rep.state().nums(),
+        c.rep.state().nums(),
         std::collections::BTreeMap::from([(1, 11)])
     );
-    assert!(sub.status().consistent);
+    assert!(c.sub.status().consistent);
+    assert!(c.claims > 0);
 }
 
 const NAK_RANGES: [crate::SeqRange; 2] = [
@@ -478,10 +460,19 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
         .max_pending_deltas(32)
         .max_buffered_bytes(4096)
         .max_cycle_leaves(1000);
-    let mut sub = Subscriber::new(cfg).unwrap();
-    let mut rep = DigestReplica::default();
+    // Checked after every datagram and timeout: the buffers within these
+    // bounds, and no claim of consistency with a leaf no datagram of the
+    // session carried.
+    let mut c = Checked::hostile(
+        cfg,
+        Bounds {
+            reorder_window: 16,
+            max_pending: 32,
+            max_buffered_bytes: 4096,
+            ..Bounds::default()
+        },
+    );
     let mut rng = Rng::new(77);
-    let mut t = Instant::now();
     let n: u64 = std::env::var("GRAPEVINE_REVIEW_HOSTILE")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -489,7 +480,6 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
     // Sequence numbers near 2^64 (the `stats.lost` overflow of
     // `hostile_heartbeats_overflow_the_lost_counter`, fixed) now and then.
     let huge = std::env::var("GRAPEVINE_REVIEW_NO_HUGE_SEQS").is_err();
-    let mut nak_buf = vec![0u8; 1452];
     let frag_ranges = [(0u32, 10u32), (20, u32::MAX)];
     for _ in 0..n {
         let mut keys: Vec<Vec<u8>> = Vec::new();
@@ -569,24 +559,18 @@ fn hostile_datagrams_do_not_panic_and_buffers_stay_bounded() {
         if msgs.is_empty() {
             continue;
         }
-        t += Duration::from_micros(rng.below(3000));
+        c.now += Duration::from_micros(rng.below(3000));
         let session = 1 + rng.below(3);
-        feed(&mut sub, t, &craft(3, session, &msgs), &mut rep);
+        c.deliver(&craft(3, session, &msgs));
         if rng.chance(0.2) {
-            t += Duration::from_millis(rng.below(30));
-            sub.handle_timeout(t, &mut rep);
+            c.wait(Duration::from_millis(rng.below(30)));
         }
-        while let Some(tx) = sub.poll_transmit(t, &mut nak_buf) {
-            assert_eq!(tx.destination, crate::Destination::Unicast(from()));
-        }
-        let (count, bytes) = sub.buffered();
-        assert!(count <= 16 + 32, "buffered {count}");
-        assert!(bytes <= 2 * 4096, "buffered bytes {bytes}");
-        let (rbytes, partials) = sub.reassembly_usage();
-        assert!(rbytes <= 16 << 20 && partials <= 64);
-        let _ = sub.status();
-        while sub.poll_event().is_some() {}
+        c.events.clear();
     }
+    eprintln!(
+        "{n} hostile datagrams: {} claims of consistency checked, {} NAKs",
+        c.claims, c.naks
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -611,8 +595,8 @@ fn durations_that_would_overflow_are_refused_and_the_largest_accepted_run() {
     let mut cfg = rig_sub_config_no_nak();
     cfg.reorder_timeout(Duration::from_secs(3600))
         .missed_heartbeats(1000);
-    let mut sub = Subscriber::new(cfg).unwrap();
-    let mut rep = DigestReplica::default();
+    let mut c = Checked::hostile(cfg, Bounds::default());
+    c.now = t;
     let hb = |last: u64| {
         Message::Heartbeat(Heartbeat {
             last_seq: SeqNum(last),
@@ -622,17 +606,17 @@ fn durations_that_would_overflow_are_refused_and_the_largest_accepted_run() {
     };
     // Two datagrams agree on the interval and on where the stream is
     // (PROTOCOL.md §8.4), then a third shows a hole.
-    feed(&mut sub, t, &craft(3, 1, &[hb(0)]), &mut rep);
-    feed(&mut sub, t, &craft(3, 1, &[hb(0)]), &mut rep);
-    feed(&mut sub, t, &craft(3, 1, &[hb(0), hb(5)]), &mut rep);
-    let deadline = sub.poll_timeout().unwrap();
-    sub.handle_timeout(deadline, &mut rep);
-    assert!(
-        sub.stats().gaps >= 1,
-        "{:?} {:?}",
-        sub.status(),
-        sub.stats()
-    );
+    c.deliver(&craft(3, 1, &[hb(0)]));
+    c.deliver(&craft(3, 1, &[hb(0)]));
+    c.deliver(&craft(3, 1, &[hb(0), hb(5)]));
+    assert_eq!(c.sub.status().missing, 5);
+    // The hole is given up one (hour-long) reorder timeout later.
+    let deadline = c.sub.poll_timeout().unwrap();
+    assert_eq!(deadline, t + Duration::from_secs(3600));
+    c.wait(deadline - t);
+    let (st, stats) = (c.sub.status(), c.sub.stats());
+    assert_eq!((stats.gaps, stats.lost), (1, 5), "{st:?} {stats:?}");
+    assert_eq!((st.seq.0, st.missing), (5, 0), "{st:?}");
     let mut cfg = rig_pub_config();
     cfg.min_cycle_interval(Duration::from_secs(3600));
     let mut p = SimPublisher::new(cfg, SessionId(1), t, &leaves(3), Default::default());

@@ -3,6 +3,7 @@
 //! fire. Every step checks the claim "consistent ⇒ equal to the publisher
 //! as of `status().seq`", the leaf counts and the memory bounds.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -288,5 +289,169 @@ impl Rig {
             && st.known_seq == st.seq
             && st.missing == 0
             && self.replica.state() == self.publisher.state.state()
+    }
+}
+
+/// A subscriber driven by hand with crafted datagrams, checked after every
+/// datagram and every timeout as the rig checks its own: the claim
+/// "consistent at `seq` S ⇒ the replica equals the publisher's state at S"
+/// against the states the test scripts with [`Checked::at`] (a claim at a
+/// seq the script gives no state for fails), the leaf count, the replica's
+/// digest, and the memory bounds. Whatever the script, a claim must be one
+/// the subscriber could make: synced, nothing stale, every leaf held heard
+/// in a datagram of the followed session. A test of hostile input that
+/// scripts no state ([`Checked::hostile`]) gets these last checks only.
+pub(crate) struct Checked {
+    pub(crate) sub: Subscriber,
+    pub(crate) rep: DigestReplica,
+    pub(crate) now: Instant,
+    /// Where the datagrams come from.
+    pub(crate) from: SocketAddr,
+    bounds: Bounds,
+    /// The scripted publisher's state right after each seq; `None`: hostile
+    /// input, no publisher behind it.
+    reference: Option<BTreeMap<u64, BTreeMap<u16, i64>>>,
+    /// Keys carried by the datagrams of each session (deltas, snapshots of
+    /// present leaves; whole messages only, fragments are not reassembled
+    /// here).
+    heard: HashMap<SessionId, HashSet<Vec<u8>>>,
+    /// Times the subscriber claimed consistency (checked each time).
+    pub(crate) claims: u64,
+    /// Every event the subscriber emitted, in order.
+    pub(crate) events: Vec<Event>,
+    /// NAK and FragNak datagrams it sent (all to `from`).
+    pub(crate) naks: u64,
+}
+
+impl Checked {
+    /// A subscriber whose claims are checked against the states the test
+    /// scripts with [`Checked::at`].
+    pub(crate) fn scripted(cfg: SubscriberConfig) -> Self {
+        let mut c = Self::hostile(cfg, Bounds::default());
+        c.reference = Some(BTreeMap::new());
+        c
+    }
+
+    /// A subscriber fed hostile input: no publisher state to compare with.
+    pub(crate) fn hostile(cfg: SubscriberConfig, bounds: Bounds) -> Self {
+        Self {
+            sub: Subscriber::new(cfg).unwrap(),
+            rep: DigestReplica::default(),
+            now: Instant::now(),
+            from: publisher_addr(0),
+            bounds,
+            reference: None,
+            heard: HashMap::new(),
+            claims: 0,
+            events: Vec::new(),
+            naks: 0,
+        }
+    }
+
+    /// The scripted publisher holds `leaves` (key, counter) right after
+    /// `seq`.
+    pub(crate) fn at(&mut self, seq: u64, leaves: &[(u16, i64)]) {
+        self.reference
+            .as_mut()
+            .expect("a scripted subscriber")
+            .insert(seq, leaves.iter().copied().collect());
+    }
+
+    /// Hands a datagram to the subscriber at `now`, then checks.
+    pub(crate) fn deliver(&mut self, d: &[u8]) {
+        if let Ok(dg) = Datagram::decode(d) {
+            let keys = self.heard.entry(dg.header().session).or_default();
+            for m in dg.messages() {
+                match m {
+                    Message::Delta(x) | Message::Retransmit(x) => {
+                        keys.insert(x.key.to_vec());
+                    }
+                    Message::LeafSnapshot(s) if s.value.is_some() => {
+                        keys.insert(s.key.to_vec());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.sub
+            .handle_datagram(self.now, self.from, &mut d.to_vec(), &mut self.rep);
+        self.check();
+    }
+
+    /// Fires the subscriber's timers `dt` later, then checks.
+    pub(crate) fn wait(&mut self, dt: Duration) {
+        self.now += dt;
+        self.sub.handle_timeout(self.now, &mut self.rep);
+        self.check();
+    }
+
+    /// Collects the events, and the NAKs due (which go nowhere).
+    fn drain(&mut self) {
+        while let Some(e) = self.sub.poll_event() {
+            self.events.push(e);
+        }
+        let mut buf = [0u8; 1452];
+        while let Some(t) = self.sub.poll_transmit(self.now, &mut buf) {
+            assert_eq!(t.destination, Destination::Unicast(self.from));
+            self.naks += 1;
+        }
+    }
+
+    pub(crate) fn check(&mut self) {
+        if let Err(e) = self.claim_holds() {
+            panic!(
+                "{e}\nstatus {:?}\nstats {:?}",
+                self.sub.status(),
+                self.sub.stats()
+            );
+        }
+        self.drain();
+    }
+
+    fn claim_holds(&mut self) -> Result<(), String> {
+        check_bounds(&self.sub, &self.bounds)?;
+        let st = self.sub.status();
+        let mine = self.rep.state().nums();
+        if st.leaves != mine.len() {
+            return Err(format!(
+                "status reports {} leaves, replica {mine:?}",
+                st.leaves
+            ));
+        }
+        if self.rep.digest != self.rep.typed.digest() {
+            return Err("incremental digest drifted".into());
+        }
+        if !st.consistent {
+            return Ok(());
+        }
+        self.claims += 1;
+        if st.stale_leaves != 0 || !st.synced || st.seq > st.known_seq {
+            return Err("consistent but stale, not synced or beyond its tail".into());
+        }
+        let session = st.session.ok_or("consistent without a session")?;
+        let heard = self.heard.get(&session);
+        for k in mine.keys() {
+            let key = crate::state::encode(k);
+            if !heard.is_some_and(|h| h.contains(&key)) {
+                return Err(format!(
+                    "consistent with leaf {k}, which no datagram of {session} carried: {mine:?}"
+                ));
+            }
+        }
+        if let Some(reference) = &self.reference {
+            let want = reference.get(&st.seq.0).ok_or_else(|| {
+                format!(
+                    "consistent at seq {}, where the script gives no state: {mine:?}",
+                    st.seq
+                )
+            })?;
+            if *want != mine {
+                return Err(format!(
+                    "consistent at seq {} with {mine:?}, the publisher holds {want:?}",
+                    st.seq
+                ));
+            }
+        }
+        Ok(())
     }
 }
