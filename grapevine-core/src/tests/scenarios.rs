@@ -48,13 +48,14 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
     p.publish_dropped(Op::Add(4, 1));
     p.publish_delivered(Op::Add(4, 2));
     p.publish_delivered(Op::Add(9, 5));
+    assert_eq!(p.sub.status().stale_leaves, 0, "delta 2 waits for delta 1");
     // The hole is given up on after the reorder timeout, without a cycle.
     p.now += Duration::from_millis(6);
-    p.sub.handle_timeout(p.now, &mut p.replica);
-    p.drain_events();
+    p.tick();
     let st = p.sub.status();
     assert!(!st.consistent);
     assert_eq!(st.stale_leaves, 1, "only leaf 4 is broken: {st:?}");
+    assert_eq!((p.sub.stats().gaps, p.sub.stats().lost), (1, 1));
     assert!(p
         .events
         .iter()
@@ -63,10 +64,19 @@ fn a_gap_marks_only_the_broken_leaf_stale_until_its_snapshot() {
     assert!(p.events.contains(&Event::LeafStale { key: key4.clone() }));
     // Leaf 9's delta still applied.
     assert_eq!(p.replica.state().get(9), Some(95));
+    // Leaf 4 stays the only stale leaf until its snapshot repairs it.
+    let repaired = Event::LeafRepaired { key: key4 };
+    let took = p.run_until(Duration::from_millis(40), |p| {
+        let stale = p.sub.status().stale_leaves;
+        let done = p.events.contains(&repaired);
+        assert_eq!(stale, usize::from(!done), "{:?}", p.sub.status());
+        done
+    });
+    assert!(took.is_some(), "{:?}", p.sub.status());
+    assert_eq!(p.replica.state().get(4), Some(43));
     p.run(Duration::from_millis(40));
     let st = p.sub.status();
     assert!(st.consistent && st.stale_leaves == 0, "{st:?}");
-    assert!(p.events.contains(&Event::LeafRepaired { key: key4 }));
     p.assert_equal();
 }
 
@@ -77,13 +87,20 @@ fn a_missed_removal_leaves_a_ghost_that_the_cycle_removes() {
     p.publish_dropped(Op::Remove(7));
     p.publish_delivered(Op::Add(3, 1));
     p.now += Duration::from_millis(6);
-    p.sub.handle_timeout(p.now, &mut p.replica);
+    p.tick();
+    assert_eq!(p.sub.stats().lost, 1);
     assert!(p.replica.state().0.contains_key(&7), "ghost still held");
     assert!(!p.sub.status().consistent);
-    p.run(Duration::from_millis(40));
-    assert!(!p.replica.state().0.contains_key(&7));
+    // The one ghost is counted when the cycle removes it, not before.
+    let took = p.run_until(Duration::from_millis(40), |p| {
+        let gone = !p.replica.state().0.contains_key(&7);
+        assert_eq!(p.sub.stats().ghosts_removed, u64::from(gone));
+        gone
+    });
+    assert!(took.is_some(), "{:?}", p.sub.status());
+    p.run_until(Duration::from_millis(40), Rig::converged)
+        .expect("consistent once a cycle after the gap covered the key space");
     assert_eq!(p.sub.stats().ghosts_removed, 1);
-    assert!(p.sub.status().consistent);
     p.assert_equal();
 }
 
@@ -94,25 +111,62 @@ fn a_removal_during_a_cycle_is_sent_as_a_tombstone() {
     // The cycle has started but has not reached the last leaves yet.
     let (sent, total) = p.publisher.core.cycle_progress().unwrap();
     assert!(sent < total);
-    p.publish_delivered(Op::Remove(199));
-    p.run(Duration::from_millis(40));
-    assert!(p.publisher.core.stats().tombstones >= 1);
+    let removed = p.publisher.publish(&Op::Remove(199));
+    let out = p.output();
+    p.deliver(&out);
+    let sent = p.run(Duration::from_millis(40));
+    // One tombstone: leaf 199's position in this cycle, absent as of the
+    // removal (the latest seq when it was sent); the next cycle does not
+    // list it.
+    assert_eq!(p.publisher.core.stats().tombstones, 1);
+    assert_eq!(
+        tombstones(&sent),
+        vec![(crate::state::encode(&199u16), removed.0)]
+    );
     assert!(p.sub.status().consistent);
     p.assert_equal();
+}
+
+/// The tombstones (key, `leaf_seq`) that `sent` carries.
+fn tombstones(sent: &[Vec<u8>]) -> Vec<(Vec<u8>, u64)> {
+    sent.iter()
+        .filter_map(|d| Datagram::decode(d).ok())
+        .flat_map(|d| {
+            d.messages()
+                .filter_map(|m| match m {
+                    Message::LeafSnapshot(s) if s.value.is_none() => {
+                        Some((s.key.to_vec(), s.leaf_seq.0))
+                    }
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 #[test]
 fn creating_delta_replaces_a_ghost_without_a_snapshot() {
     let mut p = Rig::new(&leaves(10), rig_sub_config_no_nak());
     p.run(Duration::from_millis(30));
+    assert!(p.converged(), "{:?}", p.sub.status());
+    let snapshots = p.sub.stats().snapshots_applied;
     p.publish_dropped(Op::Remove(2));
     // Leaf 2 comes back as a new leaf: the delta says it creates it, so the
     // held ghost is dropped first.
     p.publish_delivered(Op::Add(2, 1));
     p.now += Duration::from_millis(6);
-    p.sub.handle_timeout(p.now, &mut p.replica);
+    p.tick();
     assert_eq!(p.replica.state().get(2), Some(1));
-    assert_eq!(p.sub.stats().deltas_pending, 0);
+    let (st, stats) = (p.sub.status(), p.sub.stats());
+    assert_eq!(stats.deltas_pending, 0);
+    assert_eq!(stats.snapshots_applied, snapshots, "no snapshot");
+    assert_eq!(st.stale_leaves, 0, "{st:?}");
+    assert_eq!(p.replica.state(), p.publisher.state.state());
+    // Equal, but after a gap it cannot know it until a cycle shows it.
+    assert!(!st.consistent, "{st:?}");
+    p.run_until(Duration::from_millis(60), Rig::converged)
+        .unwrap_or_else(|| panic!("{:?} {:?}", p.sub.status(), p.sub.stats()));
+    p.assert_equal();
 }
 
 #[test]
@@ -135,6 +189,7 @@ fn publisher_restart_clears_and_resyncs() {
     assert_eq!(st.session, Some(SessionId(2)));
     assert!(st.consistent);
     assert_eq!(p.replica.state().nums(), BTreeMap::from([(50, 5)]));
+    p.assert_equal();
     // A late datagram of the old session is not taken for a new restart.
     let mut old = SimPublisher::new(
         rig_pub_config(),
@@ -157,20 +212,24 @@ fn publisher_restart_clears_and_resyncs() {
 fn silence_reports_the_publisher_gone_and_back() {
     let mut p = Rig::new(&leaves(5), rig_sub_config());
     p.run(Duration::from_millis(30));
+    assert!(p.converged(), "{:?}", p.sub.status());
     assert!(p.sub.status().publisher_alive);
     let deadline = p.sub.poll_timeout().unwrap();
     // Nothing arrives for five heartbeat intervals.
     p.now += Duration::from_millis(60);
     let _lost = p.output();
     assert!(deadline <= p.now);
-    p.sub.handle_timeout(p.now, &mut p.replica);
-    p.drain_events();
+    p.tick();
     assert!(p.events.contains(&Event::PublisherGone));
     assert!(!p.sub.status().publisher_alive);
     assert_eq!(p.replica.state().0.len(), 5, "the replica stays readable");
+    // Nothing was published meanwhile: still the publisher's state.
+    assert!(p.converged(), "{:?}", p.sub.status());
     p.run(Duration::from_millis(20));
     assert!(p.events.contains(&Event::PublisherBack));
     assert!(p.sub.status().publisher_alive);
+    p.publish_delivered(Op::Add(1, 1));
+    assert!(p.converged(), "{:?}", p.sub.status());
 }
 
 #[test]
@@ -223,3 +282,4 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
         .any(|e| matches!(e, Event::ApplyFailed { .. })));
     assert!(!p.sub.status().consistent);
 }
+
