@@ -283,3 +283,79 @@ fn foreign_malformed_and_undecodable_input_is_counted_not_applied() {
     assert!(!p.sub.status().consistent);
 }
 
+/// A leaf removed while the cycle runs is sent at its position as a
+/// tombstone absent as of the removal (PROTOCOL.md §8.1), not as of 0: a
+/// subscriber that joined with the cycle got the removal before it held the
+/// leaf (a delta waiting for the leaf's snapshot); the tombstone as of the
+/// removal settles it, so the cycle that syncs it also proves its replica
+/// consistent, equal to the publisher.
+#[test]
+fn a_subscriber_syncs_through_a_tombstone_as_of_the_removal() {
+    let mut p = Rig::new(&leaves(200), rig_sub_config());
+    p.run(Duration::from_millis(1));
+    let (sent, total) = p.publisher.core.cycle_progress().unwrap();
+    assert!(sent < 100 && total == 200, "{sent}/{total}");
+    let removed = p.publisher.publish(&Op::Remove(199));
+    let out = p.output();
+    p.deliver(&out);
+    assert!(!p.sub.status().synced);
+    // Step by step up to the step that syncs it, looking at the wire.
+    let mut tombs = Vec::new();
+    for _ in 0..40 {
+        tombs.extend(tombstones(&p.run(Duration::from_millis(1))));
+        if p.sub.status().synced {
+            break;
+        }
+    }
+    let st = p.sub.status();
+    assert_eq!(
+        tombs,
+        vec![(crate::state::encode(&199u16), removed.0)],
+        "{st:?}"
+    );
+    assert!(st.synced && st.consistent && st.stale_leaves == 0, "{st:?}");
+    assert_eq!(st.seq, removed);
+    p.assert_equal();
+}
+
+/// The same tombstone repairs a leaf whose chain a lost delta broke just
+/// before the removal: a subscriber without NAK repair gives the lost delta
+/// up, the removal finds the leaf stale, and the tombstone (as of the
+/// removal, above the leaf's known seq) settles it at its position, before
+/// the next cycle could sweep it.
+#[test]
+fn a_tombstone_as_of_the_removal_repairs_a_stale_leaf() {
+    let mut p = Rig::new(&leaves(200), rig_sub_config_no_nak());
+    p.run_until(Duration::from_millis(100), Rig::converged)
+        .expect("converged");
+    // Right after a cycle began.
+    let mut progress = p.publisher.core.cycle_progress();
+    while progress.is_none_or(|(sent, _)| sent > 10) {
+        p.run(Duration::from_millis(1));
+        progress = p.publisher.core.cycle_progress();
+    }
+    p.publish_dropped(Op::Add(199, 1));
+    let removed = p.publisher.publish(&Op::Remove(199));
+    let out = p.output();
+    p.deliver(&out);
+    let mut tombs = Vec::new();
+    let key = crate::state::encode(&199u16);
+    for _ in 0..40 {
+        let sent = p.run(Duration::from_millis(1));
+        let found = tombstones(&sent);
+        tombs.extend(found.iter().cloned());
+        if !found.is_empty() {
+            break;
+        }
+        // Until its tombstone: given up (after 5 ms), then stale.
+        if p.sub.stats().gaps > 0 {
+            assert_eq!(p.sub.status().stale_leaves, 1, "{:?}", p.sub.status());
+        }
+    }
+    assert_eq!(tombs, vec![(key.clone(), removed.0)]);
+    let st = p.sub.status();
+    assert_eq!(p.sub.stats().gaps, 1);
+    assert_eq!(st.stale_leaves, 0, "{st:?}");
+    assert!(p.events.contains(&Event::LeafRepaired { key }));
+    assert_eq!(p.replica.state(), p.publisher.state.state());
+}
