@@ -568,6 +568,7 @@ mod tests {
 
     use proptest::collection::vec;
     use proptest::prelude::*;
+    use proptest::sample::Index;
 
     use super::*;
     use crate::wire::{Fragments, MessageKind};
@@ -712,6 +713,61 @@ mod tests {
         (STREAM, SessionId(1 + (i % 2) as u64), (i / 2) as u32)
     }
 
+    /// What PROTOCOL.md §5 says a delivery does to one message, when no
+    /// timeout, eviction or other message is involved.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Outcome {
+        /// New bytes held; the message is not complete yet.
+        Held,
+        /// All its bytes were held already, or the message was completed.
+        Duplicate,
+        /// It overlaps held bytes with different ones: the partial is dropped.
+        Conflict,
+        /// It completes the message.
+        Complete,
+    }
+
+    /// The bytes held for one message since its partial was (re)created.
+    struct OneMessage {
+        held: Vec<Option<u8>>,
+        done: bool,
+    }
+
+    impl OneMessage {
+        fn deliver(&mut self, offset: usize, data: &[u8]) -> Outcome {
+            if self.done {
+                return Outcome::Duplicate;
+            }
+            let slots = &mut self.held[offset..offset + data.len()];
+            if slots
+                .iter()
+                .zip(data)
+                .any(|(h, d)| h.is_some_and(|h| h != *d))
+            {
+                self.held.fill(None);
+                return Outcome::Conflict;
+            }
+            if slots.iter().all(Option::is_some) {
+                return Outcome::Duplicate;
+            }
+            for (h, &d) in slots.iter_mut().zip(data) {
+                *h = Some(d);
+            }
+            if self.held.iter().all(Option::is_some) {
+                self.done = true;
+                Outcome::Complete
+            } else {
+                Outcome::Held
+            }
+        }
+    }
+
+    /// A non-empty range `[start, end)` of `0..len` from two indices.
+    fn range_in(len: usize, (s, e): (Index, Index)) -> (usize, usize) {
+        let start = s.index(len);
+        (start, start + 1 + e.index(len - start))
+    }
+
     proptest! {
         #[test]
         fn any_delivery_reassembles_correctly_within_bounds(
@@ -843,6 +899,108 @@ mod tests {
                 }
             }
             prop_assert_eq!(r.stats().rejected, rejected);
+        }
+
+        /// Two fragments `a` and `b` of one message overlap; with `corrupt`,
+        /// `b` differs from the body at exactly one byte of the overlap (its
+        /// first, its last or any). They are delivered in any order, some
+        /// twice, with other pieces of the body and a tiling of it. Each
+        /// result is the one §5 prescribes given what the live partial holds
+        /// (see [`OneMessage`]). With `corrupt` the last byte of the body is
+        /// never sent, so nothing completes and the disagreement must be
+        /// caught: at least one `Conflict`, each dropping the partial.
+        /// Without, nothing is rejected and the message completes once,
+        /// byte-identical, exactly when its last missing byte arrives.
+        #[test]
+        fn a_conflict_anywhere_in_an_overlap_drops_the_partial(
+            len in 2usize..=64,
+            seed in any::<u64>(),
+            overlap in (any::<Index>(), prop_oneof![Just(0usize), 0usize..64]),
+            outer in (any::<Index>(), any::<Index>(), any::<Index>(), any::<Index>()),
+            at in prop_oneof![Just(0usize), Just(usize::MAX), any::<usize>()],
+            flip in 1u8..=255,
+            corrupt in any::<bool>(),
+            others in vec((any::<Index>(), any::<Index>()), 0..4),
+            cuts in vec(any::<Index>(), 0..6),
+        ) {
+            let whole = body(len, seed);
+            // The overlap [lo, hi) and two fragments that both cover it.
+            let lo = overlap.0.index(len);
+            let hi = lo + 1 + overlap.1 % (len - lo);
+            let a = (outer.0.index(lo + 1), hi + outer.1.index(len - hi + 1));
+            let b = (outer.2.index(lo + 1), hi + outer.3.index(len - hi + 1));
+            let pos = match at {
+                0 => lo,
+                usize::MAX => hi - 1,
+                _ => lo + at % (hi - lo),
+            };
+            let mut b_data = whole[b.0..b.1].to_vec();
+            if corrupt {
+                b_data[pos - b.0] ^= flip;
+            }
+            let mut pieces: Vec<(usize, Vec<u8>)> =
+                vec![(a.0, whole[a.0..a.1].to_vec()), (b.0, b_data)];
+            for &r in &others {
+                let (s, e) = range_in(len, r);
+                pieces.push((s, whole[s..e].to_vec()));
+            }
+            let mut bounds: Vec<usize> = cuts.iter().map(|c| c.index(len)).collect();
+            bounds.extend([0, len]);
+            bounds.sort_unstable();
+            bounds.dedup();
+            for w in bounds.windows(2) {
+                pieces.push((w[0], whole[w[0]..w[1]].to_vec()));
+            }
+            let total = if corrupt { len + 1 } else { len };
+
+            let mut rng = Rng(seed ^ 0x5eed);
+            let mut order: Vec<usize> = (0..pieces.len())
+                .flat_map(|i| std::iter::repeat_n(i, 1 + usize::from(rng.below(4) == 0)))
+                .collect();
+            for k in (1..order.len()).rev() {
+                order.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+
+            let mut r = reassembler(|_| {});
+            let mut model = OneMessage { held: vec![None; total], done: false };
+            let now = Instant::now();
+            let (mut conflicts, mut completed) = (0u64, 0u64);
+            for &i in &order {
+                let (offset, data) = &pieces[i];
+                let f = frag(3, total as u32, *offset as u32, DELTA, data);
+                let got = r.handle_fragment(now, STREAM, SESSION, &f);
+                let want = model.deliver(*offset, data);
+                let what = format!("piece {i} ({offset}..{}) of {pieces:?}", offset + data.len());
+                match want {
+                    Outcome::Held | Outcome::Duplicate => {
+                        prop_assert_eq!(got, Ok(None), "{} expected {:?}", what, want);
+                    }
+                    Outcome::Conflict => {
+                        prop_assert_eq!(got, Err(ReassemblyError::Conflict { frag_id: 3 }), "{}", what);
+                        conflicts += 1;
+                    }
+                    Outcome::Complete => {
+                        let body: Vec<u8> = model.held.iter().map(|b| b.unwrap()).collect();
+                        prop_assert_eq!(got, Ok(Some(Reassembled { kind: DELTA, body })), "{}", what);
+                        completed += 1;
+                    }
+                }
+                // A dropped partial holds nothing; a live one its whole reservation.
+                let live = model.held.iter().any(Option::is_some) && !model.done;
+                prop_assert_eq!(r.partial_count(), usize::from(live), "{}", what);
+                prop_assert_eq!(r.buffered_bytes(), if live { total } else { 0 });
+            }
+            let stats = r.stats();
+            prop_assert_eq!(stats.rejected, conflicts);
+            prop_assert_eq!(stats.completed, completed);
+            if corrupt {
+                prop_assert!(conflicts >= 1, "byte {} of {:?} and {:?} differs, never caught", pos, a, b);
+                prop_assert_eq!(completed, 0);
+            } else {
+                prop_assert_eq!(conflicts, 0);
+                prop_assert_eq!(completed, 1);
+                prop_assert!(model.done && model.held.iter().map(|b| b.unwrap()).eq(whole.iter().copied()));
+            }
         }
     }
 
