@@ -6,12 +6,19 @@
 //! * **ops** (bit 0 clear): each 9-byte record is one operation on the
 //!   reassembler: a fragment with few possible ids, sessions and kinds, a
 //!   total length, offset, data length and content chosen by the input (valid
-//!   or not), a burst of up to 2048 small fragments with gaps, forwards or
-//!   backwards (range merging and the `MAX_RANGES` limit), or a
-//!   `handle_timeout` / `forget_session`, each after a time advance. After
-//!   every operation the memory bounds hold, the expiry deadline is
-//!   consistent, and a completed message has the declared kind and length
-//!   and holds only bytes some fragment carried at that position.
+//!   or not; overlapping fragments agree or differ everywhere, or at their
+//!   first or last byte only), a burst of up to 2048 small fragments with
+//!   gaps, forwards or backwards (range merging and the `MAX_RANGES` limit),
+//!   or a `handle_timeout` / `forget_session`, each after a time advance.
+//!   A [`Mirror`] of the documented behaviour (PROTOCOL.md §5, "Reassembly
+//!   in order": expiry, size limit, recently completed ids, inconsistency,
+//!   eviction oldest first, conflicts, duplicates, the range limit,
+//!   completion) holds, per partial message, the bytes accepted since it was
+//!   created, and predicts every result exactly: the error, `None`, or the
+//!   completed message byte for byte; the counters, the number of partials,
+//!   the bytes reserved and the expiry deadline must match it after every
+//!   operation. Every fragment is handled at a later instant than the one
+//!   before (1 µs apart at least), so "oldest first" never meets a tie.
 //! * **honest** (bit 0 set): one or two message bodies derived from the
 //!   input (bit 2: two) are split with [`Fragments`] and their fragments
 //!   delivered in an input-chosen order, with duplicates, drops and time
@@ -29,11 +36,13 @@
 
 #![no_main]
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use grapevine_core::wire::{Fragment, Fragments, MessageKind};
 use grapevine_core::{
-    Missing, Reassembler, ReassemblyConfig, ReassemblyError, SessionId, StreamId,
+    Missing, Reassembler, ReassemblyConfig, ReassemblyError, ReassemblyStats, SessionId, StreamId,
+    MAX_RANGES,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -42,6 +51,8 @@ const MAX_PARTIALS: usize = 4;
 const MAX_BUFFERED: usize = 8192;
 const TIMEOUT: Duration = Duration::from_secs(1);
 const STREAM: StreamId = StreamId(7);
+/// How many completed messages a reassembler remembers (PROTOCOL.md §5).
+const RECENT_DONE: usize = 64;
 
 /// Inner kinds the ops mode picks from (the reassembler does not look at them).
 const KINDS: [u8; 4] = [
@@ -147,10 +158,14 @@ fn check_bounds(r: &Reassembler, swept: Instant) {
     }
 }
 
+/// Each fragment of the ops mode is handled this much after the previous
+/// call at least, so that no two partials are created at the same instant.
+const TICK: Duration = Duration::from_micros(1);
+
 /// Mode "ops": arbitrary, possibly invalid, fragments and housekeeping calls.
 fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant {
+    let mut mirror = Mirror::default();
     let mut data = Vec::new();
-    let mut swept = now;
     while let (
         Some(ctl),
         Some(kind_sel),
@@ -167,7 +182,7 @@ fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant 
         input.u8(),
     ) {
         now += advance(step);
-        let session = SessionId(u64::from((ctl >> 2) & 1));
+        let session = u64::from((ctl >> 2) & 1);
         let mut frag = FragOp {
             frag_id: u32::from(ctl & 3),
             session,
@@ -180,6 +195,7 @@ fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant 
             },
             offset: 0,
             len: 0,
+            odd: None,
         };
         frag.offset = if offset_sel & 0x8000 != 0 {
             u32::MAX - u32::from(offset_sel & 0x7fff)
@@ -189,8 +205,10 @@ fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant 
         match ctl >> 5 {
             // A burst of many small fragments with gaps, forwards or
             // backwards: exercises range merging and the MAX_RANGES limit.
+            // Bit 7 of `kind_sel` makes the first byte of each one differ.
             5 => {
                 frag.len = 1 + usize::from((kind_sel >> 4) & 3);
+                frag.odd = (kind_sel & 0x80 != 0).then_some(0);
                 let stride = frag.len + usize::from((len_sel >> 12) & 7);
                 let count = usize::from(len_sel & 0x07ff) + 1;
                 let base = frag.offset as usize;
@@ -201,43 +219,60 @@ fn ops(r: &mut Reassembler, mut now: Instant, input: &mut Input<'_>) -> Instant 
                         k
                     };
                     frag.offset = u32::try_from(base + k * stride).unwrap_or(u32::MAX);
-                    frag.apply(r, now, &mut data);
-                    check_bounds(r, now);
+                    now += TICK;
+                    frag.apply(r, &mut mirror, now, &mut data);
+                    mirror.check(r);
                 }
-                swept = now;
             }
             6 => {
                 r.handle_timeout(now);
-                swept = now;
+                mirror.sweep(now);
             }
-            7 => r.forget_session(STREAM, session),
+            7 => {
+                r.forget_session(STREAM, SessionId(session));
+                mirror.partials.retain(|p| p.key.0 != session);
+            }
+            // One fragment. Bit 7 of `kind_sel` makes one byte differ: its
+            // first (bit 6 clear) or its last.
             _ => {
                 frag.len = usize::from(len_sel) % 4200;
-                frag.apply(r, now, &mut data);
-                swept = now;
+                frag.odd = (kind_sel & 0x80 != 0).then(|| {
+                    if kind_sel & 0x40 != 0 {
+                        frag.len.saturating_sub(1)
+                    } else {
+                        0
+                    }
+                });
+                now += TICK;
+                frag.apply(r, &mut mirror, now, &mut data);
             }
         }
-        check_bounds(r, swept);
+        mirror.check(r);
     }
     now
 }
 
 /// One fragment of the ops mode; its data is `pattern(p) ^ seed` at each
-/// position `p`, so overlapping fragments agree iff they share the seed.
+/// position `p`, except at index `odd` of the data if set: so overlapping
+/// fragments agree iff they share the seed and no odd byte.
 struct FragOp {
     frag_id: u32,
-    session: SessionId,
+    session: u64,
     inner_kind: u8,
     seed: u8,
     total_len: u32,
     offset: u32,
     len: usize,
+    odd: Option<usize>,
 }
 
 impl FragOp {
-    fn apply(&self, r: &mut Reassembler, now: Instant, data: &mut Vec<u8>) {
+    fn apply(&self, r: &mut Reassembler, mirror: &mut Mirror, now: Instant, data: &mut Vec<u8>) {
         data.clear();
         data.extend((0..self.len).map(|i| pattern(self.offset as usize + i) ^ self.seed));
+        if let Some(b) = self.odd.and_then(|i| data.get_mut(i)) {
+            *b ^= 0x01;
+        }
         let frag = Fragment {
             frag_id: self.frag_id,
             total_len: self.total_len,
@@ -245,27 +280,198 @@ impl FragOp {
             inner_kind: self.inner_kind,
             data,
         };
-        let res = r.handle_fragment(now, STREAM, self.session, &frag);
-        let end = u64::from(self.offset) + self.len as u64;
-        if self.total_len as usize > MAX_MESSAGE {
-            assert!(
-                matches!(res, Err(ReassemblyError::TooLarge { .. })),
-                "{frag:?} -> {res:?}"
-            );
-        } else if self.len == 0 || end > u64::from(self.total_len) {
-            assert!(res.is_err(), "{frag:?} -> {res:?}");
-        }
-        if let Ok(Some(done)) = res {
-            assert_eq!(done.kind, self.inner_kind);
-            assert_eq!(done.body.len(), self.total_len as usize);
-            for (p, &b) in done.body.iter().enumerate() {
-                assert!(
-                    SEEDS.contains(&(b ^ pattern(p))),
-                    "byte {p} of a completed message was never received"
-                );
+        let res = r.handle_fragment(now, STREAM, SessionId(self.session), &frag);
+        let want = mirror.fragment(now, self.session, &frag);
+        match want {
+            Expect::Rejected(e) => assert_eq!(res, Err(e), "{frag:?}"),
+            Expect::Invalid => {
+                assert!(res.is_err(), "{frag:?} -> {res:?}");
+                // PROTOCOL.md §7 keeps such fragments from the reassembler,
+                // so §5 does not say whether they drop their partial:
+                // follow the reassembler.
+                let key = (self.session, self.frag_id);
+                if r.partial_count() + 1 == mirror.partials.len() {
+                    let at = mirror.partials.iter().position(|p| p.key == key);
+                    mirror.remove(at.expect("only its own partial may go"));
+                }
             }
-            let _ = done.message();
+            Expect::Nothing => assert_eq!(res, Ok(None), "{frag:?}"),
+            Expect::Complete(kind, body) => {
+                let done = res
+                    .unwrap_or_else(|e| panic!("{frag:?} rejected ({e}), should complete"))
+                    .unwrap_or_else(|| panic!("{frag:?} should complete its message"));
+                assert_eq!(done.kind, kind);
+                assert!(
+                    done.body == body,
+                    "message {:?} completed with bytes other than those accepted",
+                    (self.session, self.frag_id)
+                );
+                let _ = done.message();
+            }
         }
+    }
+}
+
+/// What a fragment should do, by [`Mirror`].
+enum Expect {
+    Rejected(ReassemblyError),
+    /// Empty, or running past its `total_len`: rejected somehow.
+    Invalid,
+    /// `Ok(None)`: held, or a duplicate.
+    Nothing,
+    /// Completes a message of this kind and body.
+    Complete(u8, Vec<u8>),
+}
+
+/// One partial message of the [`Mirror`].
+struct MirrorPartial {
+    /// (session, frag_id); the stream is always `STREAM`.
+    key: (u64, u32),
+    kind: u8,
+    created: Instant,
+    /// The bytes accepted since the partial was created.
+    held: Vec<Option<u8>>,
+    held_count: usize,
+    /// Maximal runs of held bytes: the disjoint ranges the partial tracks.
+    runs: usize,
+}
+
+/// The reassembler as PROTOCOL.md §5 describes it, for the limits of this
+/// target.
+#[derive(Default)]
+struct Mirror {
+    partials: Vec<MirrorPartial>,
+    /// The most recently completed messages, oldest first.
+    recent_done: VecDeque<(u64, u32)>,
+    stats: ReassemblyStats,
+}
+
+impl Mirror {
+    fn remove(&mut self, at: usize) -> MirrorPartial {
+        self.partials.swap_remove(at)
+    }
+
+    fn buffered(&self) -> usize {
+        self.partials.iter().map(|p| p.held.len()).sum()
+    }
+
+    /// Step 1: partials that reached their timeout are dropped.
+    fn sweep(&mut self, now: Instant) {
+        let before = self.partials.len();
+        self.partials.retain(|p| p.created + TIMEOUT > now);
+        self.stats.expired += (before - self.partials.len()) as u64;
+    }
+
+    fn reject(&mut self, e: ReassemblyError) -> Expect {
+        self.stats.rejected += 1;
+        Expect::Rejected(e)
+    }
+
+    fn fragment(&mut self, now: Instant, session: u64, f: &Fragment<'_>) -> Expect {
+        self.sweep(now);
+        let key = (session, f.frag_id);
+        let total = f.total_len as usize;
+        if total > MAX_MESSAGE {
+            return self.reject(ReassemblyError::TooLarge {
+                total_len: f.total_len,
+                max: MAX_MESSAGE,
+            });
+        }
+        let (start, end) = (f.offset as usize, f.offset as usize + f.data.len());
+        if f.data.is_empty() || end > total {
+            self.stats.rejected += 1;
+            return Expect::Invalid;
+        }
+        if self.recent_done.contains(&key) {
+            self.stats.duplicates += 1;
+            return Expect::Nothing;
+        }
+        let frag_id = f.frag_id;
+        let at = match self.partials.iter().position(|p| p.key == key) {
+            Some(at) => {
+                let p = &self.partials[at];
+                if p.kind != f.inner_kind || p.held.len() != total {
+                    self.remove(at);
+                    return self.reject(ReassemblyError::Inconsistent { frag_id });
+                }
+                at
+            }
+            None => {
+                // Evict oldest first until the new partial fits both bounds.
+                while !self.partials.is_empty()
+                    && (self.partials.len() >= MAX_PARTIALS
+                        || self.buffered() + total > MAX_BUFFERED)
+                {
+                    let oldest = (0..self.partials.len())
+                        .min_by_key(|&i| self.partials[i].created)
+                        .unwrap();
+                    self.remove(oldest);
+                    self.stats.evicted += 1;
+                }
+                self.partials.push(MirrorPartial {
+                    key,
+                    kind: f.inner_kind,
+                    created: now,
+                    held: vec![None; total],
+                    held_count: 0,
+                    runs: 0,
+                });
+                self.partials.len() - 1
+            }
+        };
+        let p = &mut self.partials[at];
+        let slots = &p.held[start..end];
+        if slots
+            .iter()
+            .zip(f.data)
+            .any(|(h, d)| h.is_some_and(|h| h != *d))
+        {
+            self.remove(at);
+            return self.reject(ReassemblyError::Conflict { frag_id });
+        }
+        if slots.iter().all(Option::is_some) {
+            self.stats.duplicates += 1;
+            return Expect::Nothing;
+        }
+        // The runs that overlap or touch [start, end) merge with it.
+        let window = start.saturating_sub(1)..(end + 1).min(total);
+        let merged = window
+            .clone()
+            .filter(|&q| p.held[q].is_some() && (q == window.start || p.held[q - 1].is_none()))
+            .count();
+        p.runs = p.runs + 1 - merged;
+        for (h, &d) in p.held[start..end].iter_mut().zip(f.data) {
+            if h.replace(d).is_none() {
+                p.held_count += 1;
+            }
+        }
+        if p.runs > MAX_RANGES {
+            self.remove(at);
+            return self.reject(ReassemblyError::TooFragmented { frag_id });
+        }
+        if p.held_count < total {
+            return Expect::Nothing;
+        }
+        let p = self.remove(at);
+        if self.recent_done.len() == RECENT_DONE {
+            self.recent_done.pop_front();
+        }
+        self.recent_done.push_back(key);
+        self.stats.completed += 1;
+        Expect::Complete(p.kind, p.held.into_iter().map(Option::unwrap).collect())
+    }
+
+    /// The reassembler's state agrees with the mirror's.
+    fn check(&self, r: &Reassembler) {
+        assert_eq!(r.stats(), self.stats);
+        assert_eq!(r.partial_count(), self.partials.len());
+        assert_eq!(r.buffered_bytes(), self.buffered());
+        assert!(r.buffered_bytes() <= MAX_BUFFERED);
+        assert!(r.partial_count() <= MAX_PARTIALS);
+        assert_eq!(
+            r.poll_timeout(),
+            self.partials.iter().map(|p| p.created + TIMEOUT).min()
+        );
     }
 }
 
