@@ -146,7 +146,10 @@ pub enum ReassemblyError {
         max: usize,
     },
     /// The fragment's kind or total length differs from earlier fragments of
-    /// the same message; the partial message is dropped.
+    /// the same message (the partial message is dropped), or the fragment is
+    /// empty or runs past its total length (it is ignored;
+    /// [`Datagram::decode`](crate::wire::Datagram::decode) never yields such
+    /// a fragment).
     #[error("fragment disagrees with earlier fragments of message {frag_id}")]
     Inconsistent {
         /// The message id.
@@ -625,6 +628,77 @@ mod tests {
                 "{start}..{end} agrees"
             );
         }
+    }
+
+    /// The missing pieces of a partial message are asked for once it has
+    /// been quiet for `quiet`, then again every `retry`, at most `attempts`
+    /// times, each time at most `max_ranges` ranges in order; and
+    /// `missing_timeout` names exactly when the next request is due.
+    #[test]
+    fn missing_pieces_are_asked_for_when_quiet_then_every_retry_up_to_attempts() {
+        let mut r = reassembler(|_| {});
+        let t0 = Instant::now();
+        let quiet = Duration::from_millis(5);
+        let retry = Duration::from_millis(20);
+        let tick = Duration::from_micros(1);
+        let body: Vec<u8> = (0..100u8).collect();
+        // Bytes 10..20, 30..40 and 50..60 arrive.
+        for off in [10usize, 30, 50] {
+            let f = frag(4, 100, off as u32, DELTA, &body[off..off + 10]);
+            assert_eq!(r.handle_fragment(t0, STREAM, SESSION, &f), Ok(None));
+        }
+        let missing = |ranges: &[(u32, u32)]| {
+            vec![Missing {
+                stream: STREAM,
+                session: SESSION,
+                frag_id: 4,
+                ranges: ranges.to_vec(),
+            }]
+        };
+        // Not before it has been quiet for `quiet`.
+        assert_eq!(r.missing_timeout(quiet, 2), Some(t0 + quiet));
+        assert_eq!(
+            r.poll_missing(t0 + quiet - tick, quiet, retry, 2, 3),
+            vec![]
+        );
+        // Then the first `max_ranges` gaps, in order.
+        let t1 = t0 + quiet;
+        assert_eq!(
+            r.poll_missing(t1, quiet, retry, 2, 3),
+            missing(&[(0, 10), (20, 30), (40, 50)])
+        );
+        // Again only after `retry`.
+        assert_eq!(r.missing_timeout(quiet, 2), Some(t1 + retry));
+        assert_eq!(
+            r.poll_missing(t1 + retry - tick, quiet, retry, 2, 8),
+            vec![]
+        );
+        assert_eq!(
+            r.poll_missing(t1 + retry, quiet, retry, 2, 8),
+            missing(&[(0, 10), (20, 30), (40, 50), (60, 100)])
+        );
+        // Two attempts made: never again for 2, once more for 3.
+        assert_eq!(r.missing_timeout(quiet, 2), None);
+        assert_eq!(r.poll_missing(t1 + retry * 10, quiet, retry, 2, 8), vec![]);
+        assert_eq!(r.missing_timeout(quiet, 3), Some(t1 + retry * 2));
+        assert_eq!(
+            r.poll_missing(t1 + retry * 2, quiet, retry, 3, 1),
+            missing(&[(0, 10)])
+        );
+        assert_eq!(r.missing_timeout(quiet, 3), None);
+        // The rest completes the message all the same.
+        for (s, e) in [(0usize, 10usize), (20, 30), (40, 50), (60, 100)] {
+            let done = r
+                .handle_fragment(
+                    t1,
+                    STREAM,
+                    SESSION,
+                    &frag(4, 100, s as u32, DELTA, &body[s..e]),
+                )
+                .unwrap();
+            assert_eq!(done.is_some(), s == 60);
+        }
+        assert_eq!(r.missing_timeout(quiet, 3), None);
     }
 
     fn reassembler(f: impl FnOnce(&mut ReassemblyConfig)) -> Reassembler {
