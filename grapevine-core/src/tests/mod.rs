@@ -2,6 +2,7 @@
 //! lossy, reordering, duplicating network, in both directions, and
 //! hand-driven tests of single rules.
 
+mod config;
 mod forged;
 mod regressions;
 mod repair;
