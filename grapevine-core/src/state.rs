@@ -386,3 +386,30 @@ impl<S: State> Replica for Typed<S> {
         self.state.clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    type Map = BTreeMap<u32, String>;
+
+    /// Keys and deltas encoded by `Typed` are postcard's encoding, and a
+    /// replica applies them (the doctest above, run as a unit test too).
+    #[test]
+    fn typed_encodes_with_postcard_and_applies() {
+        let key = Typed::<Map>::encode_key(&7);
+        assert_eq!(key, postcard::to_allocvec(&7u32).unwrap());
+        let up = MapDelta::Upsert(7, "seven".to_string());
+        let delta = Typed::<Map>::encode_delta(&up);
+        assert_eq!(delta, postcard::to_allocvec(&up).unwrap());
+        assert_eq!(decode::<MapDelta<u32, String>>(&delta), Ok(up));
+        let mut replica = Typed::new(Map::new());
+        assert_eq!(replica.apply_delta(&key, &delta, false), Ok(true));
+        assert_eq!(replica.state().get(&7).map(String::as_str), Some("seven"));
+        let gone = Typed::<Map>::encode_delta(&MapDelta::Remove(7));
+        assert_eq!(replica.apply_delta(&key, &gone, false), Ok(false));
+        assert!(replica.state().is_empty());
+    }
+}

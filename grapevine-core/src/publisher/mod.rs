@@ -788,9 +788,6 @@ impl Publisher {
     /// Queues repairs for one datagram if the budget allows. Returns whether
     /// anything was queued.
     fn fill_repairs(&mut self, now: Instant) -> bool {
-        if self.repairs.is_empty() || !self.repairs.has_budget(now) {
-            return false;
-        }
         let holdoff_since = now.checked_sub(self.cfg.repair_holdoff);
         let before = self.packer.datagrams();
         let mut queued = false;

@@ -273,3 +273,47 @@ fn a_forged_heartbeat_interval_neither_reports_the_publisher_gone_nor_lets_a_fak
     r.run(ms(300));
     assert_healthy(&r);
 }
+
+/// Fragments of the live session that conflict are counted as rejected; a
+/// fragmented message that completes but does not decode is counted under
+/// its malformed code; neither changes the replica or the claim.
+#[test]
+fn conflicting_and_undecodable_fragments_are_counted_and_change_nothing() {
+    let mut r = synced(fast_pub());
+    let frag = |frag_id: u32, offset: u32, inner_kind: u8, data: &'static [u8]| {
+        Message::Fragment(crate::wire::Fragment {
+            frag_id,
+            total_len: 8,
+            offset,
+            inner_kind,
+            data,
+        })
+    };
+    let delta = crate::wire::MessageKind::Delta as u8;
+    let before = r.sub.stats().clone();
+    // Bytes 0..6, then 4..8 disagreeing at byte 4: a conflict.
+    r.deliver(&[forge(1, 1 << 40, &[frag(1 << 30, 0, delta, b"abcdef")])]);
+    r.deliver(&[forge(1, (1 << 40) + 1, &[frag(1 << 30, 4, delta, b"XfGH")])]);
+    let s = r.sub.stats().clone();
+    assert_eq!(s.fragments_rejected, before.fragments_rejected + 1);
+    // A whole message of 8 bytes, too short for a delta's fixed fields.
+    r.deliver(&[forge(
+        1,
+        (1 << 40) + 2,
+        &[
+            frag((1 << 30) + 1, 0, delta, b"abcd"),
+            frag((1 << 30) + 1, 4, delta, b"efgh"),
+        ],
+    )]);
+    let s = r.sub.stats().clone();
+    assert_eq!(s.fragments_rejected, before.fragments_rejected + 1);
+    assert_eq!(
+        s.malformed.get("body_too_short").copied().unwrap_or(0),
+        before.malformed.get("body_too_short").copied().unwrap_or(0) + 1,
+        "{:?}",
+        s.malformed
+    );
+    r.check_claim();
+    r.run(ms(200));
+    assert_healthy(&r);
+}

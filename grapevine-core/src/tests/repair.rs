@@ -604,3 +604,41 @@ fn duplicate_deltas_are_dropped_and_counted() {
     r.assert_equal();
     assert!(r.converged());
 }
+
+/// A NAK naming sequence numbers beyond the latest is answered by a prompt
+/// heartbeat, at most one per millisecond however many such NAKs arrive,
+/// and one more once the millisecond has passed.
+#[test]
+fn naks_beyond_the_latest_prompt_at_most_one_heartbeat_per_millisecond() {
+    let mut pc = rig_pub_config();
+    pc.heartbeat_interval(Duration::from_secs(60))
+        .min_cycle_interval(Duration::from_secs(60));
+    let mut r = Rig::with_publisher(pc, &leaves(3), rig_sub_config());
+    let _ = r.output();
+    let from = r.sub_addr;
+    let future = r.publisher.core.last_seq().0 + 10;
+    let prompts = |r: &Rig| r.publisher.core.stats().future_nak_heartbeats;
+    let before = prompts(&r);
+    // Two NAKs before the publisher sends: one heartbeat.
+    for _ in 0..2 {
+        r.publisher
+            .core
+            .handle_datagram(r.now, from, &mut nak(1, &[range(future, future)]));
+    }
+    assert_eq!(prompts(&r), before + 1);
+    assert!(has_heartbeat(&r.output()));
+    // Another within the millisecond: none.
+    r.now += Duration::from_micros(500);
+    r.publisher
+        .core
+        .handle_datagram(r.now, from, &mut nak(1, &[range(future, future)]));
+    assert_eq!(prompts(&r), before + 1);
+    assert!(!has_heartbeat(&r.output()));
+    // A millisecond after the first: one more.
+    r.now += Duration::from_micros(500);
+    r.publisher
+        .core
+        .handle_datagram(r.now, from, &mut nak(1, &[range(future, future)]));
+    assert_eq!(prompts(&r), before + 2);
+    assert!(has_heartbeat(&r.output()));
+}
