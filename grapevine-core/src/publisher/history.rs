@@ -248,4 +248,14 @@ mod tests {
         assert!(f.get(3).is_none(), "larger than the whole bound: not kept");
         assert!(f.bytes() <= 100);
     }
+
+    #[test]
+    fn a_fragmented_message_of_exactly_the_bound_is_kept_alone() {
+        let mut f = FragHistory::new(100);
+        f.push(1, 3, vec![1; 40]);
+        f.push(2, 3, vec![2; 100]);
+        assert!(f.get(1).is_none(), "evicted to make room");
+        assert_eq!(f.get(2).map(|(k, b)| (k, b.len())), Some((3, 100)));
+        assert_eq!(f.bytes(), 100);
+    }
 }

@@ -205,6 +205,26 @@ mod tests {
     }
 
     #[test]
+    fn fragment_ranges_merge_only_within_one_message() {
+        let mut q = RepairQueue::new(Instant::now(), 1_000_000, 1452);
+        assert!(q.add_fragment(1, 10, 20));
+        assert!(q.add_fragment(2, 0, 5), "another message, before");
+        assert!(q.add_fragment(3, 25, 30), "another message, after");
+        assert!(q.add_fragment(1, 20, 25), "touching merges");
+        assert!(q.add_fragment(1, 0, 5), "disjoint, same message");
+        let frags: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
+        let f = |frag_id, start, end| Next::Fragment {
+            frag_id,
+            start,
+            end,
+        };
+        assert_eq!(
+            frags,
+            vec![f(1, 10, 25), f(2, 0, 5), f(3, 25, 30), f(1, 0, 5)]
+        );
+    }
+
+    #[test]
     fn the_budget_paces_repairs() {
         let t0 = Instant::now();
         let mut q = RepairQueue::new(t0, 100_000, 1000);

@@ -430,6 +430,24 @@ mod tests {
     }
 
     #[test]
+    fn buffered_bytes_count_what_waits_and_return_to_zero() {
+        let t0 = Instant::now();
+        let mut q = Sequencer::new(SeqNum(0), t0);
+        assert_eq!(q.admit(t0, &d(3), t0, None).0, Admit::Buffered);
+        let one = q.buffered_bytes();
+        assert!(one >= 1, "a buffered delta costs its bytes");
+        assert_eq!(q.admit(t0, &d(2), t0, None).0, Admit::Buffered);
+        assert_eq!((q.buffered(), q.buffered_bytes()), (2, 2 * one));
+        assert_eq!(q.admit(t0, &d(1), t0, None).0, Admit::Next);
+        q.advance(SeqNum(1));
+        assert_eq!(q.pop_next().map(|d| d.seq), Some(SeqNum(2)));
+        assert_eq!(q.buffered_bytes(), one);
+        q.advance(SeqNum(2));
+        assert_eq!(q.pop_next().map(|d| d.seq), Some(SeqNum(3)));
+        assert_eq!((q.buffered(), q.buffered_bytes()), (0, 0));
+    }
+
+    #[test]
     fn a_tail_never_confirmed_by_the_session_is_forgotten() {
         let t0 = Instant::now();
         let settle = Duration::from_millis(20);

@@ -317,3 +317,79 @@ fn conflicting_and_undecodable_fragments_are_counted_and_change_nothing() {
     r.run(ms(200));
     assert_healthy(&r);
 }
+
+/// A copy of the current cycle's CycleBegin that disagrees with it, in its
+/// start seq alone or in its leaf count alone, drops the cycle's evidence
+/// (counted as a conflict); an identical copy does not.
+#[test]
+fn a_cycle_begin_copy_disagreeing_in_one_field_is_a_conflict() {
+    let mut r = synced(fast_pub());
+    let (c, start, count) = r.last_begin.unwrap();
+    let conflicts = |r: &Rig| r.sub.stats().cycle_conflicts;
+    let begin = |start: u64, count: u32| {
+        Message::CycleBegin(CycleBegin {
+            cycle: CycleId(c),
+            start_seq: SeqNum(start),
+            leaf_count: count,
+        })
+    };
+    let before = conflicts(&r);
+    r.deliver(&[forge(1, 1 << 40, &[begin(start, count)])]);
+    assert_eq!(conflicts(&r), before, "an identical copy");
+    r.deliver(&[forge(1, (1 << 40) + 1, &[begin(start + 1, count)])]);
+    assert_eq!(conflicts(&r), before + 1, "start seq differs");
+    // The next cycle, then a copy differing in its leaf count only.
+    while r.last_begin.unwrap().0 == c {
+        r.run(ms(1));
+    }
+    let (c2, start2, count2) = r.last_begin.unwrap();
+    r.run(ms(1));
+    let before = conflicts(&r);
+    r.deliver(&[forge(
+        1,
+        (1 << 40) + 2,
+        &[Message::CycleBegin(CycleBegin {
+            cycle: CycleId(c2),
+            start_seq: SeqNum(start2),
+            leaf_count: count2 + 1,
+        })],
+    )]);
+    assert_eq!(conflicts(&r), before + 1, "leaf count differs");
+    r.run(ms(1000));
+    assert_healthy(&r);
+}
+
+/// `snapshot_bytes` counts exactly the cycle messages sent (CycleBegin,
+/// LeafSnapshot, CycleEnd, message headers included), for an empty state
+/// (whose cycles are a CycleBegin alone, then CycleBegin and CycleEnd) and
+/// for a populated one.
+#[test]
+fn snapshot_bytes_count_the_cycle_messages_sent() {
+    for leaves in [0u16, 10] {
+        let mut r = Rig::with_publisher(fast_pub(), &[], sub_cfg());
+        for k in 1..=leaves {
+            r.publisher.publish(&Op::Set(k, 1));
+        }
+        let before = r.publisher.core.stats().snapshot_bytes;
+        let mut sent = r.output();
+        sent.extend(r.run(ms(300)));
+        let mut bytes = 0u64;
+        let mut cycles = 0;
+        for d in &sent {
+            for m in Datagram::decode(d).unwrap().messages() {
+                match m {
+                    Message::CycleEnd(_) => cycles += 1,
+                    Message::CycleBegin(_) | Message::LeafSnapshot(_) => {}
+                    _ => continue,
+                }
+                bytes += (m.body_len() + 4) as u64;
+            }
+        }
+        assert!(cycles >= 3, "{leaves} leaves: {cycles} cycles");
+        assert_eq!(
+            r.publisher.core.stats().snapshot_bytes - before,
+            bytes,
+            "{leaves} leaves"
+        );
+    }
+}

@@ -3022,3 +3022,32 @@ fn error_codes_are_stable() {
             .is_empty());
     }
 }
+
+/// The text form of NAKs lists every range, comma-separated, in order (what
+/// `grapevine decode` prints).
+#[test]
+fn naks_display_every_range() {
+    let seq = |first, last| SeqRange {
+        first: SeqNum(first),
+        last: SeqNum(last),
+    };
+    let ranges = [seq(1, 2), seq(5, 5), seq(9, 12)];
+    let nak = Message::Nak(Nak {
+        requester: 0xab,
+        ranges: NakRanges::from_slice(&ranges),
+    });
+    assert_eq!(
+        nak.to_string(),
+        "Nak requester=0x000000ab ranges=1..=2,5..=5,9..=12"
+    );
+    let frag_ranges = [(0, 10), (20, 30), (40, 50)];
+    let frag_nak = Message::FragNak(FragNak {
+        requester: 1,
+        frag_id: 7,
+        ranges: FragRanges::from_slice(&frag_ranges),
+    });
+    assert_eq!(
+        frag_nak.to_string(),
+        "FragNak requester=0x00000001 frag_id=7 ranges=0..10,20..30,40..50"
+    );
+}
