@@ -375,17 +375,38 @@ fn snapshot_bytes_count_the_cycle_messages_sent() {
         sent.extend(r.run(ms(300)));
         let mut bytes = 0u64;
         let mut cycles = 0;
+        // Per cycle: datagrams with its CycleBegin, with its snapshots.
+        let mut per_cycle = std::collections::BTreeMap::<u32, (u32, u32, bool)>::new();
         for d in &sent {
+            let mut seen = std::collections::BTreeSet::new();
             for m in Datagram::decode(d).unwrap().messages() {
                 match m {
-                    Message::CycleEnd(_) => cycles += 1,
-                    Message::CycleBegin(_) | Message::LeafSnapshot(_) => {}
+                    Message::CycleEnd(e) => {
+                        cycles += 1;
+                        per_cycle.entry(e.cycle.0).or_default().2 = true;
+                    }
+                    Message::CycleBegin(b) => {
+                        per_cycle.entry(b.cycle.0).or_default().0 += 1;
+                    }
+                    Message::LeafSnapshot(l) => {
+                        if seen.insert(l.cycle.0) {
+                            per_cycle.entry(l.cycle.0).or_default().1 += 1;
+                        }
+                    }
                     _ => continue,
                 }
                 bytes += (m.body_len() + 4) as u64;
             }
         }
         assert!(cycles >= 3, "{leaves} leaves: {cycles} cycles");
+        // Each datagram of snapshots opens with the CycleBegin, and the
+        // CycleEnd follows one more copy: at least two in all, even for an
+        // empty cycle (PROTOCOL.md §8.4), and no more than that.
+        for (c, (begins, snap_datagrams, ended)) in per_cycle {
+            if ended {
+                assert_eq!(begins, (snap_datagrams + 1).max(2), "cycle {c}");
+            }
+        }
         assert_eq!(
             r.publisher.core.stats().snapshot_bytes - before,
             bytes,
