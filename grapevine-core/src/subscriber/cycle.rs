@@ -166,6 +166,22 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_kept_for_links_within_the_byte_bound() {
+        // 6 bytes of keys may wait for their neighbours: "bb" and "dddd"
+        // fit exactly, "ff" no longer does.
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 7, 6);
+        assert!(c.mark(1, b"bb").unwrap().links.is_empty());
+        assert!(c.mark(3, b"dddd").unwrap().links.is_empty());
+        assert_eq!(c.edge_bytes, 6);
+        assert!(c.mark(5, b"ff").unwrap().links.is_empty());
+        assert_eq!((c.edges.len(), c.edge_bytes), (2, 6), "not kept");
+        // Neighbours of kept keys link; of the dropped one, they cannot
+        // (and the last position proves nothing without its neighbour).
+        assert_eq!(c.mark(2, b"cc").unwrap().links.len(), 2, "bb..cc..dddd");
+        assert!(c.mark(6, b"gg").unwrap().links.is_empty());
+    }
+
+    #[test]
     fn an_edge_position_alone_verifies_nothing() {
         // A forged last position with a key below every real key must not
         // prove "nothing after it".

@@ -362,3 +362,58 @@ impl LeafTable {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+
+    use super::*;
+    use crate::state::{encode, MapDelta, Typed};
+    use crate::subscriber::{EventQueue, SubscriberStats};
+
+    type Map = BTreeMap<u32, u32>;
+
+    /// A delta whose chain a snapshot does not reach keeps waiting, its
+    /// bytes counted once; a snapshot that reaches it lets it apply.
+    #[test]
+    fn deltas_a_snapshot_does_not_reach_keep_waiting_counted_once() {
+        let mut replica = Typed::new(Map::new());
+        let mut events = EventQueue {
+            queue: VecDeque::new(),
+            max: 64,
+            dropped: 0,
+        };
+        let mut stats = SubscriberStats::default();
+        let mut ctx = Ctx {
+            replica: &mut replica,
+            events: &mut events,
+            stats: &mut stats,
+            synced: true,
+            max_buffered_bytes: 1 << 20,
+        };
+        let mut t = LeafTable::default();
+        let key = Typed::<Map>::encode_key(&1);
+        let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 8));
+        // Seq 8 chains on 7, never heard: the leaf is stale and 8 waits.
+        let d = DeltaRef {
+            seq: SeqNum(8),
+            prev: SeqNum(7),
+            creates: false,
+            key: &key,
+            payload: &payload,
+        };
+        assert!(!matches!(
+            t.on_delta(d, 100, 1 << 20, &mut ctx),
+            DeltaOutcome::Applied { .. }
+        ));
+        let waiting = key.len() + payload.len();
+        assert_eq!((t.pending_count(), t.pending_bytes()), (1, waiting));
+        // A snapshot as of 5 does not reach 7: 8 still waits.
+        assert!(t.install(&key, SeqNum(5), Some(&encode(&5u32)), &mut ctx));
+        assert_eq!((t.pending_count(), t.pending_bytes()), (1, waiting));
+        // As of 7 it does: 8 applies, nothing waits.
+        assert!(t.install(&key, SeqNum(7), Some(&encode(&7u32)), &mut ctx));
+        assert_eq!((t.pending_count(), t.pending_bytes()), (0, 0));
+        assert_eq!(replica.state().get(&1), Some(&8));
+    }
+}
