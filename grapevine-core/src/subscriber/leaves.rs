@@ -414,6 +414,25 @@ mod tests {
         // As of 7 it does: 8 applies, nothing waits.
         assert!(t.install(&key, SeqNum(7), Some(&encode(&7u32)), &mut ctx));
         assert_eq!((t.pending_count(), t.pending_bytes()), (0, 0));
+        // A waiting delta that does not decode fails when its turn comes:
+        // counted, and the leaf stays stale.
+        let key2 = Typed::<Map>::encode_key(&2);
+        let junk = [0xff_u8; 9];
+        let d = DeltaRef {
+            seq: SeqNum(10),
+            prev: SeqNum(9),
+            creates: false,
+            key: &key2,
+            payload: &junk,
+        };
+        t.on_delta(d, 100, 1 << 20, &mut ctx);
+        assert_eq!(t.pending_count(), 1);
+        assert_eq!(ctx.stats.apply_errors, 0);
+        t.install(&key2, SeqNum(9), Some(&encode(&9u32)), &mut ctx);
+        assert_eq!(ctx.stats.apply_errors, 1);
+        assert_eq!(t.pending_count(), 1, "still waiting for a snapshot");
+        drop(ctx);
         assert_eq!(replica.state().get(&1), Some(&8));
+        assert_eq!(replica.state().get(&2), Some(&9));
     }
 }
