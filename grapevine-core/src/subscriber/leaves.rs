@@ -431,7 +431,6 @@ mod tests {
         t.install(&key2, SeqNum(9), Some(&encode(&9u32)), &mut ctx);
         assert_eq!(ctx.stats.apply_errors, 1);
         assert_eq!(t.pending_count(), 1, "still waiting for a snapshot");
-        drop(ctx);
         assert_eq!(replica.state().get(&1), Some(&8));
         assert_eq!(replica.state().get(&2), Some(&9));
     }
