@@ -281,6 +281,46 @@ mod tests {
     }
 
     #[test]
+    fn remaining_counts_the_room_left_in_the_datagram() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        assert_eq!(p.max_datagram(), 200);
+        assert_eq!(p.remaining(), 200 - HEADER_LEN, "none open");
+        let m = delta(1, b"k");
+        p.push(&m).unwrap();
+        assert_eq!(p.remaining(), 200 - HEADER_LEN - m.encoded_len());
+        p.flush();
+        assert_eq!(p.remaining(), 200 - HEADER_LEN);
+        // Below the smallest datagram, the smallest is used.
+        assert_eq!(
+            Packer::new(StreamId(1), SessionId(2), 10).max_datagram(),
+            HEADER_LEN + 64
+        );
+    }
+
+    #[test]
+    fn fragmented_messages_are_kept_only_while_asked() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        let big = vec![7u8; 500];
+        p.keep_fragmented(true);
+        p.push(&delta(1, &big)).unwrap();
+        let kept: Vec<_> = p.drain_fragmented().collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].1, MessageKind::Delta as u8);
+        assert_eq!(kept[0].2.len(), delta(1, &big).body_len());
+        // Kept, then turned off before draining: dropped.
+        p.push(&delta(2, &big)).unwrap();
+        p.keep_fragmented(false);
+        assert_eq!(p.drain_fragmented().count(), 0);
+        p.push(&delta(3, &big)).unwrap();
+        assert_eq!(p.drain_fragmented().count(), 0, "off: nothing kept");
+        // Turning it on again keeps what was kept (nothing is cleared).
+        p.keep_fragmented(true);
+        p.push(&delta(4, &big)).unwrap();
+        p.keep_fragmented(true);
+        assert_eq!(p.drain_fragmented().count(), 1);
+    }
+
+    #[test]
     fn refused_messages_leave_the_open_datagram_alone() {
         let mut p = Packer::new(StreamId(1), SessionId(2), 200);
         p.push(&delta(1, b"k")).unwrap();

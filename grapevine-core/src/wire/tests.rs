@@ -3051,3 +3051,22 @@ fn naks_display_every_range() {
         "FragNak requester=0x00000001 frag_id=7 ranges=0..10,20..30,40..50"
     );
 }
+
+/// A datagram header's text form (what `grapevine decode` prints first).
+#[test]
+fn datagram_header_display() {
+    let h = DatagramHeader {
+        stream: StreamId(7),
+        session: SessionId(0xabc),
+        datagram_seq: 42,
+    };
+    assert_eq!(
+        h.to_string(),
+        format!(
+            "stream={} session={} datagram_seq=42",
+            StreamId(7),
+            SessionId(0xabc)
+        )
+    );
+    assert!(h.to_string().starts_with("stream=7 session="), "{h}");
+}
