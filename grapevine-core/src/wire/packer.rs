@@ -290,6 +290,16 @@ mod tests {
         assert_eq!(p.remaining(), 200 - HEADER_LEN - m.encoded_len());
         p.flush();
         assert_eq!(p.remaining(), 200 - HEADER_LEN);
+        // Idle only with nothing open and nothing ready.
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        assert!(p.is_idle());
+        p.push(&m).unwrap();
+        assert!(p.is_open() && !p.is_idle(), "open");
+        p.flush();
+        assert!(!p.is_open() && !p.is_idle(), "ready");
+        let mut buf = [0u8; 200];
+        assert!(p.pop_into(&mut buf).is_some());
+        assert!(p.is_idle());
         // Below the smallest datagram, the smallest is used.
         assert_eq!(
             Packer::new(StreamId(1), SessionId(2), 10).max_datagram(),
