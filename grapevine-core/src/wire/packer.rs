@@ -308,6 +308,50 @@ mod tests {
     }
 
     #[test]
+    fn a_message_that_exactly_fills_the_room_left_joins_the_open_datagram() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        p.push(&delta(1, b"k")).unwrap();
+        // A key that makes the second delta exactly as long as the room left.
+        let fixed = delta(2, b"").encoded_len();
+        let key = vec![b'x'; p.remaining() - fixed];
+        let m = delta(2, &key);
+        assert_eq!(m.encoded_len(), p.remaining());
+        p.push(&m).unwrap();
+        assert_eq!(
+            (p.ready_count(), p.remaining()),
+            (0, 0),
+            "one datagram, full"
+        );
+        // One byte more goes to the next datagram.
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        p.push(&delta(1, b"k")).unwrap();
+        let key = vec![b'x'; p.remaining() - fixed + 1];
+        p.push(&delta(2, &key)).unwrap();
+        assert_eq!(p.ready_count(), 1);
+    }
+
+    #[test]
+    fn keys_up_to_65535_bytes_are_taken_longer_ones_refused() {
+        let snap = |key| {
+            Message::LeafSnapshot(LeafSnapshot {
+                cycle: CycleId(1),
+                position: 0,
+                leaf_seq: SeqNum(1),
+                key,
+                value: Some(b"v"),
+            })
+        };
+        let mut p = Packer::new(StreamId(1), SessionId(2), 1452);
+        let longest = vec![b'k'; 65_535];
+        let long = vec![b'k'; 65_536];
+        p.push(&delta(1, &longest)).unwrap();
+        p.push(&snap(&longest)).unwrap();
+        for m in [delta(2, &long), snap(&long)] {
+            assert_eq!(p.push(&m), Err(EncodeError::FieldTooLong { field: "key" }));
+        }
+    }
+
+    #[test]
     fn fragmented_messages_are_kept_only_while_asked() {
         let mut p = Packer::new(StreamId(1), SessionId(2), 200);
         let big = vec![7u8; 500];
