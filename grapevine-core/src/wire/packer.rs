@@ -352,6 +352,24 @@ mod tests {
     }
 
     #[test]
+    fn sent_datagram_buffers_are_reused_up_to_64() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        let mut buf = [0u8; 200];
+        p.push(&delta(1, b"k")).unwrap();
+        p.flush();
+        assert!(p.pop_into(&mut buf).is_some());
+        assert_eq!(p.pool.len(), 1, "kept for the next datagram");
+        p.push(&delta(2, b"k")).unwrap();
+        assert_eq!(p.pool.len(), 0, "and reused");
+        for seq in 3..103 {
+            p.push(&delta(seq, b"k")).unwrap();
+            p.flush();
+        }
+        while p.pop_into(&mut buf).is_some() {}
+        assert_eq!(p.pool.len(), 64, "at most 64 kept");
+    }
+
+    #[test]
     fn fragmented_messages_are_kept_only_while_asked() {
         let mut p = Packer::new(StreamId(1), SessionId(2), 200);
         let big = vec![7u8; 500];
