@@ -94,7 +94,11 @@ impl Cycler {
             self.begin(now, &cx);
         }
         let mut queued = false;
-        while self.tokens > 0.0 {
+        // A datagram starts only when the budget holds a whole one (which
+        // is when `ready_at` says), so datagrams go out full however often
+        // the publisher is polled; within one, the last message may
+        // overdraw.
+        while self.tokens >= datagram_cost(cx.cfg) || (queued && self.tokens > 0.0) {
             let Some(cycle) = self.cycle.as_ref() else {
                 break;
             };
@@ -111,7 +115,6 @@ impl Cycler {
                     end_seq: cx.last_seq,
                     leaf_count,
                 });
-                let msg_len = end.encoded_len();
                 // CycleEnd goes in a datagram of its own, after a copy of the
                 // CycleBegin: every cycle, even one whose snapshots fit in
                 // one datagram (or an empty one), then carries its
@@ -126,15 +129,14 @@ impl Cycler {
                     // An empty cycle: a first datagram with the CycleBegin.
                     let _ = cx.packer.push(&begin);
                     cx.packer.flush();
-                    cx.stats.snapshot_bytes += begin.encoded_len() as u64;
+                    spend(&mut self.tokens, cx.cfg, cx.stats, &begin);
                 }
                 let _ = cx.packer.push(&begin);
-                cx.stats.snapshot_bytes += begin.encoded_len() as u64;
+                spend(&mut self.tokens, cx.cfg, cx.stats, &begin);
                 let _ = cx.packer.push(&end);
+                spend(&mut self.tokens, cx.cfg, cx.stats, &end);
                 self.cycle = None;
                 cx.stats.cycles += 1;
-                self.tokens -= cost(cx.cfg, msg_len);
-                cx.stats.snapshot_bytes += msg_len as u64;
                 queued = true;
                 break;
             }
@@ -162,15 +164,14 @@ impl Cycler {
             }
             if !cx.packer.is_open() {
                 let _ = cx.packer.push(&begin);
-                cx.stats.snapshot_bytes += begin.encoded_len() as u64;
+                spend(&mut self.tokens, cx.cfg, cx.stats, &begin);
                 if let Some(c) = self.cycle.as_mut() {
                     c.announced = true;
                 }
             }
             if cx.packer.push(&msg).is_ok() {
-                self.tokens -= cost(cx.cfg, msg_len);
+                spend(&mut self.tokens, cx.cfg, cx.stats, &msg);
                 cx.stats.snapshots += 1;
-                cx.stats.snapshot_bytes += msg_len as u64;
                 if !present {
                     cx.stats.tombstones += 1;
                 }
@@ -221,9 +222,19 @@ fn datagram_cost(cfg: &PublisherConfig) -> f64 {
     }
 }
 
-fn cost(cfg: &PublisherConfig, msg_len: usize) -> f64 {
-    match cfg.snapshot_rate {
-        SnapshotRate::LeavesPerSec(_) => 1.0,
-        SnapshotRate::BytesPerSec(_) => msg_len as f64,
+/// Charges a queued cycle message to the budget and counts its bytes.
+fn spend(tokens: &mut f64, cfg: &PublisherConfig, stats: &mut PublisherStats, msg: &Message<'_>) {
+    *tokens -= cost(cfg, msg);
+    stats.snapshot_bytes += msg.encoded_len() as u64;
+}
+
+/// Budget a cycle message costs: its bytes, or under a leaf rate one per
+/// leaf snapshot and per CycleEnd (so that even an empty state's cycles are
+/// paced) and nothing for the CycleBegin copies.
+fn cost(cfg: &PublisherConfig, msg: &Message<'_>) -> f64 {
+    match (cfg.snapshot_rate, msg) {
+        (SnapshotRate::BytesPerSec(_), _) => msg.encoded_len() as f64,
+        (SnapshotRate::LeavesPerSec(_), Message::CycleBegin(_)) => 0.0,
+        (SnapshotRate::LeavesPerSec(_), _) => 1.0,
     }
 }

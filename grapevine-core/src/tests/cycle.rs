@@ -1,0 +1,140 @@
+//! The publisher's snapshot cycle (PROTOCOL.md §8.4): what it sends, what
+//! it counts, and that it keeps to its configured rate.
+
+use std::time::Duration;
+
+use super::rig::{leaves, Rig};
+use super::sim::Op;
+use crate::publisher::{PublisherConfig, SnapshotRate};
+use crate::subscriber::SubscriberConfig;
+use crate::wire::{Datagram, Message, HEADER_LEN};
+use crate::StreamId;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn pub_cfg(rate: SnapshotRate, min_cycle_interval: Duration) -> PublisherConfig {
+    let mut c = PublisherConfig::default();
+    c.stream(StreamId(3))
+        .snapshot_rate(rate)
+        .min_cycle_interval(min_cycle_interval);
+    c
+}
+
+fn sub_cfg() -> SubscriberConfig {
+    let mut c = SubscriberConfig::default();
+    c.stream(StreamId(3)).rng_seed(1);
+    c
+}
+
+/// The cycle messages in `sent`: (their bytes, message headers included;
+/// their leaf snapshots).
+fn cycle_traffic(sent: &[Vec<u8>]) -> (u64, u64) {
+    let (mut bytes, mut snapshots) = (0, 0);
+    for d in sent {
+        for m in Datagram::decode(d).unwrap().messages() {
+            match m {
+                Message::LeafSnapshot(_) => snapshots += 1,
+                Message::CycleBegin(_) | Message::CycleEnd(_) => {}
+                _ => continue,
+            }
+            bytes += (m.body_len() + 4) as u64;
+        }
+    }
+    (bytes, snapshots)
+}
+
+/// `snapshot_bytes` counts exactly the cycle messages sent (CycleBegin,
+/// LeafSnapshot, CycleEnd, message headers included), for an empty state
+/// (whose cycles are a CycleBegin alone, then CycleBegin and CycleEnd) and
+/// for a populated one.
+#[test]
+fn snapshot_bytes_count_the_cycle_messages_sent() {
+    for leaves in [0u16, 10] {
+        let mut r = Rig::with_publisher(
+            pub_cfg(SnapshotRate::LeavesPerSec(100_000), ms(50)),
+            &[],
+            sub_cfg(),
+        );
+        for k in 1..=leaves {
+            r.publisher.publish(&Op::Set(k, 1));
+        }
+        let before = r.publisher.core.stats().snapshot_bytes;
+        let mut sent = r.output();
+        sent.extend(r.run(ms(300)));
+        let mut cycles = 0;
+        // Per cycle: datagrams with its CycleBegin, with its snapshots.
+        let mut per_cycle = std::collections::BTreeMap::<u32, (u32, u32, bool)>::new();
+        for d in &sent {
+            let mut seen = std::collections::BTreeSet::new();
+            for m in Datagram::decode(d).unwrap().messages() {
+                match m {
+                    Message::CycleEnd(e) => {
+                        cycles += 1;
+                        per_cycle.entry(e.cycle.0).or_default().2 = true;
+                    }
+                    Message::CycleBegin(b) => {
+                        per_cycle.entry(b.cycle.0).or_default().0 += 1;
+                    }
+                    Message::LeafSnapshot(l) if seen.insert(l.cycle.0) => {
+                        per_cycle.entry(l.cycle.0).or_default().1 += 1;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(cycles >= 3, "{leaves} leaves: {cycles} cycles");
+        // Each datagram of snapshots opens with the CycleBegin, and the
+        // CycleEnd follows one more copy: at least two in all, even for an
+        // empty cycle (PROTOCOL.md §8.4), and no more than that.
+        for (c, (begins, snap_datagrams, ended)) in per_cycle {
+            if ended {
+                assert_eq!(begins, (snap_datagrams + 1).max(2), "cycle {c}");
+            }
+        }
+        assert_eq!(
+            r.publisher.core.stats().snapshot_bytes - before,
+            cycle_traffic(&sent).0,
+            "{leaves} leaves"
+        );
+    }
+}
+
+/// Back-to-back cycles of 200 leaves for two seconds send the configured
+/// rate: bytes of cycle messages (every CycleBegin copy and CycleEnd
+/// included) under `BytesPerSec`, leaf snapshots under `LeavesPerSec`.
+/// The slack is the burst the pacing allows (10 ms worth, at least two
+/// datagrams) plus the one datagram or leaf a fill may overdraw.
+#[test]
+fn back_to_back_cycles_keep_to_the_snapshot_rate() {
+    let secs = 2;
+    let max_payload = (PublisherConfig::default().max_datagram_size() - HEADER_LEN) as u64;
+    for (rate, per_sec, slack) in [
+        (
+            SnapshotRate::BytesPerSec(200_000),
+            200_000,
+            2_000.max(2 * max_payload) + max_payload,
+        ),
+        (
+            SnapshotRate::BytesPerSec(1_000_000),
+            1_000_000,
+            10_000 + max_payload,
+        ),
+        (SnapshotRate::LeavesPerSec(1_000), 1_000, 10 + 1),
+        (SnapshotRate::LeavesPerSec(20_000), 20_000, 200 + 1),
+    ] {
+        let mut r = Rig::with_publisher(pub_cfg(rate, Duration::ZERO), &leaves(200), sub_cfg());
+        r.run(ms(50)); // past the first cycle's start, the budget running
+        let (bytes, snapshots) = cycle_traffic(&r.run(Duration::from_secs(secs)));
+        let sent = match rate {
+            SnapshotRate::BytesPerSec(_) => bytes,
+            _ => snapshots,
+        };
+        let budget = per_sec * secs;
+        assert!(
+            sent.abs_diff(budget) <= slack,
+            "{rate:?}: {sent} sent in {secs} s, budget {budget} ± {slack}"
+        );
+    }
+}
