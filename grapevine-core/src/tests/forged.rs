@@ -86,9 +86,8 @@ fn a_forged_last_position_below_every_key_proves_nothing() {
     pc.snapshot_rate(SnapshotRate::LeavesPerSec(100)); // a 200 ms cycle
     let mut r = synced(pc);
     let before = r.last_begin.unwrap().0;
-    while r.last_begin.unwrap().0 == before {
-        r.run(ms(1));
-    }
+    r.run_until(ms(1000), |r| r.last_begin.unwrap().0 != before)
+        .expect("the next cycle began");
     let (c, _, count) = r.last_begin.unwrap();
     let key0 = crate::state::encode(&0u16); // below every real key
     r.deliver(&[forge(
@@ -339,9 +338,8 @@ fn a_cycle_begin_copy_disagreeing_in_one_field_is_a_conflict() {
     r.deliver(&[forge(1, (1 << 40) + 1, &[begin(start + 1, count)])]);
     assert_eq!(conflicts(&r), before + 1, "start seq differs");
     // The next cycle, then a copy differing in its leaf count only.
-    while r.last_begin.unwrap().0 == c {
-        r.run(ms(1));
-    }
+    r.run_until(ms(1000), |r| r.last_begin.unwrap().0 != c)
+        .expect("the next cycle began");
     let (c2, start2, count2) = r.last_begin.unwrap();
     r.run(ms(1));
     let before = conflicts(&r);

@@ -359,16 +359,17 @@ fn reanchoring_below_what_the_cycles_verified_withdraws_consistency() {
     // network keeps, then deltas 2 and 3 (removals: nothing the subscriber
     // installs later carries their seqs).
     r.publisher.publish(&Op::Add(1, 1));
-    let mut old = None;
-    while old.is_none() {
-        r.now += Duration::from_millis(1);
-        old = r.output().into_iter().find(|d| {
-            crate::wire::Datagram::decode(d).is_ok_and(|d| {
-                d.messages()
-                    .any(|m| matches!(m, Message::Heartbeat(h) if h.last_seq.0 == 1))
+    let old = (0..1000)
+        .find_map(|_| {
+            r.now += Duration::from_millis(1);
+            r.output().into_iter().find(|d| {
+                crate::wire::Datagram::decode(d).is_ok_and(|d| {
+                    d.messages()
+                        .any(|m| matches!(m, Message::Heartbeat(h) if h.last_seq.0 == 1))
+                })
             })
-        });
-    }
+        })
+        .expect("a heartbeat at 1");
     r.publisher.publish(&Op::Remove(2));
     r.publisher.publish(&Op::Remove(3));
     let _unheard = r.output();
@@ -378,7 +379,7 @@ fn reanchoring_below_what_the_cycles_verified_withdraws_consistency() {
     assert_eq!(r.sub.status().seq.0, 3);
     // The late duplicate arrives; the claim is checked at once.
     let reanchors = r.sub.stats().reanchors;
-    r.deliver(&[old.unwrap()]);
+    r.deliver(&[old]);
     r.check_claim();
     let st = r.sub.status();
     assert_eq!(r.sub.stats().reanchors, reanchors + 1);

@@ -105,7 +105,10 @@ fn tail_loss_is_detected_by_the_tail_heartbeat_and_repaired_by_nak() {
     r.run(ms(1100));
     assert!(r.converged(), "{:?}", r.sub.status());
     // Right after a periodic heartbeat.
-    while !has_heartbeat(&r.run(ms(1))) {}
+    assert!(
+        (0..1000).any(|_| has_heartbeat(&r.run(ms(1)))),
+        "a heartbeat"
+    );
     let burst = r.now;
     for k in 0..3 {
         r.publish_dropped(Op::Add(k, 1));
@@ -530,10 +533,12 @@ fn cycles_to_sync_a_64k_leaf(seed: u64, nak_repair: bool) -> Option<u64> {
     r.drop = Some(Box::new(move |_| rng.chance(0.05)));
     let cycles = |r: &Rig| r.publisher.core.stats().cycles;
     // Join at a cycle's start.
-    while r.publisher.core.cycle_progress().is_none() {
+    let began = (0..1000).any(|_| {
         r.now += ms(1);
         let _missed = r.output();
-    }
+        r.publisher.core.cycle_progress().is_some()
+    });
+    assert!(began, "a cycle began");
     let start = cycles(&r);
     while cycles(&r) - start < 40 {
         r.run(ms(1));

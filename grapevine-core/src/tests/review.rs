@@ -102,9 +102,10 @@ fn huge_leaf_count_lets_a_late_snapshot_resurrect_a_removed_leaf() {
     r.run(Duration::from_millis(50));
     assert!(r.sub.status().consistent);
     // Between two cycles, one CycleBegin with a huge leaf count.
-    while r.publisher.core.cycle_progress().is_some() {
-        r.run(Duration::from_millis(1));
-    }
+    r.run_until(Duration::from_millis(1000), |r| {
+        r.publisher.core.cycle_progress().is_none()
+    })
+    .expect("the cycle ended");
     let bogus = craft(3, 1, &[begin(1_000, 0, u32::MAX)]);
     r.deliver(&[bogus]);
     r.deliver(&[old]);

@@ -329,11 +329,13 @@ fn a_tombstone_as_of_the_removal_repairs_a_stale_leaf() {
     p.run_until(Duration::from_millis(100), Rig::converged)
         .expect("converged");
     // Right after a cycle began.
-    let mut progress = p.publisher.core.cycle_progress();
-    while progress.is_none_or(|(sent, _)| sent > 10) {
-        p.run(Duration::from_millis(1));
-        progress = p.publisher.core.cycle_progress();
-    }
+    p.run_until(Duration::from_millis(1000), |p| {
+        p.publisher
+            .core
+            .cycle_progress()
+            .is_some_and(|(sent, _)| sent <= 10)
+    })
+    .expect("a cycle began");
     p.publish_dropped(Op::Add(199, 1));
     let removed = p.publisher.publish(&Op::Remove(199));
     let out = p.output();
