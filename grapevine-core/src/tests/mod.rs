@@ -3,6 +3,7 @@
 //! hand-driven tests of single rules.
 
 mod config;
+mod counts;
 mod cycle;
 mod forged;
 mod regressions;

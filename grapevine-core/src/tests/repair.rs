@@ -161,7 +161,7 @@ fn a_nak_for_a_range_gone_from_the_history_falls_back_to_snapshots() {
     r.assert_equal();
 }
 
-fn nak(session: u64, ranges: &[SeqRange]) -> Vec<u8> {
+pub(crate) fn nak(session: u64, ranges: &[SeqRange]) -> Vec<u8> {
     craft(
         StreamId(3),
         SessionId(session),
@@ -173,7 +173,7 @@ fn nak(session: u64, ranges: &[SeqRange]) -> Vec<u8> {
     )
 }
 
-fn range(first: u64, last: u64) -> SeqRange {
+pub(crate) fn range(first: u64, last: u64) -> SeqRange {
     SeqRange {
         first: SeqNum(first),
         last: SeqNum(last),
