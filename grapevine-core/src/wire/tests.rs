@@ -3070,3 +3070,50 @@ fn datagram_header_display() {
     );
     assert!(h.to_string().starts_with("stream=7 session="), "{h}");
 }
+
+/// NAK and FragNak ranges compare by their ranges, in order, whether read
+/// from the wire or given as a slice.
+#[test]
+fn nak_ranges_compare_by_content() {
+    let seq = |first, last| SeqRange {
+        first: SeqNum(first),
+        last: SeqNum(last),
+    };
+    let ranges = [seq(1, 2), seq(5, 5)];
+    let header = DatagramHeader {
+        stream: StreamId(1),
+        session: SessionId(2),
+        datagram_seq: 3,
+    };
+    let frag_ranges = [(0, 10), (20, 30)];
+    let bytes = encode(
+        &header,
+        &[
+            Message::Nak(Nak {
+                requester: 1,
+                ranges: NakRanges::from_slice(&ranges),
+            }),
+            Message::FragNak(FragNak {
+                requester: 1,
+                frag_id: 7,
+                ranges: FragRanges::from_slice(&frag_ranges),
+            }),
+        ],
+    );
+    let d = Datagram::decode(&bytes).unwrap();
+    let mut msgs = d.messages();
+    let (Some(Message::Nak(wire)), Some(Message::FragNak(frag_wire))) = (msgs.next(), msgs.next())
+    else {
+        panic!("a NAK and a FragNak");
+    };
+    assert_eq!(wire.ranges, NakRanges::from_slice(&ranges));
+    assert_ne!(wire.ranges, NakRanges::from_slice(&[seq(1, 2), seq(5, 6)]));
+    assert_ne!(wire.ranges, NakRanges::from_slice(&[seq(1, 2)]));
+    assert_ne!(NakRanges::from_slice(&[seq(1, 2)]), wire.ranges);
+    assert_eq!(frag_wire.ranges, FragRanges::from_slice(&frag_ranges));
+    assert_ne!(
+        frag_wire.ranges,
+        FragRanges::from_slice(&[(0, 10), (20, 31)])
+    );
+    assert_ne!(frag_wire.ranges, FragRanges::from_slice(&[(0, 10)]));
+}
