@@ -3072,7 +3072,7 @@ fn datagram_header_display() {
 }
 
 /// NAK and FragNak ranges compare by their ranges, in order, whether read
-/// from the wire or given as a slice.
+/// from the wire or given as a slice, and print as the list of them.
 #[test]
 fn nak_ranges_compare_by_content() {
     let seq = |first, last| SeqRange {
@@ -3116,4 +3116,7 @@ fn nak_ranges_compare_by_content() {
         FragRanges::from_slice(&[(0, 10), (20, 31)])
     );
     assert_ne!(frag_wire.ranges, FragRanges::from_slice(&[(0, 10)]));
+    // Their Debug form is the list of ranges.
+    assert_eq!(format!("{:?}", wire.ranges), format!("{ranges:?}"));
+    assert_eq!(format!("{:?}", frag_wire.ranges), format!("{frag_ranges:?}"));
 }
