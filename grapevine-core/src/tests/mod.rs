@@ -6,6 +6,7 @@ mod config;
 mod counts;
 mod cycle;
 mod forged;
+mod publisher;
 mod regressions;
 mod repair;
 mod replication;

@@ -1,0 +1,74 @@
+//! The publisher's API contract: which keys it takes, when leaves may be
+//! declared, and what it reports about itself.
+
+use std::time::Instant;
+
+use crate::publisher::{PublishError, Publisher, PublisherConfig};
+use crate::SessionId;
+
+fn publisher() -> Publisher {
+    Publisher::new(PublisherConfig::default(), SessionId(9), Instant::now()).unwrap()
+}
+
+/// Keys of up to 65,535 bytes are declared and published; a longer one is
+/// refused with its length, and changes nothing.
+#[test]
+fn keys_up_to_65535_bytes_are_taken_longer_ones_refused_without_effect() {
+    let mut p = publisher();
+    let longest = vec![1u8; 65_535];
+    let too_long = vec![2u8; 65_536];
+    assert_eq!(p.track_leaf(&longest), Ok(()));
+    assert_eq!(
+        p.track_leaf(&too_long),
+        Err(PublishError::KeyTooLong { len: 65_536 })
+    );
+    assert_eq!(p.leaf_count(), 1);
+    let seq = p.publish(&longest, b"v", true).unwrap();
+    assert_eq!(seq.0, 1);
+    let before = (p.last_seq(), p.leaf_count(), p.stats(), p.history_usage());
+    assert_eq!(
+        p.publish(&too_long, b"v", true),
+        Err(PublishError::KeyTooLong { len: 65_536 })
+    );
+    assert_eq!(
+        (p.last_seq(), p.leaf_count(), p.stats(), p.history_usage()),
+        before
+    );
+}
+
+/// Leaves are declared before the first delta only; `leaf_count` follows
+/// declarations, creations and removals; the history holds every delta and
+/// its bytes; a fragmented delta is kept for fragment repair.
+#[test]
+fn leaf_count_and_history_follow_what_was_published() {
+    let mut p = publisher();
+    for k in 0..3u8 {
+        p.track_leaf(&[k]).unwrap();
+    }
+    p.track_leaf(&[0]).unwrap(); // declared twice: one leaf
+    assert_eq!(p.leaf_count(), 3);
+    assert_eq!(p.history_usage(), (0, 0, 0));
+    p.publish(&[3], b"new", true).unwrap();
+    assert_eq!(p.leaf_count(), 4);
+    p.publish(&[0], b"gone", false).unwrap();
+    assert_eq!(p.leaf_count(), 3);
+    p.publish(&[1], b"changed", true).unwrap();
+    assert_eq!(p.leaf_count(), 3);
+    assert_eq!(p.track_leaf(&[7]), Err(PublishError::TrackAfterPublish));
+    assert_eq!(p.leaf_count(), 3);
+    let (count, bytes, frag_bytes) = p.history_usage();
+    assert_eq!(count, 3);
+    assert!(bytes >= 3 * 3 + "newgonechanged".len(), "{bytes}");
+    assert_eq!(frag_bytes, 0);
+    // A delta larger than a datagram goes out in fragments, kept.
+    let big = vec![5u8; 10_000];
+    p.publish(&[4], &big, true).unwrap();
+    let (count, _, frag_bytes) = p.history_usage();
+    assert_eq!(count, 4);
+    assert!(frag_bytes >= big.len(), "{frag_bytes}");
+    let debug = format!("{p:?}");
+    assert!(
+        debug.contains("SessionId(9)") && debug.contains("last_seq: SeqNum(4)"),
+        "{debug}"
+    );
+}
