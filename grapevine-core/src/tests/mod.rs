@@ -14,3 +14,4 @@ mod review;
 mod rig;
 mod scenarios;
 mod sim;
+mod subscriber;
