@@ -434,4 +434,53 @@ mod tests {
         assert_eq!(replica.state().get(&1), Some(&8));
         assert_eq!(replica.state().get(&2), Some(&9));
     }
+
+    /// Deltas waiting for their leaf's snapshot are bounded by count and by
+    /// bytes (a delta that exactly fills the byte bound is kept); one that
+    /// does not fit is dropped and counted, and the leaf stays stale.
+    #[test]
+    fn waiting_deltas_are_bounded_by_count_and_bytes() {
+        let mut replica = Typed::new(Map::new());
+        let mut events = EventQueue {
+            queue: VecDeque::new(),
+            max: 64,
+            dropped: 0,
+        };
+        let mut stats = SubscriberStats::default();
+        let mut ctx = Ctx {
+            replica: &mut replica,
+            events: &mut events,
+            stats: &mut stats,
+            synced: true,
+            max_buffered_bytes: 1 << 20,
+        };
+        let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 8));
+        let keys: Vec<_> = (1..=4u32).map(|k| Typed::<Map>::encode_key(&k)).collect();
+        let size = keys[0].len() + payload.len();
+        let broken = |i: usize| DeltaRef {
+            seq: SeqNum(10 + i as u64),
+            prev: SeqNum(5),
+            creates: false,
+            key: &keys[i],
+            payload: &payload,
+        };
+        // By count: two may wait.
+        let mut t = LeafTable::default();
+        for i in 0..3 {
+            assert!(matches!(
+                t.on_delta(broken(i), 2, 1 << 20, &mut ctx),
+                DeltaOutcome::Pending
+            ));
+        }
+        assert_eq!((t.pending_count(), t.pending_bytes()), (2, 2 * size));
+        assert_eq!(ctx.stats.pending_dropped, 1);
+        assert_eq!(t.stale_count(), 3, "the dropped delta's leaf is stale too");
+        // By bytes: exactly two deltas' worth.
+        let mut t = LeafTable::default();
+        for i in 0..3 {
+            t.on_delta(broken(i), 100, 2 * size, &mut ctx);
+        }
+        assert_eq!((t.pending_count(), t.pending_bytes()), (2, 2 * size));
+        assert_eq!(ctx.stats.pending_dropped, 2);
+    }
 }
