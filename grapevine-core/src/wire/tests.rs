@@ -3118,5 +3118,8 @@ fn nak_ranges_compare_by_content() {
     assert_ne!(frag_wire.ranges, FragRanges::from_slice(&[(0, 10)]));
     // Their Debug form is the list of ranges.
     assert_eq!(format!("{:?}", wire.ranges), format!("{ranges:?}"));
-    assert_eq!(format!("{:?}", frag_wire.ranges), format!("{frag_ranges:?}"));
+    assert_eq!(
+        format!("{:?}", frag_wire.ranges),
+        format!("{frag_ranges:?}")
+    );
 }
