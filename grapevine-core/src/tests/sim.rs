@@ -451,6 +451,14 @@ pub(crate) fn check_claim(
     deep: bool,
 ) -> Result<bool, String> {
     let st = sub.status();
+    // Same state type on both sides: every delta's REMOVES flag agrees
+    // with what applying it did.
+    if sub.stats().removes_mismatch != 0 {
+        return Err(format!(
+            "{} deltas' REMOVES flag disagreed with the replica",
+            sub.stats().removes_mismatch
+        ));
+    }
     if st.leaves != replica.state().0.len() {
         return Err(format!(
             "status reports {} leaves but the replica holds {}: {st:?}",
