@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::repair::{nak, range};
 use super::rig::{leaves, Rig};
-use super::sim::{craft, subscriber_addr, Op, Rng};
+use super::sim::{craft, subscriber_addr, Op, Pad, Rng};
 use crate::publisher::{PublisherStats, SnapshotRate};
 use crate::subscriber::SubscriberConfig;
 use crate::wire::{Datagram, Delta, FragNak, FragRanges, Heartbeat, Message};
@@ -133,8 +133,19 @@ fn what_the_publisher_is_sent_is_counted_by_kind() {
         ranges: FragRanges::from_slice(&[(0, 10)]),
     });
     send(&mut r, craft(StreamId(3), SessionId(1), 0, &[frag_nak]));
-    // Seqs 1..=3 (held), and 5 beyond the latest (never sent).
-    let resent = send(&mut r, nak(1, &[range(1, 3), range(last + 1, last + 5)]));
+    // Seqs 1..=3 (held); 5 beyond the latest (never sent); and a range
+    // across the latest: 2 held, 3 beyond.
+    let resent = send(
+        &mut r,
+        nak(
+            1,
+            &[
+                range(1, 3),
+                range(last + 1, last + 5),
+                range(last - 1, last + 3),
+            ],
+        ),
+    );
     let s = r.publisher.core.stats();
     let d = |f: fn(&PublisherStats) -> u64| f(&s) - f(&before);
     assert_eq!(d(|s| s.datagrams_received), 6);
@@ -145,10 +156,10 @@ fn what_the_publisher_is_sent_is_counted_by_kind() {
     assert_eq!(d(|s| s.frag_naks_received), 1);
     assert_eq!(d(|s| s.frag_unavailable), 1);
     assert_eq!(d(|s| s.naks_received), 1);
-    assert_eq!(d(|s| s.nak_seqs_requested), 3);
-    assert_eq!(d(|s| s.retransmits), 3);
-    assert_eq!(tally(&resent).retransmits, 3);
-    assert_eq!(d(|s| s.nak_seqs_unavailable), 5);
+    assert_eq!(d(|s| s.nak_seqs_requested), 5);
+    assert_eq!(d(|s| s.retransmits), 5);
+    assert_eq!(tally(&resent).retransmits, 5);
+    assert_eq!(d(|s| s.nak_seqs_unavailable), 5 + 3);
     assert_eq!(d(|s| s.future_nak_heartbeats), 1);
     assert_eq!(d(|s| s.nak_ranges_dropped), 0);
     // 1,050 disjoint ranges (every other seq): the queue holds 1,024.
@@ -264,4 +275,76 @@ fn what_the_subscriber_counts_is_what_it_was_sent() {
     r.run_until(ms(1000), Rig::converged)
         .unwrap_or_else(|| panic!("{:?} {:?}", r.sub.status(), r.sub.stats()));
     r.assert_equal();
+}
+
+/// Fragment requests: a range at or past the message's end asks for
+/// nothing; ranges beyond what the repair queue holds (4,096) are
+/// dropped and counted; the rest are answered.
+#[test]
+fn fragment_requests_are_counted_and_bounded() {
+    let mut pc = super::rig::rig_pub_config();
+    pc.repair_rate(1 << 30);
+    let mut r = Rig::with_publisher(pc, &leaves(1), sub_cfg());
+    r.run(ms(50));
+    r.publisher.publish(&Op::Fat(0, 1, Pad(20_000)));
+    let (frag_id, total) = r
+        .output()
+        .iter()
+        .flat_map(|d| {
+            Datagram::decode(d)
+                .unwrap()
+                .messages()
+                .filter_map(|m| match m {
+                    Message::Fragment(f) => Some((f.frag_id, f.total_len)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .expect("the delta went out in fragments");
+    let from = subscriber_addr(0);
+    let frag_nak = |ranges: &[(u32, u32)]| {
+        craft(
+            StreamId(3),
+            SessionId(1),
+            0,
+            &[Message::FragNak(FragNak {
+                requester: 7,
+                frag_id,
+                ranges: FragRanges::from_slice(ranges),
+            })],
+        )
+    };
+    let before = r.publisher.core.stats();
+    // From the message's end on, and wholly past it: nothing to send,
+    // nothing dropped.
+    r.publisher.core.handle_datagram(
+        r.now,
+        from,
+        &mut frag_nak(&[(total, total + 10), (total + 100, total + 110)]),
+    );
+    let sent = r.output();
+    let s = r.publisher.core.stats();
+    assert_eq!(s.frag_naks_received, before.frag_naks_received + 1);
+    assert_eq!(
+        s.fragments_resent,
+        before.fragments_resent,
+        "{} sent",
+        sent.len()
+    );
+    assert_eq!(s.nak_ranges_dropped, before.nak_ranges_dropped);
+    // 5,000 disjoint one-byte ranges, in five requests: 4,096 queued.
+    let ranges: Vec<(u32, u32)> = (0..5_000).map(|i| (2 * i, 2 * i + 1)).collect();
+    for chunk in ranges.chunks(1_000) {
+        r.publisher
+            .core
+            .handle_datagram(r.now, from, &mut frag_nak(chunk));
+    }
+    let s = r.publisher.core.stats();
+    assert_eq!(
+        s.nak_ranges_dropped,
+        before.nak_ranges_dropped + 5_000 - 4_096
+    );
+    let sent = r.output();
+    assert!(!sent.is_empty(), "the queued ranges are answered");
 }

@@ -1,10 +1,10 @@
 //! The publisher's API contract: which keys it takes, when leaves may be
 //! declared, and what it reports about itself.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
-use crate::SessionId;
+use crate::{SessionId, StreamId};
 
 fn publisher() -> Publisher {
     Publisher::new(PublisherConfig::default(), SessionId(9), Instant::now()).unwrap()
@@ -71,4 +71,42 @@ fn leaf_count_and_history_follow_what_was_published() {
         debug.contains("SessionId(9)") && debug.contains("last_seq: SeqNum(4)"),
         "{debug}"
     );
+}
+
+/// A NAK arms the repair timer: `poll_timeout` asks to be called at once,
+/// not at the next heartbeat or cycle, so a driver that sleeps until then
+/// sends the retransmission promptly.
+#[test]
+fn a_nak_makes_the_publisher_due_at_once() {
+    let mut cfg = PublisherConfig::default();
+    cfg.stream(StreamId(3))
+        .heartbeat_interval(Duration::from_secs(1))
+        .min_cycle_interval(Duration::from_secs(3600));
+    let t0 = Instant::now();
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    let state = crate::state::Typed::new(std::collections::BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    let mut drive = |p: &mut Publisher, now: Instant| {
+        if p.poll_timeout().is_some_and(|t| t <= now) {
+            p.handle_timeout(now, 0);
+        }
+        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+    };
+    for k in 0..3u8 {
+        p.publish(&[k], b"v", true).unwrap();
+    }
+    drive(&mut p, t0);
+    drive(&mut p, t0 + Duration::from_millis(10)); // the tail heartbeat
+    let t1 = t0 + Duration::from_millis(20);
+    assert!(p.poll_timeout().is_some_and(|t| t > t1), "nothing due");
+    let mut nak = super::repair::nak(1, &[super::repair::range(2, 2)]);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    assert!(
+        p.poll_timeout().is_some_and(|t| t <= t1),
+        "{:?}",
+        p.poll_timeout()
+    );
+    let before = p.stats().retransmits;
+    drive(&mut p, t1);
+    assert_eq!(p.stats().retransmits, before + 1);
 }
