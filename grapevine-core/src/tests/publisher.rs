@@ -1,9 +1,11 @@
 //! The publisher's API contract: which keys it takes, when leaves may be
 //! declared, and what it reports about itself.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
+use crate::state::Typed;
 use crate::{SessionId, StreamId};
 
 fn publisher() -> Publisher {
@@ -73,25 +75,39 @@ fn leaf_count_and_history_follow_what_was_published() {
     );
 }
 
+/// Heartbeats once a second, one cycle an hour: nothing happens unless a
+/// test makes it.
+fn quiet_config() -> PublisherConfig {
+    let mut cfg = PublisherConfig::default();
+    cfg.stream(StreamId(3))
+        .heartbeat_interval(Duration::from_secs(1))
+        .min_cycle_interval(Duration::from_secs(3600));
+    cfg
+}
+
+/// Fires the publisher's due timers at `now`, then takes all it has to
+/// send.
+fn drive(p: &mut Publisher, now: Instant) {
+    if p.poll_timeout().is_some_and(|t| t <= now) {
+        p.handle_timeout(now, 0);
+    }
+    transmit(p, now);
+}
+
+/// Takes all the publisher has to send at `now`, its timers not looked at.
+fn transmit(p: &mut Publisher, now: Instant) {
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+}
+
 /// A NAK arms the repair timer: `poll_timeout` asks to be called at once,
 /// not at the next heartbeat or cycle, so a driver that sleeps until then
 /// sends the retransmission promptly.
 #[test]
 fn a_nak_makes_the_publisher_due_at_once() {
-    let mut cfg = PublisherConfig::default();
-    cfg.stream(StreamId(3))
-        .heartbeat_interval(Duration::from_secs(1))
-        .min_cycle_interval(Duration::from_secs(3600));
     let t0 = Instant::now();
-    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
-    let state = crate::state::Typed::new(std::collections::BTreeMap::<u32, u32>::new());
-    let mut buf = vec![0u8; 65_536];
-    let mut drive = |p: &mut Publisher, now: Instant| {
-        if p.poll_timeout().is_some_and(|t| t <= now) {
-            p.handle_timeout(now, 0);
-        }
-        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
-    };
+    let mut p = Publisher::new(quiet_config(), SessionId(1), t0).unwrap();
     for k in 0..3u8 {
         p.publish(&[k], b"v", true).unwrap();
     }
@@ -109,4 +125,35 @@ fn a_nak_makes_the_publisher_due_at_once() {
     let before = p.stats().retransmits;
     drive(&mut p, t1);
     assert_eq!(p.stats().retransmits, before + 1);
+}
+
+/// The tail heartbeat goes out `tail_heartbeat` after the last delta of a
+/// burst, not during it; one already due is not postponed by a delta
+/// published at that very instant.
+#[test]
+fn the_tail_heartbeat_waits_for_the_burst_to_pause() {
+    let ms = Duration::from_millis;
+    let mut cfg = quiet_config();
+    cfg.tail_heartbeat(ms(5));
+    let t0 = Instant::now();
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    drive(&mut p, t0);
+    let h0 = p.stats().heartbeats;
+    for i in 1..=30u8 {
+        p.publish(&[i], b"v", true).unwrap();
+        drive(&mut p, t0 + ms(i.into()));
+    }
+    assert_eq!(p.stats().heartbeats, h0, "none during the burst");
+    drive(&mut p, t0 + ms(34));
+    assert_eq!(p.stats().heartbeats, h0);
+    drive(&mut p, t0 + ms(35));
+    assert_eq!(p.stats().heartbeats, h0 + 1, "5 ms after the last delta");
+    // The next tail heartbeat is due at 45 ms; a delta published at 45 ms
+    // and sent before the timers are looked at does not postpone it.
+    p.publish(&[99], b"v", true).unwrap();
+    drive(&mut p, t0 + ms(40));
+    p.publish(&[100], b"v", true).unwrap();
+    transmit(&mut p, t0 + ms(45));
+    drive(&mut p, t0 + ms(45));
+    assert_eq!(p.stats().heartbeats, h0 + 2, "due at 45 ms, sent at 45 ms");
 }
