@@ -157,3 +157,25 @@ fn the_tail_heartbeat_waits_for_the_burst_to_pause() {
     drive(&mut p, t0 + ms(45));
     assert_eq!(p.stats().heartbeats, h0 + 2, "due at 45 ms, sent at 45 ms");
 }
+
+/// A NAK for seqs not sent yet prompts a heartbeat at once, even when the
+/// datagrams are taken before the timers are looked at and nothing new
+/// was published since the last heartbeat.
+#[test]
+fn a_nak_beyond_the_latest_prompts_a_heartbeat_even_when_all_is_announced() {
+    let t0 = Instant::now();
+    let mut p = Publisher::new(quiet_config(), SessionId(1), t0).unwrap();
+    for k in 0..3u8 {
+        p.publish(&[k], b"v", true).unwrap();
+    }
+    drive(&mut p, t0);
+    drive(&mut p, t0 + Duration::from_millis(10)); // the tail heartbeat
+    let t1 = t0 + Duration::from_millis(20);
+    let h = p.stats().heartbeats;
+    let mut nak = super::repair::nak(1, &[super::repair::range(4, 5)]);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    transmit(&mut p, t1);
+    drive(&mut p, t1);
+    assert_eq!(p.stats().future_nak_heartbeats, 1);
+    assert_eq!(p.stats().heartbeats, h + 1);
+}
