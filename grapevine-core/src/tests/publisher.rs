@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::state::Typed;
+use crate::wire::Datagram;
 use crate::{SessionId, StreamId};
 
 fn publisher() -> Publisher {
@@ -178,4 +179,155 @@ fn a_nak_beyond_the_latest_prompts_a_heartbeat_even_when_all_is_announced() {
     drive(&mut p, t1);
     assert_eq!(p.stats().future_nak_heartbeats, 1);
     assert_eq!(p.stats().heartbeats, h + 1);
+}
+
+/// The messages of each datagram in `d`, as (kind, body length) pairs.
+fn messages_of(d: &[u8]) -> Vec<(u8, usize)> {
+    Datagram::decode(d)
+        .unwrap()
+        .messages()
+        .map(|m| (m.kind_byte(), m.body_len()))
+        .collect()
+}
+
+/// 200 deltas: all of one size (so that datagrams are all of one length,
+/// but the last), or of sizes that vary (so that they differ).
+fn publish_deltas(p: &mut Publisher, varied: bool) {
+    for i in 0..200u32 {
+        let size = if varied { (i * 37 % 300) as usize } else { 100 };
+        p.publish(&i.to_be_bytes(), &vec![7; size], true).unwrap();
+    }
+}
+
+/// Batches for segmentation offload: at most `max_segments` datagrams a
+/// transmit, all but the last of the first one's size and none longer,
+/// within the caller's buffer, and as many as those rules allow; one
+/// datagram alone has no segment size. Batched or not, the same messages
+/// go out in the same order.
+#[test]
+fn batches_carry_the_same_datagrams_as_many_as_fit() {
+    let t0 = Instant::now();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let max = quiet_config().max_datagram_size();
+    for varied in [false, true] {
+        let mut single = Publisher::new(quiet_config(), SessionId(1), t0).unwrap();
+        publish_deltas(&mut single, varied);
+        let mut buf = vec![0u8; max];
+        let mut reference = Vec::new();
+        while let Some(t) = single.poll_transmit(t0, &state, 1, &mut buf) {
+            assert_eq!((t.segments(), t.segment_size), (1, None));
+            reference.push(buf[..t.size].to_vec());
+        }
+        assert!(reference.len() > 10, "{} datagrams", reference.len());
+        let first = reference[0].len();
+        for (max_segments, buf_len) in [
+            (4, 4 * max),
+            (4, 2 * max),
+            (3, 2 * first),
+            (3, 2 * first + 10),
+            (8, 8 * max),
+            (2, 8 * max),
+            (1, 4 * max),
+        ] {
+            let mut p = Publisher::new(quiet_config(), SessionId(1), t0).unwrap();
+            publish_deltas(&mut p, varied);
+            let mut buf = vec![0u8; buf_len];
+            let mut batches: Vec<Vec<Vec<u8>>> = Vec::new();
+            while let Some(t) = p.poll_transmit(t0, &state, max_segments, &mut buf) {
+                let n = t.segments();
+                assert!((1..=max_segments).contains(&n), "{n} segments");
+                assert!(t.size <= buf_len);
+                assert_eq!(t.segment_size.is_some(), n > 1);
+                let segs: Vec<Vec<u8>> = t.datagrams(&buf).map(<[u8]>::to_vec).collect();
+                assert_eq!(segs.len(), n);
+                if let Some(seg) = t.segment_size {
+                    assert!(segs[..n - 1].iter().all(|s| s.len() == seg));
+                    assert!(segs[n - 1].len() <= seg);
+                }
+                batches.push(segs);
+            }
+            let case = format!("varied {varied}: {max_segments} segments, {buf_len}-byte buffer");
+            let sent: Vec<&Vec<u8>> = batches.iter().flatten().collect();
+            assert_eq!(sent.len(), reference.len(), "{case}");
+            for (got, want) in sent.iter().zip(&reference) {
+                assert_eq!(messages_of(got), messages_of(want), "{case}");
+            }
+            // Greedy: a batch ends early only where the next datagram is
+            // longer than its first, or would not fit in the buffer.
+            for pair in batches.windows(2) {
+                let batch = &pair[0];
+                let seg = batch[0].len();
+                let next_len = pair[1][0].len();
+                let full = batch.len() == max_segments;
+                let longer = next_len > seg;
+                let no_room = batch.len() * seg + next_len > buf_len;
+                assert!(
+                    full || longer || no_room,
+                    "{case}: a batch of {} ended early",
+                    batch.len()
+                );
+            }
+            if !varied {
+                // Equal datagrams: every batch but the last is full, or
+                // as full as the buffer allows.
+                let fit = max_segments.min(buf_len / first);
+                assert!(
+                    batches[..batches.len() - 1].iter().all(|b| b.len() == fit),
+                    "{case}"
+                );
+            }
+        }
+    }
+}
+
+/// A buffer too small for one datagram gets nothing (the datagram is
+/// dropped), never an empty transmit.
+#[test]
+fn a_buffer_too_small_for_a_datagram_gets_nothing() {
+    let t0 = Instant::now();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut p = Publisher::new(quiet_config(), SessionId(1), t0).unwrap();
+    p.publish(&[1], &[7; 100], true).unwrap();
+    assert_eq!(p.poll_transmit(t0, &state, 4, &mut [0u8; 64]), None);
+}
+
+/// Retransmissions pack as the deltas first did: 64-byte deltas, 20 to a
+/// datagram with 60 bytes left over; a NAK for the first 40 is answered in
+/// two datagrams of 20, the 21st never squeezed into the 60 bytes.
+#[test]
+fn retransmissions_pack_as_densely_as_the_deltas_did() {
+    let t0 = Instant::now();
+    let mut cfg = quiet_config();
+    cfg.max_datagram(crate::wire::HEADER_LEN + 20 * 64 + 60)
+        .repair_rate(1 << 30);
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    for i in 0..60u32 {
+        p.publish(&i.to_be_bytes(), &[7; 37], true).unwrap();
+    }
+    let mut first = Vec::new();
+    while let Some(t) = p.poll_transmit(t0, &state, 1, &mut buf) {
+        first.push(messages_of(&buf[..t.size]));
+    }
+    let deltas: Vec<usize> = first.iter().map(Vec::len).filter(|&n| n > 1).collect();
+    assert_eq!(deltas[..2], [20, 20], "64-byte deltas, 20 to a datagram");
+    let mut nak = super::repair::nak(1, &[super::repair::range(1, 40)]);
+    let t1 = t0 + Duration::from_millis(50);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    let mut resent = Vec::new();
+    for ms in 0..50 {
+        let now = t1 + Duration::from_millis(ms);
+        while let Some(t) = p.poll_transmit(now, &state, 1, &mut buf) {
+            let msgs = messages_of(&buf[..t.size]);
+            let retransmits = msgs
+                .iter()
+                .filter(|(kind, _)| *kind == crate::wire::MessageKind::Retransmit as u8)
+                .count();
+            if retransmits > 0 {
+                resent.push(retransmits);
+            }
+        }
+    }
+    assert_eq!(resent, [20, 20]);
 }
