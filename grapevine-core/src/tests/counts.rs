@@ -162,6 +162,12 @@ fn what_the_publisher_is_sent_is_counted_by_kind() {
     assert_eq!(d(|s| s.nak_seqs_unavailable), 5 + 3);
     assert_eq!(d(|s| s.future_nak_heartbeats), 1);
     assert_eq!(d(|s| s.nak_ranges_dropped), 0);
+    // The same seqs again within the hold-off: coalesced, not resent.
+    let again = send(&mut r, nak(1, &[range(1, 3)]));
+    assert_eq!(tally(&again).retransmits, 0);
+    let s = r.publisher.core.stats();
+    assert_eq!(s.repairs_coalesced - before.repairs_coalesced, 3);
+    assert_eq!(s.retransmits - before.retransmits, 5);
     // 1,050 disjoint ranges (every other seq): the queue holds 1,024.
     let odd: Vec<_> = (0..1_050).map(|i| range(2 * i + 1, 2 * i + 1)).collect();
     for chunk in odd.chunks(100) {
@@ -169,7 +175,7 @@ fn what_the_publisher_is_sent_is_counted_by_kind() {
         r.publisher.core.handle_datagram(r.now, from, &mut d);
     }
     let s = r.publisher.core.stats();
-    assert_eq!(s.naks_received - before.naks_received, 12);
+    assert_eq!(s.naks_received - before.naks_received, 13);
     assert_eq!(s.nak_ranges_dropped, 1_050 - 1_024);
 }
 
@@ -345,6 +351,21 @@ fn fragment_requests_are_counted_and_bounded() {
         s.nak_ranges_dropped,
         before.nak_ranges_dropped + 5_000 - 4_096
     );
-    let sent = r.output();
-    assert!(!sent.is_empty(), "the queued ranges are answered");
+    // Answered: every fragment resent is counted (the cycles' snapshot of
+    // the leaf goes out in fragments too, under other ids).
+    let mut sent = Vec::new();
+    for _ in 0..200 {
+        r.now += ms(1);
+        sent.extend(r.output());
+    }
+    let resent = sent
+        .iter()
+        .flat_map(|d| Datagram::decode(d).unwrap().messages().collect::<Vec<_>>())
+        .filter(|m| matches!(m, Message::Fragment(f) if f.frag_id == frag_id))
+        .count() as u64;
+    assert!(resent > 0, "the queued ranges are answered");
+    assert_eq!(
+        r.publisher.core.stats().fragments_resent - before.fragments_resent,
+        resent
+    );
 }

@@ -292,42 +292,45 @@ fn a_buffer_too_small_for_a_datagram_gets_nothing() {
 }
 
 /// Retransmissions pack as the deltas first did: 64-byte deltas, 20 to a
-/// datagram with 60 bytes left over; a NAK for the first 40 is answered in
-/// two datagrams of 20, the 21st never squeezed into the 60 bytes.
+/// datagram, with 60 bytes left over or none; a NAK for the first 40 is
+/// answered in two datagrams of 20: the 21st is never squeezed into the
+/// 60 bytes, and the 20th joins a datagram it exactly fills.
 #[test]
 fn retransmissions_pack_as_densely_as_the_deltas_did() {
-    let t0 = Instant::now();
-    let mut cfg = quiet_config();
-    cfg.max_datagram(crate::wire::HEADER_LEN + 20 * 64 + 60)
-        .repair_rate(1 << 30);
-    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
-    let state = Typed::new(BTreeMap::<u32, u32>::new());
-    let mut buf = vec![0u8; 65_536];
-    for i in 0..60u32 {
-        p.publish(&i.to_be_bytes(), &[7; 37], true).unwrap();
-    }
-    let mut first = Vec::new();
-    while let Some(t) = p.poll_transmit(t0, &state, 1, &mut buf) {
-        first.push(messages_of(&buf[..t.size]));
-    }
-    let deltas: Vec<usize> = first.iter().map(Vec::len).filter(|&n| n > 1).collect();
-    assert_eq!(deltas[..2], [20, 20], "64-byte deltas, 20 to a datagram");
-    let mut nak = super::repair::nak(1, &[super::repair::range(1, 40)]);
-    let t1 = t0 + Duration::from_millis(50);
-    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
-    let mut resent = Vec::new();
-    for ms in 0..50 {
-        let now = t1 + Duration::from_millis(ms);
-        while let Some(t) = p.poll_transmit(now, &state, 1, &mut buf) {
-            let msgs = messages_of(&buf[..t.size]);
-            let retransmits = msgs
-                .iter()
-                .filter(|(kind, _)| *kind == crate::wire::MessageKind::Retransmit as u8)
-                .count();
-            if retransmits > 0 {
-                resent.push(retransmits);
+    for left_over in [60, 0] {
+        let t0 = Instant::now();
+        let mut cfg = quiet_config();
+        cfg.max_datagram(crate::wire::HEADER_LEN + 20 * 64 + left_over)
+            .repair_rate(1 << 30);
+        let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+        let state = Typed::new(BTreeMap::<u32, u32>::new());
+        let mut buf = vec![0u8; 65_536];
+        for i in 0..60u32 {
+            p.publish(&i.to_be_bytes(), &[7; 37], true).unwrap();
+        }
+        let mut first = Vec::new();
+        while let Some(t) = p.poll_transmit(t0, &state, 1, &mut buf) {
+            first.push(messages_of(&buf[..t.size]));
+        }
+        let deltas: Vec<usize> = first.iter().map(Vec::len).filter(|&n| n > 1).collect();
+        assert_eq!(deltas[..2], [20, 20], "64-byte deltas, 20 to a datagram");
+        let mut nak = super::repair::nak(1, &[super::repair::range(1, 40)]);
+        let t1 = t0 + Duration::from_millis(50);
+        p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+        let mut resent = Vec::new();
+        for ms in 0..50 {
+            let now = t1 + Duration::from_millis(ms);
+            while let Some(t) = p.poll_transmit(now, &state, 1, &mut buf) {
+                let msgs = messages_of(&buf[..t.size]);
+                let retransmits = msgs
+                    .iter()
+                    .filter(|(kind, _)| *kind == crate::wire::MessageKind::Retransmit as u8)
+                    .count();
+                if retransmits > 0 {
+                    resent.push(retransmits);
+                }
             }
         }
+        assert_eq!(resent, [20, 20], "{left_over} bytes left over");
     }
-    assert_eq!(resent, [20, 20]);
 }
