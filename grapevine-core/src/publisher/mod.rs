@@ -790,6 +790,7 @@ impl Publisher {
     fn fill_repairs(&mut self, now: Instant) -> bool {
         let holdoff_since = now.checked_sub(self.cfg.repair_holdoff);
         let before = self.packer.datagrams();
+        let bytes_before = self.packer.bytes();
         let mut queued = false;
         while self.packer.datagrams() == before && self.repairs.has_budget(now) {
             let Some(next) = self.repairs.pop() else {
@@ -820,7 +821,6 @@ impl Publisher {
                             let msg = Message::Retransmit(d);
                             let len = msg.encoded_len();
                             if self.packer.push(&msg).is_ok() {
-                                self.repairs.spend(len);
                                 self.stats.retransmits += 1;
                                 self.stats.repair_bytes += len as u64;
                                 queued = true;
@@ -857,11 +857,14 @@ impl Publisher {
         if queued {
             self.record_fragmented();
             self.packer.flush();
-            // Datagram headers count against the budget too: paced repairs
-            // often go out one small retransmission per datagram.
-            let datagrams = self.packer.datagrams().saturating_sub(before);
+            // The budget counts what the repair datagrams cost on the wire:
+            // datagram headers (paced repairs often go out one small
+            // retransmission per datagram) and fragment overhead included.
+            // The loop checks it per datagram, so one datagram (or one
+            // fragmented retransmission) may overdraw it.
+            let wire = self.packer.bytes().saturating_sub(bytes_before);
             self.repairs
-                .spend(HEADER_LEN * usize::try_from(datagrams).unwrap_or(usize::MAX));
+                .spend(usize::try_from(wire).unwrap_or(usize::MAX));
         }
         queued
     }
@@ -889,7 +892,6 @@ impl Publisher {
         let len = msg.encoded_len();
         if self.packer.push(&msg).is_ok() {
             self.stats.fragments_resent += 1;
-            self.repairs.spend(len);
             self.stats.repair_bytes += len as u64;
         }
         Some(u32::try_from(stop).unwrap_or(u32::MAX))

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::state::Typed;
-use crate::wire::Datagram;
+use crate::wire::{Datagram, Message};
 use crate::{SessionId, StreamId};
 
 fn publisher() -> Publisher {
@@ -333,4 +333,47 @@ fn retransmissions_pack_as_densely_as_the_deltas_did() {
         }
         assert_eq!(resent, [20, 20], "{left_over} bytes left over");
     }
+}
+
+/// The repair rate counts whole datagrams, headers included: with the
+/// smallest datagrams, where a retransmitted 1,000-byte delta goes out in
+/// some thirty fragments and headers are a third of the bytes, one second
+/// of repairs sends the rate's worth of bytes, give or take the burst.
+#[test]
+fn the_repair_rate_counts_every_datagram_header() {
+    const RATE: u64 = 100_000;
+    let t0 = Instant::now();
+    let mut cfg = quiet_config();
+    cfg.max_datagram(crate::wire::HEADER_LEN + 64)
+        .repair_rate(RATE);
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    for i in 0..150u32 {
+        p.publish(&i.to_be_bytes(), &[7; 1_000], true).unwrap();
+    }
+    while p.poll_transmit(t0, &state, 1, &mut buf).is_some() {}
+    let t1 = t0 + Duration::from_millis(100);
+    let mut nak = super::repair::nak(1, &[super::repair::range(1, 150)]);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    let retransmit = crate::wire::MessageKind::Retransmit as u8;
+    let mut bytes = 0;
+    for ms in 0..1_000 {
+        let now = t1 + Duration::from_millis(ms);
+        while let Some(t) = p.poll_transmit(now, &state, 1, &mut buf) {
+            let d = Datagram::decode(&buf[..t.size]).unwrap();
+            if d.messages()
+                .any(|m| matches!(m, Message::Fragment(f) if f.inner_kind == retransmit))
+            {
+                bytes += t.size as u64;
+            }
+        }
+    }
+    // The burst is 10 ms worth; a fill may overdraw by one retransmission
+    // (its 22 fragments go out together: 2,013 bytes).
+    let slack = RATE / 100 + 2_100;
+    assert!(
+        bytes.abs_diff(RATE) <= slack,
+        "{bytes} bytes of repairs in 1 s at {RATE} B/s"
+    );
 }

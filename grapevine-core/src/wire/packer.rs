@@ -43,6 +43,8 @@ pub struct Packer {
     session: SessionId,
     max_datagram: usize,
     next_datagram_seq: u64,
+    /// Bytes of the datagrams finished so far, headers included.
+    finished_bytes: u64,
     next_frag_id: u32,
     cur: Vec<u8>,
     cur_len: usize,
@@ -67,6 +69,7 @@ impl Packer {
             session,
             max_datagram,
             next_datagram_seq: 0,
+            finished_bytes: 0,
             next_frag_id: 0,
             cur: Vec::new(),
             cur_len: 0,
@@ -105,6 +108,13 @@ impl Packer {
     #[must_use]
     pub fn datagrams(&self) -> u64 {
         self.next_datagram_seq
+    }
+
+    /// Bytes of the datagrams finished so far, headers included: what
+    /// they cost on the wire.
+    #[must_use]
+    pub fn bytes(&self) -> u64 {
+        self.finished_bytes
     }
 
     /// The maximum datagram size.
@@ -236,6 +246,7 @@ impl Packer {
         }
         let full = std::mem::take(&mut self.cur);
         self.ready.push_back((full, self.cur_len));
+        self.finished_bytes += self.cur_len as u64;
         self.cur_msgs = 0;
         self.cur_len = 0;
         self.next_datagram_seq += 1;
