@@ -1,14 +1,16 @@
 //! The publisher's snapshot cycle (PROTOCOL.md §8.4): what it sends, what
 //! it counts, and that it keeps to its configured rate.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::rig::{leaves, Rig};
 use super::sim::Op;
-use crate::publisher::{PublisherConfig, SnapshotRate};
+use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
+use crate::state::Typed;
 use crate::subscriber::SubscriberConfig;
 use crate::wire::{Datagram, Message, HEADER_LEN};
-use crate::StreamId;
+use crate::{SessionId, StreamId};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -137,4 +139,103 @@ fn back_to_back_cycles_keep_to_the_snapshot_rate() {
             "{rate:?}: {sent} sent in {secs} s, budget {budget} ± {slack}"
         );
     }
+}
+
+/// A publisher of `n` leaves (a `u32` map), declared before any delta.
+fn publisher_of(n: u32, cfg: PublisherConfig, now: Instant) -> (Publisher, Map) {
+    let state = Typed::new((0..n).map(|k| (k, k)).collect::<BTreeMap<u32, u32>>());
+    let mut p = Publisher::new(cfg, SessionId(1), now).unwrap();
+    for k in 0..n {
+        p.track_leaf(&Map::encode_key(&k)).unwrap();
+    }
+    (p, state)
+}
+
+type Map = Typed<BTreeMap<u32, u32>>;
+
+/// Driven only when it asks (at `poll_timeout`), as a real driver does,
+/// back-to-back cycles of 1,000 leaves keep to the snapshot rate, and the
+/// publisher asks to be woken about once per datagram, not in a busy loop.
+#[test]
+fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
+    let secs = 2;
+    let max_payload = (PublisherConfig::default().max_datagram_size() - HEADER_LEN) as u64;
+    for (rate, per_sec, slack) in [
+        (
+            SnapshotRate::BytesPerSec(200_000),
+            200_000,
+            2 * max_payload + max_payload,
+        ),
+        (SnapshotRate::LeavesPerSec(5_000), 5_000, 50 + 1),
+    ] {
+        let t0 = Instant::now();
+        let (mut p, state) = publisher_of(1_000, pub_cfg(rate, Duration::ZERO), t0);
+        let mut buf = vec![0u8; 65_536];
+        let (warm, end) = (t0 + ms(50), t0 + Duration::from_secs(secs) + ms(50));
+        let (mut now, mut wakeups, mut at_warm) = (t0, 0u64, None);
+        while now < end && wakeups < 1_000_000 {
+            p.handle_timeout(now, 0);
+            while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+            if at_warm.is_none() && now >= warm {
+                at_warm = Some((p.stats(), wakeups));
+            }
+            wakeups += 1;
+            now = p.poll_timeout().expect("a heartbeat at least").max(now);
+        }
+        let (before, woken) = at_warm.unwrap();
+        let s = p.stats();
+        let sent = match rate {
+            SnapshotRate::BytesPerSec(_) => s.snapshot_bytes - before.snapshot_bytes,
+            _ => s.snapshots - before.snapshots,
+        };
+        let budget = per_sec * secs;
+        assert!(
+            sent.abs_diff(budget) <= slack,
+            "{rate:?}: {sent} sent in {secs} s, budget {budget} ± {slack}"
+        );
+        let datagrams = s.datagrams - before.datagrams;
+        let wakeups = wakeups - woken;
+        assert!(
+            wakeups <= datagrams + 10,
+            "{rate:?}: {wakeups} wake-ups for {datagrams} datagrams"
+        );
+    }
+}
+
+/// After a long pause between cycles the budget allows a burst of 10 ms
+/// worth (or two datagrams), not the pause's worth: the next cycle starts
+/// at the configured rate.
+#[test]
+fn after_a_pause_the_cycle_bursts_10_ms_worth_at_most() {
+    const RATE: u64 = 200_000;
+    let t0 = Instant::now();
+    let cfg = pub_cfg(SnapshotRate::BytesPerSec(RATE), Duration::from_secs(1));
+    let (mut p, state) = publisher_of(2_000, cfg, t0);
+    let mut buf = vec![0u8; 65_536];
+    // The first cycle, then the pause to the next.
+    let mut now = t0;
+    while p.cycle_progress().is_some() || now == t0 {
+        now += ms(1);
+        p.handle_timeout(now, 0);
+        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+    }
+    assert!(now < t0 + ms(500), "the first cycle took {:?}", now - t0);
+    // Woken when due (heartbeats, then the next cycle, a second after the
+    // first began), until the next cycle begins.
+    let mut before = p.stats().snapshot_bytes;
+    for _ in 0..100 {
+        now = p.poll_timeout().unwrap().max(now);
+        before = p.stats().snapshot_bytes;
+        p.handle_timeout(now, 0);
+        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+        if p.cycle_progress().is_some() {
+            break;
+        }
+    }
+    assert!(p.cycle_progress().is_some(), "the next cycle began");
+    assert!(now >= t0 + Duration::from_secs(1));
+    let burst = p.stats().snapshot_bytes - before;
+    let max_payload = (PublisherConfig::default().max_datagram_size() - HEADER_LEN) as u64;
+    let cap = (RATE / 100).max(2 * max_payload) + max_payload;
+    assert!(burst <= cap, "{burst} bytes at once, at most {cap}");
 }

@@ -377,3 +377,33 @@ fn the_repair_rate_counts_every_datagram_header() {
         "{bytes} bytes of repairs in 1 s at {RATE} B/s"
     );
 }
+
+/// `max_unfragmented_body` is the largest delta body that goes out whole:
+/// one that size fills one datagram, one byte more is fragmented.
+#[test]
+fn the_largest_unfragmented_body_fits_one_datagram_exactly() {
+    for max_datagram in [crate::wire::HEADER_LEN + 64, 1_472, 9_000] {
+        let mut cfg = quiet_config();
+        cfg.max_datagram(max_datagram);
+        let t0 = Instant::now();
+        let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+        let state = Typed::new(BTreeMap::<u32, u32>::new());
+        let mut buf = vec![0u8; 65_536];
+        while p.poll_transmit(t0, &state, 1, &mut buf).is_some() {}
+        // A delta's body: 19 fixed bytes, the key, the payload.
+        let max = p.max_unfragmented_body();
+        for (payload, whole) in [(max - 19 - 1, true), (max - 19 - 1 + 1, false)] {
+            p.publish(&[1], &vec![7; payload], true).unwrap();
+            let mut sent = Vec::new();
+            while let Some(t) = p.poll_transmit(t0, &state, 1, &mut buf) {
+                sent.push(messages_of(&buf[..t.size]));
+            }
+            let delta = crate::wire::MessageKind::Delta as u8;
+            if whole {
+                assert_eq!(sent, [vec![(delta, max)]], "{max_datagram}");
+            } else {
+                assert!(sent.len() > 1 && sent.iter().flatten().all(|m| m.0 != delta));
+            }
+        }
+    }
+}
