@@ -154,28 +154,40 @@ fn publisher_of(n: u32, cfg: PublisherConfig, now: Instant) -> (Publisher, Map) 
 type Map = Typed<BTreeMap<u32, u32>>;
 
 /// Driven only when it asks (at `poll_timeout`), as a real driver does,
-/// back-to-back cycles of 1,000 leaves keep to the snapshot rate, and the
-/// publisher asks to be woken about once per datagram, not in a busy loop.
+/// back-to-back cycles of 1,000 leaves keep to the snapshot rate; the first
+/// snapshot datagram goes out as soon as the budget holds one (a
+/// datagram's room under a byte rate, one leaf under a leaf rate); under a
+/// byte rate datagrams go out full; and the publisher asks to be woken
+/// about once per datagram, not in a busy loop.
 #[test]
 fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
     let secs = 2;
     let max_payload = (PublisherConfig::default().max_datagram_size() - HEADER_LEN) as u64;
-    for (rate, per_sec, slack) in [
+    for (rate, per_sec, slack, first_at) in [
         (
             SnapshotRate::BytesPerSec(200_000),
             200_000,
             2 * max_payload + max_payload,
+            max_payload as f64 / 200_000.0,
         ),
-        (SnapshotRate::LeavesPerSec(5_000), 5_000, 50 + 1),
+        (
+            SnapshotRate::LeavesPerSec(5_000),
+            5_000,
+            50 + 1,
+            1.0 / 5_000.0,
+        ),
     ] {
         let t0 = Instant::now();
         let (mut p, state) = publisher_of(1_000, pub_cfg(rate, Duration::ZERO), t0);
         let mut buf = vec![0u8; 65_536];
         let (warm, end) = (t0 + ms(50), t0 + Duration::from_secs(secs) + ms(50));
-        let (mut now, mut wakeups, mut at_warm) = (t0, 0u64, None);
+        let (mut now, mut wakeups, mut at_warm, mut first) = (t0, 0u64, None, None);
         while now < end && wakeups < 1_000_000 {
             p.handle_timeout(now, 0);
             while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+            if first.is_none() && p.stats().snapshots > 0 {
+                first = Some(now - t0);
+            }
             if at_warm.is_none() && now >= warm {
                 at_warm = Some((p.stats(), wakeups));
             }
@@ -193,7 +205,18 @@ fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
             sent.abs_diff(budget) <= slack,
             "{rate:?}: {sent} sent in {secs} s, budget {budget} ± {slack}"
         );
+        let first = first.unwrap().as_secs_f64();
+        assert!(
+            (first - first_at).abs() < 2e-6,
+            "{rate:?}: the first snapshot datagram at {first} s, not {first_at} s"
+        );
         let datagrams = s.datagrams - before.datagrams;
+        if let SnapshotRate::BytesPerSec(_) = rate {
+            // Per cycle: ~11 full datagrams, a partial one and the CycleEnd;
+            // and a heartbeat now and then.
+            let fill = sent as f64 / (datagrams * max_payload) as f64;
+            assert!(fill > 0.75, "datagrams {:.0} % full", fill * 100.0);
+        }
         let wakeups = wakeups - woken;
         assert!(
             wakeups <= datagrams + 10,
@@ -203,8 +226,8 @@ fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
 }
 
 /// After a long pause between cycles the budget allows a burst of 10 ms
-/// worth (or two datagrams), not the pause's worth: the next cycle starts
-/// at the configured rate.
+/// worth (or two datagrams, whichever is more), not the pause's worth: the
+/// next cycle starts at the configured rate.
 #[test]
 fn after_a_pause_the_cycle_bursts_10_ms_worth_at_most() {
     const RATE: u64 = 200_000;
@@ -236,6 +259,45 @@ fn after_a_pause_the_cycle_bursts_10_ms_worth_at_most() {
     assert!(now >= t0 + Duration::from_secs(1));
     let burst = p.stats().snapshot_bytes - before;
     let max_payload = (PublisherConfig::default().max_datagram_size() - HEADER_LEN) as u64;
-    let cap = (RATE / 100).max(2 * max_payload) + max_payload;
-    assert!(burst <= cap, "{burst} bytes at once, at most {cap}");
+    // Two datagrams' worth here (more than 10 ms worth), the second
+    // perhaps a message short of full, or over by one.
+    let cap = (RATE / 100).max(2 * max_payload);
+    assert!(
+        burst.abs_diff(cap) <= 100,
+        "{burst} bytes at once, about {cap} expected"
+    );
+}
+
+/// Cycle datagrams are filled exactly: 25-byte snapshots (one-byte keys and
+/// values) and room for a CycleBegin and ten of them go ten to a datagram.
+#[test]
+fn cycle_datagrams_are_filled_exactly() {
+    let mut cfg = pub_cfg(
+        SnapshotRate::BytesPerSec(1 << 30),
+        Duration::from_secs(3600),
+    );
+    cfg.max_datagram(HEADER_LEN + 20 + 10 * 25);
+    let t0 = Instant::now();
+    let (mut p, state) = publisher_of(100, cfg, t0);
+    let mut buf = vec![0u8; 65_536];
+    let mut per_datagram = Vec::new();
+    for i in 0..100 {
+        let now = t0 + ms(i);
+        p.handle_timeout(now, 0);
+        while let Some(t) = p.poll_transmit(now, &state, 1, &mut buf) {
+            let d = Datagram::decode(&buf[..t.size]).unwrap();
+            let snapshots: Vec<usize> = d
+                .messages()
+                .filter_map(|m| match m {
+                    Message::LeafSnapshot(_) => Some(m.body_len() + 4),
+                    _ => None,
+                })
+                .collect();
+            if !snapshots.is_empty() {
+                assert!(snapshots.iter().all(|&l| l == 25), "{snapshots:?}");
+                per_datagram.push(snapshots.len());
+            }
+        }
+    }
+    assert_eq!(per_datagram, [10; 10]);
 }
