@@ -222,6 +222,30 @@ mod tests {
         assert_eq!(h.take(3, now, None).0, Lookup::Send(&[3u8; 10][..]));
     }
 
+    /// A body that with its entry overhead exactly reaches the byte bound
+    /// is kept, alone; the newest delta stays recorded (its body dropped)
+    /// even when its overhead alone exceeds the bound.
+    #[test]
+    fn a_delta_of_exactly_the_byte_bound_is_kept_alone() {
+        let mut h = History::new(100, 1_000);
+        h.push(SeqNum(1), &[1; 10]);
+        h.push(SeqNum(2), &[2; 1_000 - ENTRY_OVERHEAD]);
+        assert_eq!(
+            (h.len(), h.bytes(), h.first_seq()),
+            (1, 1_000, Some(SeqNum(2)))
+        );
+        let now = Instant::now();
+        assert_eq!(
+            h.take(2, now, None).0,
+            Lookup::Send(&[2u8; 1_000 - ENTRY_OVERHEAD][..])
+        );
+        let mut h = History::new(100, ENTRY_OVERHEAD - 1);
+        h.push(SeqNum(1), &[1; 10]);
+        h.push(SeqNum(2), &[2; 10]);
+        assert_eq!((h.len(), h.first_seq()), (1, Some(SeqNum(2))));
+        assert_eq!(h.take(2, now, None).0, Lookup::Gone);
+    }
+
     #[test]
     fn a_repair_within_the_holdoff_is_coalesced_and_first_asks_are_told() {
         let mut h = History::new(10, 1 << 20);
