@@ -200,7 +200,10 @@ mod tests {
             assert!(q.add_seqs(i * 10, i * 10));
         }
         assert!(!q.add_seqs(1_000_000, 1_000_001), "a new range when full");
-        assert!(q.add_seqs(11, 19), "a range that merges is still taken");
+        assert!(q.add_seqs(35, 39), "one that touches only the next");
+        assert!(q.add_seqs(51, 55), "one that touches only the previous");
+        assert_eq!(q.seqs.len(), MAX_QUEUED_RANGES);
+        assert!(q.add_seqs(11, 19), "a range that merges two is still taken");
         assert_eq!(q.seqs.len(), MAX_QUEUED_RANGES - 1);
     }
 
