@@ -369,3 +369,34 @@ fn fragment_requests_are_counted_and_bounded() {
         resent
     );
 }
+
+/// Seqs held when asked for but evicted from the history before their
+/// repair went out are counted as unavailable, once each, and not resent.
+#[test]
+fn seqs_evicted_before_their_repair_are_counted_unavailable() {
+    let mut pc = super::rig::rig_pub_config();
+    pc.history(10, 1 << 20);
+    let mut r = Rig::with_publisher(pc, &leaves(4), sub_cfg());
+    for k in 0..10u16 {
+        r.publisher.publish(&Op::Set(k % 4, i64::from(k)));
+    }
+    r.run(ms(50));
+    let before = r.publisher.core.stats();
+    let mut d = nak(1, &[range(1, 5)]);
+    r.publisher
+        .core
+        .handle_datagram(r.now, subscriber_addr(0), &mut d);
+    assert_eq!(
+        r.publisher.core.stats().nak_seqs_unavailable,
+        before.nak_seqs_unavailable
+    );
+    // Ten more deltas before the repair goes out: 1..=10 leave the history.
+    for k in 0..10u16 {
+        r.publisher.publish(&Op::Set(k % 4, i64::from(k)));
+    }
+    let sent = r.output();
+    let s = r.publisher.core.stats();
+    assert_eq!(s.nak_seqs_unavailable - before.nak_seqs_unavailable, 5);
+    assert_eq!(s.retransmits, before.retransmits);
+    assert_eq!(tally(&sent).retransmits, 0);
+}
