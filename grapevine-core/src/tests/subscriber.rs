@@ -85,3 +85,60 @@ fn a_delta_whose_removes_flag_disagrees_is_counted() {
         );
     }
 }
+
+/// NAK datagrams are at most `max_datagram_size` bytes, the buffer size the
+/// config tells a driver: forty holes at once, with 128-byte datagrams, go
+/// out in several NAKs.
+#[test]
+fn naks_fit_the_datagram_size_the_config_tells() {
+    let mut cfg = rig_sub_config();
+    cfg.max_datagram(128);
+    assert_eq!(cfg.max_datagram_size(), 128);
+    let mut r = Rig::new(&leaves(5), cfg);
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    r.carry_naks = false;
+    for i in 0..80u16 {
+        if i % 2 == 0 {
+            r.publish_dropped(Op::Add(i % 5, 1));
+        } else {
+            r.publish_delivered(Op::Add(i % 5, 1));
+        }
+    }
+    r.run(ms(20));
+    assert!(r.naks.len() > 1, "{} NAK datagrams", r.naks.len());
+    assert!(r.naks.iter().all(|d| d.len() <= 128));
+    r.carry_naks = true;
+    r.run_until(ms(1000), Rig::converged).expect("repaired");
+}
+
+/// A late joiner asks by NAK for the deltas since the start of the cycle
+/// it joined in (catching up), unless `catch_up` is 0: then it starts at
+/// the first delta it hears and sends no NAK on a lossless network.
+#[test]
+fn a_late_joiner_catches_up_by_nak_unless_told_not_to() {
+    for catch_up in [None, Some(0)] {
+        let mut cfg = rig_sub_config();
+        if let Some(n) = catch_up {
+            cfg.catch_up(n);
+        }
+        let mut pc = super::rig::rig_pub_config();
+        pc.snapshot_rate(crate::publisher::SnapshotRate::LeavesPerSec(500));
+        let mut r = Rig::with_publisher(pc, &leaves(50), cfg);
+        // The subscriber hears nothing for 30 ms: it joins mid-cycle.
+        r.drop = Some(Box::new(|_| true));
+        for i in 0..130u16 {
+            if i == 30 {
+                r.drop = None;
+            }
+            r.publisher.publish(&Op::Add(i % 50, 1));
+            r.run(ms(1));
+        }
+        r.run_until(ms(1000), Rig::converged)
+            .unwrap_or_else(|| panic!("{catch_up:?}: {:?}", r.sub.status()));
+        let naks = r.sub.stats().naks_sent;
+        match catch_up {
+            None => assert!(naks > 0, "the default catches up"),
+            Some(_) => assert_eq!(naks, 0),
+        }
+    }
+}
