@@ -1836,3 +1836,53 @@ impl Subscriber {
         self.update_timers();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A late joiner starts at the heard cycle's start when that is at most
+    /// `catch_up` deltas back (and not ahead of it); otherwise at the first
+    /// delta heard. Without a cycle heard it waits the given time, at most
+    /// `MAX_CYCLE_WAIT`, then starts there too.
+    #[test]
+    fn the_starting_point_is_the_cycle_start_within_catch_up() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionId(1), "192.0.2.1:5000".parse().unwrap(), t0);
+        let mut cfg = SubscriberConfig::default();
+        cfg.catch_up(10);
+        let wait = Duration::from_millis(100);
+        let at = |s: &Session, base: u64, cfg: &SubscriberConfig| {
+            s.starting_point(SeqNum(base), t0, wait, cfg).map(|q| q.0)
+        };
+        // No cycle heard yet: wait, then start at the base.
+        assert_eq!(at(&s, 30, &cfg), None);
+        assert_eq!(
+            s.starting_point(SeqNum(30), t0 + wait, wait, &cfg),
+            Some(SeqNum(30))
+        );
+        let long = Duration::from_secs(10);
+        assert_eq!(
+            s.starting_point(
+                SeqNum(30),
+                t0 + MAX_CYCLE_WAIT - Duration::from_millis(1),
+                long,
+                &cfg
+            ),
+            None
+        );
+        assert_eq!(
+            s.starting_point(SeqNum(30), t0 + MAX_CYCLE_WAIT, long, &cfg),
+            Some(SeqNum(30))
+        );
+        // A cycle that started at 20.
+        s.latest_begin = Some((CycleId(1), SeqNum(20)));
+        assert_eq!(at(&s, 30, &cfg), Some(20), "10 back: caught up");
+        assert_eq!(at(&s, 31, &cfg), Some(31), "11 back: too far");
+        assert_eq!(at(&s, 19, &cfg), Some(19), "a cycle ahead of the base");
+        cfg.catch_up(0);
+        assert_eq!(at(&s, 30, &cfg), Some(30), "catch-up off");
+        cfg.catch_up(10).nak_repair(false);
+        assert_eq!(at(&s, 30, &cfg), Some(30), "no NAKs, no catch-up");
+    }
+}
