@@ -397,6 +397,11 @@ fn forged(kind: usize, cycle: u32, last: u64) -> Vec<u8> {
             start_seq: SeqNum(last),
             leaf_count: 1,
         }),
+        5 => Message::CycleBegin(CycleBegin {
+            cycle: CycleId(cycle.wrapping_add(1)),
+            start_seq: SeqNum(huge),
+            leaf_count: 10,
+        }),
         3 => Message::CycleEnd(CycleEnd {
             cycle: CycleId(cycle),
             end_seq: SeqNum(huge),
@@ -415,7 +420,7 @@ fn forged(kind: usize, cycle: u32, last: u64) -> Vec<u8> {
 
 #[test]
 fn a_forged_datagram_with_a_huge_seq_is_not_believed() {
-    for kind in 0..5 {
+    for kind in 0..6 {
         let mut r = Rig::new(&leaves(10), rig_sub_config());
         let sent = r.run(ms(50));
         for k in 0..5 {
@@ -429,15 +434,14 @@ fn a_forged_datagram_with_a_huge_seq_is_not_believed() {
         let d = forged(kind, cycle, last);
         r.deliver(&[d]);
         let st = r.sub.status();
-        if kind == 2 {
-            // A CycleBegin is believed only once a second datagram carries
-            // it: this one begins nothing.
-            assert_eq!(
-                r.sub.stats().cycles_begun,
-                before.cycles_begun,
-                "kind {kind}"
-            );
-        } else {
+        // A CycleBegin is believed only once a second datagram carries it:
+        // this one begins nothing. Its start_seq is a claim like any other.
+        assert_eq!(
+            r.sub.stats().cycles_begun,
+            before.cycles_begun,
+            "kind {kind}"
+        );
+        if kind != 2 {
             assert_eq!(
                 r.sub.stats().unbelieved,
                 before.unbelieved + 1,
@@ -463,6 +467,66 @@ fn a_forged_datagram_with_a_huge_seq_is_not_believed() {
         );
         assert_eq!(r.publisher.core.stats().future_nak_heartbeats, 0);
     }
+}
+
+/// A heartbeat claiming `last_seq`, in datagram `datagram_seq` of session 1.
+fn claim(datagram_seq: u64, last_seq: u64) -> Vec<u8> {
+    let msg = Message::Heartbeat(Heartbeat {
+        last_seq: SeqNum(last_seq),
+        sent_at_micros: 0,
+        interval_ms: 10,
+    });
+    craft(StreamId(3), SessionId(1), datagram_seq, &[msg])
+}
+
+/// A claim beyond `max_seq_jump` is believed once another datagram claims
+/// as much: a copy of the same datagram is no second witness, and a pending
+/// claim is forgotten once a believable datagram shows the session going on
+/// without it.
+#[test]
+fn a_far_claim_needs_another_datagram_not_a_copy_of_its_own() {
+    let mut r = running_rig();
+    let last = r.publisher.core.last_seq().0;
+    let far = last + 8192 + 1000;
+    let before = r.sub.stats().unbelieved;
+    // The same datagram twice.
+    r.deliver(&[claim(0xf000, far), claim(0xf000, far)]);
+    assert_eq!(r.sub.stats().unbelieved, before + 2);
+    assert_eq!(r.sub.status().known_seq.0, last);
+    // The session goes on within the jump; then another far datagram
+    // claims more than the first: it is alone again.
+    r.publish_delivered(Op::Add(1, 1));
+    let last = last + 1;
+    assert_eq!(r.sub.status().known_seq.0, last);
+    r.deliver(&[claim(0xf001, far + 1)]);
+    assert_eq!(r.sub.stats().unbelieved, before + 3);
+    assert_eq!(r.sub.status().known_seq.0, last);
+    // A second datagram claiming at least as much is believed.
+    r.deliver(&[claim(0xf002, far + 1)]);
+    assert_eq!(r.sub.stats().unbelieved, before + 3);
+    assert_eq!(r.sub.status().known_seq.0, far + 1);
+}
+
+/// Before any sequence number is known, the first claim needs a second
+/// datagram within `max_seq_jump` of it: neither a copy of the same
+/// datagram nor one far from it will do.
+#[test]
+fn a_first_claim_needs_another_datagram_near_it() {
+    let mut sub = crate::subscriber::Subscriber::new(rig_sub_config()).unwrap();
+    let mut rep = super::sim::DigestReplica::default();
+    let now = std::time::Instant::now();
+    let from = super::sim::publisher_addr(0);
+    let mut unbelieved = Vec::new();
+    for d in [
+        claim(1, 100),
+        claim(1, 100),
+        claim(2, 100 + 8192 + 1),
+        claim(3, 100 + 8192 + 2),
+    ] {
+        sub.handle_datagram(now, from, &mut d.clone(), &mut rep);
+        unbelieved.push(sub.stats().unbelieved);
+    }
+    assert_eq!(unbelieved, [1, 2, 3, 3]);
 }
 
 #[test]
