@@ -1885,4 +1885,88 @@ mod tests {
         cfg.catch_up(10).nak_repair(false);
         assert_eq!(at(&s, 30, &cfg), Some(30), "no NAKs, no catch-up");
     }
+
+    /// A CycleBegin is believed when a second datagram carries it; a copy
+    /// of the first datagram is no second witness, and keeps the positions
+    /// heard while the CycleBegin waits.
+    #[test]
+    fn a_cycle_begin_waits_for_another_datagram_and_keeps_its_marks() {
+        let mut s = Session::new(
+            SessionId(1),
+            "192.0.2.1:5000".parse().unwrap(),
+            Instant::now(),
+        );
+        let c = CycleBegin {
+            cycle: CycleId(4),
+            start_seq: SeqNum(20),
+            leaf_count: 3,
+        };
+        assert!(s.corroborate_cycle(c, 5).is_none());
+        let p = s.pending_begin.as_mut().expect("waits");
+        p.marks.push((0, b"a"[..].into()));
+        assert!(s.corroborate_cycle(c, 5).is_none(), "a copy");
+        let marks = s.corroborate_cycle(c, 6).expect("a second datagram");
+        assert_eq!(marks, vec![(0, b"a"[..].into())]);
+        // Another CycleBegin replaces the one waiting, marks and all.
+        assert!(s.corroborate_cycle(c, 7).is_none());
+        s.pending_begin
+            .as_mut()
+            .unwrap()
+            .marks
+            .push((1, b"b"[..].into()));
+        let other = CycleBegin { leaf_count: 4, ..c };
+        assert!(s.corroborate_cycle(other, 8).is_none());
+        assert_eq!(s.corroborate_cycle(other, 9), Some(Vec::new()));
+    }
+
+    /// A deferred interval is charged the key bytes of both bounds plus a
+    /// fixed 32.
+    #[test]
+    fn an_interval_is_charged_its_key_bytes_and_32() {
+        let key = |n: usize| vec![7u8; n].into_boxed_slice();
+        assert_eq!(bound_len(&Lo::Start, &Hi::End), 32);
+        assert_eq!(bound_len(&Lo::Key(key(3)), &Hi::End), 35);
+        assert_eq!(bound_len(&Lo::Start, &Hi::Key(key(5))), 37);
+        assert_eq!(bound_len(&Lo::Key(key(3)), &Hi::Key(key(5))), 40);
+    }
+
+    /// Missing fragments are asked for after the NAK delay, but never less
+    /// than 5 ms of quiet.
+    #[test]
+    fn fragments_are_asked_for_after_at_least_5_ms_of_quiet() {
+        assert_eq!(frag_quiet(Duration::ZERO), Duration::from_millis(5));
+        assert_eq!(
+            frag_quiet(Duration::from_millis(4)),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            frag_quiet(Duration::from_millis(20)),
+            Duration::from_millis(20)
+        );
+    }
+
+    /// NAKs go to the address most of the session's datagrams came from; at
+    /// most four addresses are remembered, the least heard giving way.
+    #[test]
+    fn naks_go_to_the_main_source_of_at_most_four() {
+        let a = |n: u16| SocketAddr::from(([192, 0, 2, 1], n));
+        let mut s = Sources::new(a(1));
+        for _ in 0..3 {
+            s.record(a(1));
+        }
+        s.record(a(2));
+        assert_eq!(s.main(), a(1));
+        assert_eq!(s.0.len(), 2);
+        for n in [2, 3, 3, 4, 4] {
+            s.record(a(n));
+        }
+        assert_eq!(s.0, vec![(a(1), 3), (a(2), 2), (a(3), 2), (a(4), 2)]);
+        // A fifth address replaces the least heard (the first of them).
+        s.record(a(5));
+        assert_eq!(s.0, vec![(a(1), 3), (a(5), 1), (a(3), 2), (a(4), 2)]);
+        for _ in 0..3 {
+            s.record(a(5));
+        }
+        assert_eq!(s.main(), a(5));
+    }
 }
