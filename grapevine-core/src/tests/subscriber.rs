@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
-use super::rig::{leaves, rig_sub_config, Rig};
-use super::sim::{craft, Op};
+use std::time::Instant;
+
+use super::rig::{leaves, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
+use super::sim::{craft, Bounds, Op};
 use crate::state::encode;
-use crate::subscriber::Event;
-use crate::wire::{Delta, Message};
+use crate::subscriber::{Event, Subscriber};
+use crate::wire::{Datagram, Delta, Heartbeat, Message};
 use crate::{SeqNum, SessionId, StreamId};
 
 fn ms(n: u64) -> Duration {
@@ -104,9 +106,20 @@ fn naks_fit_the_datagram_size_the_config_tells() {
             r.publish_delivered(Op::Add(i % 5, 1));
         }
     }
+    // One step: the forty holes all fall due at once, and go out five
+    // ranges (16 bytes each) to a datagram, as many as 128 bytes hold:
+    // 28 (header) + 4 (message header) + 6 (requester, count) + 5 × 16.
+    r.step = ms(20);
     r.run(ms(20));
-    assert!(r.naks.len() > 1, "{} NAK datagrams", r.naks.len());
-    assert!(r.naks.iter().all(|d| d.len() <= 128));
+    r.step = ms(1);
+    assert_eq!(r.naks.len(), 8, "{:?}", r.naks);
+    for d in &r.naks {
+        assert_eq!(d.len(), 118);
+        let dg = Datagram::decode(d).unwrap();
+        assert!(dg
+            .messages()
+            .all(|m| matches!(m, Message::Nak(n) if n.ranges.len() == 5)));
+    }
     r.carry_naks = true;
     r.run_until(ms(1000), Rig::converged).expect("repaired");
 }
@@ -140,5 +153,179 @@ fn a_late_joiner_catches_up_by_nak_unless_told_not_to() {
             None => assert!(naks > 0, "the default catches up"),
             Some(_) => assert_eq!(naks, 0),
         }
+    }
+}
+
+/// The configuration a subscriber reports is the one it was given.
+#[test]
+fn a_subscriber_reports_its_configuration() {
+    let mut cfg = rig_sub_config();
+    cfg.max_datagram(600).catch_up(7).max_seq_jump(99);
+    let sub = Subscriber::new(cfg.clone()).unwrap();
+    assert_eq!(*sub.config(), cfg);
+}
+
+/// With `catch_up` 0 a late joiner starts at the first delta it believes:
+/// that delta is applied, not left to the snapshots.
+#[test]
+fn without_catch_up_the_first_believed_delta_is_applied() {
+    let mut cfg = rig_sub_config();
+    cfg.catch_up(0).delta_events(true);
+    let mut c = Checked::hostile(cfg, Bounds::default());
+    let key = encode(&1u16);
+    let payload = encode(&Op::Add(1, 1));
+    for seq in [5, 6] {
+        let d = Delta {
+            seq: SeqNum(seq),
+            prev_leaf_seq: SeqNum::NONE,
+            creates: true,
+            removes: false,
+            key: &key,
+            payload: &payload,
+        };
+        c.deliver(&craft(StreamId(3), SessionId(1), seq, &[Message::Delta(d)]));
+    }
+    // The first datagram waits for a second to corroborate it, and is
+    // lost; the second starts the stream.
+    assert_eq!(c.sub.stats().unbelieved, 1);
+    assert_eq!(c.sub.status().seq, SeqNum(6));
+    assert_eq!(c.sub.stats().deltas_applied, 1);
+    assert!(c.events.contains(&Event::DeltaApplied { seq: SeqNum(6) }));
+}
+
+/// `consistent_share` is the share of the time since the replica first
+/// synced during which the status said consistent: none before sync, and
+/// exactly the time observed consistent, step by step, through a hole
+/// repaired by snapshot.
+#[test]
+fn the_consistent_share_is_the_time_consistent_since_sync() {
+    struct Track {
+        synced_at: Option<Instant>,
+        on: Duration,
+        last: Option<(Instant, bool)>,
+    }
+    impl Track {
+        fn observe(&mut self, r: &Rig) -> f64 {
+            if let Some((t, true)) = self.last {
+                self.on += r.now - t;
+            }
+            let st = r.sub.status();
+            if st.synced && self.synced_at.is_none() {
+                self.synced_at = Some(r.now);
+            }
+            let share = r.sub.consistent_share(r.now);
+            let Some(since) = self.synced_at else {
+                assert_eq!(share, None);
+                return 0.0;
+            };
+            self.last = Some((r.now, st.consistent));
+            let want = if r.now == since {
+                f64::from(u8::from(st.consistent))
+            } else {
+                self.on.as_secs_f64() / (r.now - since).as_secs_f64()
+            };
+            let share = share.expect("synced");
+            assert!((share - want).abs() < 1e-9, "{share} != {want}");
+            share
+        }
+    }
+    let mut t = Track {
+        synced_at: None,
+        on: Duration::ZERO,
+        last: None,
+    };
+    let mut r = Rig::new(&leaves(5), rig_sub_config_no_nak());
+    t.observe(&r);
+    while !r.converged() {
+        r.run(ms(1));
+        t.observe(&r);
+    }
+    for _ in 0..20 {
+        r.run(ms(1));
+        assert_eq!(t.observe(&r), 1.0);
+    }
+    // A lost delta: inconsistent until the snapshots repair it.
+    r.publish_dropped(Op::Add(1, 1));
+    r.publish_delivered(Op::Add(2, 1));
+    t.observe(&r);
+    for _ in 0..1000 {
+        r.run(ms(1));
+        t.observe(&r);
+        if r.converged() {
+            break;
+        }
+    }
+    assert!(r.converged(), "{:?}", r.sub.status());
+    for _ in 0..20 {
+        r.run(ms(1));
+        t.observe(&r);
+    }
+    let share = t.observe(&r);
+    assert!(share > 0.1 && share < 0.95, "{share}");
+}
+
+/// A heartbeat of `session` in datagram `datagram_seq`, every 100 ms.
+fn beat(session: u64, datagram_seq: u64) -> Vec<u8> {
+    let hb = Heartbeat {
+        last_seq: SeqNum(5),
+        sent_at_micros: 0,
+        interval_ms: 100,
+    };
+    craft(
+        StreamId(3),
+        SessionId(session),
+        datagram_seq,
+        &[Message::Heartbeat(hb)],
+    )
+}
+
+/// A subscriber follows another session only once its own has been silent
+/// for two heartbeat intervals (100 ms here) and the other has proven
+/// alive: two datagrams, in increasing `datagram_seq`, at least one
+/// interval apart. A copy of a datagram proves nothing, a late datagram
+/// starts the proof over, and datagrams of two other sessions do not add
+/// up.
+#[test]
+fn another_session_is_followed_once_the_current_is_silent_and_it_lives() {
+    let t0 = Instant::now();
+    // (at ms, session, datagram_seq, session followed after it)
+    let scripts: [&[(u64, u64, u64, u64)]; 4] = [
+        // Silent for 120 ms only: not yet. Then silent for 210 ms.
+        &[(0, 1, 1, 1), (10, 2, 1, 1), (120, 2, 2, 1), (210, 2, 3, 2)],
+        // Two datagrams 1 ms apart prove nothing; a third 100 ms after the
+        // first does.
+        &[(0, 1, 1, 1), (300, 2, 1, 1), (301, 2, 2, 1), (400, 2, 3, 2)],
+        // A copy 100 ms later proves nothing, nor starts the proof over.
+        &[(0, 1, 1, 1), (300, 2, 1, 1), (400, 2, 1, 1), (401, 2, 2, 2)],
+        // Two other sessions, each proving the other's life.
+        &[
+            (0, 1, 1, 1),
+            (300, 2, 1, 1),
+            (350, 3, 2, 1),
+            (420, 2, 3, 1),
+            (421, 3, 4, 1),
+        ],
+    ];
+    for (i, script) in scripts.iter().enumerate() {
+        let mut c = Checked::hostile(rig_sub_config(), Bounds::default());
+        for &(at, session, dseq, follows) in *script {
+            c.now = t0 + ms(at);
+            c.deliver(&beat(session, dseq));
+            assert_eq!(
+                c.sub.status().session,
+                Some(SessionId(follows)),
+                "script {i} at {at} ms"
+            );
+        }
+        let switched = script.last().unwrap().3 != 1;
+        assert_eq!(c.sub.stats().restarts, u64::from(switched), "script {i}");
+        assert_eq!(
+            c.events
+                .iter()
+                .filter(|e| matches!(e, Event::PublisherRestarted { .. }))
+                .count(),
+            usize::from(switched),
+            "script {i}"
+        );
     }
 }
