@@ -329,3 +329,56 @@ fn another_session_is_followed_once_the_current_is_silent_and_it_lives() {
         );
     }
 }
+
+/// Requests for missing fragments: at most 256 wait at once, however many
+/// partial messages the reassembler may hold; each goes out in a datagram
+/// of its own, counted, with a `datagram_seq` of its own, increasing.
+#[test]
+fn fragment_requests_are_bounded_counted_and_numbered() {
+    let mut rc = crate::ReassemblyConfig::default();
+    rc.max_partials(300);
+    let mut cfg = rig_sub_config();
+    cfg.reassembly(rc);
+    let mut sub = Subscriber::new(cfg).unwrap();
+    let mut rep = super::sim::DigestReplica::default();
+    let now = Instant::now();
+    let from = super::sim::publisher_addr(0);
+    // Two heartbeats start the session; then the first half of 300
+    // messages of 2,000 bytes.
+    let mut datagrams = vec![beat(1, 1), beat(1, 2)];
+    for i in 0..300 {
+        let f = crate::wire::Fragment {
+            frag_id: i,
+            total_len: 2_000,
+            offset: 0,
+            inner_kind: 0x01,
+            data: &[0; 1_000],
+        };
+        datagrams.push(craft(
+            StreamId(3),
+            SessionId(1),
+            10 + u64::from(i),
+            &[Message::Fragment(f)],
+        ));
+    }
+    for mut d in datagrams {
+        sub.handle_datagram(now, from, &mut d, &mut rep);
+    }
+    assert_eq!(sub.reassembly_usage().1, 300);
+    assert_eq!(sub.stats().unbelieved, 1);
+    let later = now + ms(50);
+    sub.handle_timeout(later, &mut rep);
+    let mut buf = vec![0; 1452];
+    let (mut frag_naks, mut seqs) = (0, Vec::new());
+    while let Some(t) = sub.poll_transmit(later, &mut buf) {
+        let d = Datagram::decode(&buf[..t.size]).unwrap();
+        seqs.push(d.header().datagram_seq);
+        frag_naks += d
+            .messages()
+            .filter(|m| matches!(m, Message::FragNak(_)))
+            .count();
+    }
+    assert_eq!(frag_naks, 256);
+    assert_eq!(sub.stats().frag_naks_sent, 256);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}
