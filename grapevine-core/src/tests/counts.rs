@@ -1,25 +1,12 @@
 //! The publisher's counters, each against what it actually sent or was
 //! sent: the wire is the reference, so a counter that drifts from it fails.
 
-use std::time::Duration;
-
 use super::repair::{nak, range};
-use super::rig::{leaves, Rig};
+use super::rig::{leaves, ms, sub_cfg, Rig};
 use super::sim::{craft, subscriber_addr, Op, Pad, Rng};
 use crate::publisher::{PublisherStats, SnapshotRate};
-use crate::subscriber::SubscriberConfig;
 use crate::wire::{Datagram, Delta, FragNak, FragRanges, Heartbeat, Message};
 use crate::{SeqNum, SessionId, StreamId};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
-
-fn sub_cfg() -> SubscriberConfig {
-    let mut c = SubscriberConfig::default();
-    c.stream(StreamId(3)).rng_seed(1);
-    c
-}
 
 /// What `sent` carried, counted the way `PublisherStats` counts it (an
 /// undecodable datagram counts as a datagram and its bytes).

@@ -4,29 +4,18 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::rig::{leaves, Rig};
+use super::rig::{leaves, ms, pump, sub_cfg, Rig};
 use super::sim::Op;
 use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
 use crate::state::Typed;
-use crate::subscriber::SubscriberConfig;
 use crate::wire::{Datagram, Message, HEADER_LEN};
 use crate::{SessionId, StreamId};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 fn pub_cfg(rate: SnapshotRate, min_cycle_interval: Duration) -> PublisherConfig {
     let mut c = PublisherConfig::default();
     c.stream(StreamId(3))
         .snapshot_rate(rate)
         .min_cycle_interval(min_cycle_interval);
-    c
-}
-
-fn sub_cfg() -> SubscriberConfig {
-    let mut c = SubscriberConfig::default();
-    c.stream(StreamId(3)).rng_seed(1);
     c
 }
 
@@ -183,8 +172,7 @@ fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
         let (warm, end) = (t0 + ms(50), t0 + Duration::from_secs(secs) + ms(50));
         let (mut now, mut wakeups, mut at_warm, mut first) = (t0, 0u64, None, None);
         while now < end && wakeups < 1_000_000 {
-            p.handle_timeout(now, 0);
-            while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+            pump(&mut p, now, &state, &mut buf);
             if first.is_none() && p.stats().snapshots > 0 {
                 first = Some(now - t0);
             }
@@ -239,8 +227,7 @@ fn after_a_pause_the_cycle_bursts_10_ms_worth_at_most() {
     let mut now = t0;
     while p.cycle_progress().is_some() || now == t0 {
         now += ms(1);
-        p.handle_timeout(now, 0);
-        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+        pump(&mut p, now, &state, &mut buf);
     }
     assert!(now < t0 + ms(500), "the first cycle took {:?}", now - t0);
     // Woken when due (heartbeats, then the next cycle, a second after the
@@ -249,8 +236,7 @@ fn after_a_pause_the_cycle_bursts_10_ms_worth_at_most() {
     for _ in 0..100 {
         now = p.poll_timeout().unwrap().max(now);
         before = p.stats().snapshot_bytes;
-        p.handle_timeout(now, 0);
-        while p.poll_transmit(now, &state, 1, &mut buf).is_some() {}
+        pump(&mut p, now, &state, &mut buf);
         if p.cycle_progress().is_some() {
             break;
         }

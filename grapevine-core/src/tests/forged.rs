@@ -7,17 +7,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::rig::Rig;
+use super::rig::{ms, sub_cfg, Rig};
 use super::sim::{craft, wall_micros, Op, Val};
 use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
 use crate::state::Typed;
-use crate::subscriber::{Event, SubscriberConfig};
+use crate::subscriber::Event;
 use crate::wire::{CycleBegin, Datagram, FragNak, FragRanges, Heartbeat, LeafSnapshot, Message};
 use crate::{CycleId, Destination, SeqNum, SessionId, StreamId};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// A datagram of the rig's stream and session (the live one), or of
 /// `session`.
@@ -32,12 +28,6 @@ fn fast_pub() -> PublisherConfig {
 }
 
 /// The subscriber's defaults (on the rig's stream).
-fn sub_cfg() -> SubscriberConfig {
-    let mut c = SubscriberConfig::default();
-    c.stream(StreamId(3)).rng_seed(1);
-    c
-}
-
 /// A rig whose publisher creates 20 leaves (1..=20) by delta.
 fn with_20_leaves(pc: PublisherConfig) -> Rig {
     let mut r = Rig::with_publisher(pc, &[], sub_cfg());

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::rig::pump;
 use crate::publisher::{PublishError, Publisher, PublisherConfig};
 use crate::state::Typed;
 use crate::wire::{Datagram, Message};
@@ -89,10 +90,8 @@ fn quiet_config() -> PublisherConfig {
 /// Fires the publisher's due timers at `now`, then takes all it has to
 /// send.
 fn drive(p: &mut Publisher, now: Instant) {
-    if p.poll_timeout().is_some_and(|t| t <= now) {
-        p.handle_timeout(now, 0);
-    }
-    transmit(p, now);
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    pump(p, now, &state, &mut [0u8; 65_536]);
 }
 
 /// Takes all the publisher has to send at `now`, its timers not looked at.

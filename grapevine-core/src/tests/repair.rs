@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::rig::{carries_delta, leaves, rig_pub_config, rig_sub_config, Rig};
+use super::rig::{carries_delta, leaves, ms, rig_pub_config, rig_sub_config, Rig};
 use super::sim::{craft, Dir, Op, Pad, Rng, Scenario, Tally, Val, World, STREAM};
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::{Event, SubscriberConfig};
@@ -13,10 +13,6 @@ use crate::wire::{
     Nak, NakRanges,
 };
 use crate::{CycleId, SeqNum, SeqRange, SessionId, StreamId};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// The ids of the cycles begun in `sent`.
 fn cycles_in(sent: &[Vec<u8>]) -> Vec<u32> {

@@ -11,7 +11,8 @@ use super::sim::{
     check_bounds, check_claim, publisher_addr, subscriber_addr, Bounds, DigestReplica, Op,
     SimPublisher, Val,
 };
-use crate::publisher::{PublisherConfig, SnapshotRate};
+use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
+use crate::state::LeafSource;
 use crate::subscriber::{Event, Subscriber, SubscriberConfig};
 use crate::wire::{Datagram, Message};
 use crate::{Destination, SessionId, StreamId};
@@ -46,6 +47,30 @@ pub(crate) struct Rig {
     /// leaf_count).
     pub(crate) last_begin: Option<(u32, u64, u32)>,
     nak_buf: Vec<u8>,
+}
+
+/// Fires a publisher's timers at `now` (the wall clock at 0), then takes
+/// all it has to send, one datagram per transmit, into `buf`.
+pub(crate) fn pump(
+    p: &mut Publisher,
+    now: Instant,
+    state: &(impl LeafSource + ?Sized),
+    buf: &mut [u8],
+) {
+    p.handle_timeout(now, 0);
+    while p.poll_transmit(now, state, 1, buf).is_some() {}
+}
+
+/// `n` milliseconds.
+pub(crate) fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The default subscriber configuration, on the rig's stream (3).
+pub(crate) fn sub_cfg() -> SubscriberConfig {
+    let mut c = SubscriberConfig::default();
+    c.stream(StreamId(3)).rng_seed(1);
+    c
 }
 
 pub(crate) fn rig_pub_config() -> PublisherConfig {

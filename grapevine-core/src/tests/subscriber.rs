@@ -5,16 +5,12 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use super::rig::{leaves, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
+use super::rig::{leaves, ms, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
 use super::sim::{craft, Bounds, Op};
 use crate::state::encode;
 use crate::subscriber::{Event, Subscriber};
 use crate::wire::{Datagram, Delta, Heartbeat, Message};
 use crate::{SeqNum, SessionId, StreamId};
-
-fn ms(n: u64) -> Duration {
-    Duration::from_millis(n)
-}
 
 /// An application that stops polling events loses the oldest ones, never
 /// the newest, and each lost event is counted.
