@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::rig::{leaves, ms, pump, sub_cfg, Rig};
+use super::rig::{leaves, messages, ms, pump, sub_cfg, Rig};
 use super::sim::Op;
 use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
 use crate::state::Typed;
@@ -23,15 +23,13 @@ fn pub_cfg(rate: SnapshotRate, min_cycle_interval: Duration) -> PublisherConfig 
 /// their leaf snapshots).
 fn cycle_traffic(sent: &[Vec<u8>]) -> (u64, u64) {
     let (mut bytes, mut snapshots) = (0, 0);
-    for d in sent {
-        for m in Datagram::decode(d).unwrap().messages() {
-            match m {
-                Message::LeafSnapshot(_) => snapshots += 1,
-                Message::CycleBegin(_) | Message::CycleEnd(_) => {}
-                _ => continue,
-            }
-            bytes += (m.body_len() + 4) as u64;
+    for m in messages(sent) {
+        match m {
+            Message::LeafSnapshot(_) => snapshots += 1,
+            Message::CycleBegin(_) | Message::CycleEnd(_) => {}
+            _ => continue,
         }
+        bytes += (m.body_len() + 4) as u64;
     }
     (bytes, snapshots)
 }

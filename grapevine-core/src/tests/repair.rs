@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::rig::{carries_delta, leaves, ms, rig_pub_config, rig_sub_config, Rig};
+use super::rig::{carries_delta, leaves, messages, ms, rig_pub_config, rig_sub_config, Rig};
 use super::sim::{craft, Dir, Op, Pad, Rng, Scenario, Tally, Val, World, STREAM};
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::{Event, SubscriberConfig};
@@ -16,23 +16,16 @@ use crate::{CycleId, SeqNum, SeqRange, SessionId, StreamId};
 
 /// The ids of the cycles begun in `sent`.
 fn cycles_in(sent: &[Vec<u8>]) -> Vec<u32> {
-    sent.iter()
-        .filter_map(|d| Datagram::decode(d).ok())
-        .flat_map(|d| {
-            d.messages()
-                .filter_map(|m| match m {
-                    Message::CycleBegin(c) => Some(c.cycle.0),
-                    _ => None,
-                })
-                .collect::<Vec<_>>()
+    messages(sent)
+        .filter_map(|m| match m {
+            Message::CycleBegin(c) => Some(c.cycle.0),
+            _ => None,
         })
         .collect()
 }
 
 fn has_heartbeat(sent: &[Vec<u8>]) -> bool {
-    sent.iter().any(|d| {
-        Datagram::decode(d).is_ok_and(|d| d.messages().any(|m| matches!(m, Message::Heartbeat(_))))
-    })
+    messages(sent).any(|m| matches!(m, Message::Heartbeat(_)))
 }
 
 /// A rig that has converged on 10 leaves and a few deltas.

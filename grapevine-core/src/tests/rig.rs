@@ -103,6 +103,13 @@ pub(crate) fn leaves(n: u16) -> Vec<(u16, Val)> {
     (0..n).map(|k| (k, Val::from(i64::from(k) * 10))).collect()
 }
 
+/// The messages of the datagrams in `sent` that decode, in order.
+pub(crate) fn messages(sent: &[Vec<u8>]) -> impl Iterator<Item = Message<'_>> {
+    sent.iter()
+        .filter_map(|d| Datagram::decode(d).ok())
+        .flat_map(|d| d.messages())
+}
+
 /// Whether a datagram carries delta (or retransmission) `seq`.
 pub(crate) fn carries_seq(d: &[u8], seq: u64) -> bool {
     Datagram::decode(d).is_ok_and(|d| {
@@ -168,11 +175,9 @@ impl Rig {
             .drive(self.now, 1, &mut buf, |d| out.push(d.to_vec()));
         self.buf = buf;
         self.publisher.check_bounds().unwrap();
-        for d in &out {
-            for m in Datagram::decode(d).iter().flat_map(|d| d.messages()) {
-                if let Message::CycleBegin(c) = m {
-                    self.last_begin = Some((c.cycle.0, c.start_seq.0, c.leaf_count));
-                }
+        for m in messages(&out) {
+            if let Message::CycleBegin(c) = m {
+                self.last_begin = Some((c.cycle.0, c.start_seq.0, c.leaf_count));
             }
         }
         out
