@@ -103,6 +103,11 @@ impl LeafTable {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn tracked_count(&self) -> usize {
+        self.metas.len()
+    }
+
     pub(crate) fn pending_count(&self) -> usize {
         self.pending.len()
     }
@@ -358,7 +363,7 @@ impl LeafTable {
     /// pending deltas is stale and stays.
     pub(crate) fn forget_absent(&mut self, applied: SeqNum, before: SeqNum) {
         self.metas.retain(|_, m| {
-            m.present || m.is_stale() || m.seq.is_none_or(|s| s > applied || s >= before)
+            m.present || m.is_stale() || m.seq.is_none_or(|s| s > applied || s > before)
         });
     }
 }

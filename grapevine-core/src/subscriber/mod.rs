@@ -1067,6 +1067,15 @@ impl Subscriber {
 
     /// Bytes reserved and partial messages held by the reassembler (for the
     /// simulations' memory bounds).
+    /// Leaves tracked, present or known absent (for the simulations'
+    /// memory bounds).
+    #[cfg(test)]
+    pub(crate) fn tracked_leaves(&self) -> usize {
+        self.session
+            .as_ref()
+            .map_or(0, |s| s.leaves.tracked_count())
+    }
+
     #[cfg(test)]
     pub(crate) fn reassembly_usage(&self) -> (usize, usize) {
         (

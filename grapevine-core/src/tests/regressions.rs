@@ -5,8 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::rig::{rig_sub_config_no_nak, Checked};
-use super::sim::{begin, craft, end, snap, Val};
+use super::rig::{leaves, ms, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
+use super::sim::{begin, craft, end, snap, Op, Val};
 use crate::wire::{Delta, Heartbeat, Message};
 use crate::{SeqNum, SessionId, StreamId};
 
@@ -386,4 +386,41 @@ fn reanchoring_below_what_the_cycles_verified_withdraws_consistency() {
     assert!(st.seq.0 == 1 && !st.consistent, "{st:?}");
     r.run_until(Duration::from_millis(300), Rig::converged)
         .unwrap_or_else(|| panic!("{:?} {:?}", r.sub.status(), r.sub.stats()));
+}
+
+/// Found by a counter test (2026-11-30): a removed leaf stayed tracked as
+/// known absent for ever, every cycle's sweep stamping it absent as of that
+/// cycle's start, which kept it from being forgotten at the next cycle's
+/// start. Keys that come and go (orders in a book) grew the subscriber's
+/// memory without bound. Now an absence known as of the previous cycle's
+/// start is forgotten when a new cycle begins.
+#[test]
+fn removed_leaves_are_forgotten_while_keys_come_and_go() {
+    let mut r = Rig::new(&leaves(10), rig_sub_config());
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    for i in 0..400u16 {
+        r.publish_delivered(Op::Add(100 + i, 1));
+        r.run(ms(2));
+        r.publish_delivered(Op::Remove(100 + i));
+        r.run(ms(3));
+        // Those of the last two cycles (20 ms each) at most.
+        assert!(
+            r.sub.tracked_leaves() <= 10 + 20,
+            "{}",
+            r.sub.tracked_leaves()
+        );
+    }
+    // With cycles starting at the same seq, and with deltas between them.
+    r.run(ms(100));
+    assert_eq!(r.sub.tracked_leaves(), 10);
+    for i in 0..400u16 {
+        r.publish_delivered(Op::Add(100 + i, 1));
+        r.publish_delivered(Op::Remove(100 + i));
+    }
+    for _ in 0..10 {
+        r.publish_delivered(Op::Add(1, 1));
+        r.run(ms(10));
+    }
+    assert_eq!(r.sub.tracked_leaves(), 10);
+    assert!(r.converged());
 }
