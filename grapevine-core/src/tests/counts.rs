@@ -2,11 +2,12 @@
 //! sent: the wire is the reference, so a counter that drifts from it fails.
 
 use super::repair::{nak, range};
-use super::rig::{leaves, ms, sub_cfg, Rig};
-use super::sim::{craft, subscriber_addr, Op, Pad, Rng};
+use super::rig::{leaves, messages, ms, rig_sub_config, sub_cfg, Rig};
+use super::sim::{craft, subscriber_addr, Op, Pad, Rng, Val};
 use crate::publisher::{PublisherStats, SnapshotRate};
-use crate::wire::{Datagram, Delta, FragNak, FragRanges, Heartbeat, Message};
-use crate::{SeqNum, SessionId, StreamId};
+use crate::state::encode;
+use crate::wire::{Datagram, Delta, FragNak, FragRanges, Heartbeat, LeafSnapshot, Message};
+use crate::{CycleId, SeqNum, SessionId, StreamId};
 
 /// What `sent` carried, counted the way `PublisherStats` counts it (an
 /// undecodable datagram counts as a datagram and its bytes).
@@ -386,4 +387,158 @@ fn seqs_evicted_before_their_repair_are_counted_unavailable() {
     assert_eq!(s.nak_seqs_unavailable - before.nak_seqs_unavailable, 5);
     assert_eq!(s.retransmits, before.retransmits);
     assert_eq!(tally(&sent).retransmits, 0);
+}
+
+/// Snapshots installed are counted once per leaf: the first cycle installs
+/// the ten leaves, later cycles bring nothing newer. Late copies of an old
+/// cycle's datagrams, once a removal has been forgotten, are stale for the
+/// removed leaf only (the others are held, and merely old).
+#[test]
+fn snapshots_are_counted_installed_once_and_stale_when_late_for_a_forgotten_leaf() {
+    let mut r = Rig::new(&leaves(10), rig_sub_config());
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    let old = r.run(ms(100));
+    let s = r.sub.stats();
+    assert_eq!(
+        (s.snapshots_applied, s.stale_snapshots, s.syncs),
+        (10, 0, 1)
+    );
+    assert!(s.snapshots_received > 10);
+    // Removed, and forgotten two cycles later.
+    r.publish_delivered(Op::Remove(3));
+    r.run(ms(100));
+    assert_eq!(r.sub.tracked_leaves(), 9);
+    assert!(r.converged());
+    let before = r.sub.stats().clone();
+    let cycle = |m: &Message<'_>| match m {
+        Message::LeafSnapshot(l) => Some(l.cycle),
+        _ => None,
+    };
+    let first = messages(&old).find_map(|m| cycle(&m)).unwrap();
+    let copies: Vec<Vec<u8>> = old
+        .into_iter()
+        .filter(|d| messages(std::slice::from_ref(d)).any(|m| cycle(&m) == Some(first)))
+        .collect();
+    let snapshots = messages(&copies).filter(|m| cycle(m).is_some()).count() as u64;
+    assert_eq!(snapshots, 10, "a whole cycle");
+    r.deliver(&copies);
+    let s = r.sub.stats();
+    assert_eq!(s.stale_snapshots, before.stale_snapshots + 1);
+    assert_eq!(s.snapshots_received, before.snapshots_received + 10);
+    assert_eq!(s.snapshots_applied, before.snapshots_applied);
+    assert!(r.converged(), "{:?}", r.sub.status());
+}
+
+/// Before a second cycle is heard, a snapshot from a cycle whose start is
+/// unknown, of a leaf not held, is stale: it may predate a removal.
+#[test]
+fn a_snapshot_of_an_unknown_cycle_for_a_leaf_not_held_is_stale() {
+    let mut r = Rig::new(&leaves(10), rig_sub_config());
+    r.run_until(ms(500), |r| r.sub.stats().cycles_begun == 1)
+        .expect("a cycle begun");
+    let (cycle, _, _) = r.last_begin.unwrap();
+    let (key, value) = (encode(&42u16), encode(&Val::from(1)));
+    let snap = LeafSnapshot {
+        cycle: CycleId(cycle.wrapping_sub(1)),
+        position: 9,
+        leaf_seq: SeqNum(0),
+        key: &key,
+        value: Some(&value),
+    };
+    let before = r.sub.stats().clone();
+    r.deliver(&[craft(
+        StreamId(3),
+        SessionId(1),
+        1 << 30,
+        &[Message::LeafSnapshot(snap)],
+    )]);
+    let s = r.sub.stats();
+    assert_eq!(s.stale_snapshots, before.stale_snapshots + 1);
+    assert_eq!(s.snapshots_applied, before.snapshots_applied);
+    r.run_until(ms(500), Rig::converged).expect("synced");
+}
+
+/// A delta that arrives after the one that follows it fills its hole late
+/// (not a repair); a retransmission heard for someone else's NAK fills its
+/// hole, counts as a repair, and holds back this subscriber's NAKs for the
+/// holes after it.
+#[test]
+fn late_deltas_and_repairs_heard_for_others_are_counted() {
+    let mut r = Rig::new(&leaves(10), rig_sub_config());
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    r.carry_naks = false;
+    r.publisher.publish(&Op::Add(1, 1));
+    let first = r.output();
+    r.publish_delivered(Op::Add(2, 1));
+    let before = r.sub.stats().clone();
+    r.deliver(&first);
+    assert_eq!(r.sub.stats().filled_late, before.filled_late + 1);
+    assert!(r.converged());
+    // Holes at the first, third and fifth of six deltas.
+    let last = r.publisher.core.last_seq().0;
+    for i in 0..6 {
+        if i % 2 == 0 {
+            r.publish_dropped(Op::Add(i, 1));
+        } else {
+            r.publish_delivered(Op::Add(i, 1));
+        }
+    }
+    assert_eq!(r.sub.status().missing, 3);
+    // Another subscriber's NAK for the first hole, answered 5 ms later:
+    // the other two holes' NAKs (due within the 2 ms NAK delay) wait.
+    r.publisher.core.handle_datagram(
+        r.now,
+        subscriber_addr(1),
+        &mut nak(1, &[range(last + 1, last + 1)]),
+    );
+    r.now += ms(5);
+    let before = r.sub.stats().clone();
+    let repair: Vec<_> = r
+        .output()
+        .into_iter()
+        .filter(|d| messages(std::slice::from_ref(d)).any(|m| matches!(m, Message::Retransmit(_))))
+        .collect();
+    r.deliver(&repair);
+    let s = r.sub.stats();
+    assert_eq!(s.retransmits_received, before.retransmits_received + 1);
+    assert_eq!(s.repaired_by_nak, before.repaired_by_nak + 1);
+    assert_eq!(s.naks_postponed, before.naks_postponed + 2);
+    assert_eq!(r.sub.status().missing, 2);
+}
+
+/// A cycle's snapshot of a leaf held, newer than the deltas applied (its
+/// delta is missing and waits for repair), is left to that delta: counted,
+/// once per copy heard while the hole is open.
+#[test]
+fn snapshots_ahead_of_the_deltas_are_deferred_and_counted() {
+    let mut cfg = rig_sub_config();
+    cfg.repair_timeout(ms(200));
+    let mut r = Rig::new(&leaves(10), cfg);
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    r.carry_naks = false;
+    r.publish_dropped(Op::Add(4, 1));
+    r.publish_delivered(Op::Add(5, 1));
+    let before = r.sub.stats().clone();
+    let mut expected = 0;
+    for _ in 0..100 {
+        r.now += ms(1);
+        for d in r.output() {
+            let applied = r.sub.status().seq;
+            expected += messages(std::slice::from_ref(&d))
+                .filter(|m| matches!(m, Message::LeafSnapshot(l) if l.leaf_seq > applied))
+                .count() as u64;
+            r.deliver(&[d]);
+        }
+        r.tick();
+    }
+    assert_eq!(r.sub.status().missing, 1, "still open");
+    // Leaf 4's snapshot, and leaf 5's (its delta waits behind the hole),
+    // in each of the cycles.
+    assert!(expected >= 4, "{expected}");
+    assert_eq!(
+        r.sub.stats().snapshots_deferred,
+        before.snapshots_deferred + expected
+    );
+    r.carry_naks = true;
+    r.run_until(ms(500), Rig::converged).expect("repaired");
 }
