@@ -359,7 +359,7 @@ impl LeafTable {
     }
 
     /// Forgets absent leaves that no delta still to come can refer to
-    /// (known absent before `before` and up to `applied`). A leaf with
+    /// (known absent as of `before` or earlier, and up to `applied`). A leaf with
     /// pending deltas is stale and stays.
     pub(crate) fn forget_absent(&mut self, applied: SeqNum, before: SeqNum) {
         self.metas.retain(|_, m| {
