@@ -31,6 +31,29 @@ pub(crate) struct Marked {
     pub(crate) disorder: bool,
 }
 
+/// A place in a cycle's key order.
+#[derive(Clone, Copy, Debug)]
+enum At<'a> {
+    /// Before every key.
+    Start,
+    Key(&'a [u8]),
+    /// After every key.
+    End,
+    /// A position not received (or whose key was not kept).
+    Unknown,
+}
+
+impl At<'_> {
+    /// Whether `self` comes strictly before `other` (both known).
+    fn before(&self, other: &At<'_>) -> bool {
+        match (self, other) {
+            (At::Start, At::Key(_) | At::End) | (At::Key(_), At::End) => true,
+            (At::Key(a), At::Key(b)) => a < b,
+            _ => false,
+        }
+    }
+}
+
 impl CycleTracker {
     /// Tracks a cycle; keys kept for links use at most `max_edge_bytes`
     /// (beyond that, links are not formed: sync takes longer, nothing
@@ -59,82 +82,124 @@ impl CycleTracker {
         self.seen.get(word).is_some_and(|w| w & (1 << bit) != 0)
     }
 
-    /// Whether both neighbours of `position` have been received.
+    /// Whether every position within three of `position` has been
+    /// received: the links that need its key (those from `position - 2` to
+    /// `position + 1`, each needing the keys from one before to two after
+    /// it) have all formed or cannot.
     fn settled(&self, position: u32) -> bool {
-        (position == 0 || self.is_seen(position - 1))
-            && (position + 1 >= self.leaf_count || self.is_seen(position + 1))
+        let (lo, hi) = Self::reach(position, self.leaf_count);
+        (lo..=hi).all(|q| self.is_seen(q))
+    }
+
+    /// The positions within three of `position`.
+    fn reach(position: u32, leaf_count: u32) -> (u32, u32) {
+        (
+            position.saturating_sub(3),
+            position.saturating_add(3).min(leaf_count - 1),
+        )
+    }
+
+    /// What is known at `index` of the cycle's key order: -1 is the start
+    /// of the key space, `leaf_count` its end, `position` carries `key`.
+    fn at<'a>(&'a self, index: i64, position: u32, key: &'a [u8]) -> At<'a> {
+        if index < 0 {
+            return At::Start;
+        }
+        if index >= i64::from(self.leaf_count) {
+            return At::End;
+        }
+        let q = u32::try_from(index).unwrap_or(u32::MAX);
+        if q == position {
+            return At::Key(key);
+        }
+        if !self.is_seen(q) {
+            return At::Unknown;
+        }
+        self.edges
+            .get(&q)
+            .map_or(At::Unknown, |k| At::Key(k.as_ref()))
+    }
+
+    /// The link between `i` and `i + 1` (`-1` .. `leaf_count - 1`), if it is
+    /// proved: the four keys from `i - 1` to `i + 2` (those within the key
+    /// space) are known and strictly increasing. Each key of the link is
+    /// then in order with both of its neighbours, so a key that is not the
+    /// publisher's (a forged or corrupt position) links only if it lies
+    /// between its real neighbours, and proves nothing about any other
+    /// real key.
+    fn link(&self, i: i64, position: u32, key: &[u8]) -> Option<(Lo, Hi)> {
+        let n = i64::from(self.leaf_count);
+        let mut prev: Option<At<'_>> = None;
+        for j in (i - 1).max(-1)..=(i + 2).min(n) {
+            let cur = self.at(j, position, key);
+            if matches!(cur, At::Unknown) {
+                return None;
+            }
+            if let Some(p) = prev {
+                if !p.before(&cur) {
+                    return None;
+                }
+            }
+            prev = Some(cur);
+        }
+        let lo = match self.at(i, position, key) {
+            At::Key(k) => Lo::Key(k.into()),
+            _ => Lo::Start,
+        };
+        let hi = match self.at(i + 1, position, key) {
+            At::Key(k) => Hi::Key(k.into()),
+            _ => Hi::End,
+        };
+        Some((lo, hi))
     }
 
     /// Records position `position` carrying `key`. Returns `None` if the
     /// position is out of range or was already received.
+    ///
+    /// The interval between the keys at positions `i` and `i + 1` is
+    /// verified once the keys from `i - 1` to `i + 2` are known and in
+    /// order (the ends of the key space standing in before position 0 and
+    /// after the last): every link forms exactly once, when the last of its
+    /// four keys arrives, in any order.
     pub(crate) fn mark(&mut self, position: u32, key: &[u8]) -> Option<Marked> {
         if position >= self.leaf_count || self.is_seen(position) {
             return None;
+        }
+        let mut out = Marked::default();
+        let p = i64::from(position);
+        for n in [p - 1, p + 1] {
+            let other = self.at(n, position, key);
+            let in_order = if n < p {
+                other.before(&At::Key(key))
+            } else {
+                At::Key(key).before(&other)
+            };
+            if matches!(other, At::Key(_)) && !in_order {
+                out.disorder = true;
+            }
+        }
+        for i in (p - 2).max(-1)..=(p + 1).min(i64::from(self.leaf_count) - 1) {
+            if let Some(l) = self.link(i, position, key) {
+                out.links.push(l);
+            }
         }
         let (word, bit) = ((position / 64) as usize, position % 64);
         if let Some(w) = self.seen.get_mut(word) {
             *w |= 1 << bit;
         }
         self.seen_count += 1;
-        let mut out = Marked::default();
-        let last = self.leaf_count - 1;
-        // Left link. The interval before the first key is proved only with
-        // its right neighbour in order (or alone in the cycle): one forged
-        // position 0 cannot verify "nothing before my key" by itself.
-        if position == 0 {
-            if last == 0 {
-                out.links.push((Lo::Start, Hi::Key(key.into())));
-            } else if let Some(right) = self.edges.get(&1) {
-                if key < right.as_ref() {
-                    out.links.push((Lo::Start, Hi::Key(key.into())));
-                }
-            }
-        } else if let Some(left) = self.edges.get(&(position - 1)) {
-            if left.as_ref() < key {
-                out.links.push((Lo::Key(left.clone()), Hi::Key(key.into())));
-                if position - 1 == 0 {
-                    // Position 0 waited for this neighbour.
-                    out.links.push((Lo::Start, Hi::Key(left.clone())));
-                }
-            } else {
-                out.disorder = true;
-            }
-        }
-        // Right link, likewise for the interval after the last key.
-        if position == last {
-            if last == 0 {
-                out.links.push((Lo::Key(key.into()), Hi::End));
-            } else if let Some(left) = self.edges.get(&(position - 1)) {
-                if left.as_ref() < key {
-                    out.links.push((Lo::Key(key.into()), Hi::End));
-                }
-            }
-        } else if let Some(right) = self.edges.get(&(position + 1)) {
-            if key < right.as_ref() {
-                out.links
-                    .push((Lo::Key(key.into()), Hi::Key(right.clone())));
-                if position + 1 == last {
-                    // The last position waited for this neighbour.
-                    out.links.push((Lo::Key(right.clone()), Hi::End));
-                }
-            } else {
-                out.disorder = true;
-            }
-        }
-        // Keep keys only while a neighbour may still need them.
-        if !self.settled(position) && self.edge_bytes + key.len() <= self.max_edge_bytes {
-            self.edge_bytes += key.len();
-            self.edges.insert(position, key.into());
-        }
-        for n in [position.checked_sub(1), position.checked_add(1)]
-            .into_iter()
-            .flatten()
-        {
-            if self.is_seen(n) && self.settled(n) {
-                if let Some(k) = self.edges.remove(&n) {
+        // Keep keys only while a link may still need them.
+        let (lo, hi) = Self::reach(position, self.leaf_count);
+        for q in lo..=hi {
+            if q != position && self.is_seen(q) && self.settled(q) {
+                if let Some(k) = self.edges.remove(&q) {
                     self.edge_bytes -= k.len();
                 }
             }
+        }
+        if !self.settled(position) && self.edge_bytes + key.len() <= self.max_edge_bytes {
+            self.edge_bytes += key.len();
+            self.edges.insert(position, key.into());
         }
         Some(out)
     }
@@ -156,29 +221,93 @@ mod tests {
         let m = c.mark(3, b"d").unwrap();
         assert!(m.links.is_empty(), "the last key waits for its neighbour");
         let m = c.mark(0, b"a").unwrap();
-        assert_eq!(m.links.len(), 2, "start..a and a..b");
+        assert_eq!(m.links.len(), 1, "start..a; a..b waits for c");
         assert!(c.mark(0, b"a").is_none(), "duplicates add nothing");
         assert!(c.mark(4, b"e").is_none(), "out of range");
         let m = c.mark(2, b"c").unwrap();
-        assert_eq!(m.links.len(), 3, "b..c, c..d and d..end");
+        assert_eq!(m.links.len(), 4, "a..b, b..c, c..d and d..end");
         assert_eq!(c.seen(), 4);
         assert!(c.edges.is_empty(), "no key kept once settled");
     }
 
+    /// Every link of a cycle forms exactly once whatever the order its
+    /// positions arrive in: together they cover the key space.
+    #[test]
+    fn every_link_forms_once_in_any_order() {
+        let keys: Vec<[u8; 1]> = (0..7u8).map(|k| [b'a' + k]).collect();
+        for order in [
+            [0, 1, 2, 3, 4, 5, 6],
+            [6, 5, 4, 3, 2, 1, 0],
+            [3, 0, 6, 1, 5, 2, 4],
+            [1, 3, 5, 0, 2, 4, 6],
+        ] {
+            let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 7, 1 << 20);
+            let mut links = Vec::new();
+            for p in order {
+                links.extend(c.mark(p, &keys[p as usize]).unwrap().links);
+            }
+            links.sort();
+            let mut want = vec![(Lo::Start, Hi::Key(keys[0].into()))];
+            for w in keys.windows(2) {
+                want.push((Lo::Key(w[0].into()), Hi::Key(w[1].into())));
+            }
+            want.push((Lo::Key(keys[6].into()), Hi::End));
+            want.sort();
+            assert_eq!(links, want, "{order:?}");
+            assert!(c.edges.is_empty());
+        }
+    }
+
+    /// A position carrying a key that is not between its neighbours'
+    /// proves nothing about any other key: no interval links across a
+    /// real key.
+    #[test]
+    fn a_key_out_of_place_links_nothing_across_real_keys() {
+        // Real keys b c d e f g; position 2 carries z (after every real
+        // key, in order with c) or a (before every one).
+        for forged in [b"z", b"a"] {
+            let real = [b"b", b"c", b"d", b"e", b"f", b"g"];
+            let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 6, 1 << 20);
+            let mut links = Vec::new();
+            for p in 0..6u32 {
+                let key: &[u8] = if p == 2 { forged } else { real[p as usize] };
+                links.extend(c.mark(p, key).unwrap().links);
+            }
+            let inside = |(lo, hi): &(Lo, Hi), k: &[u8]| {
+                let above = match lo {
+                    Lo::Start => true,
+                    Lo::Key(l) => l.as_ref() < k,
+                };
+                let below = match hi {
+                    Hi::End => true,
+                    Hi::Key(h) => k < h.as_ref(),
+                };
+                above && below
+            };
+            for k in real {
+                assert!(
+                    !links.iter().any(|l| inside(l, k)),
+                    "{forged:?}: {k:?} inside {links:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn keys_are_kept_for_links_within_the_byte_bound() {
-        // 6 bytes of keys may wait for their neighbours: "bb" and "dddd"
-        // fit exactly, "ff" no longer does.
-        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 7, 6);
+        // 7 bytes of keys may wait for the positions within three.
+        let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 9, 7);
         assert!(c.mark(1, b"bb").unwrap().links.is_empty());
         assert!(c.mark(3, b"dddd").unwrap().links.is_empty());
-        assert_eq!(c.edge_bytes, 6);
+        assert_eq!(c.mark(0, b"a").unwrap().links.len(), 1, "start..a");
+        assert_eq!(c.edge_bytes, 7);
         assert!(c.mark(5, b"ff").unwrap().links.is_empty());
-        assert_eq!((c.edges.len(), c.edge_bytes), (2, 6), "not kept");
-        // Neighbours of kept keys link; of the dropped one, they cannot
-        // (and the last position proves nothing without its neighbour).
-        assert_eq!(c.mark(2, b"cc").unwrap().links.len(), 2, "bb..cc..dddd");
-        assert!(c.mark(6, b"gg").unwrap().links.is_empty());
+        assert_eq!((c.edges.len(), c.edge_bytes), (3, 7), "ff not kept");
+        // a..bb and bb..cc; "a" is no longer needed, "cc" does not fit.
+        assert_eq!(c.mark(2, b"cc").unwrap().links.len(), 2);
+        assert_eq!((c.edges.len(), c.edge_bytes), (2, 6));
+        // Without cc and ff, nothing links around ee.
+        assert!(c.mark(4, b"ee").unwrap().links.is_empty());
     }
 
     #[test]
