@@ -27,7 +27,6 @@ fn fast_pub() -> PublisherConfig {
     c
 }
 
-/// The subscriber's defaults (on the rig's stream).
 /// A rig whose publisher creates 20 leaves (1..=20) by delta.
 fn with_20_leaves(pc: PublisherConfig) -> Rig {
     let mut r = Rig::with_publisher(pc, &[], sub_cfg());
@@ -92,6 +91,60 @@ fn a_forged_last_position_below_every_key_proves_nothing() {
         })],
     )]);
     r.run(ms(1500));
+    assert_healthy(&r);
+}
+
+/// Snapshots at a position outside their cycle, or whose key breaks the
+/// cycle's key order, are counted as bad positions and prove nothing;
+/// copies of positions already heard are not bad.
+#[test]
+fn bad_positions_are_counted_and_copies_are_not() {
+    let mut pc = fast_pub();
+    pc.snapshot_rate(SnapshotRate::LeavesPerSec(100)); // a 200 ms cycle
+    let mut r = synced(pc);
+    // Every datagram twice, for more than a cycle.
+    for _ in 0..300 {
+        r.now += ms(1);
+        for d in r.output() {
+            r.deliver(&[d.clone(), d]);
+        }
+        r.tick();
+        r.deliver_naks();
+    }
+    assert!(r.sub.stats().duplicates == 0 && r.sub.stats().snapshots_received > 40);
+    assert_eq!(r.sub.stats().bad_positions, 0);
+    // Early in a cycle (positions 0 to `seen - 1` heard, keys 1 to
+    // `seen`): the next position carrying key 1, and position 20 of 20.
+    let begun = r.sub.stats().cycles_begun;
+    r.run_until(ms(1000), |r| {
+        r.sub.stats().cycles_begun > begun
+            && r.sub
+                .status()
+                .cycle_progress
+                .is_some_and(|(seen, _)| seen >= 2)
+    })
+    .expect("the next cycle began");
+    let (c, _, count) = r.last_begin.unwrap();
+    let (seen, _) = r.sub.status().cycle_progress.unwrap();
+    assert!(seen < count, "{seen}");
+    let value = crate::state::encode(&Val::from(10));
+    let key1 = crate::state::encode(&1u16);
+    for position in [seen, count] {
+        r.deliver(&[forge(
+            1,
+            1 << 40 | u64::from(position),
+            &[Message::LeafSnapshot(LeafSnapshot {
+                cycle: CycleId(c),
+                position,
+                leaf_seq: SeqNum(1),
+                key: &key1,
+                value: Some(&value),
+            })],
+        )]);
+    }
+    assert_eq!(r.sub.stats().bad_positions, 2);
+    r.run(ms(1500));
+    assert_eq!(r.sub.stats().bad_positions, 2);
     assert_healthy(&r);
 }
 
