@@ -1978,4 +1978,103 @@ mod tests {
         }
         assert_eq!(s.main(), a(5));
     }
+
+    /// Positions heard while a CycleBegin waits for a second datagram are
+    /// kept, at most 4,096 of them and 1 MiB of keys.
+    #[test]
+    fn positions_kept_while_a_cycle_begin_waits_are_bounded() {
+        use crate::state::Typed;
+        use std::collections::BTreeMap;
+        let mut replica = Typed::new(BTreeMap::<u32, u32>::new());
+        let mut events = EventQueue {
+            queue: VecDeque::new(),
+            max: 64,
+            dropped: 0,
+        };
+        let mut stats = SubscriberStats::default();
+        let mut ctx = Ctx {
+            replica: &mut replica,
+            events: &mut events,
+            stats: &mut stats,
+            synced: false,
+            max_buffered_bytes: 1 << 20,
+        };
+        let now = Instant::now();
+        let c = CycleBegin {
+            cycle: CycleId(4),
+            start_seq: SeqNum(0),
+            leaf_count: 1 << 20,
+        };
+        let marks = |s: &Session| {
+            let p = s.pending_begin.as_ref().unwrap();
+            (p.marks.len(), p.bytes)
+        };
+        // By count: 4,096 one-byte keys.
+        let mut s = Session::new(SessionId(1), "192.0.2.1:5000".parse().unwrap(), now);
+        assert!(s.corroborate_cycle(c, 1).is_none());
+        for i in 0..5_000u32 {
+            Subscriber::mark_position(&mut s, now, c.cycle, i, &[7], &mut ctx);
+        }
+        assert_eq!(marks(&s), (4_096, 4_096));
+        // By bytes: 1 MiB of 1,000-byte keys, then one that just fits.
+        let mut s = Session::new(SessionId(1), "192.0.2.1:5000".parse().unwrap(), now);
+        assert!(s.corroborate_cycle(c, 1).is_none());
+        for i in 0..1_100u32 {
+            Subscriber::mark_position(&mut s, now, c.cycle, i, &[7; 1_000], &mut ctx);
+        }
+        assert_eq!(marks(&s), (1_048, 1_048_000));
+        Subscriber::mark_position(&mut s, now, c.cycle, 2_000, &[7; 576], &mut ctx);
+        assert_eq!(marks(&s), (1_049, 1 << 20));
+        Subscriber::mark_position(&mut s, now, c.cycle, 2_001, &[7], &mut ctx);
+        assert_eq!(marks(&s), (1_049, 1 << 20));
+        // Another cycle's positions are not kept.
+        Subscriber::mark_position(&mut s, now, CycleId(5), 0, &[1], &mut ctx);
+        assert_eq!(marks(&s), (1_049, 1 << 20));
+    }
+
+    /// Intervals verified by a cycle the deltas have not caught up with
+    /// wait, within the byte budget (each charged its keys and 32) and a
+    /// count of 2^20; those beyond are dropped and counted. Once the deltas
+    /// catch up they are applied and the account returns to zero.
+    #[test]
+    fn deferred_intervals_are_bounded_and_accounted() {
+        use crate::state::Typed;
+        use std::collections::BTreeMap;
+        let mut replica = Typed::new(BTreeMap::<u32, u32>::new());
+        let mut events = EventQueue {
+            queue: VecDeque::new(),
+            max: 64,
+            dropped: 0,
+        };
+        let mut stats = SubscriberStats::default();
+        let now = Instant::now();
+        for (budget, links, kept) in [
+            (100, 4, 3),
+            (96, 4, 3),
+            (95, 4, 2),
+            (usize::MAX, MAX_DEFERRED + 1, MAX_DEFERRED),
+        ] {
+            let mut ctx = Ctx {
+                replica: &mut replica,
+                events: &mut events,
+                stats: &mut stats,
+                synced: false,
+                max_buffered_bytes: budget,
+            };
+            let dropped = ctx.stats.links_dropped;
+            let mut s = Session::new(SessionId(1), "192.0.2.1:5000".parse().unwrap(), now);
+            s.baseline(SeqNum(0), now);
+            for _ in 0..links {
+                Subscriber::verify(&mut s, now, Lo::Start, Hi::End, SeqNum(10), &mut ctx);
+            }
+            assert_eq!((s.deferred_len, s.deferred_bytes), (kept, 32 * kept));
+            assert_eq!(ctx.stats.links_dropped - dropped, (links - kept) as u64);
+            s.seq.as_mut().unwrap().applied = SeqNum(10);
+            Subscriber::run_deferred(&mut s, now, &mut ctx);
+            assert_eq!((s.deferred_len, s.deferred_bytes), (0, 0));
+            assert!(s.deferred.is_empty());
+            assert!(s.synced, "the whole key space, verified");
+        }
+        assert_eq!(stats.syncs, 4);
+    }
 }
