@@ -397,12 +397,22 @@ fn seqs_evicted_before_their_repair_are_counted_unavailable() {
 fn snapshots_are_counted_installed_once_and_stale_when_late_for_a_forgotten_leaf() {
     let mut r = Rig::new(&leaves(10), rig_sub_config());
     r.run_until(ms(500), Rig::converged).expect("synced");
+    let begun = r.sub.stats().cycles_begun;
     let old = r.run(ms(100));
     let s = r.sub.stats();
     assert_eq!(
         (s.snapshots_applied, s.stale_snapshots, s.syncs),
         (10, 0, 1)
     );
+    let mut cycles: Vec<_> = messages(&old)
+        .filter_map(|m| match m {
+            Message::CycleBegin(c) => Some(c.cycle),
+            _ => None,
+        })
+        .collect();
+    cycles.dedup();
+    assert!(cycles.len() >= 4, "{cycles:?}");
+    assert_eq!(s.cycles_begun - begun, cycles.len() as u64);
     assert!(s.snapshots_received > 10);
     // Removed, and forgotten two cycles later.
     r.publish_delivered(Op::Remove(3));

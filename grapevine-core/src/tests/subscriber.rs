@@ -378,3 +378,87 @@ fn fragment_requests_are_bounded_counted_and_numbered() {
     assert_eq!(sub.stats().frag_naks_sent, 256);
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
+
+/// A heartbeat of session 1 in datagram `datagram_seq`, announcing an
+/// interval of `interval_ms`.
+fn interval(datagram_seq: u64, interval_ms: u32) -> Vec<u8> {
+    let hb = Heartbeat {
+        last_seq: SeqNum(5),
+        sent_at_micros: 0,
+        interval_ms,
+    };
+    craft(
+        StreamId(3),
+        SessionId(1),
+        datagram_seq,
+        &[Message::Heartbeat(hb)],
+    )
+}
+
+/// The heartbeat interval (and with it the silence after which the
+/// publisher is gone: 5 intervals here) changes only when two datagrams
+/// announce the same new value; an interval of 0 announces nothing.
+#[test]
+fn the_heartbeat_interval_changes_when_two_datagrams_agree() {
+    let mut c = Checked::hostile(rig_sub_config(), Bounds::default());
+    // 100 ms (the default), then 0 twice, then two that disagree.
+    for (dseq, ms) in [(1, 100), (2, 100), (3, 0), (4, 0), (5, 1_000), (6, 10)] {
+        c.deliver(&interval(dseq, ms));
+    }
+    c.wait(ms(300));
+    assert!(c.sub.status().publisher_alive, "still 100 ms");
+    c.wait(ms(250));
+    assert!(!c.sub.status().publisher_alive, "gone after 500 ms");
+    // Two that agree: 10 ms, gone after 50 ms of silence.
+    c.deliver(&interval(7, 10));
+    c.deliver(&interval(8, 10));
+    assert!(c.sub.status().publisher_alive);
+    c.wait(ms(40));
+    assert!(c.sub.status().publisher_alive);
+    c.wait(ms(20));
+    assert!(!c.sub.status().publisher_alive);
+}
+
+/// A datagram of the previous cycle that arrives after the next cycle has
+/// begun still counts for it: here it completes the first cycle, and the
+/// late joiner syncs at once rather than a cycle later.
+#[test]
+fn a_late_datagram_of_the_previous_cycle_still_counts() {
+    let mut r = Rig::new(&leaves(200), rig_sub_config());
+    let carries = |d: &[u8], position: u32| {
+        Datagram::decode(d).is_ok_and(|d| {
+            d.messages()
+                .any(|m| matches!(m, Message::LeafSnapshot(l) if l.position == position))
+        })
+    };
+    let mut held: Option<Vec<u8>> = None;
+    let mut first_cycle = None;
+    for _ in 0..200 {
+        r.now += ms(1);
+        for d in r.output() {
+            let cycle = super::rig::messages(std::slice::from_ref(&d)).find_map(|m| match m {
+                Message::CycleBegin(c) => Some(c.cycle),
+                _ => None,
+            });
+            if first_cycle.is_none() {
+                first_cycle = cycle;
+            }
+            if held.is_none() && cycle == first_cycle && carries(&d, 100) {
+                held = Some(d);
+            } else {
+                r.deliver(&[d]);
+            }
+        }
+        r.tick();
+        r.deliver_naks();
+        if r.sub.stats().cycles_begun >= 2 {
+            break;
+        }
+    }
+    assert_eq!(r.sub.stats().cycles_begun, 2, "the next cycle began");
+    let (seen, count) = r.sub.status().cycle_progress.unwrap();
+    assert!(seen < count, "the next cycle is not complete");
+    assert!(!r.sub.status().synced);
+    r.deliver(&[held.expect("held back a datagram of the first cycle")]);
+    assert!(r.sub.status().synced, "{:?}", r.sub.status());
+}
