@@ -78,9 +78,7 @@ impl Coverage {
         if let Some(l) = before {
             if let Some((h, a)) = self.intervals.remove(&l) {
                 lo = l;
-                if h > hi {
-                    hi = h;
-                }
+                hi = hi.max(h);
                 as_of = as_of.min(a);
             }
         }
@@ -94,9 +92,7 @@ impl Coverage {
                 .map(|(l, _)| l.clone());
             let Some(l) = next else { break };
             if let Some((h, a)) = self.intervals.remove(&l) {
-                if h > hi {
-                    hi = h;
-                }
+                hi = hi.max(h);
                 as_of = as_of.min(a);
             }
         }
