@@ -552,3 +552,24 @@ fn snapshots_ahead_of_the_deltas_are_deferred_and_counted() {
     r.carry_naks = true;
     r.run_until(ms(500), Rig::converged).expect("repaired");
 }
+
+/// A delta whose leaf's chain is broken (the delta before it on that leaf
+/// was lost, and the loss declared) waits for the leaf's snapshot: counted
+/// as pending, once.
+#[test]
+fn a_delta_on_a_broken_chain_is_counted_pending() {
+    let mut r = Rig::new(&leaves(10), super::rig::rig_sub_config_no_nak());
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    r.publish_dropped(Op::Add(4, 1));
+    r.publish_delivered(Op::Add(5, 1));
+    r.now += ms(10);
+    r.tick();
+    assert_eq!(r.sub.stats().gaps, 1, "the loss is declared");
+    let before = r.sub.stats().clone();
+    r.publish_delivered(Op::Add(4, 1));
+    let s = r.sub.stats();
+    assert_eq!(s.deltas_pending, before.deltas_pending + 1);
+    assert_eq!(s.deltas_applied, before.deltas_applied);
+    assert_eq!(s.deltas_covered, before.deltas_covered);
+    r.run_until(ms(500), Rig::converged).expect("repaired");
+}
