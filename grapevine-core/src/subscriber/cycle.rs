@@ -332,5 +332,27 @@ mod tests {
         let m = c.mark(2, b"a").unwrap();
         assert!(m.disorder);
         assert!(m.links.is_empty(), "{:?}", m.links);
+        // The same key twice is out of order too, on either side.
+        for (first, second) in [(0, 1), (1, 0), (1, 2), (2, 1)] {
+            let mut c = CycleTracker::new(CycleId(1), SeqNum(5), 3, 1 << 20);
+            let others = [0, 1, 2]
+                .into_iter()
+                .filter(|p| *p != first && *p != second);
+            let mut links = Vec::new();
+            for p in others {
+                links.extend(c.mark(p, if p == 0 { b"a" } else { b"z" }).unwrap().links);
+            }
+            links.extend(c.mark(first, b"m").unwrap().links);
+            let m = c.mark(second, b"m").unwrap();
+            assert!(m.disorder, "{first} {second}");
+            links.extend(m.links);
+            assert!(
+                !links
+                    .iter()
+                    .any(|(lo, hi)| matches!((lo, hi), (Lo::Key(l), Hi::Key(h)) if l == h)),
+                "{links:?}"
+            );
+            assert!(links.len() <= 2, "{first} {second}: {links:?}");
+        }
     }
 }
