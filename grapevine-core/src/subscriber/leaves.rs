@@ -167,11 +167,9 @@ impl LeafTable {
     ) -> DeltaOutcome {
         let before = self.metas.get(d.key).copied();
         // What is known of the leaf: after sync, no entry means absent.
-        let held = match before {
-            Some(m) => m.seq,
-            None if ctx.synced => Some(SeqNum::NONE),
-            None => None,
-        };
+        // (After sync, no entry means absent; that is held as of no seq,
+        // which neither covers a delta nor chains one, as no entry.)
+        let held = before.and_then(|m| m.seq);
         if held.is_some_and(|h| d.seq <= h) {
             return DeltaOutcome::Covered;
         }
@@ -460,7 +458,12 @@ mod tests {
             max_buffered_bytes: 1 << 20,
         };
         let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 8));
-        let keys: Vec<_> = (1..=4u32).map(|k| Typed::<Map>::encode_key(&k)).collect();
+        // Two-byte keys: a byte count that multiplied key and payload
+        // lengths instead of adding them would differ.
+        let keys: Vec<_> = (1000..=1003u32)
+            .map(|k| Typed::<Map>::encode_key(&k))
+            .collect();
+        assert_eq!(keys[0].len(), 2);
         let size = keys[0].len() + payload.len();
         let broken = |i: usize| DeltaRef {
             seq: SeqNum(10 + i as u64),
@@ -487,5 +490,51 @@ mod tests {
         }
         assert_eq!((t.pending_count(), t.pending_bytes()), (2, 2 * size));
         assert_eq!(ctx.stats.pending_dropped, 2);
+    }
+
+    /// A leaf is held exactly before `seq` when it is known, not stale, as
+    /// of an earlier seq; once synced, a leaf without an entry is known
+    /// absent, so held.
+    #[test]
+    fn held_before_means_known_not_stale_and_older() {
+        let mut replica = Typed::new(Map::new());
+        let mut events = EventQueue {
+            queue: VecDeque::new(),
+            max: 64,
+            dropped: 0,
+        };
+        let mut stats = SubscriberStats::default();
+        let mut ctx = Ctx {
+            replica: &mut replica,
+            events: &mut events,
+            stats: &mut stats,
+            synced: false,
+            max_buffered_bytes: 1 << 20,
+        };
+        let mut t = LeafTable::default();
+        let (k1, k2, k3) = (
+            Typed::<Map>::encode_key(&1),
+            Typed::<Map>::encode_key(&2),
+            Typed::<Map>::encode_key(&3),
+        );
+        assert!(!t.is_held_before(&k1, SeqNum(5), false), "unknown");
+        assert!(t.is_held_before(&k1, SeqNum(5), true), "absent once synced");
+        assert!(t.install(&k1, SeqNum(4), Some(&encode(&4u32)), &mut ctx));
+        assert!(t.contains(&k1));
+        assert!(t.is_held_before(&k1, SeqNum(5), false));
+        assert!(!t.is_held_before(&k1, SeqNum(4), false), "not older");
+        // Stale: a delta on k2 whose chain is broken.
+        let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(2, 8));
+        let d = DeltaRef {
+            seq: SeqNum(8),
+            prev: SeqNum(7),
+            creates: false,
+            key: &k2,
+            payload: &payload,
+        };
+        t.on_delta(d, 100, 1 << 20, &mut ctx);
+        assert!(t.contains(&k2));
+        assert!(!t.is_held_before(&k2, SeqNum(20), true), "stale");
+        assert!(!t.contains(&k3));
     }
 }
