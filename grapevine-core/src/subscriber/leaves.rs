@@ -414,9 +414,11 @@ mod tests {
         // A snapshot as of 5 does not reach 7: 8 still waits.
         assert!(t.install(&key, SeqNum(5), Some(&encode(&5u32)), &mut ctx));
         assert_eq!((t.pending_count(), t.pending_bytes()), (1, waiting));
-        // As of 7 it does: 8 applies, nothing waits.
+        // As of 7 it does: 8 applies (counted), nothing waits.
+        assert_eq!(ctx.stats.deltas_applied, 0);
         assert!(t.install(&key, SeqNum(7), Some(&encode(&7u32)), &mut ctx));
         assert_eq!((t.pending_count(), t.pending_bytes()), (0, 0));
+        assert_eq!(ctx.stats.deltas_applied, 1);
         // A waiting delta that does not decode fails when its turn comes:
         // counted, and the leaf stays stale.
         let key2 = Typed::<Map>::encode_key(&2);
