@@ -343,10 +343,10 @@ impl LeafTable {
                 return;
             }
         }
+        // `install` leaves alone those known as of `start_seq` or later.
         let ghosts: Vec<(Box<[u8]>, bool)> = self
             .metas
             .range::<[u8], _>((lower, upper))
-            .filter(|(_, m)| m.seq.is_none_or(|s| s < start_seq))
             .map(|(k, m)| (k.clone(), m.present))
             .collect();
         for (key, was_present) in ghosts {
