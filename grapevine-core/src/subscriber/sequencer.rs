@@ -435,7 +435,11 @@ mod tests {
         let mut q = Sequencer::new(SeqNum(0), t0);
         assert_eq!(q.admit(t0, &d(3), t0, None).0, Admit::Buffered);
         let one = q.buffered_bytes();
-        assert!(one >= 1, "a buffered delta costs its bytes");
+        assert_eq!(
+            one,
+            1 + 64,
+            "a buffered delta costs its key and payload, and 64"
+        );
         assert_eq!(q.admit(t0, &d(2), t0, None).0, Admit::Buffered);
         assert_eq!((q.buffered(), q.buffered_bytes()), (2, 2 * one));
         assert_eq!(q.admit(t0, &d(1), t0, None).0, Admit::Next);

@@ -414,8 +414,10 @@ fn snapshots_are_counted_installed_once_and_stale_when_late_for_a_forgotten_leaf
     assert!(cycles.len() >= 4, "{cycles:?}");
     assert_eq!(s.cycles_begun - begun, cycles.len() as u64);
     assert!(s.snapshots_received > 10);
-    // Removed, and forgotten two cycles later.
+    // Removed (and the next cycles start later: each proves it absent as
+    // of its start), and forgotten two cycles later.
     r.publish_delivered(Op::Remove(3));
+    r.publish_delivered(Op::Add(5, 1));
     r.run(ms(100));
     assert_eq!(r.sub.tracked_leaves(), 9);
     assert!(r.converged());
@@ -434,6 +436,7 @@ fn snapshots_are_counted_installed_once_and_stale_when_late_for_a_forgotten_leaf
     r.deliver(&copies);
     let s = r.sub.stats();
     assert_eq!(s.stale_snapshots, before.stale_snapshots + 1);
+    assert_eq!(s.ghosts_removed, 0, "a removal seen is no ghost");
     assert_eq!(s.snapshots_received, before.snapshots_received + 10);
     assert_eq!(s.snapshots_applied, before.snapshots_applied);
     assert!(r.converged(), "{:?}", r.sub.status());
