@@ -488,4 +488,53 @@ mod tests {
         assert_eq!(q.due_naks(t0, &p, 10).len(), 2, "1..=3 and 4..=4");
         assert_eq!(q.due_naks(later, &p, 10).len(), 1);
     }
+
+    /// A retransmission filling part of a hole puts the rest's next NAK
+    /// `progress` after it, but never beyond 16 × `progress` after the hole
+    /// was found.
+    #[test]
+    fn a_repair_in_progress_holds_the_rest_of_its_hole_back_within_a_cap() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let p = policy();
+        let mut q = Sequencer::new(SeqNum(0), t0);
+        q.saw_tail(t0, SeqNum(40), t0);
+        let next_nak = |q: &Sequencer| q.holes.values().map(|h| h.next_nak).min().unwrap();
+        assert_eq!(next_nak(&q), t0);
+        // Seq 1 repaired at 3 ms: the rest waits 20 ms from then.
+        q.admit(t0 + ms(3), &d(1), t0, Some(ms(20)));
+        q.advance(SeqNum(1));
+        assert_eq!(next_nak(&q), t0 + ms(23));
+        assert_eq!(q.deadline(&p), Some(t0 + ms(23)));
+        // Repairs keep coming: at most 16 × 20 ms after the hole was found.
+        for s in 2..=39 {
+            q.admit(t0 + ms(10 * s), &d(s), t0, Some(ms(20)));
+            q.advance(SeqNum(s));
+            let want = (t0 + ms(10 * s + 20)).min(t0 + ms(320));
+            assert_eq!(next_nak(&q), want, "seq {s}");
+        }
+    }
+
+    /// The deadline is the next NAK of a hole with attempts left, or the
+    /// first hole's giving up: a later hole out of attempts waits for the
+    /// holes before it, so it is no deadline.
+    #[test]
+    fn a_later_hole_out_of_attempts_is_no_deadline() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let p = policy(); // 2 attempts, retry 10 ms
+        let mut q = Sequencer::new(SeqNum(0), t0);
+        q.saw_tail(t0, SeqNum(3), t0);
+        q.admit(t0, &d(4), t0, None);
+        q.saw_tail(t0, SeqNum(10), t0);
+        // Holes 1..=3 and 5..=10, both NAKed at t0.
+        assert_eq!(q.due_naks(t0, &p, 10).len(), 2);
+        // Seq 1 repaired at 1 ms, long progress: 2..=3 waits until 101 ms.
+        q.admit(t0 + ms(1), &d(1), t0, Some(ms(100)));
+        q.advance(SeqNum(1));
+        // 5..=10 NAKed again at 10 ms: out of attempts, given up at 20 ms
+        // once it is first.
+        assert_eq!(q.due_naks(t0 + ms(10), &p, 10).len(), 1);
+        assert_eq!(q.deadline(&p), Some(t0 + ms(101)));
+    }
 }
