@@ -327,9 +327,8 @@ impl Sequencer {
         let above = self.holes.split_off(&(tail.0.saturating_add(1)));
         drop(above);
         if let Some(mut e) = self.holes.last_entry() {
-            if e.get().last > tail.0 {
-                e.get_mut().last = tail.0;
-            }
+            let h = e.get_mut();
+            h.last = h.last.min(tail.0);
         }
         true
     }
@@ -462,7 +461,7 @@ mod tests {
         assert!(!q.reanchor(t0 + Duration::from_millis(1), SeqNum(3), settle));
         assert!(q.reanchor(t0 + settle, SeqNum(3), settle));
         assert_eq!(q.known_tail, SeqNum(3));
-        assert_eq!(q.buffered(), 0);
+        assert_eq!((q.buffered(), q.buffered_bytes()), (0, 0));
         assert_eq!(q.missing(), 2, "2..=3 only");
     }
 
@@ -480,6 +479,11 @@ mod tests {
         );
         q.admit(t0, &d(5), t0, None);
         q.admit(t0, &d(8), t0, None);
+        assert_eq!(
+            q.postpone_after(SeqNum(4), t0),
+            0,
+            "6..=7 falls due then anyway"
+        );
         assert_eq!(q.postpone_after(SeqNum(4), later), 1, "6..=7 held back");
         assert_eq!(
             q.postpone_after(SeqNum(4), later + later.duration_since(t0)),
