@@ -541,4 +541,23 @@ mod tests {
         assert_eq!(q.due_naks(t0 + ms(10), &p, 10).len(), 1);
         assert_eq!(q.deadline(&p), Some(t0 + ms(101)));
     }
+
+    /// The first hole is given up at once when the buffer holds more deltas
+    /// or more bytes than its bounds; at the bounds it waits for its repair.
+    #[test]
+    fn an_overflowing_buffer_gives_up_the_first_hole() {
+        let t0 = Instant::now();
+        let p = policy();
+        let two = || {
+            let mut q = Sequencer::new(SeqNum(0), t0);
+            q.admit(t0, &d(3), t0, None);
+            q.admit(t0, &d(4), t0, None);
+            assert_eq!((q.buffered(), q.buffered_bytes()), (2, 130));
+            q
+        };
+        assert_eq!(two().take_lost(t0, &p, 2, 130), None);
+        let lost = Some((SeqNum(1), SeqNum(2)));
+        assert_eq!(two().take_lost(t0, &p, 1, 130), lost);
+        assert_eq!(two().take_lost(t0, &p, 2, 129), lost);
+    }
 }
