@@ -593,7 +593,8 @@ fn cycles_to_sync_a_64k_leaf(seed: u64, nak_repair: bool) -> Option<u64> {
     });
     assert!(began, "a cycle began");
     let start = cycles(&r);
-    while cycles(&r) - start < 40 {
+    let end = r.now + Duration::from_secs(60);
+    while cycles(&r) - start < 40 && r.now < end {
         r.run(ms(1));
         if r.converged() {
             return Some(cycles(&r) - start + 1);
