@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 const SUB: u32 = 8;
-const BUCKETS: usize = 64 * SUB as usize;
+/// 8 exact buckets below 8 µs, then 8 per power of two from 2^3 to 2^63.
+const BUCKETS: usize = 62 * SUB as usize;
 
 /// Counts of durations, for quantiles such as p50 and p99.
 ///
@@ -60,7 +61,7 @@ impl LatencyHistogram {
     /// Records one duration.
     pub fn record(&mut self, d: Duration) {
         let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        if let Some(c) = self.counts.get_mut(bucket(us).min(BUCKETS - 1)) {
+        if let Some(c) = self.counts.get_mut(bucket(us)) {
             *c += 1;
             self.total += 1;
         }
@@ -119,5 +120,60 @@ mod tests {
         h.record(Duration::from_secs(1));
         assert_eq!(h.quantile(0.5), Some(Duration::from_micros(96)));
         assert!(h.quantile(1.0).unwrap() > Duration::from_millis(800));
+    }
+
+    /// Every value falls in the bucket whose range holds it: at or above
+    /// its lower end and below the next bucket's, within an eighth.
+    #[test]
+    fn every_value_lies_within_its_bucket() {
+        let mut values: Vec<u64> = (0..1 << 14).collect();
+        for e in 14..64 {
+            for d in [0, 1, 2, 3] {
+                values.push((1u64 << e) - d);
+                values.push((1u64 << e) + d);
+            }
+        }
+        values.push(u64::MAX);
+        for us in values {
+            let b = bucket(us);
+            assert!(b < BUCKETS, "{us}");
+            assert!(lower(b) <= us, "{us}: bucket {b} starts at {}", lower(b));
+            if b + 1 < BUCKETS {
+                assert!(
+                    us < lower(b + 1),
+                    "{us}: bucket {b} ends at {}",
+                    lower(b + 1)
+                );
+            }
+            assert!(us - lower(b) <= us / 8, "{us}");
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+    }
+
+    /// Quantiles rank the values recorded: the value of rank
+    /// ceil(q × count), at least the first, q clamped to 0 ..= 1.
+    #[test]
+    fn quantiles_rank_the_values() {
+        let mut h = LatencyHistogram::default();
+        for us in 1..=100 {
+            h.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.count(), 100);
+        let q = |q: f64| h.quantile(q).unwrap().as_micros();
+        assert_eq!(q(-1.0), 1);
+        assert_eq!(q(0.0), 1);
+        assert_eq!(q(0.01), 1);
+        assert_eq!(q(0.02), 2);
+        assert_eq!(q(0.09), 9);
+        assert_eq!(q(0.5), 48, "50 lies in 48..=51");
+        assert_eq!(q(1.0), 96, "100 lies in 96..=103");
+        assert_eq!(q(7.0), 96);
+        // Beyond u64 microseconds: the last bucket.
+        h.record(Duration::MAX);
+        assert_eq!(h.count(), 101);
+        assert_eq!(
+            h.quantile(1.0),
+            Some(Duration::from_micros(lower(BUCKETS - 1)))
+        );
     }
 }
