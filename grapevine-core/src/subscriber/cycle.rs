@@ -167,14 +167,9 @@ impl CycleTracker {
         }
         let mut out = Marked::default();
         let p = i64::from(position);
-        for n in [p - 1, p + 1] {
-            let other = self.at(n, position, key);
-            let in_order = if n < p {
-                other.before(&At::Key(key))
-            } else {
-                At::Key(key).before(&other)
-            };
-            if matches!(other, At::Key(_)) && !in_order {
+        let (left, right) = (self.at(p - 1, position, key), self.at(p + 1, position, key));
+        for (a, b) in [(left, At::Key(key)), (At::Key(key), right)] {
+            if matches!((a, b), (At::Key(_), At::Key(_))) && !a.before(&b) {
                 out.disorder = true;
             }
         }
