@@ -38,7 +38,10 @@ impl Default for LatencyHistogram {
 }
 
 fn bucket(us: u64) -> usize {
-    if us < u64::from(SUB) {
+    const EXACT: u64 = SUB as u64;
+    // One bucket per microsecond below SUB (a range pattern: at SUB itself
+    // both ways give bucket SUB).
+    if let 0..EXACT = us {
         return us as usize;
     }
     let exp = 63 - us.leading_zeros();
@@ -50,7 +53,8 @@ fn bucket(us: u64) -> usize {
 /// The smallest value in bucket `b`.
 fn lower(b: usize) -> u64 {
     let b = b as u32;
-    if b < SUB {
+    // (At SUB itself both ways give SUB.)
+    if let 0..SUB = b {
         return u64::from(b);
     }
     let shift = b / SUB - 1;

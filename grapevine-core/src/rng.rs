@@ -35,3 +35,37 @@ impl Rng {
         Duration::from_micros(self.next_u64() % us.saturating_add(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The generator is SplitMix64: the reference outputs from state 0.
+    #[test]
+    fn it_is_splitmix64() {
+        let mut r = Rng::from_state(0);
+        assert_eq!(
+            [r.next_u64(), r.next_u64(), r.next_u64()],
+            [
+                0xe220_a839_7b1d_cdaf,
+                0x6e78_9e6a_a1b9_65f4,
+                0x06c4_5d18_8009_454f
+            ]
+        );
+    }
+
+    /// Draws lie in `0 ..= max`, and a zero bound draws zero.
+    #[test]
+    fn draws_lie_within_the_bound() {
+        let mut r = Rng::new(7);
+        assert_eq!(r.up_to(Duration::ZERO), Duration::ZERO);
+        let max = Duration::from_micros(3);
+        let mut seen = [false; 4];
+        for _ in 0..200 {
+            let d = r.up_to(max);
+            assert!(d <= max);
+            seen[d.as_micros() as usize] = true;
+        }
+        assert_eq!(seen, [true; 4], "every value in 0 ..= 3 µs");
+    }
+}
