@@ -114,3 +114,42 @@ impl fmt::Display for SeqRange {
         write!(f, "{}..={}", self.first, self.last)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_is_seq_zero() {
+        assert!(SeqNum::NONE.is_none());
+        assert!(SeqNum(0).is_none());
+        assert!(!SeqNum(1).is_none());
+    }
+
+    /// Serial arithmetic (RFC 1982) on cycle ids: ahead by 1 to 2^31 - 1,
+    /// wrapping; exactly 2^31 apart neither is after the other.
+    #[test]
+    fn cycle_ids_compare_in_serial_arithmetic() {
+        assert!(CycleId(1).is_after(CycleId(0)));
+        assert!(CycleId(0).is_after(CycleId(u32::MAX)));
+        assert!(CycleId((1 << 31) - 1).is_after(CycleId(0)));
+        assert!(!CycleId(1 << 31).is_after(CycleId(0)));
+        assert!(!CycleId(0).is_after(CycleId(1 << 31)));
+        assert!(!CycleId(5).is_after(CycleId(5)));
+        assert!(!CycleId(4).is_after(CycleId(5)));
+        assert_eq!(CycleId(u32::MAX).next(), CycleId(0));
+    }
+
+    #[test]
+    fn ids_display_as_documented() {
+        assert_eq!(SeqNum(42).to_string(), "42");
+        assert_eq!(StreamId(7).to_string(), "7");
+        assert_eq!(SessionId(0xab).to_string(), "0x00000000000000ab");
+        assert_eq!(CycleId(9).to_string(), "9");
+        let r = SeqRange {
+            first: SeqNum(3),
+            last: SeqNum(5),
+        };
+        assert_eq!(r.to_string(), "3..=5");
+    }
+}

@@ -412,4 +412,42 @@ mod tests {
         assert_eq!(replica.apply_delta(&key, &gone, false), Ok(false));
         assert!(replica.state().is_empty());
     }
+
+    /// The digest of PROTOCOL.md §9's `one-leaf` vector: a leaf's hash, in
+    /// the text form; removing the leaf returns to the empty digest.
+    #[test]
+    fn the_digest_of_the_one_leaf_vector() {
+        let mut d = Digest::default();
+        assert_eq!(d.to_string(), "0".repeat(32));
+        d.add(b"k1", b"v1");
+        assert_eq!(d.to_string(), "f2d6a7b7626a68be023c536f191d2fa6");
+        d.remove(b"k1", b"v1");
+        assert_eq!(d, Digest::default());
+    }
+
+    /// A `BTreeMap` as a state: its leaves, their count, each visited once,
+    /// cleared; and its digest is its leaves'.
+    #[test]
+    fn a_btreemap_is_a_state() {
+        let mut m = Map::new();
+        m.apply(&MapDelta::Upsert(1, "one".into()));
+        m.apply(&MapDelta::Upsert(2, "two".into()));
+        m.set_leaf(&3, Some("three".into()));
+        m.set_leaf(&2, None);
+        assert_eq!(State::leaf_count(&m), 2);
+        assert_eq!(m.leaf(&3).map(String::as_str), Some("three"));
+        assert_eq!(Map::key_of(&MapDelta::Remove(9)), 9);
+        let mut seen = Vec::new();
+        m.for_each_leaf(&mut |k, v| seen.push((*k, v.clone())));
+        assert_eq!(seen, vec![(1, "one".into()), (3, "three".into())]);
+        let mut want = Digest::default();
+        for (k, v) in &seen {
+            want.add(&encode(k), &encode(v));
+        }
+        assert_eq!(digest_of(&m), want);
+        assert_ne!(want, Digest::default());
+        State::clear(&mut m);
+        assert_eq!(State::leaf_count(&m), 0);
+        assert!(m.is_empty());
+    }
 }
