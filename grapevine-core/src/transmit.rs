@@ -37,10 +37,13 @@ impl Transmit {
     /// Number of datagrams in this transmit.
     #[must_use]
     pub fn segments(&self) -> usize {
-        match self.segment_size {
-            Some(s) if s > 0 => self.size.div_ceil(s),
-            _ => 1,
-        }
+        self.segment().map_or(1, |s| self.size.div_ceil(s).max(1))
+    }
+
+    /// The segment size, if the transmit is split into segments (a zero
+    /// one is not: the transmit is one datagram).
+    fn segment(&self) -> Option<usize> {
+        self.segment_size.filter(|&s| s > 0)
     }
 
     /// The datagrams of this transmit within `buf` (the buffer the engine
@@ -57,7 +60,40 @@ impl Transmit {
     /// ```
     pub fn datagrams<'b>(&self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + 'b {
         let all = buf.get(..self.size).unwrap_or_default();
-        let seg = self.segment_size.unwrap_or(self.size).max(1);
+        let seg = self.segment().unwrap_or(self.size).max(1);
         all.chunks(seg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(size: usize, segment_size: Option<usize>) -> Transmit {
+        Transmit {
+            destination: Destination::Group,
+            size,
+            segment_size,
+        }
+    }
+
+    /// A transmit holds `size` bytes in segments of `segment_size`, the
+    /// last perhaps shorter; without a (non-zero) segment size it is one
+    /// datagram.
+    #[test]
+    fn segments_split_the_bytes() {
+        let buf: Vec<u8> = (0..10).collect();
+        for (size, seg, want) in [
+            (10, Some(4), vec![4, 4, 2]),
+            (8, Some(4), vec![4, 4]),
+            (10, None, vec![10]),
+            (10, Some(0), vec![10]),
+            (3, Some(10), vec![3]),
+        ] {
+            let t = t(size, seg);
+            let lens: Vec<usize> = t.datagrams(&buf).map(<[u8]>::len).collect();
+            assert_eq!(lens, want, "{size} {seg:?}");
+            assert_eq!(t.segments(), want.len(), "{size} {seg:?}");
+        }
     }
 }
