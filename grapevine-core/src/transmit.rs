@@ -37,7 +37,7 @@ impl Transmit {
     /// Number of datagrams in this transmit.
     #[must_use]
     pub fn segments(&self) -> usize {
-        self.segment().map_or(1, |s| self.size.div_ceil(s).max(1))
+        self.segment().map_or(1, |s| self.size.div_ceil(s))
     }
 
     /// The segment size, if the transmit is split into segments (a zero
