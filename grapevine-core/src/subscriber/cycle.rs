@@ -129,28 +129,25 @@ impl CycleTracker {
     /// real key.
     fn link(&self, i: i64, position: u32, key: &[u8]) -> Option<(Lo, Hi)> {
         let n = i64::from(self.leaf_count);
-        let mut prev: Option<At<'_>> = None;
+        let (mut prev, mut lo, mut hi) = (None::<At<'_>>, None, None);
         for j in (i - 1).max(-1)..=(i + 2).min(n) {
             let cur = self.at(j, position, key);
-            if matches!(cur, At::Unknown) {
+            if matches!(cur, At::Unknown) || prev.is_some_and(|p| !p.before(&cur)) {
                 return None;
             }
-            if let Some(p) = prev {
-                if !p.before(&cur) {
-                    return None;
+            if let At::Key(k) = cur {
+                if j == i {
+                    lo = Some(k);
+                } else if j == i + 1 {
+                    hi = Some(k);
                 }
             }
             prev = Some(cur);
         }
-        let lo = match self.at(i, position, key) {
-            At::Key(k) => Lo::Key(k.into()),
-            _ => Lo::Start,
-        };
-        let hi = match self.at(i + 1, position, key) {
-            At::Key(k) => Hi::Key(k.into()),
-            _ => Hi::End,
-        };
-        Some((lo, hi))
+        Some((
+            lo.map_or(Lo::Start, |k| Lo::Key(k.into())),
+            hi.map_or(Hi::End, |k| Hi::Key(k.into())),
+        ))
     }
 
     /// Records position `position` carrying `key`. Returns `None` if the
@@ -186,7 +183,7 @@ impl CycleTracker {
         // Keep keys only while a link may still need them.
         let (lo, hi) = Self::reach(position, self.leaf_count);
         for q in lo..=hi {
-            if q != position && self.is_seen(q) && self.settled(q) {
+            if q != position && self.edges.contains_key(&q) && self.settled(q) {
                 if let Some(k) = self.edges.remove(&q) {
                     self.edge_bytes -= k.len();
                 }
