@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::rig::{carries_delta, leaves, messages, ms, rig_pub_config, rig_sub_config, Rig};
+use super::rig::{
+    carries_delta, heartbeat, leaves, messages, ms, rig_pub_config, rig_sub_config, Rig,
+};
 use super::sim::{craft, Dir, Op, Pad, Rng, Scenario, Tally, Val, World, STREAM};
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::{Event, SubscriberConfig};
@@ -458,16 +460,6 @@ fn a_forged_datagram_with_a_huge_seq_is_not_believed() {
     }
 }
 
-/// A heartbeat claiming `last_seq`, in datagram `datagram_seq` of session 1.
-fn claim(datagram_seq: u64, last_seq: u64) -> Vec<u8> {
-    let msg = Message::Heartbeat(Heartbeat {
-        last_seq: SeqNum(last_seq),
-        sent_at_micros: 0,
-        interval_ms: 10,
-    });
-    craft(StreamId(3), SessionId(1), datagram_seq, &[msg])
-}
-
 /// A claim beyond `max_seq_jump` is believed once another datagram claims
 /// as much: a copy of the same datagram is no second witness, and a pending
 /// claim is forgotten once a believable datagram shows the session going on
@@ -479,7 +471,7 @@ fn a_far_claim_needs_another_datagram_not_a_copy_of_its_own() {
     let far = last + 8192 + 1000;
     let before = r.sub.stats().unbelieved;
     // The same datagram twice.
-    r.deliver(&[claim(0xf000, far), claim(0xf000, far)]);
+    r.deliver(&[heartbeat(1, 0xf000, far, 10), heartbeat(1, 0xf000, far, 10)]);
     assert_eq!(r.sub.stats().unbelieved, before + 2);
     assert_eq!(r.sub.status().known_seq.0, last);
     // The session goes on within the jump; then another far datagram
@@ -487,11 +479,11 @@ fn a_far_claim_needs_another_datagram_not_a_copy_of_its_own() {
     r.publish_delivered(Op::Add(1, 1));
     let last = last + 1;
     assert_eq!(r.sub.status().known_seq.0, last);
-    r.deliver(&[claim(0xf001, far + 1)]);
+    r.deliver(&[heartbeat(1, 0xf001, far + 1, 10)]);
     assert_eq!(r.sub.stats().unbelieved, before + 3);
     assert_eq!(r.sub.status().known_seq.0, last);
     // A second datagram claiming at least as much is believed.
-    r.deliver(&[claim(0xf002, far + 1)]);
+    r.deliver(&[heartbeat(1, 0xf002, far + 1, 10)]);
     assert_eq!(r.sub.stats().unbelieved, before + 3);
     assert_eq!(r.sub.status().known_seq.0, far + 1);
 }
@@ -507,10 +499,10 @@ fn a_first_claim_needs_another_datagram_near_it() {
     let from = super::sim::publisher_addr(0);
     let mut unbelieved = Vec::new();
     for d in [
-        claim(1, 100),
-        claim(1, 100),
-        claim(2, 100 + 8192 + 1),
-        claim(3, 100 + 8192 + 2),
+        heartbeat(1, 1, 100, 10),
+        heartbeat(1, 1, 100, 10),
+        heartbeat(1, 2, 100 + 8192 + 1, 10),
+        heartbeat(1, 3, 100 + 8192 + 2, 10),
     ] {
         sub.handle_datagram(now, from, &mut d.clone(), &mut rep);
         unbelieved.push(sub.stats().unbelieved);

@@ -14,7 +14,7 @@ use super::sim::{
 use crate::publisher::{Publisher, PublisherConfig, SnapshotRate};
 use crate::state::LeafSource;
 use crate::subscriber::{Event, Subscriber, SubscriberConfig};
-use crate::wire::{Datagram, Message};
+use crate::wire::{Datagram, Heartbeat, Message};
 use crate::{Destination, SessionId, StreamId};
 
 /// Drops chosen datagrams in [`Rig::run`].
@@ -59,6 +59,26 @@ pub(crate) fn pump(
 ) {
     p.handle_timeout(now, 0);
     while p.poll_transmit(now, state, 1, buf).is_some() {}
+}
+
+/// A datagram of `session` on the rig's stream carrying one Heartbeat.
+pub(crate) fn heartbeat(
+    session: u64,
+    datagram_seq: u64,
+    last_seq: u64,
+    interval_ms: u32,
+) -> Vec<u8> {
+    let hb = Heartbeat {
+        last_seq: crate::SeqNum(last_seq),
+        sent_at_micros: 0,
+        interval_ms,
+    };
+    super::sim::craft(
+        StreamId(3),
+        SessionId(session),
+        datagram_seq,
+        &[Message::Heartbeat(hb)],
+    )
 }
 
 /// `n` milliseconds.

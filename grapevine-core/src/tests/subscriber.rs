@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use std::time::Instant;
 
-use super::rig::{leaves, ms, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
+use super::rig::{heartbeat, leaves, ms, rig_sub_config, rig_sub_config_no_nak, Checked, Rig};
 use super::sim::{craft, Bounds, Op};
 use crate::state::encode;
 use crate::subscriber::{Event, Subscriber};
-use crate::wire::{Datagram, Delta, Heartbeat, Message};
+use crate::wire::{Datagram, Delta, Message};
 use crate::{SeqNum, SessionId, StreamId};
 
 /// An application that stops polling events loses the oldest ones, never
@@ -267,21 +267,6 @@ fn the_consistent_share_is_the_time_consistent_since_sync() {
     assert!(share > 0.1 && share < 0.95, "{share}");
 }
 
-/// A heartbeat of `session` in datagram `datagram_seq`, every 100 ms.
-fn beat(session: u64, datagram_seq: u64) -> Vec<u8> {
-    let hb = Heartbeat {
-        last_seq: SeqNum(5),
-        sent_at_micros: 0,
-        interval_ms: 100,
-    };
-    craft(
-        StreamId(3),
-        SessionId(session),
-        datagram_seq,
-        &[Message::Heartbeat(hb)],
-    )
-}
-
 /// A subscriber follows another session only once its own has been silent
 /// for two heartbeat intervals (100 ms here) and the other has proven
 /// alive: two datagrams, in increasing `datagram_seq`, at least one
@@ -313,7 +298,7 @@ fn another_session_is_followed_once_the_current_is_silent_and_it_lives() {
         let mut c = Checked::hostile(rig_sub_config(), Bounds::default());
         for &(at, session, dseq, follows) in *script {
             c.now = t0 + ms(at);
-            c.deliver(&beat(session, dseq));
+            c.deliver(&heartbeat(session, dseq, 5, 100));
             assert_eq!(
                 c.sub.status().session,
                 Some(SessionId(follows)),
@@ -348,7 +333,7 @@ fn fragment_requests_are_bounded_counted_and_numbered() {
     let from = super::sim::publisher_addr(0);
     // Two heartbeats start the session; then the first half of 300
     // messages of 2,000 bytes.
-    let mut datagrams = vec![beat(1, 1), beat(1, 2)];
+    let mut datagrams = vec![heartbeat(1, 1, 5, 100), heartbeat(1, 2, 5, 100)];
     for i in 0..300 {
         let f = crate::wire::Fragment {
             frag_id: i,
@@ -386,22 +371,6 @@ fn fragment_requests_are_bounded_counted_and_numbered() {
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
 
-/// A heartbeat of session 1 in datagram `datagram_seq`, announcing an
-/// interval of `interval_ms`.
-fn interval(datagram_seq: u64, interval_ms: u32) -> Vec<u8> {
-    let hb = Heartbeat {
-        last_seq: SeqNum(5),
-        sent_at_micros: 0,
-        interval_ms,
-    };
-    craft(
-        StreamId(3),
-        SessionId(1),
-        datagram_seq,
-        &[Message::Heartbeat(hb)],
-    )
-}
-
 /// The heartbeat interval (and with it the silence after which the
 /// publisher is gone: 5 intervals here) changes only when two datagrams
 /// announce the same new value; an interval of 0 announces nothing.
@@ -410,15 +379,15 @@ fn the_heartbeat_interval_changes_when_two_datagrams_agree() {
     let mut c = Checked::hostile(rig_sub_config(), Bounds::default());
     // 100 ms (the default), then 0 twice, then two that disagree.
     for (dseq, ms) in [(1, 100), (2, 100), (3, 0), (4, 0), (5, 1_000), (6, 10)] {
-        c.deliver(&interval(dseq, ms));
+        c.deliver(&heartbeat(1, dseq, 5, ms));
     }
     c.wait(ms(300));
     assert!(c.sub.status().publisher_alive, "still 100 ms");
     c.wait(ms(250));
     assert!(!c.sub.status().publisher_alive, "gone after 500 ms");
     // Two that agree: 10 ms, gone after 50 ms of silence.
-    c.deliver(&interval(7, 10));
-    c.deliver(&interval(8, 10));
+    c.deliver(&heartbeat(1, 7, 5, 10));
+    c.deliver(&heartbeat(1, 8, 5, 10));
     assert!(c.sub.status().publisher_alive);
     c.wait(ms(40));
     assert!(c.sub.status().publisher_alive);
