@@ -71,6 +71,40 @@ pub(crate) struct Ctx<'r, R: Replica + ?Sized> {
     pub(crate) max_buffered_bytes: usize,
 }
 
+/// What a [`Ctx`] borrows, owned, for unit tests.
+#[cfg(test)]
+pub(crate) struct CtxParts<R> {
+    pub(crate) replica: R,
+    pub(crate) events: super::EventQueue,
+    pub(crate) stats: SubscriberStats,
+}
+
+#[cfg(test)]
+impl<R: Replica> CtxParts<R> {
+    /// `replica`, an event queue of 64, no counts yet.
+    pub(crate) fn new(replica: R) -> Self {
+        Self {
+            replica,
+            events: super::EventQueue {
+                queue: std::collections::VecDeque::new(),
+                max: 64,
+                dropped: 0,
+            },
+            stats: SubscriberStats::default(),
+        }
+    }
+
+    pub(crate) fn ctx(&mut self, synced: bool, max_buffered_bytes: usize) -> Ctx<'_, R> {
+        Ctx {
+            replica: &mut self.replica,
+            events: &mut self.events,
+            stats: &mut self.stats,
+            synced,
+            max_buffered_bytes,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct LeafTable {
     metas: BTreeMap<Box<[u8]>, LeafMeta>,
@@ -368,11 +402,10 @@ impl LeafTable {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeMap, VecDeque};
+    use std::collections::BTreeMap;
 
     use super::*;
     use crate::state::{encode, MapDelta, Typed};
-    use crate::subscriber::{EventQueue, SubscriberStats};
 
     type Map = BTreeMap<u32, u32>;
 
@@ -380,20 +413,8 @@ mod tests {
     /// bytes counted once; a snapshot that reaches it lets it apply.
     #[test]
     fn deltas_a_snapshot_does_not_reach_keep_waiting_counted_once() {
-        let mut replica = Typed::new(Map::new());
-        let mut events = EventQueue {
-            queue: VecDeque::new(),
-            max: 64,
-            dropped: 0,
-        };
-        let mut stats = SubscriberStats::default();
-        let mut ctx = Ctx {
-            replica: &mut replica,
-            events: &mut events,
-            stats: &mut stats,
-            synced: true,
-            max_buffered_bytes: 1 << 20,
-        };
+        let mut parts = CtxParts::new(Typed::new(Map::new()));
+        let mut ctx = parts.ctx(true, 1 << 20);
         let mut t = LeafTable::default();
         let key = Typed::<Map>::encode_key(&1);
         let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 8));
@@ -436,8 +457,8 @@ mod tests {
         t.install(&key2, SeqNum(9), Some(&encode(&9u32)), &mut ctx);
         assert_eq!(ctx.stats.apply_errors, 1);
         assert_eq!(t.pending_count(), 1, "still waiting for a snapshot");
-        assert_eq!(replica.state().get(&1), Some(&8));
-        assert_eq!(replica.state().get(&2), Some(&9));
+        assert_eq!(parts.replica.state().get(&1), Some(&8));
+        assert_eq!(parts.replica.state().get(&2), Some(&9));
     }
 
     /// Deltas waiting for their leaf's snapshot are bounded by count and by
@@ -445,20 +466,8 @@ mod tests {
     /// does not fit is dropped and counted, and the leaf stays stale.
     #[test]
     fn waiting_deltas_are_bounded_by_count_and_bytes() {
-        let mut replica = Typed::new(Map::new());
-        let mut events = EventQueue {
-            queue: VecDeque::new(),
-            max: 64,
-            dropped: 0,
-        };
-        let mut stats = SubscriberStats::default();
-        let mut ctx = Ctx {
-            replica: &mut replica,
-            events: &mut events,
-            stats: &mut stats,
-            synced: true,
-            max_buffered_bytes: 1 << 20,
-        };
+        let mut parts = CtxParts::new(Typed::new(Map::new()));
+        let mut ctx = parts.ctx(true, 1 << 20);
         let payload = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 8));
         // Two-byte keys: a byte count that multiplied key and payload
         // lengths instead of adding them would differ.
@@ -499,20 +508,8 @@ mod tests {
     /// absent, so held.
     #[test]
     fn held_before_means_known_not_stale_and_older() {
-        let mut replica = Typed::new(Map::new());
-        let mut events = EventQueue {
-            queue: VecDeque::new(),
-            max: 64,
-            dropped: 0,
-        };
-        let mut stats = SubscriberStats::default();
-        let mut ctx = Ctx {
-            replica: &mut replica,
-            events: &mut events,
-            stats: &mut stats,
-            synced: false,
-            max_buffered_bytes: 1 << 20,
-        };
+        let mut parts = CtxParts::new(Typed::new(Map::new()));
+        let mut ctx = parts.ctx(false, 1 << 20);
         let mut t = LeafTable::default();
         let (k1, k2, k3) = (
             Typed::<Map>::encode_key(&1),

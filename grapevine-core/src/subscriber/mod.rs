@@ -1848,6 +1848,7 @@ impl Subscriber {
 
 #[cfg(test)]
 mod tests {
+    use super::leaves::CtxParts;
     use super::*;
 
     /// A late joiner starts at the heard cycle's start when that is at most
@@ -1985,20 +1986,8 @@ mod tests {
     fn positions_kept_while_a_cycle_begin_waits_are_bounded() {
         use crate::state::Typed;
         use std::collections::BTreeMap;
-        let mut replica = Typed::new(BTreeMap::<u32, u32>::new());
-        let mut events = EventQueue {
-            queue: VecDeque::new(),
-            max: 64,
-            dropped: 0,
-        };
-        let mut stats = SubscriberStats::default();
-        let mut ctx = Ctx {
-            replica: &mut replica,
-            events: &mut events,
-            stats: &mut stats,
-            synced: false,
-            max_buffered_bytes: 1 << 20,
-        };
+        let mut parts = CtxParts::new(Typed::new(BTreeMap::<u32, u32>::new()));
+        let mut ctx = parts.ctx(false, 1 << 20);
         let now = Instant::now();
         let c = CycleBegin {
             cycle: CycleId(4),
@@ -2040,13 +2029,7 @@ mod tests {
     fn deferred_intervals_are_bounded_and_accounted() {
         use crate::state::Typed;
         use std::collections::BTreeMap;
-        let mut replica = Typed::new(BTreeMap::<u32, u32>::new());
-        let mut events = EventQueue {
-            queue: VecDeque::new(),
-            max: 64,
-            dropped: 0,
-        };
-        let mut stats = SubscriberStats::default();
+        let mut parts = CtxParts::new(Typed::new(BTreeMap::<u32, u32>::new()));
         let now = Instant::now();
         for (budget, links, kept) in [
             (100, 4, 3),
@@ -2054,13 +2037,7 @@ mod tests {
             (95, 4, 2),
             (usize::MAX, MAX_DEFERRED + 1, MAX_DEFERRED),
         ] {
-            let mut ctx = Ctx {
-                replica: &mut replica,
-                events: &mut events,
-                stats: &mut stats,
-                synced: false,
-                max_buffered_bytes: budget,
-            };
+            let mut ctx = parts.ctx(false, budget);
             let dropped = ctx.stats.links_dropped;
             let mut s = Session::new(SessionId(1), "192.0.2.1:5000".parse().unwrap(), now);
             s.baseline(SeqNum(0), now);
@@ -2075,6 +2052,6 @@ mod tests {
             assert!(s.deferred.is_empty());
             assert!(s.synced, "the whole key space, verified");
         }
-        assert_eq!(stats.syncs, 4);
+        assert_eq!(parts.stats.syncs, 4);
     }
 }
