@@ -105,6 +105,7 @@ pub struct PublisherConfig {
     pub(crate) fragment_history_bytes: usize,
     pub(crate) repair_rate: u64,
     pub(crate) repair_holdoff: Duration,
+    pub(crate) max_queued_bytes: usize,
 }
 
 impl Default for PublisherConfig {
@@ -121,6 +122,7 @@ impl Default for PublisherConfig {
             fragment_history_bytes: 16 << 20,
             repair_rate: 16_000_000,
             repair_holdoff: Duration::from_millis(10),
+            max_queued_bytes: 4 << 20,
         }
     }
 }
@@ -199,6 +201,18 @@ impl PublisherConfig {
         self
     }
 
+    /// Most bytes of finished datagrams that wait for the driver to send
+    /// them (default 4 MiB). A publisher that outruns its socket sheds the
+    /// oldest waiting datagrams beyond this bound, counted in
+    /// [`PublisherStats::datagrams_shed`]: its memory stays bounded whatever
+    /// the offered rate, and subscribers repair what was shed as any loss
+    /// (by NAK from the history, else from snapshots). Applications that
+    /// would rather wait watch [`Publisher::queued_bytes`] (back-pressure).
+    pub fn max_queued_bytes(&mut self, bytes: usize) -> &mut Self {
+        self.max_queued_bytes = bytes;
+        self
+    }
+
     /// The maximum datagram size: the buffer a driver needs per segment for
     /// [`Publisher::poll_transmit`].
     #[must_use]
@@ -264,6 +278,13 @@ impl PublisherConfig {
                 "repair_rate",
                 self.repair_rate,
                 "use 1 ..= 2^40 bytes/s, e.g. 16000000",
+            ));
+        }
+        if !(self.max_datagram..=1 << 40).contains(&self.max_queued_bytes) {
+            return Err(ConfigError::out_of_range(
+                "max_queued_bytes",
+                self.max_queued_bytes,
+                "use at least max_datagram and at most 1 TiB, e.g. 4 MiB",
             ));
         }
         if self.repair_holdoff > Duration::from_secs(60) {
@@ -346,6 +367,11 @@ pub struct PublisherStats {
     pub nak_ranges_dropped: u64,
     /// Deltas retransmitted.
     pub retransmits: u64,
+    /// Finished datagrams dropped unsent because more than
+    /// [`PublisherConfig::max_queued_bytes`] waited for the socket.
+    pub datagrams_shed: u64,
+    /// Bytes of the datagrams shed.
+    pub bytes_shed: u64,
     /// Requests for a delta retransmitted within the hold-off (coalesced).
     pub repairs_coalesced: u64,
     /// Bytes of repair messages (retransmits and fragments resent).
@@ -556,7 +582,28 @@ impl Publisher {
         self.stats.deltas += 1;
         self.unannounced = true;
         self.fresh = true;
+        self.shed_excess();
         Ok(seq)
+    }
+
+    /// Drops the oldest finished datagrams while more than the configured
+    /// bound wait to be sent.
+    fn shed_excess(&mut self) {
+        while self.packer.ready_bytes() > self.cfg.max_queued_bytes {
+            let Some(len) = self.packer.shed_oldest() else {
+                break;
+            };
+            self.stats.datagrams_shed += 1;
+            self.stats.bytes_shed += len as u64;
+        }
+    }
+
+    /// Bytes of finished datagrams waiting for
+    /// [`Publisher::poll_transmit`]: a driver's backlog. Never more than
+    /// [`PublisherConfig::max_queued_bytes`] after a publish.
+    #[must_use]
+    pub fn queued_bytes(&self) -> usize {
+        self.packer.ready_bytes()
     }
 
     fn record_fragmented(&mut self) {
@@ -705,14 +752,7 @@ impl Publisher {
         max_segments: usize,
         buf: &mut [u8],
     ) -> Option<Transmit> {
-        if self.fresh {
-            self.fresh = false;
-            let quiet = now + self.cfg.tail_heartbeat.min(self.cfg.heartbeat_interval);
-            if self.timers.get(Timer::Prompt).is_none_or(|t| t > now) {
-                // Re-armed by every burst: fires once the deltas pause.
-                self.timers.set(Timer::Prompt, quiet);
-            }
-        }
+        self.note_fresh(now);
         let max_segments = max_segments.max(1);
         loop {
             self.packer.flush();
@@ -746,6 +786,36 @@ impl Publisher {
             .set(Timer::Snapshot, self.cycler.ready_at(&self.cfg));
         self.arm_repair();
         self.pop_batch(max_segments, buf)
+    }
+
+    /// As [`Publisher::poll_transmit`], but hands out only what is already
+    /// queued (deltas and heartbeats, and any datagram the snapshot cycle
+    /// had started): it never reads the state for snapshots nor queues
+    /// repairs. For sending live deltas at once from the publishing thread,
+    /// leaving the snapshot cycle and repairs to the driver's own calls to
+    /// `poll_transmit`.
+    pub fn poll_live_transmit(
+        &mut self,
+        now: Instant,
+        max_segments: usize,
+        buf: &mut [u8],
+    ) -> Option<Transmit> {
+        self.note_fresh(now);
+        self.packer.flush();
+        self.pop_batch(max_segments.max(1), buf)
+    }
+
+    /// After deltas were published: (re-)arms the heartbeat that follows a
+    /// burst once it goes quiet.
+    fn note_fresh(&mut self, now: Instant) {
+        if self.fresh {
+            self.fresh = false;
+            let quiet = now + self.cfg.tail_heartbeat.min(self.cfg.heartbeat_interval);
+            if self.timers.get(Timer::Prompt).is_none_or(|t| t > now) {
+                // Re-armed by every burst: fires once the deltas pause.
+                self.timers.set(Timer::Prompt, quiet);
+            }
+        }
     }
 
     /// Copies up to `max_segments` finished datagrams into `buf`, each but

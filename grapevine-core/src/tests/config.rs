@@ -135,6 +135,15 @@ fn publisher_config_bounds() {
         &[Duration::ZERO, 60 * S],
         &[60 * S + NS],
     );
+    bounds(
+        v,
+        |c, b| {
+            c.max_queued_bytes(b);
+        },
+        "max_queued_bytes",
+        &[1452, 1 << 40],
+        &[0, 1451, (1 << 40) + 1, usize::MAX],
+    );
     // The engine refuses what does not validate.
     let mut c = PublisherConfig::default();
     c.repair_rate(0);

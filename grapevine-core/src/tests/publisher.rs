@@ -414,3 +414,86 @@ fn the_largest_unfragmented_body_fits_one_datagram_exactly() {
         }
     }
 }
+
+/// A publisher whose driver does not keep up sheds the oldest finished
+/// datagrams beyond `max_queued_bytes`, counting them: its queue (and
+/// memory) stays bounded however many deltas are published, the newest
+/// deltas are the ones kept, and the shed ones stay in the history for NAK
+/// repair.
+#[test]
+fn an_unsent_backlog_is_bounded_by_shedding_the_oldest_datagrams() {
+    let mut cfg = PublisherConfig::default();
+    cfg.max_queued_bytes(8 * 1452);
+    let now = Instant::now();
+    let mut p = Publisher::new(cfg, SessionId(9), now).unwrap();
+    let payload = [7u8; 64];
+    let mut peak = 0;
+    for i in 0..10_000u32 {
+        p.publish(&i.to_be_bytes(), &payload, true).unwrap();
+        peak = peak.max(p.queued_bytes());
+    }
+    assert!(peak <= 8 * 1452 && peak > 6 * 1452, "{peak}");
+    let stats = p.stats();
+    assert!(stats.datagrams_shed > 400, "{stats:?}");
+    assert!(stats.bytes_shed >= stats.datagrams_shed * 1000, "{stats:?}");
+    assert_eq!(p.history_usage().0, 10_000, "shed deltas stay repairable");
+    // What is left is the newest, in order, up to the last delta.
+    let mut buf = vec![0u8; 1452];
+    let mut seqs = Vec::new();
+    while let Some(t) = p.poll_live_transmit(now, 1, &mut buf) {
+        for m in Datagram::decode(&buf[..t.size]).unwrap().messages() {
+            if let Message::Delta(d) = m {
+                seqs.push(d.seq.0);
+            }
+        }
+    }
+    assert_eq!(seqs.last(), Some(&10_000));
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "contiguous");
+    let kept = seqs.len() as u64;
+    assert!(kept < 10_000 && kept > 100, "{kept}");
+    assert_eq!(p.queued_bytes(), 0);
+}
+
+/// `poll_live_transmit` hands out the published deltas (and a due
+/// heartbeat) but never snapshots nor repairs: the snapshot cycle of a
+/// large state waits for `poll_transmit`.
+#[test]
+fn live_polling_sends_deltas_and_leaves_the_cycle_to_poll_transmit() {
+    let mut p = publisher();
+    let now = Instant::now();
+    let mut state = BTreeMap::new();
+    for k in 0..100u32 {
+        p.track_leaf(&crate::state::encode(&k)).unwrap();
+        state.insert(k, k);
+    }
+    let typed = Typed::new(state);
+    let mut buf = vec![0u8; 4 * 1452];
+    let kinds = |p: &mut Publisher, buf: &mut Vec<u8>, live: bool, now: Instant| {
+        let mut kinds = Vec::new();
+        loop {
+            let t = if live {
+                p.poll_live_transmit(now, 4, buf)
+            } else {
+                p.poll_transmit(now, &typed, 4, buf)
+            };
+            let Some(t) = t else { break };
+            for d in t.datagrams(buf) {
+                for m in Datagram::decode(d).unwrap().messages() {
+                    kinds.push(m.kind_byte());
+                }
+            }
+        }
+        kinds
+    };
+    p.handle_timeout(now, 0);
+    p.publish(&crate::state::encode(&5u32), b"x", true).unwrap();
+    let later = now + Duration::from_secs(1);
+    let live = kinds(&mut p, &mut buf, true, later);
+    let hb = crate::wire::MessageKind::Heartbeat as u8;
+    let delta = crate::wire::MessageKind::Delta as u8;
+    assert_eq!(live, vec![hb, delta]);
+    assert_eq!(p.stats().snapshots, 0);
+    let rest = kinds(&mut p, &mut buf, false, later);
+    assert!(!rest.contains(&delta) && rest.len() > 100, "{rest:?}");
+    assert!(p.stats().snapshots >= 100, "{:?}", p.stats());
+}

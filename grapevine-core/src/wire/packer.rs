@@ -50,6 +50,8 @@ pub struct Packer {
     cur_len: usize,
     cur_msgs: usize,
     ready: VecDeque<(Vec<u8>, usize)>,
+    /// Bytes of the datagrams in `ready`.
+    ready_bytes: usize,
     pool: Vec<Vec<u8>>,
     scratch: Vec<u8>,
     /// Whether to keep a copy of every message split into fragments.
@@ -75,6 +77,7 @@ impl Packer {
             cur_len: 0,
             cur_msgs: 0,
             ready: VecDeque::new(),
+            ready_bytes: 0,
             pool: Vec::new(),
             scratch: Vec::new(),
             keep: false,
@@ -137,6 +140,28 @@ impl Packer {
     #[must_use]
     pub fn ready_count(&self) -> usize {
         self.ready.len()
+    }
+
+    /// Bytes of the finished datagrams waiting to be sent.
+    #[must_use]
+    pub fn ready_bytes(&self) -> usize {
+        self.ready_bytes
+    }
+
+    /// Drops the oldest finished datagram unsent and returns its length;
+    /// `None` if none is waiting. A publisher sheds this way when its
+    /// socket falls behind: receivers see a loss and repair it.
+    pub fn shed_oldest(&mut self) -> Option<usize> {
+        let (d, len) = self.ready.pop_front()?;
+        self.ready_bytes -= len;
+        self.recycle(d);
+        Some(len)
+    }
+
+    fn recycle(&mut self, d: Vec<u8>) {
+        if self.pool.len() < 64 {
+            self.pool.push(d);
+        }
     }
 
     /// Whether a datagram is being filled (holds at least one message).
@@ -246,6 +271,7 @@ impl Packer {
         }
         let full = std::mem::take(&mut self.cur);
         self.ready.push_back((full, self.cur_len));
+        self.ready_bytes += self.cur_len;
         self.finished_bytes += self.cur_len as u64;
         self.cur_msgs = 0;
         self.cur_len = 0;
@@ -258,6 +284,7 @@ impl Packer {
     /// a datagram that does not fit in a smaller `buf` is dropped.
     pub fn pop_into(&mut self, buf: &mut [u8]) -> Option<usize> {
         let (d, len) = self.ready.pop_front()?;
+        self.ready_bytes -= len;
         let copied = match (buf.get_mut(..len), d.get(..len)) {
             (Some(dst), Some(src)) => {
                 dst.copy_from_slice(src);
@@ -265,9 +292,7 @@ impl Packer {
             }
             _ => None,
         };
-        if self.pool.len() < 64 {
-            self.pool.push(d);
-        }
+        self.recycle(d);
         copied
     }
 }
@@ -360,6 +385,30 @@ mod tests {
         for m in [delta(2, &long), snap(&long)] {
             assert_eq!(p.push(&m), Err(EncodeError::FieldTooLong { field: "key" }));
         }
+    }
+
+    /// `ready_bytes` sums the finished datagrams; shedding drops the
+    /// oldest first, and popping and shedding both subtract.
+    #[test]
+    fn ready_bytes_count_what_waits_and_shedding_drops_the_oldest() {
+        let mut p = Packer::new(StreamId(1), SessionId(2), 200);
+        assert_eq!((p.ready_bytes(), p.shed_oldest()), (0, None));
+        let mut lens = Vec::new();
+        for (seq, key) in [(1, &b"a"[..]), (2, b"bbbbbbbb"), (3, b"cc")] {
+            p.push(&delta(seq, key)).unwrap();
+            p.flush();
+            lens.push(p.ready_bytes() - lens.iter().sum::<usize>());
+        }
+        assert!(lens[0] < lens[1] && lens[2] < lens[1], "{lens:?}");
+        assert_eq!(p.shed_oldest(), Some(lens[0]));
+        assert_eq!(p.ready_bytes(), lens[1] + lens[2]);
+        let mut buf = [0u8; 200];
+        assert_eq!(p.pop_into(&mut buf), Some(lens[1]), "the second is next");
+        let d = Datagram::decode(&buf[..lens[1]]).unwrap();
+        assert_eq!(d.header().datagram_seq, 1);
+        assert_eq!(p.ready_bytes(), lens[2]);
+        assert_eq!(p.shed_oldest(), Some(lens[2]));
+        assert_eq!((p.ready_bytes(), p.ready_count()), (0, 0));
     }
 
     #[test]
