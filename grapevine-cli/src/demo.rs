@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use grapevine::io::Loss;
 use grapevine::order_book::{BookDeltaGen, OrderBook};
 use grapevine::{Publisher, SnapshotRate, Status, Subscriber};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -100,8 +101,8 @@ fn check_args(a: &DemoArgs) -> Result<()> {
     if !(a.duration.is_finite() && a.duration >= 0.0) {
         bail!("--duration must be a non-negative number of seconds");
     }
-    if !(0.0..=1.0).contains(&a.loss) {
-        bail!("--loss is a probability: use 0.0 ..= 1.0 (e.g. 0.05)");
+    if let Err(e) = Loss::new(a.loss, 0) {
+        bail!("--loss: {e}");
     }
     if a.snapshot_rate == 0 {
         bail!("--snapshot-rate must be at least 1 leaf per second");
@@ -167,7 +168,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                 .multicast(net.multicast())
                 .stream(net.stream());
             if loss > 0.0 {
-                builder = builder.simulate_loss(loss, seed);
+                builder = builder.simulate_loss(Loss::new(loss, seed)?);
             }
             let mut sub = builder
                 .bind()

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use grapevine::io::Loss;
 use grapevine::order_book::{BookDeltaGen, OrderBook, PaddedBook, PaddedDeltaGen};
 use grapevine::{Event, Publisher, PublisherStats, SnapshotRate, State, Subscriber};
 use serde::Serialize;
@@ -402,8 +403,9 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     let mut builder = Subscriber::<S>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream());
-    if args.loss > 0.0 {
-        builder = builder.simulate_loss(args.loss, args.seed);
+    let loss = Loss::new(args.loss, args.seed).map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
+    if loss.probability() > 0.0 {
+        builder = builder.simulate_loss(loss);
     }
     let mut sub = builder.bind().await.context("starting the subscriber")?;
     let start = Instant::now();

@@ -110,7 +110,7 @@ async fn run(options: Options) -> Result<(), Box<dyn Error>> {
         .group(options.group)
         .port(options.port);
     if options.loss > 0.0 {
-        builder = builder.simulate_loss(options.loss, 1);
+        builder = builder.simulate_loss(grapevine::io::Loss::new(options.loss, 1)?);
     }
     let mut subscriber = builder.bind().await?;
     let group = subscriber.group_addr();

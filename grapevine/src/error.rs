@@ -18,10 +18,10 @@ use crate::socket::SocketError;
 /// ```
 /// use grapevine::Error;
 ///
-/// let err = Error::InvalidLoss(1.5);
-/// assert!(err.to_string().contains("0.0 ..= 1.0"));
+/// let err = Error::Closed;
+/// assert!(err.to_string().contains("driver"));
 /// let io: std::io::Error = err.into();
-/// assert_eq!(io.kind(), std::io::ErrorKind::InvalidInput);
+/// assert_eq!(io.kind(), std::io::ErrorKind::BrokenPipe);
 /// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -63,16 +63,11 @@ pub enum Error {
         status: Status,
     },
 
-    /// [`SubscriberBuilder::simulate_loss`](crate::SubscriberBuilder::simulate_loss)
-    /// was given a probability outside `0.0 ..= 1.0` (or NaN).
-    #[error("loss probability {0} is invalid: use a value in 0.0 ..= 1.0, e.g. 0.05 for 5 %")]
-    InvalidLoss(f64),
-
-    /// The background driver task has stopped: the handle was shut down, or
+    /// The background driver has stopped: the handle was shut down, or
     /// the tokio runtime that ran it is shutting down. Create a new
     /// publisher or subscriber inside a running runtime.
     #[error(
-        "the driver task has stopped (shut down, or its tokio runtime ended): \
+        "the driver has stopped (shut down, or its tokio runtime ended): \
          bind a new publisher or subscriber inside a running runtime"
     )]
     Closed,
@@ -85,9 +80,7 @@ impl From<Error> for io::Error {
             Error::Socket(e) => return e.into(),
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::Closed => io::ErrorKind::BrokenPipe,
-            Error::Config(_) | Error::InvalidLoss(_) | Error::Publish(_) => {
-                io::ErrorKind::InvalidInput
-            }
+            Error::Config(_) | Error::Publish(_) => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, err)
     }

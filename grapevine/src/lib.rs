@@ -19,8 +19,10 @@
 //! * A publisher restart (a new session) makes subscribers clear and resync
 //!   ([`Event::PublisherRestarted`]); a silent publisher is reported
 //!   ([`Event::PublisherGone`]) and the last replica stays readable.
-//! * Nothing here blocks the caller: [`Publisher::publish`] sends with a
-//!   non-blocking send and a background tokio task does the rest.
+//! * Nothing here blocks the caller: [`Publisher::publish`] sends its delta
+//!   with a non-blocking send, and a background driver (a tokio task, or a
+//!   busy-poll thread: [`Driver`]) does the rest: snapshots, heartbeats,
+//!   repairs. What waits for a full socket is bounded.
 //!
 //! The protocol itself lives in the sans-IO [`grapevine_core`] (re-exported
 //! as [`core`]); this crate drives it over real sockets. The wire format is
@@ -91,10 +93,11 @@
 //!
 //! # Cargo features
 //!
-//! * `runtime-tokio` (default): the tokio driver: [`Publisher`],
-//!   [`Subscriber`] and [`MulticastSocket::into_tokio`]. Without it the crate
-//!   offers the socket setup ([`socket`]), the error type and the
-//!   [`order_book`] state, for a driver of your own over [`core`].
+//! * `runtime-tokio` (default): [`Publisher`] and [`Subscriber`] with
+//!   their drivers (tokio or busy-poll) and [`MulticastSocket::into_tokio`].
+//!   Without it the crate offers the socket setup ([`socket`]), batched
+//!   datagram I/O ([`io`]), the error type and the [`order_book`] state, for
+//!   a driver of your own over [`core`].
 
 #![cfg_attr(
     not(test),
@@ -108,16 +111,23 @@
 
 pub use grapevine_core as core;
 
+#[cfg(feature = "runtime-tokio")]
+mod driver;
 mod error;
+pub mod io;
 pub mod order_book;
 #[cfg(feature = "runtime-tokio")]
 pub mod publisher;
 #[cfg(feature = "runtime-tokio")]
 mod random;
+#[cfg(feature = "runtime-tokio")]
+mod runtime;
 pub mod socket;
 #[cfg(feature = "runtime-tokio")]
 pub mod subscriber;
 
+#[cfg(feature = "runtime-tokio")]
+pub use driver::Driver;
 pub use error::Error;
 #[cfg(feature = "runtime-tokio")]
 pub use publisher::{Publisher, PublisherBuilder, PublisherStats};

@@ -26,36 +26,49 @@
 //! # How it runs
 //!
 //! [`publish`](Publisher::publish) applies the delta to the local state,
-//! stamps it with the next sequence number and sends the datagrams that are
-//! due right away, with a non-blocking send, from the calling thread. A
-//! background tokio task (spawned by [`bind`](PublisherBuilder::bind)) sends
-//! the paced snapshot cycle and the heartbeats, answers subscribers' NAKs
-//! (they arrive by unicast on the publisher's socket, the source address of
-//! its datagrams) with retransmissions to the group, and sends anything
-//! `publish` could not send because the socket buffer was full. The state
-//! sits behind a mutex that is never held across an `.await`.
+//! stamps it with the next sequence number and sends it at once from the
+//! calling thread, with one non-blocking send
+//! ([`publish_batch`](Publisher::publish_batch) packs many deltas to a
+//! datagram and sends up to ~44 datagrams per system call with UDP GSO). Nothing else happens on the
+//! caller's thread: the snapshot cycle, the heartbeats, the answers to
+//! subscribers' NAKs (they arrive by unicast on the publisher's socket, the
+//! source address of its datagrams) and anything `publish` could not send
+//! because the socket buffer was full are the driver's, a tokio task or a
+//! busy-poll thread ([`Driver`]). The state sits behind a mutex that is never
+//! held across an `.await`.
+//!
+//! # When the socket cannot keep up
+//!
+//! Datagrams that wait for the socket are bounded
+//! ([`PublisherConfig::max_queued_bytes`], 4 MiB by default): beyond it the
+//! oldest are shed and counted in [`PublisherStats::protocol`]
+//! (`datagrams_shed`), so memory never grows with the offered rate, and
+//! subscribers repair what was shed like any loss. An application that would
+//! rather slow down awaits [`Publisher::ready`] before publishing
+//! (back-pressure).
 //!
 //! A datagram the operating system refuses (other than "would block") is
 //! dropped and counted in [`PublisherStats::send_errors`], like a loss on the
 //! network: subscribers repair it by NAK or from the snapshot cycle.
 
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use grapevine_core::publisher::{
     Publisher as CorePublisher, PublisherConfig, PublisherStats as CoreStats, SnapshotRate,
 };
 use grapevine_core::state::{digest_of, encode, Digest, State, Typed};
-use grapevine_core::{Destination, SeqNum, SessionId, StreamId};
-use tokio::net::UdpSocket;
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use grapevine_core::{SeqNum, SessionId, StreamId};
 
+use crate::driver::publisher::{PublisherEngine, PublisherShared};
+use crate::driver::{segments_for, Driver};
 use crate::error::Error;
+use crate::io::{DatagramIo, UdpIo};
+use crate::runtime::{spawn_publisher, Running};
 use crate::socket::{bind_sender, Interface, MulticastConfig};
 
 /// Counters of a [`Publisher`]: the protocol's and the socket's.
@@ -67,6 +80,8 @@ pub struct PublisherStats {
     pub protocol: CoreStats,
     /// Datagrams handed to the socket.
     pub datagrams_sent: u64,
+    /// Send calls that carried them (several datagrams per call with GSO).
+    pub send_calls: u64,
     /// Bytes handed to the socket.
     pub bytes_sent: u64,
     /// Datagrams the operating system refused (dropped, repaired by
@@ -94,6 +109,7 @@ pub struct PublisherBuilder<S> {
     protocol: PublisherConfig,
     multicast: MulticastConfig,
     session: Option<u64>,
+    driver: Driver,
     state: PhantomData<fn() -> S>,
 }
 
@@ -103,6 +119,7 @@ impl<S> Default for PublisherBuilder<S> {
             protocol: PublisherConfig::default(),
             multicast: MulticastConfig::default(),
             session: None,
+            driver: Driver::default(),
             state: PhantomData,
         }
     }
@@ -114,6 +131,7 @@ impl<S> Clone for PublisherBuilder<S> {
             protocol: self.protocol.clone(),
             multicast: self.multicast.clone(),
             session: self.session,
+            driver: self.driver,
             state: PhantomData,
         }
     }
@@ -125,6 +143,7 @@ impl<S> fmt::Debug for PublisherBuilder<S> {
             .field("protocol", &self.protocol)
             .field("multicast", &self.multicast)
             .field("session", &self.session)
+            .field("driver", &self.driver)
             .finish()
     }
 }
@@ -186,6 +205,12 @@ impl<S> PublisherBuilder<S> {
         self
     }
 
+    /// How the background driver waits (default [`Driver::Tokio`]).
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = driver;
+        self
+    }
+
     /// Replaces the whole protocol configuration, including the stream,
     /// snapshot rate, heartbeat interval and datagram size set before.
     pub fn protocol(mut self, config: PublisherConfig) -> Self {
@@ -208,11 +233,12 @@ impl<S> PublisherBuilder<S> {
     ///
     /// [`Error::Config`] for an invalid protocol setting, [`Error::Socket`]
     /// for an invalid multicast setting or a socket that cannot be set up,
-    /// [`Error::Io`] if the socket cannot be registered with tokio.
+    /// [`Error::Io`] if the socket's batching options cannot be set or the
+    /// busy-poll thread cannot be started.
     ///
     /// # Panics
     ///
-    /// Panics when called outside a tokio runtime.
+    /// With [`Driver::Tokio`], panics when called outside a tokio runtime.
     pub async fn bind(self, initial: S) -> Result<Publisher<S>, Error>
     where
         S: State + Send + 'static,
@@ -233,26 +259,11 @@ impl<S> PublisherBuilder<S> {
         let socket = bind_sender(&self.multicast)?;
         let group = socket.group_addr();
         let local_addr = socket.local_addr()?;
-        let socket = socket.into_tokio()?;
-        // Tokio reports a socket ready only once its reactor has seen it so;
-        // until then `try_send_to` says "would block" without trying. Wait
-        // for that once, so the first `publish` sends at once.
-        socket.writable().await?;
-
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                core,
-                typed: Typed::new(initial),
-                buf: vec![0; max_datagram],
-                unsent: None,
-                stats: PublisherStats::default(),
-                closing: false,
-            }),
-            socket,
-            group,
-            wake: Notify::new(),
-        });
-        let driver = tokio::spawn(drive(Arc::clone(&shared)));
+        let io: Arc<dyn DatagramIo> = Arc::new(UdpIo::new(socket)?);
+        let segments = segments_for(&*io, max_datagram);
+        let engine = PublisherEngine::new(core, Typed::new(initial), segments);
+        let shared = Arc::new(PublisherShared::new(engine, io, group));
+        let driver = spawn_publisher(self.driver, &shared)?;
         Ok(Publisher {
             shared,
             driver: Some(driver),
@@ -267,193 +278,15 @@ impl<S> PublisherBuilder<S> {
 /// Dropping the handle stops the background task at once; call
 /// [`shutdown`](Self::shutdown) to first send what is queued.
 pub struct Publisher<S> {
-    shared: Arc<Shared<S>>,
-    driver: Option<JoinHandle<()>>,
+    shared: Arc<PublisherShared<S>>,
+    driver: Option<Running>,
     session: SessionId,
     local_addr: SocketAddr,
 }
 
-struct Shared<S> {
-    inner: Mutex<Inner<S>>,
-    socket: UdpSocket,
-    group: SocketAddr,
-    /// Wakes the driver: something to send, or shutting down.
-    wake: Notify,
-}
-
-struct Inner<S> {
-    core: CorePublisher,
-    typed: Typed<S>,
-    buf: Vec<u8>,
-    /// A datagram the socket refused with "would block", sent first when it
-    /// is writable again. Nothing else is sent before it, to keep order.
-    unsent: Option<Vec<u8>>,
-    stats: PublisherStats,
-    closing: bool,
-}
-
-/// Outcome of sending what is due.
-enum Flush {
-    /// Everything due was sent.
-    Done,
-    /// The socket is full; wait until it is writable.
-    Blocked,
-}
-
-impl<S: State> Inner<S> {
-    /// Fires the core's due timers, sends the held datagram, then every
-    /// datagram the core has due at `now`, until the socket would block.
-    fn flush(&mut self, socket: &UdpSocket, group: SocketAddr, now: Instant) -> Flush {
-        if self.core.poll_timeout().is_some_and(|t| t <= now) {
-            self.core.handle_timeout(now, wall_clock_micros());
-        }
-        if let Some(datagram) = self.unsent.take() {
-            if !send(socket, group, &datagram, &mut self.stats) {
-                self.unsent = Some(datagram);
-                return Flush::Blocked;
-            }
-        }
-        while let Some(t) = self.core.poll_transmit(now, &self.typed, 1, &mut self.buf) {
-            let to = match t.destination {
-                Destination::Unicast(addr) => addr,
-                _ => group,
-            };
-            for datagram in t.datagrams(&self.buf) {
-                if !send(socket, to, datagram, &mut self.stats) {
-                    self.unsent = Some(datagram.to_vec());
-                    return Flush::Blocked;
-                }
-            }
-        }
-        Flush::Done
-    }
-
-    /// Hands a received datagram (a NAK) to the core.
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
-        self.stats.datagrams_received += 1;
-        self.core.handle_datagram(now, from, datagram);
-    }
-}
-
-/// Sends one datagram; false if the socket would block.
-fn send(
-    socket: &UdpSocket,
-    group: SocketAddr,
-    datagram: &[u8],
-    stats: &mut PublisherStats,
-) -> bool {
-    match socket.try_send_to(datagram, group) {
-        Ok(n) => {
-            stats.datagrams_sent += 1;
-            stats.bytes_sent += n as u64;
-            true
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-            stats.send_blocked += 1;
-            false
-        }
-        Err(_) => {
-            stats.send_errors += 1;
-            true
-        }
-    }
-}
-
-impl<S> Shared<S> {
-    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
-        // A panic while holding the lock (in a user closure given to `read`)
-        // leaves the state as consistent as the closure left it.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The background task: sends what is due, then sleeps until the core's next
-/// deadline or until woken.
-async fn drive<S: State>(shared: Arc<Shared<S>>) {
-    let mut rbuf = vec![0u8; RECV_BUFFER];
-    loop {
-        let (flush, deadline, closing) = {
-            let mut inner = shared.lock();
-            let flush = inner.flush(&shared.socket, shared.group, Instant::now());
-            (flush, inner.core.poll_timeout(), inner.closing)
-        };
-        if closing {
-            if let Flush::Blocked = flush {
-                // Best effort: wait (bounded) for room to send the rest.
-                let room = tokio::time::timeout(SHUTDOWN_FLUSH, shared.socket.writable()).await;
-                if room.is_ok_and(|r| r.is_ok()) {
-                    continue;
-                }
-            }
-            return;
-        }
-        match flush {
-            Flush::Blocked => {
-                tokio::select! {
-                    r = shared.socket.writable() => {
-                        if r.is_err() {
-                            // The socket is broken; keep the heartbeat pace
-                            // rather than spinning.
-                            tokio::time::sleep(Duration::from_millis(10)).await;
-                        }
-                    }
-                    r = shared.socket.recv_from(&mut rbuf) => receive(&shared, r, &mut rbuf),
-                    () = shared.wake.notified() => {}
-                }
-            }
-            Flush::Done => {
-                let sleep = async {
-                    match deadline {
-                        Some(at) => tokio::time::sleep_until(at.into()).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = sleep => {}
-                    r = shared.socket.recv_from(&mut rbuf) => receive(&shared, r, &mut rbuf),
-                    () = shared.wake.notified() => {}
-                }
-            }
-        }
-    }
-}
-
-/// Hands one received datagram, and any others already waiting (a bounded
-/// batch), to the core.
-fn receive<S: State>(shared: &Shared<S>, first: io::Result<(usize, SocketAddr)>, buf: &mut [u8]) {
-    let mut inner = shared.lock();
-    let now = Instant::now();
-    let mut next = Some(first);
-    let mut n = 0;
-    while let Some(r) = next.take() {
-        match r {
-            Ok((len, from)) => {
-                if let Some(d) = buf.get_mut(..len) {
-                    inner.handle_datagram(now, from, d);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(_) => {
-                inner.stats.recv_errors += 1;
-                break;
-            }
-        }
-        n += 1;
-        if n < RECV_BATCH {
-            next = Some(shared.socket.try_recv_from(buf));
-        }
-    }
-}
-
-/// Largest datagram the publisher reads (NAKs are small; anything larger is
-/// truncated and then dropped as malformed).
-const RECV_BUFFER: usize = 65_536;
-/// Most datagrams handled per wake-up before sending again.
-const RECV_BATCH: usize = 64;
-
 /// How long [`Publisher::shutdown`] waits for socket room to send what is
 /// queued.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_FLUSH: Duration = Duration::from_secs(1);
 
 impl<S> Publisher<S> {
     /// A builder with every setting at its default.
@@ -483,7 +316,8 @@ impl<S: State + Send + 'static> Publisher<S> {
     /// Applies `delta` to the state, publishes it with the next sequence
     /// number and returns that number. The datagram goes out before this
     /// returns unless the socket's send buffer is full, in which case the
-    /// background task sends it as soon as there is room.
+    /// driver sends it as soon as there is room (see the
+    /// [module docs](self) for the bound on what waits).
     ///
     /// # Errors
     ///
@@ -491,15 +325,19 @@ impl<S: State + Send + 'static> Publisher<S> {
     /// bytes, or the session ran out of sequence numbers; the state is left
     /// unchanged.
     pub fn publish(&self, delta: S::Delta) -> Result<SeqNum, Error> {
-        let mut inner = self.shared.lock();
-        let seq = publish_one(&mut inner, &delta)?;
-        self.send_due(&mut inner);
+        let mut engine = self.shared.lock();
+        let seq = engine.publish(&delta)?;
+        if engine.send_live(&*self.shared.io, self.shared.group) {
+            self.shared.wake();
+        }
         Ok(seq)
     }
 
     /// Publishes several deltas, packed several to a datagram, and returns
     /// the sequence number of the last one (the current
-    /// [`last_seq`](Self::last_seq) if `deltas` is empty).
+    /// [`last_seq`](Self::last_seq) if `deltas` is empty). Full datagrams
+    /// are sent as they fill, many per system call where the kernel has
+    /// GSO, so a batch of any length holds little memory.
     ///
     /// ```
     /// use std::collections::BTreeMap;
@@ -527,32 +365,67 @@ impl<S: State + Send + 'static> Publisher<S> {
         &self,
         deltas: impl IntoIterator<Item = S::Delta>,
     ) -> Result<SeqNum, Error> {
-        let mut inner = self.shared.lock();
-        let mut result = Ok(inner.core.last_seq());
+        let (io, group) = (&*self.shared.io, self.shared.group);
+        let mut engine = self.shared.lock();
+        let mut result = Ok(engine.core.last_seq());
+        let mut wake = false;
         for delta in deltas {
-            match publish_one(&mut inner, &delta) {
+            match engine.publish(&delta) {
                 Ok(seq) => result = Ok(seq),
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             }
+            if engine.batch_ready() {
+                wake |= engine.send_live(io, group);
+            }
         }
-        self.send_due(&mut inner);
+        if engine.send_live(io, group) || wake {
+            self.shared.wake();
+        }
         result
     }
 
-    /// Sends what is due now, or leaves it to the driver if the socket is
-    /// full or the driver is already waiting for room.
-    fn send_due(&self, inner: &mut Inner<S>) {
-        if inner.unsent.is_some() {
-            self.shared.wake.notify_one();
-            return;
+    /// Waits until the datagrams waiting for the socket are at most half of
+    /// [`PublisherConfig::max_queued_bytes`]: await it before publishing to
+    /// slow down to the socket's pace instead of shedding (back-pressure).
+    /// Returns at once while the socket keeps up.
+    ///
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// # use grapevine::{MapDelta, Publisher};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), grapevine::Error> {
+    /// let publisher = Publisher::builder()
+    ///     .group("239.255.28.16".parse().unwrap())
+    ///     .port(28016)
+    ///     .bind(BTreeMap::<u32, u32>::new())
+    ///     .await?;
+    /// for round in 0..100u32 {
+    ///     publisher.ready().await;
+    ///     publisher.publish_batch((0..1_000).map(|i| MapDelta::Upsert(i, round)))?;
+    /// }
+    /// assert_eq!(publisher.stats().protocol.datagrams_shed, 0);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ready(&self) {
+        loop {
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.shared.lock().has_room() {
+                return;
+            }
+            self.shared.wake();
+            room.await;
         }
-        if let Flush::Blocked = inner.flush(&self.shared.socket, self.shared.group, Instant::now())
-        {
-            self.shared.wake.notify_one();
-        }
+    }
+
+    /// Bytes of datagrams waiting for the socket (0 while it keeps up).
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().core.queued_bytes()
     }
 
     /// Calls `f` with the current state and returns what it returns. The
@@ -581,10 +454,10 @@ impl<S: State + Send + 'static> Publisher<S> {
 
     /// The counters.
     pub fn stats(&self) -> PublisherStats {
-        let inner = self.shared.lock();
+        let engine = self.shared.lock();
         PublisherStats {
-            protocol: inner.core.stats(),
-            ..inner.stats
+            protocol: engine.core.stats(),
+            ..engine.stats
         }
     }
 
@@ -609,15 +482,16 @@ impl<S: State + Send + 'static> Publisher<S> {
     /// configured number of missed heartbeats.
     pub async fn shutdown(mut self) {
         self.shared.lock().closing = true;
-        self.shared.wake.notify_one();
+        self.shared.wake();
         if let Some(driver) = self.driver.take() {
-            let _ = driver.await;
+            driver.join().await;
         }
     }
 }
 
 impl<S> Drop for Publisher<S> {
     fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(driver) = self.driver.take() {
             driver.abort();
         }
@@ -632,29 +506,4 @@ impl<S> fmt::Debug for Publisher<S> {
             .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
-}
-
-/// Applies and publishes one delta; on failure the state is restored.
-fn publish_one<S: State>(inner: &mut Inner<S>, delta: &S::Delta) -> Result<SeqNum, Error> {
-    let key = S::key_of(delta);
-    let encoded_key = encode(&key);
-    let payload = encode(delta);
-    let state = inner.typed.state_mut();
-    let before = state.leaf(&key).cloned();
-    state.apply(delta);
-    let present_after = state.leaf(&key).is_some();
-    match inner.core.publish(&encoded_key, &payload, present_after) {
-        Ok(seq) => Ok(seq),
-        Err(e) => {
-            inner.typed.state_mut().set_leaf(&key, before);
-            Err(e.into())
-        }
-    }
-}
-
-/// Microseconds since the Unix epoch, for heartbeat timestamps.
-fn wall_clock_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }

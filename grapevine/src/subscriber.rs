@@ -42,8 +42,9 @@
 //!
 //! # How it runs
 //!
-//! [`bind`](SubscriberBuilder::bind) joins the group and spawns a tokio task
-//! that receives datagrams (up to 64 at a time under one lock), feeds them
+//! [`bind`](SubscriberBuilder::bind) joins the group and starts a driver (a
+//! tokio task, or a busy-poll thread: [`Driver`]) that receives datagrams in
+//! batches (one `recvmmsg`, with GRO where the kernel has it), feeds them
 //! and the protocol's timers to the sans-IO core, sends the core's NAKs by
 //! unicast to the publisher's source address (from the same socket), forwards the core's
 //! [`Event`]s to [`next_event`](Subscriber::next_event) and publishes the
@@ -52,31 +53,25 @@
 //! [`read`](Subscriber::read) locks it briefly.
 
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
     Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
 };
-use grapevine_core::{Destination, StreamId};
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
-use tokio::net::UdpSocket;
+use grapevine_core::StreamId;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
+use crate::driver::subscriber::{Outputs, SubscriberEngine, SubscriberShared};
+use crate::driver::Driver;
 use crate::error::Error;
+use crate::io::{DatagramIo, Loss, Lossy, UdpIo};
+use crate::runtime::{spawn_subscriber, Running};
 use crate::socket::{bind_receiver, Interface, MulticastConfig};
-
-/// Size of the receive buffer: the largest UDP datagram.
-const RECV_BUFFER: usize = 65_536;
-
-/// Most datagrams handled under one lock before events and status go out.
-const RECV_BATCH: usize = 64;
 
 /// Default capacity of the event channel.
 const DEFAULT_EVENT_CAPACITY: usize = 1_024;
@@ -92,6 +87,8 @@ pub struct SubscriberStats {
     pub datagrams_received: u64,
     /// Bytes received from the socket.
     pub bytes_received: u64,
+    /// Batched receive calls that brought them.
+    pub recv_batches: u64,
     /// Datagrams dropped by [`SubscriberBuilder::simulate_loss`].
     pub simulated_drops: u64,
     /// Receive errors reported by the socket.
@@ -120,8 +117,9 @@ pub struct SubscriberStats {
 pub struct SubscriberBuilder<S> {
     protocol: SubscriberConfig,
     multicast: MulticastConfig,
-    loss: Option<(f64, u64)>,
+    loss: Option<Loss>,
     event_capacity: usize,
+    driver: Driver,
     state: PhantomData<fn() -> S>,
 }
 
@@ -132,6 +130,7 @@ impl<S> Default for SubscriberBuilder<S> {
             multicast: MulticastConfig::default(),
             loss: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
+            driver: Driver::default(),
             state: PhantomData,
         }
     }
@@ -144,6 +143,7 @@ impl<S> Clone for SubscriberBuilder<S> {
             multicast: self.multicast.clone(),
             loss: self.loss,
             event_capacity: self.event_capacity,
+            driver: self.driver,
             state: PhantomData,
         }
     }
@@ -156,6 +156,7 @@ impl<S> fmt::Debug for SubscriberBuilder<S> {
             .field("multicast", &self.multicast)
             .field("loss", &self.loss)
             .field("event_capacity", &self.event_capacity)
+            .field("driver", &self.driver)
             .finish()
     }
 }
@@ -222,16 +223,29 @@ impl<S> SubscriberBuilder<S> {
         self
     }
 
-    /// **For demos and tests:** drops each received datagram with
-    /// `probability` before the protocol sees it, with a random generator
-    /// seeded by `seed`, to show recovery from loss without touching the
-    /// network. Dropped datagrams are counted in
-    /// [`SubscriberStats::simulated_drops`].
+    /// **For demos and tests:** wraps the socket in [`Lossy`], which drops
+    /// received datagrams as `loss` says before the protocol sees them, to
+    /// show recovery from loss without touching the network. Dropped
+    /// datagrams are counted in [`SubscriberStats::simulated_drops`].
     ///
-    /// `probability` must lie in `0.0 ..= 1.0`; [`bind`](Self::bind) fails
-    /// with [`Error::InvalidLoss`] otherwise.
-    pub fn simulate_loss(mut self, probability: f64, seed: u64) -> Self {
-        self.loss = Some((probability, seed));
+    /// ```
+    /// # use std::collections::BTreeMap;
+    /// use grapevine::io::Loss;
+    /// use grapevine::Subscriber;
+    ///
+    /// let builder = Subscriber::<BTreeMap<u32, u32>>::builder()
+    ///     .simulate_loss(Loss::new(0.05, 7)?);
+    /// # drop(builder);
+    /// # Ok::<(), grapevine::io::LossError>(())
+    /// ```
+    pub fn simulate_loss(mut self, loss: Loss) -> Self {
+        self.loss = Some(loss);
+        self
+    }
+
+    /// How the background driver waits (default [`Driver::Tokio`]).
+    pub fn driver(mut self, driver: Driver) -> Self {
+        self.driver = driver;
         self
     }
 
@@ -240,15 +254,14 @@ impl<S> SubscriberBuilder<S> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidLoss`] for a bad [`simulate_loss`](Self::simulate_loss)
-    /// probability, [`Error::Config`] for an invalid protocol setting,
+    /// [`Error::Config`] for an invalid protocol setting,
     /// [`Error::Socket`] for an invalid multicast setting or a socket that
-    /// cannot be set up, [`Error::Io`] if the socket cannot be registered
-    /// with tokio.
+    /// cannot be set up, [`Error::Io`] if the socket's batching options
+    /// cannot be set or the busy-poll thread cannot be started.
     ///
     /// # Panics
     ///
-    /// Panics when called outside a tokio runtime.
+    /// With [`Driver::Tokio`], panics when called outside a tokio runtime.
     pub async fn bind(self) -> Result<Subscriber<S>, Error>
     where
         S: State + Default + Send + 'static,
@@ -265,19 +278,11 @@ impl<S> SubscriberBuilder<S> {
     ///
     /// # Panics
     ///
-    /// Panics when called outside a tokio runtime.
+    /// With [`Driver::Tokio`], panics when called outside a tokio runtime.
     pub async fn bind_with(self, mut empty: S) -> Result<Subscriber<S>, Error>
     where
         S: State + Send + 'static,
     {
-        let loss = match self.loss {
-            Some((p, _)) if !(0.0..=1.0).contains(&p) => return Err(Error::InvalidLoss(p)),
-            Some((p, seed)) if p > 0.0 => Some(Loss {
-                probability: p,
-                rng: StdRng::seed_from_u64(seed),
-            }),
-            _ => None,
-        };
         self.multicast.validate()?;
         let mut protocol = self.protocol;
         if !protocol.is_seeded() {
@@ -287,21 +292,22 @@ impl<S> SubscriberBuilder<S> {
         let core = CoreSubscriber::new(protocol)?;
         let socket = bind_receiver(&self.multicast)?;
         let group = socket.group_addr();
-        let socket = socket.into_tokio()?;
+        let udp = UdpIo::new(socket)?;
+        let io: Arc<dyn DatagramIo> = match self.loss {
+            Some(loss) => Arc::new(Lossy::new(udp, loss)),
+            None => Arc::new(udp),
+        };
 
         empty.clear();
-        let shared = Arc::new(Shared {
-            inner: Mutex::new(Inner {
-                nak_buf: vec![0; core.config().max_datagram_size()],
-                core,
-                replica: Typed::new(empty),
-                loss,
-                stats: SubscriberStats::default(),
-            }),
-        });
         let (event_tx, event_rx) = mpsc::channel(self.event_capacity);
         let (status_tx, status_rx) = watch::channel(Status::default());
-        let driver = tokio::spawn(drive(Arc::clone(&shared), socket, event_tx, status_tx));
+        let engine = SubscriberEngine::new(core, Typed::new(empty));
+        let outputs = Outputs {
+            events: event_tx,
+            status: status_tx,
+        };
+        let shared = Arc::new(SubscriberShared::new(engine, io, outputs));
+        let driver = spawn_subscriber(self.driver, &shared)?;
         Ok(Subscriber {
             shared,
             events: event_rx,
@@ -317,138 +323,11 @@ impl<S> SubscriberBuilder<S> {
 /// Dropping the handle (or [`shutdown`](Self::shutdown)) leaves the group and
 /// stops the background task.
 pub struct Subscriber<S> {
-    shared: Arc<Shared<S>>,
+    shared: Arc<SubscriberShared<S>>,
     events: mpsc::Receiver<Event>,
     status: watch::Receiver<Status>,
-    driver: Option<JoinHandle<()>>,
+    driver: Option<Running>,
     group: SocketAddr,
-}
-
-struct Shared<S> {
-    inner: Mutex<Inner<S>>,
-}
-
-struct Inner<S> {
-    core: CoreSubscriber,
-    replica: Typed<S>,
-    nak_buf: Vec<u8>,
-    loss: Option<Loss>,
-    stats: SubscriberStats,
-}
-
-struct Loss {
-    probability: f64,
-    rng: StdRng,
-}
-
-impl<S> Shared<S> {
-    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
-        // A panic while holding the lock (in a user closure given to `read`)
-        // leaves the replica as consistent as the closure left it.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl<S: State> Inner<S> {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &mut [u8]) {
-        self.stats.datagrams_received += 1;
-        self.stats.bytes_received += datagram.len() as u64;
-        if let Some(loss) = &mut self.loss {
-            if loss.rng.random_bool(loss.probability) {
-                self.stats.simulated_drops += 1;
-                return;
-            }
-        }
-        self.core
-            .handle_datagram(now, from, datagram, &mut self.replica);
-    }
-
-    /// Fires due timers, sends NAKs, forwards events and publishes the
-    /// status.
-    fn finish_batch(
-        &mut self,
-        now: Instant,
-        socket: &UdpSocket,
-        events: &mpsc::Sender<Event>,
-        status: &watch::Sender<Status>,
-    ) {
-        if self.core.poll_timeout().is_some_and(|at| at <= now) {
-            self.core.handle_timeout(now, &mut self.replica);
-        }
-        while let Some(t) = self.core.poll_transmit(now, &mut self.nak_buf) {
-            let Destination::Unicast(to) = t.destination else {
-                continue;
-            };
-            for datagram in t.datagrams(&self.nak_buf) {
-                match socket.try_send_to(datagram, to) {
-                    Ok(_) => self.stats.naks_sent += 1,
-                    Err(_) => self.stats.send_errors += 1,
-                }
-            }
-        }
-        while let Some(event) = self.core.poll_event() {
-            if events.try_send(event).is_err() {
-                self.stats.events_dropped += 1;
-            }
-        }
-        let new = self.core.status();
-        status.send_if_modified(|old| {
-            let changed = *old != new;
-            *old = new;
-            changed
-        });
-    }
-}
-
-/// The background task: receives datagrams and fires timers.
-async fn drive<S: State>(
-    shared: Arc<Shared<S>>,
-    socket: UdpSocket,
-    events: mpsc::Sender<Event>,
-    status: watch::Sender<Status>,
-) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    loop {
-        let deadline = shared.lock().core.poll_timeout();
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            first = socket.recv_from(&mut buf) => {
-                let mut inner = shared.lock();
-                let now = Instant::now();
-                match first {
-                    Ok((n, from)) => {
-                        if let Some(d) = buf.get_mut(..n) {
-                            inner.handle_datagram(now, from, d);
-                        }
-                    }
-                    Err(_) => inner.stats.recv_errors += 1,
-                }
-                for _ in 1..RECV_BATCH {
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            if let Some(d) = buf.get_mut(..n) {
-                                inner.handle_datagram(now, from, d);
-                            }
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(_) => {
-                            inner.stats.recv_errors += 1;
-                            break;
-                        }
-                    }
-                }
-                inner.finish_batch(now, &socket, &events, &status);
-            }
-            () = sleep => {
-                shared.lock().finish_batch(Instant::now(), &socket, &events, &status);
-            }
-        }
-    }
 }
 
 impl<S> Subscriber<S> {
@@ -462,11 +341,11 @@ impl<S> Subscriber<S> {
     /// # async fn main() {
     /// let err = Subscriber::<BTreeMap<u32, u32>>::builder()
     ///     .port(28015)
-    ///     .simulate_loss(1.5, 0)
+    ///     .reorder_timeout(std::time::Duration::from_secs(1_000_000))
     ///     .bind()
     ///     .await
     ///     .unwrap_err();
-    /// assert!(matches!(err, Error::InvalidLoss(p) if p == 1.5));
+    /// assert!(matches!(err, Error::Config(_)), "{err}");
     /// # }
     /// ```
     pub fn builder() -> SubscriberBuilder<S> {
@@ -497,10 +376,11 @@ impl<S: State + Send + 'static> Subscriber<S> {
 
     /// The counters.
     pub fn stats(&self) -> SubscriberStats {
-        let inner = self.shared.lock();
+        let engine = self.shared.lock();
         SubscriberStats {
-            protocol: inner.core.stats().clone(),
-            ..inner.stats.clone()
+            protocol: engine.core.stats().clone(),
+            simulated_drops: self.shared.io.simulated_drops(),
+            ..engine.stats.clone()
         }
     }
 
@@ -584,18 +464,20 @@ impl<S: State + Send + 'static> Subscriber<S> {
         self.group
     }
 
-    /// Stops the background task, waits until it has stopped, and leaves the
-    /// group. (Dropping the handle stops the task too, without waiting.)
+    /// Stops the driver, waits until it has stopped, and leaves the
+    /// group. (Dropping the handle stops the driver too, without waiting.)
     pub async fn shutdown(mut self) {
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(driver) = self.driver.take() {
             driver.abort();
-            let _ = driver.await;
+            driver.join().await;
         }
     }
 }
 
 impl<S> Drop for Subscriber<S> {
     fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(driver) = self.driver.take() {
             driver.abort();
         }

@@ -9,3 +9,6 @@ mod socket;
 
 #[path = "io/replication.rs"]
 mod replication;
+
+#[path = "io/drivers.rs"]
+mod drivers;

@@ -213,6 +213,12 @@ impl PublisherConfig {
         self
     }
 
+    /// The bound set by [`PublisherConfig::max_queued_bytes`].
+    #[must_use]
+    pub fn queued_bytes_limit(&self) -> usize {
+        self.max_queued_bytes
+    }
+
     /// The maximum datagram size: the buffer a driver needs per segment for
     /// [`Publisher::poll_transmit`].
     #[must_use]

@@ -1,0 +1,248 @@
+//! The publisher's engine as the drivers see it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use grapevine_core::publisher::Publisher as CorePublisher;
+use grapevine_core::state::{encode, State, Typed};
+use grapevine_core::{Destination, SeqNum, Transmit};
+use tokio::sync::Notify;
+
+use super::{send, Flush, Sent};
+use crate::error::Error;
+use crate::io::{DatagramIo, RecvBatch};
+use crate::publisher::PublisherStats;
+
+/// The publisher's core, its state and its send buffer.
+pub(crate) struct PublisherEngine<S> {
+    pub(crate) core: CorePublisher,
+    pub(crate) typed: Typed<S>,
+    /// Room for `segments` datagrams: what the core writes a transmit into.
+    buf: Vec<u8>,
+    segments: usize,
+    /// A transmit in `buf` the socket refused with "would block", sent
+    /// first once there is room. Nothing is written to `buf` meanwhile.
+    unsent: Option<Transmit>,
+    pub(crate) stats: PublisherStats,
+    /// The handle asked the driver to send what is queued and stop.
+    pub(crate) closing: bool,
+    /// When the driver will next look at the core of its own accord
+    /// (`None`: only when woken); a publish that moves the core's deadline
+    /// earlier wakes it.
+    pub(crate) driver_deadline: Option<Instant>,
+}
+
+impl<S: State> PublisherEngine<S> {
+    pub(crate) fn new(core: CorePublisher, typed: Typed<S>, segments: usize) -> Self {
+        let segments = segments.max(1);
+        Self {
+            buf: vec![0; segments * core.config().max_datagram_size()],
+            core,
+            typed,
+            segments,
+            unsent: None,
+            stats: PublisherStats::default(),
+            closing: false,
+            driver_deadline: None,
+        }
+    }
+
+    /// Applies and publishes one delta; on failure the state is restored.
+    pub(crate) fn publish(&mut self, delta: &S::Delta) -> Result<SeqNum, Error> {
+        let key = S::key_of(delta);
+        let encoded_key = encode(&key);
+        let payload = encode(delta);
+        let state = self.typed.state_mut();
+        let before = state.leaf(&key).cloned();
+        state.apply(delta);
+        let present_after = state.leaf(&key).is_some();
+        match self.core.publish(&encoded_key, &payload, present_after) {
+            Ok(seq) => Ok(seq),
+            Err(e) => {
+                self.typed.state_mut().set_leaf(&key, before);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Whether a full transmit of live datagrams is waiting: worth a send
+    /// in the middle of a batch of publishes.
+    pub(crate) fn batch_ready(&self) -> bool {
+        self.core.queued_bytes() >= self.buf.len()
+    }
+
+    /// Sends the live datagrams (deltas, heartbeats) that are queued, from
+    /// the publishing thread; never reads the state for snapshots. Returns
+    /// whether the driver must be woken: it waits on a socket that is
+    /// full, or the core's next deadline moved before the one it sleeps
+    /// until.
+    pub(crate) fn send_live(&mut self, io: &dyn DatagramIo, group: SocketAddr) -> bool {
+        let blocked = self.unsent.is_some() || {
+            let now = Instant::now();
+            self.flush(io, group, now, false) == Flush::Blocked
+        };
+        let next = self.core.poll_timeout();
+        blocked
+            || match (next, self.driver_deadline) {
+                (Some(next), Some(sleeping)) => next < sleeping,
+                (Some(_), None) => true,
+                (None, _) => false,
+            }
+    }
+
+    /// Fires the due timers, then sends the held transmit and everything the
+    /// core has due at `now` (with `full`, the snapshot cycle and repairs
+    /// too), until the socket would block.
+    pub(crate) fn flush(
+        &mut self,
+        io: &dyn DatagramIo,
+        group: SocketAddr,
+        now: Instant,
+        full: bool,
+    ) -> Flush {
+        if full && self.core.poll_timeout().is_some_and(|t| t <= now) {
+            self.core.handle_timeout(now, wall_clock_micros());
+        }
+        if let Some(t) = self.unsent {
+            if self.send(io, group, t) == Flush::Blocked {
+                return Flush::Blocked;
+            }
+            self.unsent = None;
+        }
+        loop {
+            let t = if full {
+                self.core
+                    .poll_transmit(now, &self.typed, self.segments, &mut self.buf)
+            } else {
+                self.core
+                    .poll_live_transmit(now, self.segments, &mut self.buf)
+            };
+            let Some(t) = t else {
+                return Flush::Done;
+            };
+            if self.send(io, group, t) == Flush::Blocked {
+                self.unsent = Some(t);
+                return Flush::Blocked;
+            }
+        }
+    }
+
+    fn send(&mut self, io: &dyn DatagramIo, group: SocketAddr, t: Transmit) -> Flush {
+        let to = match t.destination {
+            Destination::Unicast(addr) => addr,
+            _ => group,
+        };
+        let contents = self.buf.get(..t.size).unwrap_or_default();
+        match send(io, to, contents, t.segment_size) {
+            Sent::Ok { datagrams, bytes } => {
+                self.stats.datagrams_sent += datagrams;
+                self.stats.bytes_sent += bytes;
+                self.stats.send_calls += 1;
+                Flush::Done
+            }
+            Sent::WouldBlock => {
+                self.stats.send_blocked += 1;
+                Flush::Blocked
+            }
+            Sent::Failed { datagrams } => {
+                self.stats.send_errors += datagrams;
+                Flush::Done
+            }
+        }
+    }
+
+    /// Hands a received batch (NAKs) to the core.
+    pub(crate) fn receive(&mut self, now: Instant, batch: &mut RecvBatch) {
+        let core = &mut self.core;
+        let stats = &mut self.stats;
+        batch.for_each(|from, datagram| {
+            stats.datagrams_received += 1;
+            core.handle_datagram(now, from, datagram);
+        });
+    }
+
+    /// Whether `ready()` may return: the backlog is at most half the bound.
+    pub(crate) fn has_room(&self) -> bool {
+        self.core.queued_bytes() <= self.core.config().queued_bytes_limit() / 2
+    }
+}
+
+/// Microseconds since the Unix epoch, for heartbeat timestamps.
+fn wall_clock_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// What a publisher's handle and its driver share.
+pub(crate) struct PublisherShared<S> {
+    engine: Mutex<PublisherEngine<S>>,
+    pub(crate) io: Arc<dyn DatagramIo>,
+    pub(crate) group: SocketAddr,
+    /// Wakes a tokio driver: something to send, or shutting down.
+    pub(crate) wake: Notify,
+    /// Tells a busy-poll driver the same.
+    pub(crate) kick: AtomicBool,
+    /// Signalled when the backlog drains to half its bound, for `ready`.
+    pub(crate) room: Notify,
+    /// Stops a busy-poll driver (the handle was dropped).
+    pub(crate) stop: AtomicBool,
+}
+
+impl<S: State> PublisherShared<S> {
+    pub(crate) fn new(
+        engine: PublisherEngine<S>,
+        io: Arc<dyn DatagramIo>,
+        group: SocketAddr,
+    ) -> Self {
+        Self {
+            engine: Mutex::new(engine),
+            io,
+            group,
+            wake: Notify::new(),
+            kick: AtomicBool::new(false),
+            room: Notify::new(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, PublisherEngine<S>> {
+        // A panic while holding the lock (in a user closure given to `read`)
+        // leaves the state as consistent as the closure left it.
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes the driver, whichever runtime it runs on.
+    pub(crate) fn wake(&self) {
+        self.kick.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The driver's turn: hands `batch` (if any) to the core, sends
+    /// everything due, and notes when the driver will look again. Returns
+    /// the flush outcome and whether the handle asked to close.
+    pub(crate) fn turn(&self, batch: Option<&mut RecvBatch>) -> (Flush, Option<Instant>, bool) {
+        let mut e = self.lock();
+        let now = Instant::now();
+        if let Some(batch) = batch {
+            e.receive(now, batch);
+        }
+        let flush = e.flush(&*self.io, self.group, now, true);
+        let deadline = e.core.poll_timeout();
+        e.driver_deadline = match flush {
+            Flush::Done => deadline,
+            Flush::Blocked => None,
+        };
+        if e.has_room() {
+            self.room.notify_waiters();
+        }
+        (flush, deadline, e.closing)
+    }
+
+    /// Counts a receive error.
+    pub(crate) fn recv_error(&self) {
+        self.lock().stats.recv_errors += 1;
+    }
+}

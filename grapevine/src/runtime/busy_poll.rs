@@ -1,0 +1,67 @@
+//! The busy-poll runtime: one thread per handle that polls the socket and
+//! the clock in a loop and never sleeps.
+
+use std::hint::spin_loop;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use grapevine_core::state::State;
+
+use super::stopped;
+use crate::driver::publisher::PublisherShared;
+use crate::driver::subscriber::SubscriberShared;
+use crate::driver::Flush;
+use crate::io::RecvBatch;
+use crate::publisher::SHUTDOWN_FLUSH;
+
+/// Whether `batch` was filled by one receive (errors counted by `on_error`).
+fn receive(io: &dyn crate::io::DatagramIo, batch: &mut RecvBatch, on_error: impl FnOnce()) -> bool {
+    match io.try_recv(batch) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+        Err(_) => {
+            on_error();
+            false
+        }
+    }
+}
+
+fn due(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+pub(super) fn publisher<S: State>(shared: &PublisherShared<S>) {
+    let mut batch = RecvBatch::new();
+    let (mut flush, mut deadline, _) = shared.turn(None);
+    let mut closing_since = None;
+    while !stopped(&shared.stop) {
+        let got = receive(&*shared.io, &mut batch, || shared.recv_error());
+        let kicked = shared.kick.swap(false, Ordering::AcqRel);
+        if got || kicked || flush == Flush::Blocked || due(deadline) {
+            let closing;
+            (flush, deadline, closing) = shared.turn(got.then_some(&mut batch));
+            if closing {
+                let since = *closing_since.get_or_insert_with(Instant::now);
+                if flush == Flush::Done || since.elapsed() >= SHUTDOWN_FLUSH {
+                    return;
+                }
+            }
+        } else {
+            spin_loop();
+        }
+    }
+}
+
+pub(super) fn subscriber<S: State>(shared: &SubscriberShared<S>) {
+    let mut batch = RecvBatch::new();
+    let mut deadline = shared.turn(None);
+    while !stopped(&shared.stop) {
+        let got = receive(&*shared.io, &mut batch, || shared.recv_error());
+        if got || due(deadline) {
+            deadline = shared.turn(got.then_some(&mut batch));
+        } else {
+            spin_loop();
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The runtimes a driver runs on: a tokio task, or a busy-poll thread.
+//! Both call the same runtime-agnostic turns of [`crate::driver`]; they
+//! differ only in how they wait.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use grapevine_core::state::State;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::driver::publisher::PublisherShared;
+use crate::driver::subscriber::SubscriberShared;
+use crate::driver::Driver;
+
+mod busy_poll;
+mod tokio_task;
+
+/// A running driver, as its handle holds it.
+pub(crate) enum Running {
+    /// A tokio task.
+    Task(JoinHandle<()>),
+    /// A busy-poll thread: told to stop through a flag, reports its end.
+    Thread(oneshot::Receiver<()>),
+}
+
+impl Running {
+    /// Waits until the driver has stopped (after it was told to).
+    pub(crate) async fn join(self) {
+        match self {
+            Running::Task(task) => {
+                let _ = task.await;
+            }
+            Running::Thread(done) => {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// Stops a tokio task at once; a thread is stopped by its flag.
+    pub(crate) fn abort(&self) {
+        if let Running::Task(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// Starts a publisher's driver.
+pub(crate) fn spawn_publisher<S: State + Send + 'static>(
+    driver: Driver,
+    shared: &Arc<PublisherShared<S>>,
+) -> std::io::Result<Running> {
+    let shared = Arc::clone(shared);
+    match driver {
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::publisher(shared)))),
+        Driver::BusyPoll => spawn_thread("grapevine-pub", move || {
+            busy_poll::publisher(&shared);
+        }),
+    }
+}
+
+/// Starts a subscriber's driver.
+pub(crate) fn spawn_subscriber<S: State + Send + 'static>(
+    driver: Driver,
+    shared: &Arc<SubscriberShared<S>>,
+) -> std::io::Result<Running> {
+    let shared = Arc::clone(shared);
+    match driver {
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::subscriber(shared)))),
+        Driver::BusyPoll => spawn_thread("grapevine-sub", move || {
+            busy_poll::subscriber(&shared);
+        }),
+    }
+}
+
+fn spawn_thread(name: &str, run: impl FnOnce() + Send + 'static) -> std::io::Result<Running> {
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            run();
+            let _ = done_tx.send(());
+        })?;
+    Ok(Running::Thread(done_rx))
+}
+
+/// Whether a stop flag is raised.
+fn stopped(flag: &AtomicBool) -> bool {
+    flag.load(std::sync::atomic::Ordering::Acquire)
+}
