@@ -30,6 +30,9 @@ pub(crate) struct Cycler {
     tokens: f64,
     tokens_at: Instant,
     leaf_buf: Vec<u8>,
+    /// Running mean of the snapshot messages' encoded length, to know how
+    /// many leaves fill a datagram under [`SnapshotRate::LeavesPerSec`].
+    mean_len: f64,
 }
 
 /// What the cycle needs from the publisher for one fill.
@@ -51,6 +54,7 @@ impl Cycler {
             tokens: 0.0,
             tokens_at: now,
             leaf_buf: Vec::new(),
+            mean_len: INITIAL_MEAN_LEN,
         }
     }
 
@@ -63,7 +67,7 @@ impl Cycler {
     /// cycle may start).
     pub(crate) fn ready_at(&self, cfg: &PublisherConfig) -> Instant {
         if self.cycle.is_some() {
-            let missing = (datagram_cost(cfg) - self.tokens).max(0.0);
+            let missing = (self.datagram_cost(cfg) - self.tokens).max(0.0);
             let secs = (missing / rate(cfg)).min(3600.0);
             self.tokens_at + Duration::from_secs_f64(secs)
         } else {
@@ -80,7 +84,7 @@ impl Cycler {
         let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
         self.tokens_at = now.max(self.tokens_at);
         // Allow bursts of up to 10 ms worth, and at least one datagram.
-        let cap = (rate(cfg) * 0.010).max(datagram_cost(cfg) * 2.0);
+        let cap = (rate(cfg) * 0.010).max(self.datagram_cost(cfg) * 2.0);
         self.tokens = (self.tokens + elapsed * rate(cfg)).min(cap);
     }
 
@@ -103,7 +107,7 @@ impl Cycler {
         // is when `ready_at` says), so datagrams go out full however often
         // the publisher is polled; within one, the last message may
         // overdraw.
-        while self.tokens >= datagram_cost(cx.cfg) || (queued && self.budget_left()) {
+        while self.tokens >= self.datagram_cost(cx.cfg) || (queued && self.budget_left()) {
             let Some(cycle) = self.cycle.as_ref() else {
                 break;
             };
@@ -163,6 +167,7 @@ impl Cycler {
                 value: present.then_some(self.leaf_buf.as_slice()),
             });
             let msg_len = msg.encoded_len();
+            self.mean_len += (msg_len as f64 - self.mean_len) / MEAN_WINDOW;
             if cx.packer.is_open() && msg_len > cx.packer.remaining() {
                 // This datagram is full: hand it out before spending more.
                 break;
@@ -217,11 +222,34 @@ fn rate(cfg: &PublisherConfig) -> f64 {
 }
 
 /// Budget one datagram of snapshots costs, in the rate's unit.
-fn datagram_cost(cfg: &PublisherConfig) -> f64 {
-    match cfg.snapshot_rate {
-        // Roughly: at least one leaf per datagram; pace per leaf.
-        SnapshotRate::LeavesPerSec(_) => 1.0,
-        SnapshotRate::BytesPerSec(_) => (cfg.max_datagram - HEADER_LEN) as f64,
+/// The snapshot message length assumed before any was measured.
+const INITIAL_MEAN_LEN: f64 = 24.0;
+/// Under a leaves-per-second budget, snapshot datagrams are spaced by at
+/// least about this much unless they are full.
+const DATAGRAM_SPACING: Duration = Duration::from_millis(1);
+/// Messages over which the mean length adapts.
+const MEAN_WINDOW: f64 = 64.0;
+
+impl Cycler {
+    /// The budget a datagram of snapshots needs before it starts, so that
+    /// however often the publisher is polled, snapshot datagrams go out
+    /// full or at most about one per [`DATAGRAM_SPACING`]. In leaves: as
+    /// many as fit at the mean message length, or a spacing's worth of the
+    /// rate if fewer, and no more than the cycle has left; at least one.
+    fn datagram_cost(&self, cfg: &PublisherConfig) -> f64 {
+        let room = (cfg.max_datagram - HEADER_LEN) as f64;
+        match cfg.snapshot_rate {
+            SnapshotRate::LeavesPerSec(n) => {
+                let left = self
+                    .cycle
+                    .as_ref()
+                    .map_or(1, |c| c.keys.len().saturating_sub(c.pos));
+                let fit = (room / self.mean_len).floor();
+                let spaced = (f64::from(n) * DATAGRAM_SPACING.as_secs_f64()).floor();
+                fit.min(spaced).min(left as f64).max(1.0)
+            }
+            SnapshotRate::BytesPerSec(_) => room,
+        }
     }
 }
 

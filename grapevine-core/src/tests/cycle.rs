@@ -160,8 +160,9 @@ fn woken_only_when_due_the_cycle_keeps_to_its_rate() {
         (
             SnapshotRate::LeavesPerSec(5_000),
             5_000,
-            50 + 1,
-            1.0 / 5_000.0,
+            50 + 5,
+            // Five leaves a datagram: one datagram a millisecond.
+            5.0 / 5_000.0,
         ),
     ] {
         let t0 = Instant::now();

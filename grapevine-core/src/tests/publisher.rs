@@ -497,3 +497,60 @@ fn live_polling_sends_deltas_and_leaves_the_cycle_to_poll_transmit() {
     assert!(!rest.contains(&delta) && rest.len() > 100, "{rest:?}");
     assert!(p.stats().snapshots >= 100, "{:?}", p.stats());
 }
+
+/// Under a leaves-per-second budget, a driver that polls exactly when
+/// `poll_timeout` says (as a busy-poll driver does) still gets full
+/// datagrams of snapshots, not one leaf each (at 100,000 leaves/s; at
+/// 10,000/s, ten leaves: one datagram per millisecond); the pace holds, and
+/// the cycle's last datagram waits only for the leaves left.
+#[test]
+fn snapshots_go_out_in_full_datagrams_however_often_the_driver_polls() {
+    for (rate, least) in [(100_000, 50), (10_000, 10)] {
+        snapshot_datagrams_at(rate, least);
+    }
+}
+
+fn snapshot_datagrams_at(rate: u32, least: usize) {
+    let mut cfg = PublisherConfig::default();
+    cfg.snapshot_rate(crate::publisher::SnapshotRate::LeavesPerSec(rate))
+        .heartbeat_interval(Duration::from_secs(3600));
+    let start = Instant::now();
+    let mut p = Publisher::new(cfg, SessionId(9), start).unwrap();
+    let mut state = BTreeMap::new();
+    for k in 0..1_030u32 {
+        p.track_leaf(&crate::state::encode(&k)).unwrap();
+        state.insert(k, k);
+    }
+    let typed = Typed::new(state);
+    let mut buf = vec![0u8; 1452];
+    let mut now = start;
+    let mut per_datagram = Vec::new();
+    while p.stats().cycles == 0 {
+        p.handle_timeout(now, 0);
+        while let Some(t) = p.poll_transmit(now, &typed, 1, &mut buf) {
+            let d = Datagram::decode(&buf[..t.size]).unwrap();
+            let n = d
+                .messages()
+                .filter(|m| matches!(m, Message::LeafSnapshot(_)))
+                .count();
+            if n > 0 {
+                per_datagram.push(n);
+            }
+        }
+        if p.stats().cycles > 0 {
+            break;
+        }
+        now = p.poll_timeout().unwrap().max(now + Duration::from_nanos(1));
+        assert!(now - start < Duration::from_secs(1), "cycle too slow");
+    }
+    let (last, full) = per_datagram.split_last().unwrap();
+    assert!(full.iter().all(|&n| n >= least), "{rate}: {per_datagram:?}");
+    assert!(*last >= 1 && per_datagram.iter().sum::<usize>() == 1_030);
+    // 1,030 leaves at the rate, not much more.
+    let took = (now - start).as_secs_f64();
+    let want = 1_030.0 / f64::from(rate);
+    assert!(
+        took >= want * 0.9 && took <= want * 1.25,
+        "{rate}: {took} {per_datagram:?}"
+    );
+}
