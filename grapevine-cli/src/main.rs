@@ -1,6 +1,7 @@
 //! The `grapevine` command: a live demo, a publisher and a subscriber as
 //! separate processes, and a datagram decoder.
 
+mod bench;
 mod decode;
 mod demo;
 mod pubsub;
@@ -34,6 +35,12 @@ enum Command {
     /// Decode datagrams given as hex and print their meaning, one line per
     /// header and message, in the notation of PROTOCOL.md's test vectors.
     /// Fragments given across several datagrams are reassembled.
+    /// Measure throughput, latency, fan-out or the snapshot cycle, with the
+    /// publisher here and each subscriber a separate process.
+    Bench(bench::BenchArgs),
+    /// One subscriber process of `grapevine bench` (started by it).
+    #[command(hide = true)]
+    BenchSub(bench::sub::BenchSubArgs),
     Decode {
         /// Datagrams as hex (spaces inside one argument are ignored). Reads
         /// them from standard input, one per line, if none is given.
@@ -98,6 +105,8 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::BenchSub(args) => runtime().and_then(|rt| rt.block_on(bench::sub::run(args))),
     };
     match res {
         Ok(code) => code,

@@ -1,0 +1,567 @@
+//! `grapevine bench`: Grapevine's own numbers, measured as a user would run
+//! it: this process publishes, and each subscriber is a separate process
+//! (`grapevine bench-sub`, started here). See BENCHMARKS.md for the method
+//! and for how the numbers compare with raw UDP and Cyclone DDS.
+//!
+//! * `throughput`: deltas as fast as the socket takes them (back-pressure
+//!   through `Publisher::ready`, never shedding), in batches of 64;
+//!   reports the rate at which the subscriber applied them.
+//! * `latency`: single deltas at `--rate` (10,000/s by default), each
+//!   stamped with the wall clock at `publish`; the subscriber records the
+//!   time to `apply`: one-way latency, percentiles.
+//! * `fanout`: as throughput at a fixed `--rate` with `--subscribers` (4);
+//!   reports the publisher's CPU time per delta.
+//! * `snapshot`: a state of `--leaves` (1,000,000) leaves of ~32 bytes,
+//!   cycled as fast as the socket takes; reports the cycle's leaves/s and
+//!   MB/s, how long a subscriber joining mid-cycle takes to sync, and its
+//!   resident memory against the leaves' raw bytes.
+
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use grapevine::{Driver, Publisher, SnapshotRate};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout};
+
+use crate::NetArgs;
+use measure::{cpu_time, kernel_drops};
+use state::{BenchState, Delta, Leaf, Pad, DELTA_OVERHEAD};
+use sub::SubReport;
+
+mod measure;
+mod state;
+pub(crate) mod sub;
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Mode {
+    /// Deltas per second, publisher to subscriber, as fast as possible.
+    Throughput,
+    /// One-way latency from `publish` to `apply`, at a fixed rate.
+    Latency,
+    /// Publisher CPU per delta with several subscribers.
+    Fanout,
+    /// The snapshot cycle of a large state, and a late joiner's sync.
+    Snapshot,
+}
+
+/// The driver, as a flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum DriverArg {
+    /// A tokio task (the default).
+    Tokio,
+    /// A thread that polls without sleeping (burns a core).
+    BusyPoll,
+}
+
+impl From<DriverArg> for Driver {
+    fn from(d: DriverArg) -> Self {
+        match d {
+            DriverArg::Tokio => Driver::Tokio,
+            DriverArg::BusyPoll => Driver::BusyPoll,
+        }
+    }
+}
+
+impl DriverArg {
+    fn flag(self) -> &'static str {
+        match self {
+            DriverArg::Tokio => "tokio",
+            DriverArg::BusyPoll => "busy-poll",
+        }
+    }
+}
+
+/// Flags of `grapevine bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value_t = Mode::Throughput)]
+    mode: Mode,
+    /// Bytes of each delta's payload, 16 ..= 1400.
+    #[arg(long, default_value_t = 64)]
+    size: u32,
+    /// Seconds of publishing (all modes but snapshot), up to 3600.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Subscriber processes, 1 ..= 32 (default 1; 4 for fanout).
+    #[arg(long)]
+    subscribers: Option<u32>,
+    /// Deltas per second (default: as fast as the socket takes them for
+    /// throughput, 10,000 for latency, 100,000 for fanout); with snapshot,
+    /// leaves per second of the cycle (default: unpaced).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Leaves of the state, 1 ..= 10,000,000 (default 10,000; 1,000,000
+    /// for snapshot).
+    #[arg(long)]
+    leaves: Option<u32>,
+    /// How publisher and subscribers wait for I/O.
+    #[arg(long, value_enum, default_value_t = DriverArg::Tokio)]
+    driver: DriverArg,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    net: NetArgs,
+}
+
+/// Deltas per `publish_batch` in throughput and fanout modes.
+const CHUNK: u32 = 64;
+/// Bounds each wait for a subscriber process.
+const CHILD_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The validated settings.
+struct Plan {
+    mode: Mode,
+    pad: u16,
+    duration: Duration,
+    subscribers: u32,
+    rate: Option<u64>,
+    leaves: u32,
+}
+
+fn plan(a: &BenchArgs) -> Result<Plan> {
+    if !(16..=1400).contains(&a.size) {
+        bail!(
+            "--size {} is out of range: use 16 ..= 1400 bytes (64 is the usual)",
+            a.size
+        );
+    }
+    if !(a.duration.is_finite() && a.duration >= 0.1 && a.duration <= 3600.0) {
+        bail!(
+            "--duration must be 0.1 ..= 3600 seconds, not {}",
+            a.duration
+        );
+    }
+    let subscribers = a
+        .subscribers
+        .unwrap_or(if a.mode == Mode::Fanout { 4 } else { 1 });
+    if !(1..=32).contains(&subscribers) {
+        bail!("--subscribers {subscribers} is out of range: use 1 ..= 32");
+    }
+    let rate = match (a.mode, a.rate) {
+        (_, Some(0)) => bail!("--rate must be positive (or left out)"),
+        (_, Some(r)) if r > 100_000_000 => bail!("--rate {r} is too high: use at most 100000000"),
+        (Mode::Snapshot, Some(r)) if r > u64::from(u32::MAX) => {
+            bail!(
+                "--rate {r} is too high for leaves per second: use at most {}",
+                u32::MAX
+            )
+        }
+        (Mode::Latency, None) => Some(10_000),
+        (Mode::Fanout, None) => Some(100_000),
+        (_, r) => r,
+    };
+    let leaves = a.leaves.unwrap_or(if a.mode == Mode::Snapshot {
+        1_000_000
+    } else {
+        10_000
+    });
+    if !(1..=10_000_000).contains(&leaves) {
+        bail!("--leaves {leaves} is out of range: use 1 ..= 10000000");
+    }
+    let pad = if a.mode == Mode::Snapshot {
+        // Leaves of about 32 bytes: key, stamp, padding.
+        32 - DELTA_OVERHEAD
+    } else {
+        a.size - DELTA_OVERHEAD
+    };
+    Ok(Plan {
+        mode: a.mode,
+        pad: u16::try_from(pad).unwrap_or(u16::MAX),
+        duration: Duration::from_secs_f64(a.duration),
+        subscribers,
+        rate,
+        leaves,
+    })
+}
+
+/// One subscriber process.
+struct SubProcess {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl SubProcess {
+    async fn spawn(args: &BenchArgs) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding the grapevine executable")?;
+        let n = &args.net;
+        let mut child = tokio::process::Command::new(exe)
+            .arg("bench-sub")
+            .args(["--group", &n.group.to_string()])
+            .args(["--port", &n.port.to_string()])
+            .args(["--interface", &n.interface])
+            .args(["--stream", &n.stream.to_string()])
+            .args(["--driver", args.driver.flag()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a subscriber process")?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            bail!("the subscriber process has no pipes");
+        };
+        let mut p = Self {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        };
+        p.expect("ready").await?;
+        Ok(p)
+    }
+
+    /// The next line, which must start with `word`; the rest of it.
+    async fn expect(&mut self, word: &str) -> Result<String> {
+        let line = tokio::time::timeout(CHILD_TIMEOUT, self.lines.next_line())
+            .await
+            .with_context(|| format!("a subscriber did not say {word:?} in time"))??;
+        match line {
+            Some(l) if l.starts_with(word) => Ok(l[word.len()..].trim().to_owned()),
+            Some(l) => bail!("a subscriber said {l:?} instead of {word:?}"),
+            None => bail!("a subscriber exited before saying {word:?}"),
+        }
+    }
+
+    /// Tells where the stream ends and reads the report.
+    async fn finish(mut self, last_seq: u64) -> Result<SubReport> {
+        self.stdin
+            .write_all(format!("end {last_seq}\n").as_bytes())
+            .await?;
+        self.stdin.flush().await?;
+        let json = self.expect("{").await?;
+        let report: SubReport = serde_json::from_str(&format!("{{{json}"))?;
+        let _ = self.child.wait().await;
+        Ok(report)
+    }
+}
+
+/// The result, as printed with `--json`.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    mode: Option<Mode>,
+    driver: Option<DriverArg>,
+    size: u32,
+    subscribers: u32,
+    duration_s: f64,
+    deltas_published: u64,
+    publish_per_s: f64,
+    /// Deltas applied per second, the slowest subscriber.
+    deltas_per_s: f64,
+    datagrams_per_s: f64,
+    datagrams_per_send_call: f64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    latency_curve: Vec<(f64, f64)>,
+    cpu_per_delta_ns: f64,
+    sub_cpu_per_delta_ns: f64,
+    kernel_drops: u64,
+    datagrams_shed: u64,
+    gaps: u64,
+    all_consistent: bool,
+    // Snapshot mode.
+    leaves: u64,
+    cycle_s: f64,
+    leaves_per_s: f64,
+    mb_per_s: f64,
+    sync_s: f64,
+    sync_over_cycle: f64,
+    rss_bytes: u64,
+    raw_bytes: u64,
+    rss_over_raw: f64,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
+    let plan = plan(&args)?;
+    let drops_before = kernel_drops(args.net.port);
+    let mut report = if plan.mode == Mode::Snapshot {
+        snapshot(&args, &plan).await?
+    } else {
+        stream(&args, &plan).await?
+    };
+    report.mode = Some(plan.mode);
+    report.driver = Some(args.driver);
+    report.size = args.size;
+    report.subscribers = plan.subscribers;
+    report.kernel_drops = kernel_drops(args.net.port).saturating_sub(drops_before);
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(if report.all_consistent {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: a subscriber did not end consistent");
+        ExitCode::FAILURE
+    })
+}
+
+/// Throughput, latency and fanout: publish for the duration, then collect.
+async fn stream(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let mut subs = Vec::new();
+    for _ in 0..plan.subscribers {
+        subs.push(SubProcess::spawn(args).await?);
+    }
+    let publ = Publisher::builder()
+        .multicast(args.net.multicast())
+        .stream(args.net.stream())
+        .driver(args.driver.into())
+        .bind(BenchState::with_leaves(plan.leaves, plan.pad))
+        .await
+        .context("starting the publisher")?;
+    for s in &mut subs {
+        s.expect("synced").await?;
+    }
+    let publ = Arc::new(publ);
+    let before = publ.stats();
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let published = match plan.mode {
+        Mode::Latency => {
+            let p = Arc::clone(&publ);
+            let (rate, leaves, pad, duration) = (
+                plan.rate.unwrap_or(10_000),
+                plan.leaves,
+                plan.pad,
+                plan.duration,
+            );
+            tokio::task::spawn_blocking(move || paced_singles(&p, rate, leaves, pad, duration))
+                .await??
+        }
+        _ => batches(&publ, plan).await?,
+    };
+    let elapsed = start.elapsed();
+    let cpu = cpu_time().saturating_sub(cpu0);
+    let after = publ.stats();
+    let last = publ.last_seq().0;
+    let mut reports = Vec::new();
+    for s in subs {
+        reports.push(s.finish(last).await?);
+    }
+    let secs = elapsed.as_secs_f64();
+    let sent = after.datagrams_sent - before.datagrams_sent;
+    let calls = (after.send_calls - before.send_calls).max(1);
+    let mut r = Report {
+        duration_s: secs,
+        deltas_published: published,
+        publish_per_s: published as f64 / secs,
+        datagrams_per_s: sent as f64 / secs,
+        datagrams_per_send_call: sent as f64 / calls as f64,
+        cpu_per_delta_ns: cpu.as_nanos() as f64 / published.max(1) as f64,
+        datagrams_shed: after.protocol.datagrams_shed,
+        all_consistent: reports.iter().all(|r| r.consistent),
+        deltas_per_s: f64::INFINITY,
+        ..Report::default()
+    };
+    for s in &reports {
+        let span = s.last_apply_ns.saturating_sub(s.first_apply_ns).max(1) as f64 / 1e9;
+        r.deltas_per_s = r.deltas_per_s.min(s.deltas_applied as f64 / span);
+        r.sub_cpu_per_delta_ns = r
+            .sub_cpu_per_delta_ns
+            .max(s.cpu_ns as f64 / s.deltas_applied.max(1) as f64);
+        r.gaps += s.gaps;
+        let l = &s.latency;
+        if l.p99_us >= r.p99_us {
+            r.latency_curve.clone_from(&l.curve);
+        }
+        r.p50_us = r.p50_us.max(l.p50_us);
+        r.p90_us = r.p90_us.max(l.p90_us);
+        r.p99_us = r.p99_us.max(l.p99_us);
+        r.p999_us = r.p999_us.max(l.p999_us);
+        r.max_us = r.max_us.max(l.max_us);
+    }
+    if let Ok(p) = Arc::try_unwrap(publ) {
+        p.shutdown().await;
+    }
+    Ok(r)
+}
+
+fn delta(key: u32, pad: u16, stamp_ns: u64) -> Delta {
+    Delta {
+        key,
+        leaf: Leaf {
+            stamp_ns,
+            pad: Pad(pad),
+        },
+    }
+}
+
+/// Batches of [`CHUNK`] deltas, at `plan.rate` or as fast as the socket
+/// takes them. Returns the number published.
+async fn batches(publ: &Publisher<BenchState>, plan: &Plan) -> Result<u64> {
+    let start = Instant::now();
+    let every = plan
+        .rate
+        .map(|r| Duration::from_secs_f64(f64::from(CHUNK) / r as f64));
+    let mut next = start;
+    let mut key = 0u32;
+    let mut published = 0u64;
+    while start.elapsed() < plan.duration {
+        if let Some(every) = every {
+            next += every;
+            tokio::time::sleep_until(next.into()).await;
+        }
+        publ.ready().await;
+        let stamp = state::wall_ns();
+        publ.publish_batch((0..CHUNK).map(|_| {
+            let d = delta(key, plan.pad, stamp);
+            key = (key + 1) % plan.leaves;
+            d
+        }))?;
+        published += u64::from(CHUNK);
+    }
+    Ok(published)
+}
+
+/// One delta at a time at `rate` per second, from a thread of its own
+/// (sleeping between deltas; never bursting to catch up by more than one).
+fn paced_singles(
+    publ: &Publisher<BenchState>,
+    rate: u64,
+    leaves: u32,
+    pad: u16,
+    duration: Duration,
+) -> Result<u64> {
+    let period = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut next = start;
+    let mut key = 0u32;
+    let mut published = 0u64;
+    while start.elapsed() < duration {
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else if now - next > period {
+            next = now;
+        }
+        publ.publish(delta(key, pad, state::wall_ns()))?;
+        key = (key + 1) % leaves;
+        published += 1;
+    }
+    Ok(published)
+}
+
+/// The snapshot cycle of a large state, and a subscriber that joins in the
+/// middle of a cycle.
+async fn snapshot(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let rate = plan
+        .rate
+        .map_or(u32::MAX, |r| u32::try_from(r).unwrap_or(u32::MAX));
+    let publ = Publisher::builder()
+        .multicast(args.net.multicast())
+        .stream(args.net.stream())
+        .driver(args.driver.into())
+        .snapshot_rate(SnapshotRate::LeavesPerSec(rate))
+        .bind(BenchState::with_leaves(plan.leaves, plan.pad))
+        .await
+        .context("starting the publisher")?;
+    let cycles = |n: u64| {
+        let publ = &publ;
+        async move {
+            let deadline = Instant::now() + CHILD_TIMEOUT;
+            while publ.stats().protocol.cycles < n {
+                if Instant::now() > deadline {
+                    bail!("the publisher did not complete {n} snapshot cycles in time");
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok((Instant::now(), publ.stats()))
+        }
+    };
+    let (t1, s1) = cycles(1).await?;
+    let (t2, s2) = cycles(2).await?;
+    let cycle = t2 - t1;
+    let bytes = s2.protocol.snapshot_bytes - s1.protocol.snapshot_bytes;
+    // Join half-way through the third cycle.
+    tokio::time::sleep(cycle / 2).await;
+    let sub = SubProcess::spawn(args).await;
+    let mut sub = sub?;
+    let synced = sub.expect("synced").await?;
+    let report = sub.finish(publ.last_seq().0).await?;
+    let secs = cycle.as_secs_f64();
+    let sync_s = synced.parse::<f64>().unwrap_or(f64::NAN) / 1e9;
+    publ.shutdown().await;
+    Ok(Report {
+        leaves: u64::from(plan.leaves),
+        cycle_s: secs,
+        leaves_per_s: f64::from(plan.leaves) / secs,
+        mb_per_s: bytes as f64 / secs / 1e6,
+        sync_s,
+        sync_over_cycle: sync_s / secs,
+        rss_bytes: report.rss_bytes,
+        raw_bytes: report.raw_bytes,
+        rss_over_raw: report.rss_bytes as f64 / report.raw_bytes.max(1) as f64,
+        all_consistent: report.consistent && report.leaves == u64::from(plan.leaves),
+        gaps: report.gaps,
+        ..Report::default()
+    })
+}
+
+fn print_table(r: &Report) {
+    let mode = r.mode.map_or("?", |m| match m {
+        Mode::Throughput => "throughput",
+        Mode::Latency => "latency",
+        Mode::Fanout => "fanout",
+        Mode::Snapshot => "snapshot",
+    });
+    let driver = r.driver.map_or("?", DriverArg::flag);
+    println!(
+        "mode {mode}, driver {driver}, {} subscriber(s)",
+        r.subscribers
+    );
+    if r.mode == Some(Mode::Snapshot) {
+        println!("  leaves              {}", r.leaves);
+        println!("  cycle               {:.3} s", r.cycle_s);
+        println!("  leaves/s            {:.0}", r.leaves_per_s);
+        println!("  snapshot MB/s       {:.1}", r.mb_per_s);
+        println!(
+            "  late joiner synced  {:.3} s ({:.2} cycles)",
+            r.sync_s, r.sync_over_cycle
+        );
+        println!(
+            "  subscriber RSS      {:.1} MB for {:.1} MB of leaves ({:.2}x)",
+            r.rss_bytes as f64 / 1e6,
+            r.raw_bytes as f64 / 1e6,
+            r.rss_over_raw
+        );
+    } else {
+        println!(
+            "  deltas published    {} in {:.2} s ({:.0}/s)",
+            r.deltas_published, r.duration_s, r.publish_per_s
+        );
+        println!(
+            "  deltas applied/s    {:.0} (slowest subscriber)",
+            r.deltas_per_s
+        );
+        println!(
+            "  datagrams/s         {:.0} ({:.1} per send call)",
+            r.datagrams_per_s, r.datagrams_per_send_call
+        );
+        println!(
+            "  latency us          p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+        );
+        println!(
+            "  CPU ns/delta        publisher {:.0}, subscriber {:.0}",
+            r.cpu_per_delta_ns, r.sub_cpu_per_delta_ns
+        );
+        println!(
+            "  gaps {}, kernel drops {}, shed {}",
+            r.gaps, r.kernel_drops, r.datagrams_shed
+        );
+    }
+    println!("  all consistent      {}", r.all_consistent);
+}

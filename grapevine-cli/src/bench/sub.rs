@@ -1,0 +1,115 @@
+//! `grapevine bench-sub`: one benchmark subscriber, a child process of
+//! `grapevine bench`. It talks to its parent by lines: it prints `ready`
+//! once joined and `synced <ns>` once synced; given `end <seq>` on its
+//! standard input it waits (bounded) until consistent through `seq`, then
+//! prints one JSON line of results and exits.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use grapevine::{State, Subscriber};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::measure::{cpu_time, rss_bytes, Percentiles};
+use super::state::BenchState;
+use super::DriverArg;
+use crate::NetArgs;
+
+/// Flags of the hidden `grapevine bench-sub`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchSubArgs {
+    #[command(flatten)]
+    pub(crate) net: NetArgs,
+    #[arg(long, value_enum, default_value_t = DriverArg::Tokio)]
+    pub(crate) driver: DriverArg,
+}
+
+/// What one subscriber reports.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct SubReport {
+    pub(crate) consistent: bool,
+    pub(crate) deltas_applied: u64,
+    pub(crate) first_apply_ns: u64,
+    pub(crate) last_apply_ns: u64,
+    pub(crate) datagrams_received: u64,
+    pub(crate) recv_batches: u64,
+    pub(crate) gaps: u64,
+    pub(crate) repaired_by_nak: u64,
+    pub(crate) snapshots_applied: u64,
+    pub(crate) synced_after_ns: u64,
+    pub(crate) cpu_ns: u64,
+    pub(crate) rss_bytes: u64,
+    pub(crate) leaves: u64,
+    /// Encoded bytes of the replica's keys and leaves.
+    pub(crate) raw_bytes: u64,
+    pub(crate) latency: Percentiles,
+}
+
+/// How long to wait for consistency once told where the stream ends.
+const END_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
+    let sub = Subscriber::<BenchState>::builder()
+        .multicast(args.net.multicast())
+        .stream(args.net.stream())
+        .driver(args.driver.into())
+        .bind_with(BenchState::measuring())
+        .await
+        .context("starting the benchmark subscriber")?;
+    let joined = Instant::now();
+    println!("ready");
+    sub.wait_until(|s| s.synced, END_TIMEOUT)
+        .await
+        .context("waiting to sync")?;
+    let synced_after = joined.elapsed();
+    println!("synced {}", synced_after.as_nanos());
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let target = loop {
+        let Some(line) = lines.next_line().await? else {
+            bail!("the benchmark ended without telling where the stream ends");
+        };
+        if let Some(seq) = line.strip_prefix("end ") {
+            break seq.trim().parse::<u64>().context("end <seq>")?;
+        }
+    };
+    let consistent = sub
+        .wait_until(|s| s.consistent && s.seq.0 == target, END_TIMEOUT)
+        .await
+        .is_ok();
+    let rss = rss_bytes();
+    let stats = sub.stats();
+    let mut report = sub.read(|s| SubReport {
+        deltas_applied: s.applied,
+        first_apply_ns: s.first_ns,
+        last_apply_ns: s.last_ns,
+        leaves: s.leaf_count() as u64,
+        ..SubReport::default()
+    });
+    report.latency = sub.read(|s| {
+        let mut samples = s.samples.clone();
+        Percentiles::of(&mut samples)
+    });
+    report.raw_bytes = sub.read(|s| {
+        let mut bytes = 0;
+        s.for_each_leaf(&mut |k, l| {
+            bytes += (grapevine::core::state::encode(k).len()
+                + grapevine::core::state::encode(l).len()) as u64;
+        });
+        bytes
+    });
+    report.consistent = consistent;
+    report.datagrams_received = stats.datagrams_received;
+    report.recv_batches = stats.recv_batches;
+    report.gaps = stats.protocol.gaps;
+    report.repaired_by_nak = stats.protocol.repaired_by_nak;
+    report.snapshots_applied = stats.protocol.snapshots_applied;
+    report.synced_after_ns = u64::try_from(synced_after.as_nanos()).unwrap_or(u64::MAX);
+    report.cpu_ns = u64::try_from(cpu_time().as_nanos()).unwrap_or(u64::MAX);
+    report.rss_bytes = rss;
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(ExitCode::SUCCESS)
+}
