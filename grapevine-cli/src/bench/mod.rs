@@ -3,9 +3,10 @@
 //! (`grapevine bench-sub`, started here). See BENCHMARKS.md for the method
 //! and for how the numbers compare with raw UDP and Cyclone DDS.
 //!
-//! * `throughput`: deltas as fast as the socket takes them (back-pressure
-//!   through `Publisher::ready`, never shedding), in batches of 64;
-//!   reports the rate at which the subscriber applied them.
+//! * `throughput`: deltas in batches of 1,024 at `--rate`; without one,
+//!   a search for the highest rate the subscribers take without loss
+//!   (no kernel drop, no gap), doubling from 250,000/s and then bisecting;
+//!   reports the rate at which the subscribers applied them.
 //! * `latency`: single deltas at `--rate` (10,000/s by default), each
 //!   stamped with the wall clock at `publish`; the subscriber records the
 //!   time to `apply`: one-way latency, percentiles.
@@ -93,9 +94,9 @@ pub(crate) struct BenchArgs {
     /// Subscriber processes, 1 ..= 32 (default 1; 4 for fanout).
     #[arg(long)]
     subscribers: Option<u32>,
-    /// Deltas per second (default: as fast as the socket takes them for
-    /// throughput, 10,000 for latency, 100,000 for fanout); with snapshot,
-    /// leaves per second of the cycle (default: unpaced).
+    /// Deltas per second (default: for throughput, a search for the
+    /// highest rate without loss; 10,000 for latency; 100,000 for fanout);
+    /// with snapshot, leaves per second of the cycle (default: unpaced).
     #[arg(long)]
     rate: Option<u64>,
     /// Leaves of the state, 1 ..= 10,000,000 (default 10,000; 1,000,000
@@ -113,7 +114,11 @@ pub(crate) struct BenchArgs {
 }
 
 /// Deltas per `publish_batch` in throughput and fanout modes.
-const CHUNK: u32 = 64;
+const CHUNK: u32 = 1024;
+/// The throughput search starts here, in deltas per second.
+const SEARCH_FROM: u64 = 250_000;
+/// Bisection steps after the doubling phase found loss.
+const SEARCH_STEPS: u32 = 3;
 /// Bounds each wait for a subscriber process.
 const CHILD_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -256,6 +261,11 @@ struct Report {
     publish_per_s: f64,
     /// Deltas applied per second, the slowest subscriber.
     deltas_per_s: f64,
+    /// The publishing rate asked for (0: unpaced).
+    rate: u64,
+    /// The throughput search: every rate tried, what was applied, and
+    /// whether it was loss-free.
+    search: Vec<Trial>,
     datagrams_per_s: f64,
     datagrams_per_send_call: f64,
     p50_us: f64,
@@ -282,19 +292,31 @@ struct Report {
     rss_over_raw: f64,
 }
 
+/// One rate tried by the throughput search.
+#[derive(Clone, Debug, Serialize)]
+struct Trial {
+    rate: u64,
+    deltas_per_s: f64,
+    kernel_drops: u64,
+    gaps: u64,
+    clean: bool,
+}
+
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
-    let drops_before = kernel_drops(args.net.port);
-    let mut report = if plan.mode == Mode::Snapshot {
-        snapshot(&args, &plan).await?
-    } else {
-        stream(&args, &plan).await?
+    let drops_before = kernel_drops();
+    let mut report = match plan.mode {
+        Mode::Snapshot => snapshot(&args, &plan).await?,
+        Mode::Throughput if plan.rate.is_none() => search(&args, &plan).await?,
+        _ => stream(&args, &plan, plan.rate).await?,
     };
     report.mode = Some(plan.mode);
     report.driver = Some(args.driver);
     report.size = args.size;
     report.subscribers = plan.subscribers;
-    report.kernel_drops = kernel_drops(args.net.port).saturating_sub(drops_before);
+    if report.search.is_empty() {
+        report.kernel_drops = kernel_drops().saturating_sub(drops_before);
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -308,8 +330,65 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     })
 }
 
-/// Throughput, latency and fanout: publish for the duration, then collect.
-async fn stream(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+/// One trial of the search at `rate`: its report, and whether it was
+/// loss-free.
+async fn trial(args: &BenchArgs, plan: &Plan, rate: u64) -> Result<(Trial, Report)> {
+    let before = kernel_drops();
+    let mut r = stream(args, plan, Some(rate)).await?;
+    r.kernel_drops = kernel_drops().saturating_sub(before);
+    let t = Trial {
+        rate,
+        deltas_per_s: r.deltas_per_s,
+        kernel_drops: r.kernel_drops,
+        gaps: r.gaps,
+        clean: r.kernel_drops == 0 && r.gaps == 0 && r.all_consistent,
+    };
+    Ok((t, r))
+}
+
+/// The highest loss-free rate: doubling from [`SEARCH_FROM`] until a trial
+/// loses, then [`SEARCH_STEPS`] bisections. Reports the best loss-free
+/// trial (or the first, if none was), with every trial tried.
+async fn search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let mut trials = Vec::new();
+    let mut best: Option<Report> = None;
+    let (mut lo, mut hi) = (0, 0);
+    let mut rate = SEARCH_FROM;
+    while rate <= 64_000_000 {
+        let (t, r) = trial(args, plan, rate).await?;
+        let clean = t.clean;
+        trials.push(t);
+        if !clean {
+            hi = rate;
+            best = best.or(Some(r));
+            break;
+        }
+        lo = rate;
+        best = Some(r);
+        rate *= 2;
+    }
+    if lo > 0 && hi > 0 {
+        for _ in 0..SEARCH_STEPS {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let mid = ((lo as f64) * (hi as f64)).sqrt() as u64;
+            let (t, r) = trial(args, plan, mid).await?;
+            if t.clean {
+                lo = mid;
+                best = Some(r);
+            } else {
+                hi = mid;
+            }
+            trials.push(t);
+        }
+    }
+    let mut best = best.context("no trial ran")?;
+    best.search = trials;
+    Ok(best)
+}
+
+/// Throughput, latency and fanout: publish for the duration at `rate`,
+/// then collect.
+async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Report> {
     let mut subs = Vec::new();
     for _ in 0..plan.subscribers {
         subs.push(SubProcess::spawn(args).await?);
@@ -340,7 +419,7 @@ async fn stream(args: &BenchArgs, plan: &Plan) -> Result<Report> {
             tokio::task::spawn_blocking(move || paced_singles(&p, rate, leaves, pad, duration))
                 .await??
         }
-        _ => batches(&publ, plan).await?,
+        _ => batches(&publ, plan, rate).await?,
     };
     let elapsed = start.elapsed();
     let cpu = cpu_time().saturating_sub(cpu0);
@@ -363,6 +442,7 @@ async fn stream(args: &BenchArgs, plan: &Plan) -> Result<Report> {
         datagrams_shed: after.protocol.datagrams_shed,
         all_consistent: reports.iter().all(|r| r.consistent),
         deltas_per_s: f64::INFINITY,
+        rate: rate.unwrap_or(0),
         ..Report::default()
     };
     for s in &reports {
@@ -398,13 +478,11 @@ fn delta(key: u32, pad: u16, stamp_ns: u64) -> Delta {
     }
 }
 
-/// Batches of [`CHUNK`] deltas, at `plan.rate` or as fast as the socket
-/// takes them. Returns the number published.
-async fn batches(publ: &Publisher<BenchState>, plan: &Plan) -> Result<u64> {
+/// Batches of [`CHUNK`] deltas, at `rate` or as fast as the socket takes
+/// them. Returns the number published.
+async fn batches(publ: &Publisher<BenchState>, plan: &Plan, rate: Option<u64>) -> Result<u64> {
     let start = Instant::now();
-    let every = plan
-        .rate
-        .map(|r| Duration::from_secs_f64(f64::from(CHUNK) / r as f64));
+    let every = rate.map(|r| Duration::from_secs_f64(f64::from(CHUNK) / r as f64));
     let mut next = start;
     let mut key = 0u32;
     let mut published = 0u64;
@@ -542,6 +620,16 @@ fn print_table(r: &Report) {
             "  deltas published    {} in {:.2} s ({:.0}/s)",
             r.deltas_published, r.duration_s, r.publish_per_s
         );
+        for t in &r.search {
+            println!(
+                "  tried {:>9}/s     applied {:.0}/s, {} kernel drops, {} gaps{}",
+                t.rate,
+                t.deltas_per_s,
+                t.kernel_drops,
+                t.gaps,
+                if t.clean { "" } else { " (lossy)" }
+            );
+        }
         println!(
             "  deltas applied/s    {:.0} (slowest subscriber)",
             r.deltas_per_s
