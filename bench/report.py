@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Turns the logs and JSON of bench/run.sh into the results table of
+BENCHMARKS.md (between its `results` markers) and bench/latency.png.
+
+    python3 bench/report.py bench/out
+"""
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+
+OUT = sys.argv[1] if len(sys.argv) > 1 else "bench/out"
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def runs(pattern):
+    return sorted(glob.glob(os.path.join(OUT, pattern)))
+
+
+def gv(pattern):
+    return [json.load(open(f)) for f in runs(pattern)]
+
+
+def sockperf_latency(path):
+    text = open(path).read()
+    pct = {float(q): float(v) for q, v in re.findall(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)", text)}
+    mx = re.search(r"<MAX> observation =\s*([\d.]+)", text)
+    mn = re.search(r"<MIN> observation =\s*([\d.]+)", text)
+    if mx:
+        pct[100.0] = float(mx.group(1))
+    if mn:
+        pct[0.0] = float(mn.group(1))
+    return pct
+
+
+def sockperf_rate(path):
+    m = re.search(r"Message Rate is\s+(\d+)", open(path).read())
+    return float(m.group(1)) if m else None
+
+
+def ddsperf_rate(path):
+    """Median of the subscriber's per-second rates, the first second left out."""
+    rates = [float(r) * 1000 for r in re.findall(r"size 64 total \d+ lost \d+ delta \d+ lost \d+ rate ([\d.]+) kS/s", open(path).read())]
+    return median(rates[1:]) if len(rates) > 1 else median(rates)
+
+
+machine = json.load(open(os.path.join(OUT, "machine.json")))
+sp_lat = [sockperf_latency(f) for f in runs("sockperf-latency-*.log")]
+sp_p50 = median([p.get(50.0) for p in sp_lat])
+sp_p99 = median([p.get(99.0) for p in sp_lat])
+sp_p999 = median([p.get(99.9) for p in sp_lat])
+sp_rate = median([sockperf_rate(f) for f in runs("sockperf-throughput-*.log")])
+dds = median([ddsperf_rate(f) for f in runs("ddsperf-sub-*.log")])
+
+thr = gv("gv-throughput-*.json")
+gv_rate = median([r["deltas_per_s"] for r in thr])
+gv_dgrams = median([r["datagrams_per_s"] for r in thr])
+lat = {d: gv(f"gv-latency-{d}-*.json") for d in ("tokio", "busy-poll")}
+fan1 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-1-*.json")])
+fan4 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-4-*.json")])
+snap = json.load(open(os.path.join(OUT, "gv-snapshot.json")))
+small = json.load(open(os.path.join(OUT, "gv-snapshot-small.json")))
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(x, unit="", digits=0):
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def verdict(r, goal, higher_is_better):
+    if r is None:
+        return "not measured"
+    ok = r >= goal if higher_is_better else r <= goal
+    return "met" if ok else "not met"
+
+
+rows = []
+r = ratio(gv_rate, dds)
+rows.append(("Throughput: deltas applied/s, 1 subscriber, no loss",
+             fmt(gv_rate), f"ddsperf {fmt(dds)} samples/s", fmt(r, "x", 2), "≥ 2x", verdict(r, 2.0, True)))
+rows.append(("Throughput: datagrams/s on the wire (Grapevine packs ~20 deltas in each, ~20 per GSO call)",
+             fmt(gv_dgrams), f"sockperf {fmt(sp_rate)} datagrams/s (one per call)", fmt(ratio(gv_dgrams, sp_rate), "x", 2), "-", "-"))
+rows.append(("Throughput: deltas/s against raw 64-byte datagrams/s",
+             fmt(gv_rate), f"sockperf {fmt(sp_rate)}", fmt(ratio(gv_rate, sp_rate), "x", 2), "-", "-"))
+for d, reps in lat.items():
+    p50 = median([x["p50_us"] for x in reps])
+    p99 = median([x["p99_us"] for x in reps])
+    p999 = median([x["p999_us"] for x in reps])
+    rows.append((f"Latency p50, one way, 10,000/s ({d})", fmt(p50, " µs", 1), f"sockperf {fmt(sp_p50, ' µs', 1)}",
+                 fmt(ratio(p50, sp_p50), "x", 2), "≤ 1.1x", verdict(ratio(p50, sp_p50), 1.1, False)))
+    rows.append((f"Latency p99 ({d})", fmt(p99, " µs", 1), f"sockperf {fmt(sp_p99, ' µs', 1)}",
+                 fmt(ratio(p99, sp_p99), "x", 2), "≤ 1.3x", verdict(ratio(p99, sp_p99), 1.3, False)))
+    rows.append((f"Latency p99.9 ({d})", fmt(p999, " µs", 1), f"sockperf {fmt(sp_p999, ' µs', 1)}",
+                 fmt(ratio(p999, sp_p999), "x", 2), "-", "-"))
+r = ratio(fan4, fan1)
+rows.append(("Fan-out: publisher CPU per delta, 4 subscribers vs 1", f"{fmt(fan4, ' ns')} vs {fmt(fan1, ' ns')}",
+             "1 subscriber", fmt(r, "x", 2), "≤ 1.1x", verdict(r, 1.1, False)))
+rows.append(("Snapshot cycle, 1,000,000 leaves of ~32 B", f"{fmt(snap['leaves_per_s'])} leaves/s, {fmt(snap['mb_per_s'], ' MB/s', 1)}",
+             f"cycle {fmt(snap['cycle_s'], ' s', 2)}", "-", "-", "-"))
+r = snap["sync_over_cycle"]
+rows.append(("Late joiner: time to sync / cycle time", fmt(snap["sync_s"], " s", 2), f"cycle {fmt(snap['cycle_s'], ' s', 2)}",
+             fmt(r, "x", 2), "≤ 1.2x", verdict(r, 1.2, False)))
+fixed = small["rss_bytes"]
+r = ratio(snap["rss_bytes"] - fixed, snap["raw_bytes"])
+rows.append(("Subscriber memory: (RSS − fixed) / raw bytes of the leaves",
+             f"{fmt(snap['rss_bytes'] / 1e6, ' MB', 1)} RSS", f"{fmt(snap['raw_bytes'] / 1e6, ' MB', 1)} raw, fixed {fmt(fixed / 1e6, ' MB', 1)}",
+             fmt(r, "x", 2), "≤ 2x", verdict(r, 2.0, False)))
+
+table = ["| Measure | Grapevine | Baseline (same run) | Ratio | Goal | |",
+         "|---|---|---|---|---|---|"]
+table += ["| " + " | ".join(row) + " |" for row in rows]
+header = (f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), Linux {machine['kernel']}, "
+          f"{machine['rustc']}, sockperf {machine.get('sockperf', '?')}, cyclonedds-tools {machine.get('ddsperf', '?')}; "
+          f"medians of {len(thr)} runs (the snapshot rows: one run).")
+block = "\n".join(["<!-- results:begin (written by bench/report.py) -->", header, "", *table, "",
+                   "![Latency percentiles](bench/latency.png)", "<!-- results:end -->"])
+
+path = os.path.join(ROOT, "BENCHMARKS.md")
+text = open(path).read()
+text = re.sub(r"<!-- results:begin.*?<!-- results:end -->", lambda _: block, text, flags=re.S)
+open(path, "w").write(text)
+print("\n".join(table))
+
+import matplotlib  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, ax = plt.subplots(figsize=(7, 4.2))
+
+
+def nines(q):
+    return 1.0 / max(1e-5, 1.0 - q / 100.0)
+
+
+if sp_lat:
+    curve = sorted(sp_lat[0].items())
+    ax.plot([nines(q) for q, _ in curve if q < 100], [v for q, v in curve if q < 100], "o-", label="sockperf (raw UDP, RTT/2)")
+for d, reps in lat.items():
+    if reps:
+        curve = reps[0]["latency_curve"]
+        ax.plot([nines(q) for q, _ in curve if q < 100], [v for q, v in curve if q < 100], "s-", label=f"Grapevine, {d} driver")
+ax.set_xscale("log")
+ax.set_yscale("log")
+ticks = [50, 90, 99, 99.9, 99.99]
+ax.set_xticks([nines(q) for q in ticks])
+ax.set_xticklabels([f"p{q:g}" for q in ticks])
+ax.set_ylabel("one-way latency (µs)")
+ax.set_title(f"64-byte messages at 10,000/s over loopback multicast\n{machine['date']}, {machine['cores']} cores")
+ax.grid(True, which="both", alpha=0.3)
+ax.legend()
+fig.tight_layout()
+fig.savefig(os.path.join(ROOT, "bench", "latency.png"), dpi=110)
