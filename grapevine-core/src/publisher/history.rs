@@ -14,9 +14,10 @@ const ENTRY_OVERHEAD: usize = 48;
 
 #[derive(Debug)]
 struct Entry {
-    /// The Delta body, as sent; `None` for one larger than the whole byte
-    /// bound (kept as a place holder: entries stay contiguous in `seq`).
-    body: Option<Box<[u8]>>,
+    /// Where the Delta body, as sent, lies in the ring: offset and length;
+    /// `None` for one larger than the whole byte bound (kept as a place
+    /// holder: entries stay contiguous in `seq`).
+    body: Option<(usize, usize)>,
     /// When it was last retransmitted.
     repaired_at: Option<Instant>,
     /// Whether any NAK has asked for it yet.
@@ -24,9 +25,17 @@ struct Entry {
 }
 
 /// Recent deltas, contiguous in `seq`.
+///
+/// The bodies live back to back in one ring buffer, never split across its
+/// end (a body that does not fit before the end starts over at 0), so
+/// recording a delta allocates nothing once the ring has grown (to at most
+/// `max_bytes`); writing a body evicts the oldest entries it overwrites.
 #[derive(Debug)]
 pub(crate) struct History {
     entries: VecDeque<Entry>,
+    ring: Vec<u8>,
+    /// Where the next body goes in `ring`.
+    head: usize,
     /// Sequence number of `entries[0]`.
     first: u64,
     bytes: usize,
@@ -49,6 +58,8 @@ impl History {
     pub(crate) fn new(max_count: usize, max_bytes: usize) -> Self {
         Self {
             entries: VecDeque::new(),
+            ring: Vec::new(),
+            head: 0,
             first: 1,
             bytes: 0,
             max_count,
@@ -76,31 +87,72 @@ impl History {
             self.first = seq.0.saturating_add(1);
             return;
         }
+        let slot = (body.len() + ENTRY_OVERHEAD <= self.max_bytes).then(|| {
+            let at = self.place(body.len());
+            if let Some(dst) = self.ring.get_mut(at..at + body.len()) {
+                dst.copy_from_slice(body);
+            }
+            (at, body.len())
+        });
         if self.entries.is_empty() {
             self.first = seq.0;
         }
-        let body: Option<Box<[u8]>> =
-            (body.len() + ENTRY_OVERHEAD <= self.max_bytes).then(|| Box::from(body));
-        self.bytes += body.as_ref().map_or(0, |b| b.len()) + ENTRY_OVERHEAD;
+        self.bytes += slot.map_or(0, |(_, len)| len) + ENTRY_OVERHEAD;
         self.entries.push_back(Entry {
-            body,
+            body: slot,
             repaired_at: None,
             requested: false,
         });
         while self.entries.len() > self.max_count
             || (self.bytes > self.max_bytes && self.entries.len() > 1)
         {
-            if let Some(e) = self.entries.pop_front() {
-                self.bytes -= e.body.as_ref().map_or(0, |b| b.len()) + ENTRY_OVERHEAD;
-                self.first += 1;
+            self.evict();
+        }
+    }
+
+    /// Room for a body of `len` bytes in the ring (growing it up to
+    /// `max_bytes`, else starting over at 0): evicts the oldest entries
+    /// whose bodies lie there, and returns where it starts.
+    fn place(&mut self, len: usize) -> usize {
+        if self.head + len > self.ring.len() {
+            let want = (self.ring.len() * 2).max(self.head + len).max(4096);
+            let grown = want.min(self.max_bytes).max(len);
+            if self.head + len <= grown {
+                self.ring.resize(grown, 0);
+            } else {
+                self.head = 0;
+                if len > self.ring.len() {
+                    self.ring.resize(len, 0);
+                }
             }
+        }
+        let (start, end) = (self.head, self.head + len);
+        // Bodies written before lie in order after `head`: the ones this
+        // one overwrites are the oldest, at the front (with any bodiless
+        // entries before them).
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.body.is_none_or(|(at, n)| at < end && start < at + n))
+        {
+            self.evict();
+        }
+        self.head = end;
+        start
+    }
+
+    /// Drops the oldest entry.
+    fn evict(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= e.body.map_or(0, |(_, len)| len) + ENTRY_OVERHEAD;
+            self.first += 1;
         }
     }
 
     /// Length of the body held for `seq`, if held.
     pub(crate) fn body_len(&self, seq: u64) -> Option<usize> {
         let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.entries.get(i)?.body.as_ref().map(|b| b.len())
+        self.entries.get(i)?.body.map(|(_, len)| len)
     }
 
     /// Looks `seq` up for a repair at `now`: a body to retransmit unless it
@@ -123,7 +175,7 @@ impl History {
         };
         let first_ask = !e.requested;
         e.requested = true;
-        let Some(body) = e.body.as_ref() else {
+        let Some(body) = e.body.and_then(|(at, len)| self.ring.get(at..at + len)) else {
             return (Lookup::Gone, first_ask);
         };
         if let (Some(at), Some(since)) = (e.repaired_at, holdoff_since) {
@@ -208,6 +260,46 @@ mod tests {
         }
         assert_eq!(h.len(), 3);
         assert!(h.bytes() <= 3 * (10 + ENTRY_OVERHEAD));
+    }
+
+    /// Bodies of varied lengths pushed far beyond the ring's size: every
+    /// entry held gives back exactly its body, the held entries are the
+    /// newest contiguous run, the ring never exceeds the byte bound, and
+    /// once grown, pushing allocates nothing (the ring keeps its buffer).
+    #[test]
+    fn the_ring_keeps_every_held_body_intact_as_it_wraps() {
+        let body = |seq: u64| -> Vec<u8> {
+            let len = 20 + (seq * 7919 % 300) as usize;
+            (0..len).map(|i| (seq as usize * 31 + i) as u8).collect()
+        };
+        for max_bytes in [700, 5_000, 64 << 10] {
+            let mut h = History::new(1 << 20, max_bytes);
+            let mut ring_ptr = None;
+            for seq in 1..=5_000u64 {
+                h.push(SeqNum(seq), &body(seq));
+                assert!(h.ring.len() <= max_bytes && h.bytes() <= max_bytes);
+                let first = h.first_seq().unwrap().0;
+                assert_eq!(first + h.len() as u64 - 1, seq, "contiguous to the newest");
+                let now = Instant::now();
+                for s in first..=seq {
+                    assert_eq!(h.body_len(s), Some(body(s).len()));
+                    match h.take(s, now, None).0 {
+                        Lookup::Send(b) => assert_eq!(b, &body(s)[..], "{max_bytes}: {s}"),
+                        other => panic!("{max_bytes}: {s} {other:?}"),
+                    }
+                }
+                if seq == 2_500 {
+                    ring_ptr = Some(h.ring.as_ptr());
+                }
+            }
+            assert_eq!(
+                Some(h.ring.as_ptr()),
+                ring_ptr,
+                "{max_bytes}: no reallocation"
+            );
+            // Most of the bound is used: the ring is not evicting early.
+            assert!(h.bytes() * 2 >= max_bytes, "{max_bytes}: {}", h.bytes());
+        }
     }
 
     #[test]

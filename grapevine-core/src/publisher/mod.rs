@@ -561,7 +561,9 @@ impl Publisher {
             return Err(PublishError::KeyTooLong { len: key.len() });
         }
         let seq = self.last_seq.next().ok_or(PublishError::SeqExhausted)?;
-        let prev = self.leaves.get(key).copied();
+        // One lookup for the common case, a leaf that exists and stays.
+        let slot = self.leaves.get_mut(key);
+        let prev = slot.as_deref().copied();
         let msg = Message::Delta(Delta {
             seq,
             prev_leaf_seq: prev.unwrap_or(SeqNum::NONE),
@@ -572,19 +574,16 @@ impl Publisher {
         });
         msg.encode_body(&mut self.body_buf)?;
         self.packer.push(&msg)?;
+        if let (Some(s), true) = (slot, present_after) {
+            *s = seq;
+        } else if present_after {
+            self.leaves.insert(Arc::from(key), seq);
+        } else if prev.is_some() {
+            self.leaves.remove(key);
+        }
         self.record_fragmented();
         self.history.push(seq, &self.body_buf);
         self.last_seq = seq;
-        if present_after {
-            match self.leaves.get_mut(key) {
-                Some(s) => *s = seq,
-                None => {
-                    self.leaves.insert(Arc::from(key), seq);
-                }
-            }
-        } else {
-            self.leaves.remove(key);
-        }
         self.stats.deltas += 1;
         self.unannounced = true;
         self.fresh = true;
