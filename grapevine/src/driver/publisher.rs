@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use grapevine_core::publisher::Publisher as CorePublisher;
-use grapevine_core::state::{encode, State, Typed};
+use grapevine_core::state::{encode_into, State, Typed};
 use grapevine_core::{Destination, SeqNum, Transmit};
 use tokio::sync::Notify;
 
@@ -22,6 +22,9 @@ pub(crate) struct PublisherEngine<S> {
     /// Room for `segments` datagrams: what the core writes a transmit into.
     buf: Vec<u8>,
     segments: usize,
+    /// The encoded key and delta of the delta being published, reused.
+    key_buf: Vec<u8>,
+    payload_buf: Vec<u8>,
     /// A transmit in `buf` the socket refused with "would block", sent
     /// first once there is room. Nothing is written to `buf` meanwhile.
     unsent: Option<Transmit>,
@@ -42,6 +45,8 @@ impl<S: State> PublisherEngine<S> {
             core,
             typed,
             segments,
+            key_buf: Vec::new(),
+            payload_buf: Vec::new(),
             unsent: None,
             stats: PublisherStats::default(),
             closing: false,
@@ -50,15 +55,23 @@ impl<S: State> PublisherEngine<S> {
     }
 
     /// Applies and publishes one delta; on failure the state is restored.
+    /// Allocates nothing of its own (the key and delta are encoded into
+    /// reused buffers); the state's `apply`, and cloning the leaf to
+    /// restore it on failure, allocate only if the state's types do.
     pub(crate) fn publish(&mut self, delta: &S::Delta) -> Result<SeqNum, Error> {
         let key = S::key_of(delta);
-        let encoded_key = encode(&key);
-        let payload = encode(delta);
+        self.key_buf.clear();
+        encode_into(&key, &mut self.key_buf);
+        self.payload_buf.clear();
+        encode_into(delta, &mut self.payload_buf);
         let state = self.typed.state_mut();
         let before = state.leaf(&key).cloned();
         state.apply(delta);
         let present_after = state.leaf(&key).is_some();
-        match self.core.publish(&encoded_key, &payload, present_after) {
+        match self
+            .core
+            .publish(&self.key_buf, &self.payload_buf, present_after)
+        {
             Ok(seq) => Ok(seq),
             Err(e) => {
                 self.typed.state_mut().set_leaf(&key, before);
