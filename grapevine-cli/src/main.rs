@@ -106,7 +106,13 @@ fn main() -> ExitCode {
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
-        Command::BenchSub(args) => runtime().and_then(|rt| rt.block_on(bench::sub::run(args))),
+        // One thread: the driver task never migrates nor waits for a
+        // sibling worker to wake it.
+        Command::BenchSub(args) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(bench::sub::run(args))),
     };
     match res {
         Ok(code) => code,

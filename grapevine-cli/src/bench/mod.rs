@@ -103,7 +103,8 @@ pub(crate) struct BenchArgs {
     /// for snapshot).
     #[arg(long)]
     leaves: Option<u32>,
-    /// How publisher and subscribers wait for I/O.
+    /// How the subscribers wait for I/O (the publisher's deltas go out from
+    /// the publishing thread; its own driver is tokio's).
     #[arg(long, value_enum, default_value_t = DriverArg::Tokio)]
     driver: DriverArg,
     /// Print one JSON object instead of a table.
@@ -396,7 +397,10 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
     let publ = Publisher::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
-        .driver(args.driver.into())
+        // The publisher's deltas go out from the publishing thread; its
+        // driver only paces snapshots and heartbeats and answers NAKs, off
+        // the measured path. A spinning one would take a core from the
+        // subscribers, so `--driver` is theirs.
         .bind(BenchState::with_leaves(plan.leaves, plan.pad))
         .await
         .context("starting the publisher")?;
