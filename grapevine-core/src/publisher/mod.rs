@@ -72,8 +72,8 @@ use crate::state::LeafSource;
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
-    fragment_capacity, Datagram, Delta, EncodeError, FragNak, Fragment, Heartbeat, Message,
-    MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+    check_key, fragment_capacity, Datagram, Delta, EncodeError, FragNak, Fragment, Heartbeat,
+    Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
 };
 use crate::{ConfigError, SeqNum, SessionId, StreamId};
 use cycle::Cycler;
@@ -531,7 +531,7 @@ impl Publisher {
         if self.last_seq != SeqNum::NONE {
             return Err(PublishError::TrackAfterPublish);
         }
-        if key.len() > u16::MAX as usize {
+        if check_key(key).is_err() {
             return Err(PublishError::KeyTooLong { len: key.len() });
         }
         self.leaves.entry(Arc::from(key)).or_insert(SeqNum::NONE);
@@ -557,7 +557,7 @@ impl Publisher {
         payload: &[u8],
         present_after: bool,
     ) -> Result<SeqNum, PublishError> {
-        if key.len() > u16::MAX as usize {
+        if check_key(key).is_err() {
             return Err(PublishError::KeyTooLong { len: key.len() });
         }
         let seq = self.last_seq.next().ok_or(PublishError::SeqExhausted)?;

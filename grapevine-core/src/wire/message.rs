@@ -6,6 +6,32 @@ use super::cursor::{Reader, Short, Writer};
 use super::{DecodeError, EncodeError, Malformed};
 use crate::{CycleId, SeqNum, SeqRange};
 
+/// The longest key a Delta, Retransmit or LeafSnapshot carries: its length
+/// travels in 16 bits (PROTOCOL.md §5). The one place this rule is written;
+/// encoders, the packer and the publisher all check keys with
+/// [`check_key`].
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
+
+/// The length field of `key`, if it fits a message (at most
+/// [`MAX_KEY_LEN`] bytes).
+///
+/// ```
+/// use grapevine_core::wire::{check_key, EncodeError, MAX_KEY_LEN};
+/// assert_eq!(check_key(b"ACME"), Ok(4));
+/// assert_eq!(check_key(&vec![0; MAX_KEY_LEN]), Ok(u16::MAX));
+/// assert_eq!(
+///     check_key(&vec![0; MAX_KEY_LEN + 1]),
+///     Err(EncodeError::FieldTooLong { field: "key" })
+/// );
+/// ```
+///
+/// # Errors
+///
+/// [`EncodeError::FieldTooLong`] naming the key.
+pub fn check_key(key: &[u8]) -> Result<u16, EncodeError> {
+    u16::try_from(key.len()).map_err(|_| EncodeError::FieldTooLong { field: "key" })
+}
+
 /// The kind byte of a message.
 ///
 /// Kinds `0x09..=0x7f` not listed here are skipped by receivers (forward
@@ -423,6 +449,9 @@ impl<'a> Message<'a> {
             })
         };
         let mut r = Reader::new(body);
+        // A Delta's flag bits this version does not define: its rules
+        // check them in the order PROTOCOL.md §7 gives.
+        let mut unknown_flags = 0;
         let msg = match known {
             MessageKind::Padding => return Ok(None),
             MessageKind::Delta | MessageKind::Retransmit => {
@@ -432,20 +461,9 @@ impl<'a> Message<'a> {
                 let key_len = r.u16().map_err(short)?;
                 let key = r.bytes(key_len.into()).map_err(short)?;
                 let payload = r.rest();
-                if seq == 0 {
-                    return Err(bad(Malformed::ZeroSeq));
-                }
-                if prev >= seq {
-                    return Err(bad(Malformed::PrevNotBeforeSeq { seq, prev }));
-                }
-                if flags & !(DELTA_FLAG_CREATES | DELTA_FLAG_REMOVES) != 0 {
-                    return Err(bad(Malformed::UnknownDeltaFlags(flags)));
-                }
+                unknown_flags = flags & !(DELTA_FLAG_CREATES | DELTA_FLAG_REMOVES);
                 let creates = flags & DELTA_FLAG_CREATES != 0;
                 let removes = flags & DELTA_FLAG_REMOVES != 0;
-                if creates && prev != 0 {
-                    return Err(bad(Malformed::CreatesWithPrev { prev }));
-                }
                 let d = Delta {
                     seq: SeqNum(seq),
                     prev_leaf_seq: SeqNum(prev),
@@ -519,14 +537,6 @@ impl<'a> Message<'a> {
                 }
                 let raw = r.bytes(usize::from(count) * 16).map_err(short)?;
                 let ranges = NakRanges(NakRangesRepr::Wire(raw));
-                for range in ranges.iter() {
-                    if range.first.0 == 0 || range.first > range.last {
-                        return Err(bad(Malformed::BadNakRange {
-                            first: range.first.0,
-                            last: range.last.0,
-                        }));
-                    }
-                }
                 Message::Nak(Nak { requester, ranges })
             }
             MessageKind::FragNak => {
@@ -538,11 +548,6 @@ impl<'a> Message<'a> {
                 }
                 let raw = r.bytes(usize::from(count) * 8).map_err(short)?;
                 let ranges = FragRanges(FragRangesRepr::Wire(raw));
-                for (offset, end) in ranges.iter() {
-                    if offset >= end {
-                        return Err(bad(Malformed::BadFragRange { offset, end }));
-                    }
-                }
                 Message::FragNak(FragNak {
                     requester,
                     frag_id,
@@ -555,22 +560,6 @@ impl<'a> Message<'a> {
                 let offset = r.u32().map_err(short)?;
                 let inner_kind = r.u8().map_err(short)?;
                 let data = r.rest();
-                if data.is_empty() || total_len == 0 {
-                    return Err(bad(Malformed::EmptyFragment));
-                }
-                let end = u64::from(offset) + data.len() as u64;
-                if end > u64::from(total_len) {
-                    return Err(bad(Malformed::FragmentOutOfBounds {
-                        offset,
-                        end,
-                        total_len,
-                    }));
-                }
-                if inner_kind == MessageKind::Padding as u8
-                    || inner_kind == MessageKind::Fragment as u8
-                {
-                    return Err(bad(Malformed::BadInnerKind(inner_kind)));
-                }
                 Message::Fragment(Fragment {
                     frag_id,
                     total_len,
@@ -580,6 +569,11 @@ impl<'a> Message<'a> {
                 })
             }
         };
+        match &msg {
+            Message::Delta(d) | Message::Retransmit(d) => delta_rules(d, unknown_flags),
+            other => other.rules(),
+        }
+        .map_err(bad)?;
         Ok(Some(msg))
     }
 
@@ -605,27 +599,30 @@ impl<'a> Message<'a> {
     /// [`Malformed::ReservedKind`] for a [`Message::Unknown`] whose kind this
     /// version defines (`0x00..=0x09`).
     pub fn validate(&self) -> Result<(), EncodeError> {
-        let invalid = |reason| Err(EncodeError::InvalidMessage { reason });
-        match self {
-            Message::Delta(d) | Message::Retransmit(d) => {
-                let (seq, prev) = (d.seq.0, d.prev_leaf_seq.0);
-                if seq == 0 {
-                    return invalid(Malformed::ZeroSeq);
-                }
-                if prev >= seq {
-                    return invalid(Malformed::PrevNotBeforeSeq { seq, prev });
-                }
-                if d.creates && prev != 0 {
-                    return invalid(Malformed::CreatesWithPrev { prev });
-                }
+        let invalid = |reason| EncodeError::InvalidMessage { reason };
+        if let Message::Unknown { kind, .. } = self {
+            if MessageKind::from_u8(*kind).is_some() {
+                return Err(invalid(Malformed::ReservedKind(*kind)));
             }
+        }
+        self.rules().map_err(invalid)
+    }
+
+    /// The rules on a message's fields that a receiver enforces and an
+    /// encoder obeys (PROTOCOL.md §4, §5 and §7), written once for
+    /// [`Message::decode_body`] and [`Message::validate`]. Rules about the
+    /// wire form alone (unknown flag bits, a tombstone's value, lengths)
+    /// are the decoder's and the writer's.
+    fn rules(&self) -> Result<(), Malformed> {
+        match self {
+            Message::Delta(d) | Message::Retransmit(d) => return delta_rules(d, 0),
             Message::Nak(n) => {
                 if n.ranges.is_empty() {
-                    return invalid(Malformed::EmptyNak);
+                    return Err(Malformed::EmptyNak);
                 }
                 for range in n.ranges.iter() {
                     if range.first.0 == 0 || range.first > range.last {
-                        return invalid(Malformed::BadNakRange {
+                        return Err(Malformed::BadNakRange {
                             first: range.first.0,
                             last: range.last.0,
                         });
@@ -634,21 +631,21 @@ impl<'a> Message<'a> {
             }
             Message::FragNak(n) => {
                 if n.ranges.is_empty() {
-                    return invalid(Malformed::EmptyNak);
+                    return Err(Malformed::EmptyNak);
                 }
                 for (offset, end) in n.ranges.iter() {
                     if offset >= end {
-                        return invalid(Malformed::BadFragRange { offset, end });
+                        return Err(Malformed::BadFragRange { offset, end });
                     }
                 }
             }
             Message::Fragment(f) => {
                 if f.data.is_empty() || f.total_len == 0 {
-                    return invalid(Malformed::EmptyFragment);
+                    return Err(Malformed::EmptyFragment);
                 }
                 let end = u64::from(f.offset) + f.data.len() as u64;
                 if end > u64::from(f.total_len) {
-                    return invalid(Malformed::FragmentOutOfBounds {
+                    return Err(Malformed::FragmentOutOfBounds {
                         offset: f.offset,
                         end,
                         total_len: f.total_len,
@@ -657,15 +654,11 @@ impl<'a> Message<'a> {
                 if f.inner_kind == MessageKind::Padding as u8
                     || f.inner_kind == MessageKind::Fragment as u8
                 {
-                    return invalid(Malformed::BadInnerKind(f.inner_kind));
+                    return Err(Malformed::BadInnerKind(f.inner_kind));
                 }
             }
-            Message::Unknown { kind, .. } => {
-                if MessageKind::from_u8(*kind).is_some() {
-                    return invalid(Malformed::ReservedKind(*kind));
-                }
-            }
-            Message::LeafSnapshot(_)
+            Message::Unknown { .. }
+            | Message::LeafSnapshot(_)
             | Message::CycleBegin(_)
             | Message::CycleEnd(_)
             | Message::Heartbeat(_) => {}
@@ -679,12 +672,9 @@ impl<'a> Message<'a> {
             needed: self.body_len(),
             remaining: 0,
         };
-        let key_len = |key: &[u8]| {
-            u16::try_from(key.len()).map_err(|_| EncodeError::FieldTooLong { field: "key" })
-        };
         match self {
             Message::Delta(d) | Message::Retransmit(d) => {
-                let kl = key_len(d.key)?;
+                let kl = check_key(d.key)?;
                 w.u64(d.seq.0).map_err(full)?;
                 w.u64(d.prev_leaf_seq.0).map_err(full)?;
                 let mut flags = 0;
@@ -700,7 +690,7 @@ impl<'a> Message<'a> {
                 w.put(d.payload).map_err(full)?;
             }
             Message::LeafSnapshot(s) => {
-                let kl = key_len(s.key)?;
+                let kl = check_key(s.key)?;
                 w.u32(s.cycle.0).map_err(full)?;
                 w.u32(s.position).map_err(full)?;
                 w.u64(s.leaf_seq.0).map_err(full)?;
@@ -783,6 +773,28 @@ impl<'a> Message<'a> {
         let mut w = Writer::new(out, 0);
         self.write_body(&mut w)
     }
+}
+
+/// A Delta's (or Retransmit's) rules, in the order of PROTOCOL.md §7;
+/// `unknown_flags` are flag bits this version does not define (none, for
+/// a message built in memory).
+fn delta_rules(d: &Delta<'_>, unknown_flags: u8) -> Result<(), Malformed> {
+    let (seq, prev) = (d.seq.0, d.prev_leaf_seq.0);
+    if seq == 0 {
+        return Err(Malformed::ZeroSeq);
+    }
+    if prev >= seq {
+        return Err(Malformed::PrevNotBeforeSeq { seq, prev });
+    }
+    if unknown_flags != 0 {
+        let known = (if d.creates { DELTA_FLAG_CREATES } else { 0 })
+            | (if d.removes { DELTA_FLAG_REMOVES } else { 0 });
+        return Err(Malformed::UnknownDeltaFlags(known | unknown_flags));
+    }
+    if d.creates && prev != 0 {
+        return Err(Malformed::CreatesWithPrev { prev });
+    }
+    Ok(())
 }
 
 fn hex(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {

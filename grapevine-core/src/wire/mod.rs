@@ -54,9 +54,9 @@ pub use datagram::{
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
 pub use message::{
-    CycleBegin, CycleEnd, Delta, FragNak, FragRanges, Fragment, Heartbeat, LeafSnapshot, Message,
-    MessageKind, Nak, NakRanges, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES, FRAGMENT_FIXED,
-    LEAF_FLAG_TOMBSTONE,
+    check_key, CycleBegin, CycleEnd, Delta, FragNak, FragRanges, Fragment, Heartbeat, LeafSnapshot,
+    Message, MessageKind, Nak, NakRanges, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES, FRAGMENT_FIXED,
+    LEAF_FLAG_TOMBSTONE, MAX_KEY_LEN,
 };
 pub use packer::Packer;
 

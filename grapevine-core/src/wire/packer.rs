@@ -188,16 +188,6 @@ impl Packer {
     /// 4 GiB). Nothing is queued or flushed then.
     pub fn push(&mut self, msg: &Message<'_>) -> Result<(), EncodeError> {
         msg.validate()?;
-        if let Message::Delta(d) | Message::Retransmit(d) = msg {
-            if d.key.len() > u16::MAX as usize {
-                return Err(EncodeError::FieldTooLong { field: "key" });
-            }
-        }
-        if let Message::LeafSnapshot(l) = msg {
-            if l.key.len() > u16::MAX as usize {
-                return Err(EncodeError::FieldTooLong { field: "key" });
-            }
-        }
         let body_len = msg.body_len();
         let fits_alone =
             body_len <= MAX_BODY_LEN && msg.encoded_len() <= self.max_datagram - HEADER_LEN;
