@@ -72,8 +72,9 @@ use crate::state::LeafSource;
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
-    check_key, fragment_capacity, Datagram, Delta, EncodeError, FragNak, Fragment, Heartbeat,
-    Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+    check_key, fragment_capacity, Datagram, Decoded, Delta, EncodeError, FragNak, Fragment,
+    Heartbeat, Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN,
+    MESSAGE_HEADER_LEN,
 };
 use crate::{ConfigError, SeqNum, SessionId, StreamId};
 use cycle::Cycler;
@@ -625,7 +626,8 @@ impl Publisher {
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &mut [u8]) {
         let _ = remote;
         self.stats.datagrams_received += 1;
-        let d = match Datagram::decode(datagram) {
+        let mut decoded = Decoded::new();
+        let d = match Datagram::decode_into(datagram, &mut decoded) {
             Ok(d) => d,
             Err(_) => {
                 self.stats.malformed_received += 1;
@@ -641,7 +643,7 @@ impl Publisher {
             self.stats.other_session_naks += 1;
             return;
         }
-        for msg in d.messages() {
+        for msg in decoded.iter() {
             match msg {
                 Message::Nak(n) => self.on_nak(now, &n),
                 Message::FragNak(n) => self.on_frag_nak(&n),

@@ -84,8 +84,8 @@ use crate::state::{ApplyError, Replica};
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
-    CycleBegin, Datagram, DatagramHeader, DatagramWriter, Delta, FragNak, FragRanges, Message, Nak,
-    NakRanges, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+    CycleBegin, Datagram, DatagramHeader, DatagramWriter, Decoded, Delta, FragNak, FragRanges,
+    Message, Nak, NakRanges, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
 };
 use crate::{
     ConfigError, CycleId, Missing, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId,
@@ -1266,7 +1266,9 @@ impl Subscriber {
         let datagram: &[u8] = datagram;
         self.stats.datagrams += 1;
         self.stats.bytes += datagram.len() as u64;
-        let d = match Datagram::decode(datagram) {
+        // Each message is parsed once, here, and kept on the stack.
+        let mut decoded = Decoded::new();
+        let d = match Datagram::decode_into(datagram, &mut decoded) {
             Ok(d) => d,
             Err(e) => {
                 *self.stats.malformed.entry(e.code()).or_default() += 1;
@@ -1287,7 +1289,7 @@ impl Subscriber {
             self.events.push(Event::PublisherBack);
         }
         self.cur_datagram_seq = header.datagram_seq;
-        let claim = d.messages().filter_map(|m| claim_of(&m)).max();
+        let claim = decoded.iter().filter_map(|m| claim_of(&m)).max();
         let jump = self.cfg.max_seq_jump;
         let Some(limit) = self
             .session
@@ -1301,7 +1303,7 @@ impl Subscriber {
         if let Some(s) = self.session.as_mut() {
             s.sources.record(remote);
         }
-        for msg in d.messages() {
+        for msg in decoded.iter() {
             if let Message::Fragment(f) = msg {
                 match self
                     .reassembler

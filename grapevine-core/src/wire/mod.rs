@@ -48,8 +48,8 @@ mod message;
 mod packer;
 
 pub use datagram::{
-    Datagram, DatagramHeader, DatagramWriter, Messages, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC,
-    MAX_BODY_LEN, MESSAGE_HEADER_LEN, VERSION,
+    Datagram, DatagramHeader, DatagramWriter, Decoded, Messages, DECODED_INLINE,
+    DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC, MAX_BODY_LEN, MESSAGE_HEADER_LEN, VERSION,
 };
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};

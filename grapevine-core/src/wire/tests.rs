@@ -3123,3 +3123,35 @@ fn nak_ranges_compare_by_content() {
         format!("{frag_ranges:?}")
     );
 }
+
+/// `decode_into` yields exactly what `decode` then `messages` yield, for
+/// datagrams of 0 to 150 messages (beyond the inline ones too), with
+/// padding at the end; on a malformed datagram it fails the same way and
+/// leaves nothing behind.
+#[test]
+fn decode_into_agrees_with_decode_at_every_message_count() {
+    for n in [1usize, 2, 63, 64, 65, 100, 150] {
+        let bodies: Vec<Vec<u8>> = (0..n as u64).map(|i| heartbeat_body(i + 1)).collect();
+        let msgs: Vec<(u8, &[u8])> = bodies.iter().map(|b| (0x06, &b[..])).collect();
+        let mut buf = datagram(&msgs);
+        buf.extend_from_slice(&[0; 7]); // padding
+        let twice: Vec<Message<'_>> = Datagram::decode(&buf).unwrap().messages().collect();
+        let mut decoded = Decoded::new();
+        let d = Datagram::decode_into(&buf, &mut decoded).unwrap();
+        assert_eq!(d.header(), Datagram::decode(&buf).unwrap().header());
+        let once: Vec<Message<'_>> = decoded.iter().collect();
+        assert_eq!(once.len(), n);
+        assert_eq!(once, twice, "{n} messages");
+        assert_eq!(once[n - 1], heartbeat(n as u64));
+        assert_eq!(decoded.inline_len(), n.min(DECODED_INLINE));
+        // The same buffer made malformed at its last message.
+        let cut = buf.len() - 7 - 2;
+        let bad = &buf[..cut];
+        let mut after = decoded.clone();
+        assert_eq!(
+            Datagram::decode_into(bad, &mut after).unwrap_err(),
+            Datagram::decode(bad).unwrap_err()
+        );
+        assert_eq!(after.iter().count(), 0, "{n}: nothing left behind");
+    }
+}
