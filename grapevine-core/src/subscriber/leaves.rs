@@ -11,24 +11,70 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::coverage::{Hi, Lo};
+use super::keymap::KeyMap;
 use super::{Event, SubscriberStats};
 use crate::state::Replica;
 use crate::SeqNum;
 
+/// What the table knows of a leaf. Stored as a [`Stored`] (16 bytes: one
+/// per leaf, a million for a large state), with `stale_until` kept aside
+/// for the few stale leaves.
 #[derive(Debug, Clone, Copy)]
 struct LeafMeta {
-    /// The value held is the publisher's right after this delta; `None`: no
-    /// value known yet (deltas wait for the leaf's snapshot).
-    seq: Option<SeqNum>,
+    /// The value held is the publisher's right after delta `seq`, if
+    /// `known`; else no value is known yet (deltas wait for the leaf's
+    /// snapshot). See [`LeafMeta::seq`].
+    seq: SeqNum,
+    known: bool,
     present: bool,
     /// Highest seq of a delta for this leaf that could not be applied.
     stale_until: SeqNum,
 }
 
 impl LeafMeta {
-    fn is_stale(&self) -> bool {
-        self.stale_until > self.seq.unwrap_or(SeqNum::NONE)
+    fn new(seq: Option<SeqNum>, present: bool, stale_until: SeqNum) -> Self {
+        Self {
+            seq: seq.unwrap_or(SeqNum::NONE),
+            known: seq.is_some(),
+            present,
+            stale_until,
+        }
     }
+
+    /// The delta the value held is as of; `None`: no value known yet.
+    fn seq(&self) -> Option<SeqNum> {
+        self.known.then_some(self.seq)
+    }
+
+    fn set_seq(&mut self, seq: SeqNum) {
+        self.seq = seq;
+        self.known = true;
+    }
+
+    fn is_stale(&self) -> bool {
+        self.stale_until > self.seq().unwrap_or(SeqNum::NONE)
+    }
+
+    fn stored(&self) -> Stored {
+        Stored {
+            seq: self.seq,
+            known: self.known,
+            present: self.present,
+            stale: self.is_stale(),
+        }
+    }
+}
+
+/// A [`LeafMeta`] as the table stores it. A leaf that is not stale has no
+/// use for its `stale_until` (it is at most its `seq`, and `mark_stale`
+/// raises it past `seq`): only stale leaves keep one, in
+/// `LeafTable::stale_until`.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    seq: SeqNum,
+    known: bool,
+    present: bool,
+    stale: bool,
 }
 
 #[derive(Debug)]
@@ -107,7 +153,9 @@ impl<R: Replica> CtxParts<R> {
 
 #[derive(Debug, Default)]
 pub(crate) struct LeafTable {
-    metas: BTreeMap<Box<[u8]>, LeafMeta>,
+    metas: KeyMap<Stored>,
+    /// `stale_until` of the stale leaves.
+    stale_until: BTreeMap<Box<[u8]>, SeqNum>,
     pending: BTreeMap<(Box<[u8]>, SeqNum), Pending>,
     pending_bytes: usize,
     stale: usize,
@@ -130,9 +178,25 @@ impl LeafTable {
     /// Whether the leaf is held exactly (known, not stale) as of a
     /// sequence number before `seq`. Once synced, a leaf without an entry
     /// is held: known absent.
+    /// What the table knows of `key`.
+    fn meta(&self, key: &[u8]) -> Option<LeafMeta> {
+        let s = self.metas.get(key)?;
+        let stale_until = if s.stale {
+            self.stale_until.get(key).copied().unwrap_or(SeqNum::NONE)
+        } else {
+            SeqNum::NONE
+        };
+        Some(LeafMeta {
+            seq: s.seq,
+            known: s.known,
+            present: s.present,
+            stale_until,
+        })
+    }
+
     pub(crate) fn is_held_before(&self, key: &[u8], seq: SeqNum, synced: bool) -> bool {
         match self.metas.get(key) {
-            Some(m) => !m.is_stale() && m.seq.is_some_and(|h| h < seq),
+            Some(m) => !m.stale && m.known && m.seq < seq,
             None => synced,
         }
     }
@@ -183,12 +247,29 @@ impl LeafTable {
             }
             _ => {}
         }
+        match (was, is) {
+            (_, true) => match self.stale_until.get_mut(key) {
+                Some(s) => *s = after.stale_until,
+                None => {
+                    self.stale_until.insert(key.into(), after.stale_until);
+                }
+            },
+            (true, false) => {
+                self.stale_until.remove(key);
+            }
+            (false, false) => {}
+        }
         match self.metas.get_mut(key) {
-            Some(m) => *m = after,
+            Some(m) => *m = after.stored(),
             None => {
-                self.metas.insert(key.into(), after);
+                self.metas.insert(key, after.stored());
             }
         }
+        debug_assert_eq!(
+            self.stale_until.len(),
+            self.stale,
+            "one stale_until per stale leaf"
+        );
     }
 
     /// Processes a delta in global sequence order.
@@ -199,11 +280,11 @@ impl LeafTable {
         max_pending_bytes: usize,
         ctx: &mut Ctx<'_, R>,
     ) -> DeltaOutcome {
-        let before = self.metas.get(d.key).copied();
+        let before = self.meta(d.key);
         // What is known of the leaf: after sync, no entry means absent.
         // (After sync, no entry means absent; that is held as of no seq,
         // which neither covers a delta nor chains one, as no entry.)
-        let held = before.and_then(|m| m.seq);
+        let held = before.and_then(|m| m.seq());
         if held.is_some_and(|h| d.seq <= h) {
             return DeltaOutcome::Covered;
         }
@@ -217,11 +298,8 @@ impl LeafTable {
             let absent_first = d.creates && present_before;
             match ctx.replica.apply_delta(d.key, d.payload, absent_first) {
                 Ok(present) => {
-                    let after = LeafMeta {
-                        seq: Some(d.seq),
-                        present,
-                        stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
-                    };
+                    let stale_until = before.map_or(SeqNum::NONE, |m| m.stale_until);
+                    let after = LeafMeta::new(Some(d.seq), present, stale_until);
                     self.set_meta(d.key, before, after, ctx);
                     return DeltaOutcome::Applied { present };
                 }
@@ -265,11 +343,11 @@ impl LeafTable {
         seq: SeqNum,
         ctx: &mut Ctx<'_, R>,
     ) {
-        let mut after = before.unwrap_or(LeafMeta {
-            seq: ctx.synced.then_some(SeqNum::NONE),
-            present: false,
-            stale_until: SeqNum::NONE,
-        });
+        let mut after = before.unwrap_or(LeafMeta::new(
+            ctx.synced.then_some(SeqNum::NONE),
+            false,
+            SeqNum::NONE,
+        ));
         after.stale_until = after.stale_until.max(seq);
         self.set_meta(key, before, after, ctx);
     }
@@ -283,8 +361,8 @@ impl LeafTable {
         value: Option<&[u8]>,
         ctx: &mut Ctx<'_, R>,
     ) -> bool {
-        let before = self.metas.get(key).copied();
-        if before.and_then(|m| m.seq).is_some_and(|h| seq <= h) {
+        let before = self.meta(key);
+        if before.and_then(|m| m.seq()).is_some_and(|h| seq <= h) {
             return false;
         }
         if let Err(error) = ctx.replica.install_leaf(key, value) {
@@ -297,11 +375,8 @@ impl LeafTable {
             self.mark_stale(key, before, seq, ctx);
             return false;
         }
-        let mut after = LeafMeta {
-            seq: Some(seq),
-            present: value.is_some(),
-            stale_until: before.map_or(SeqNum::NONE, |m| m.stale_until),
-        };
+        let stale_until = before.map_or(SeqNum::NONE, |m| m.stale_until);
+        let mut after = LeafMeta::new(Some(seq), value.is_some(), stale_until);
         self.max_installed = self.max_installed.max(seq);
         // Only a stale leaf has pending deltas: the common case is done.
         if !before.is_some_and(|m| m.is_stale()) {
@@ -336,7 +411,7 @@ impl LeafTable {
                 match ctx.replica.apply_delta(key, &p.payload, absent_first) {
                     Ok(present) => {
                         held = pseq;
-                        after.seq = Some(pseq);
+                        after.set_seq(pseq);
                         after.present = present;
                         ctx.stats.deltas_applied += 1;
                         continue;
@@ -380,8 +455,9 @@ impl LeafTable {
         // `install` leaves alone those known as of `start_seq` or later.
         let ghosts: Vec<(Box<[u8]>, bool)> = self
             .metas
-            .range::<[u8], _>((lower, upper))
-            .map(|(k, m)| (k.clone(), m.present))
+            .range_collect(lower, upper)
+            .into_iter()
+            .map(|(k, m)| (k, m.present))
             .collect();
         for (key, was_present) in ghosts {
             if self.install(&key, start_seq, None, ctx) && was_present {
@@ -394,9 +470,8 @@ impl LeafTable {
     /// (known absent as of `before` or earlier, and up to `applied`). A leaf with
     /// pending deltas is stale and stays.
     pub(crate) fn forget_absent(&mut self, applied: SeqNum, before: SeqNum) {
-        self.metas.retain(|_, m| {
-            m.present || m.is_stale() || m.seq.is_none_or(|s| s > applied || s > before)
-        });
+        self.metas
+            .retain(|_, m| m.present || m.stale || !m.known || m.seq > applied || m.seq > before);
     }
 }
 

@@ -71,6 +71,7 @@
 
 mod coverage;
 mod cycle;
+mod keymap;
 mod leaves;
 mod sequencer;
 
