@@ -306,8 +306,8 @@ impl<S> SubscriberBuilder<S> {
             events: event_tx,
             status: status_tx,
         };
-        let shared = Arc::new(SubscriberShared::new(engine, io, outputs));
-        let driver = spawn_subscriber(self.driver, &shared)?;
+        let shared = Arc::new(SubscriberShared::new(engine, io));
+        let driver = spawn_subscriber(self.driver, &shared, outputs)?;
         Ok(Subscriber {
             shared,
             events: event_rx,

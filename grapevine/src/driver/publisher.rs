@@ -80,10 +80,12 @@ impl<S: State> PublisherEngine<S> {
         }
     }
 
-    /// Whether a full transmit of live datagrams is waiting: worth a send
-    /// in the middle of a batch of publishes.
+    /// Whether a full transmit of live datagrams is waiting (or half of
+    /// what may wait, if that is less): worth a send in the middle of a
+    /// batch of publishes, before the core would shed any.
     pub(crate) fn batch_ready(&self) -> bool {
-        self.core.queued_bytes() >= self.buf.len()
+        let limit = self.core.config().queued_bytes_limit() / 2;
+        self.core.queued_bytes() >= self.buf.len().min(limit)
     }
 
     /// Sends the live datagrams (deltas, heartbeats) that are queued, from
@@ -149,10 +151,15 @@ impl<S: State> PublisherEngine<S> {
         };
         let contents = self.buf.get(..t.size).unwrap_or_default();
         match send(io, to, contents, t.segment_size) {
-            Sent::Ok { datagrams, bytes } => {
+            Sent::Ok {
+                datagrams,
+                bytes,
+                failed,
+            } => {
                 self.stats.datagrams_sent += datagrams;
                 self.stats.bytes_sent += bytes;
                 self.stats.send_calls += 1;
+                self.stats.send_errors += failed;
                 Flush::Done
             }
             Sent::WouldBlock => {
@@ -257,5 +264,102 @@ impl<S: State> PublisherShared<S> {
     /// Counts a receive error.
     pub(crate) fn recv_error(&self) {
         self.lock().stats.recv_errors += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::sync::atomic::AtomicBool;
+
+    use grapevine_core::publisher::PublisherConfig;
+    use grapevine_core::state::MapDelta;
+    use grapevine_core::SessionId;
+
+    use super::*;
+
+    /// A socket that is full until told otherwise.
+    struct Full {
+        sock: std::net::UdpSocket,
+        room: AtomicBool,
+    }
+
+    impl DatagramIo for Full {
+        fn try_send(&self, _: SocketAddr, _: &[u8], _: Option<usize>) -> io::Result<()> {
+            if self.room.load(Ordering::Relaxed) {
+                Ok(())
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        }
+        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn max_segments(&self) -> usize {
+            4
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.sock.as_fd()
+        }
+    }
+
+    /// Publishing into a socket that never has room, as `publish_batch`
+    /// does: the datagrams waiting never exceed `max_queued_bytes`, the
+    /// oldest are shed and counted, and once the socket has room again
+    /// what waits goes out, newest deltas included.
+    #[test]
+    fn a_full_socket_sheds_within_the_bound_and_drains_after() {
+        let mut cfg = PublisherConfig::default();
+        cfg.max_queued_bytes(16 * 1452);
+        let core = CorePublisher::new(cfg, SessionId(3), Instant::now()).unwrap();
+        let mut e = PublisherEngine::new(core, Typed::new(BTreeMap::<u32, u64>::new()), 4);
+        let io = Full {
+            sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            room: AtomicBool::new(false),
+        };
+        let group = SocketAddr::from(([239, 255, 0, 1], 9));
+        let mut peak = 0;
+        for k in 0..20_000u32 {
+            e.publish(&MapDelta::Upsert(k, 1)).unwrap();
+            if e.batch_ready() {
+                assert!(e.send_live(&io, group), "blocked: the driver is woken");
+            }
+            peak = peak.max(e.core.queued_bytes());
+        }
+        assert!(peak <= 16 * 1452, "{peak}");
+        let stats = e.core.stats();
+        assert!(stats.datagrams_shed > 100, "{stats:?}");
+        assert!(e.stats.send_blocked > 0 && e.stats.datagrams_sent == 0);
+        io.room.store(true, Ordering::Relaxed);
+        let now = Instant::now();
+        assert_eq!(e.flush(&io, group, now, false), Flush::Done);
+        assert_eq!(e.core.queued_bytes(), 0);
+        assert!(e.stats.datagrams_sent >= 8, "{:?}", e.stats);
+        assert_eq!(e.core.last_seq(), SeqNum(20_000));
+    }
+
+    /// Found by review: with a bound below a full GSO transmit,
+    /// `publish_batch` sends before the core would shed, so a socket with
+    /// room sheds nothing.
+    #[test]
+    fn a_small_bound_does_not_shed_while_the_socket_has_room() {
+        let mut cfg = PublisherConfig::default();
+        cfg.max_queued_bytes(2 * 1452);
+        let core = CorePublisher::new(cfg, SessionId(3), Instant::now()).unwrap();
+        let mut e = PublisherEngine::new(core, Typed::new(BTreeMap::<u32, u64>::new()), 44);
+        let io = Full {
+            sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            room: AtomicBool::new(true),
+        };
+        let group = SocketAddr::from(([239, 255, 0, 1], 9));
+        for k in 0..5_000u32 {
+            e.publish(&MapDelta::Upsert(k, 1)).unwrap();
+            if e.batch_ready() {
+                e.send_live(&io, group);
+            }
+        }
+        assert_eq!(e.core.stats().datagrams_shed, 0);
     }
 }

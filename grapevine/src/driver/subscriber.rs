@@ -21,7 +21,10 @@ pub(crate) struct SubscriberEngine<S> {
     pub(crate) stats: SubscriberStats,
 }
 
-/// Where a subscriber's events and status go.
+/// Where a subscriber's events and status go. Owned by the driver (task or
+/// thread): when it stops, for whatever reason, dropping these closes the
+/// handle's event stream and status watch, which is how the handle learns
+/// that it stopped.
 pub(crate) struct Outputs {
     pub(crate) events: mpsc::Sender<Event>,
     pub(crate) status: watch::Sender<Status>,
@@ -59,7 +62,12 @@ impl<S: State> SubscriberEngine<S> {
             };
             let contents = self.nak_buf.get(..t.size).unwrap_or_default();
             match send(io, to, contents, t.segment_size) {
-                Sent::Ok { datagrams, .. } => self.stats.naks_sent += datagrams,
+                Sent::Ok {
+                    datagrams, failed, ..
+                } => {
+                    self.stats.naks_sent += datagrams;
+                    self.stats.send_errors += failed;
+                }
                 Sent::WouldBlock => self.stats.send_errors += 1,
                 Sent::Failed { datagrams } => self.stats.send_errors += datagrams,
             }
@@ -82,17 +90,15 @@ impl<S: State> SubscriberEngine<S> {
 pub(crate) struct SubscriberShared<S> {
     engine: Mutex<SubscriberEngine<S>>,
     pub(crate) io: Arc<dyn DatagramIo>,
-    pub(crate) out: Outputs,
     /// Stops a busy-poll driver (the handle was dropped).
     pub(crate) stop: AtomicBool,
 }
 
 impl<S: State> SubscriberShared<S> {
-    pub(crate) fn new(engine: SubscriberEngine<S>, io: Arc<dyn DatagramIo>, out: Outputs) -> Self {
+    pub(crate) fn new(engine: SubscriberEngine<S>, io: Arc<dyn DatagramIo>) -> Self {
         Self {
             engine: Mutex::new(engine),
             io,
-            out,
             stop: AtomicBool::new(false),
         }
     }
@@ -106,13 +112,13 @@ impl<S: State> SubscriberShared<S> {
     /// The driver's turn: hands `batch` (if any) to the core, fires timers,
     /// sends NAKs, forwards events and status. Returns the core's next
     /// deadline.
-    pub(crate) fn turn(&self, batch: Option<&mut RecvBatch>) -> Option<Instant> {
+    pub(crate) fn turn(&self, batch: Option<&mut RecvBatch>, out: &Outputs) -> Option<Instant> {
         let mut e = self.lock();
         let now = Instant::now();
         if let Some(batch) = batch {
             e.receive(now, batch);
         }
-        e.finish(now, &*self.io, &self.out);
+        e.finish(now, &*self.io, out);
         e.core.poll_timeout()
     }
 

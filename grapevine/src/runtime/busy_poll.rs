@@ -10,7 +10,7 @@ use grapevine_core::state::State;
 
 use super::stopped;
 use crate::driver::publisher::PublisherShared;
-use crate::driver::subscriber::SubscriberShared;
+use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Flush;
 use crate::io::RecvBatch;
 use crate::publisher::SHUTDOWN_FLUSH;
@@ -53,13 +53,13 @@ pub(super) fn publisher<S: State>(shared: &PublisherShared<S>) {
     }
 }
 
-pub(super) fn subscriber<S: State>(shared: &SubscriberShared<S>) {
+pub(super) fn subscriber<S: State>(shared: &SubscriberShared<S>, out: &Outputs) {
     let mut batch = RecvBatch::new();
-    let mut deadline = shared.turn(None);
+    let mut deadline = shared.turn(None, out);
     while !stopped(&shared.stop) {
         let got = receive(&*shared.io, &mut batch, || shared.recv_error());
         if got || due(deadline) {
-            deadline = shared.turn(got.then_some(&mut batch));
+            deadline = shared.turn(got.then_some(&mut batch), out);
         } else {
             spin_loop();
         }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::driver::publisher::PublisherShared;
-use crate::driver::subscriber::SubscriberShared;
+use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Driver;
 
 mod busy_poll;
@@ -59,16 +59,19 @@ pub(crate) fn spawn_publisher<S: State + Send + 'static>(
     }
 }
 
-/// Starts a subscriber's driver.
+/// Starts a subscriber's driver, which owns `out` (see [`Outputs`]).
 pub(crate) fn spawn_subscriber<S: State + Send + 'static>(
     driver: Driver,
     shared: &Arc<SubscriberShared<S>>,
+    out: Outputs,
 ) -> std::io::Result<Running> {
     let shared = Arc::clone(shared);
     match driver {
-        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::subscriber(shared)))),
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::subscriber(
+            shared, out,
+        )))),
         Driver::BusyPoll => spawn_thread("grapevine-sub", move || {
-            busy_poll::subscriber(&shared);
+            busy_poll::subscriber(&shared, &out);
         }),
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 use crate::driver::publisher::PublisherShared;
-use crate::driver::subscriber::SubscriberShared;
+use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Flush;
 use crate::io::{DatagramIo, RecvBatch};
 use crate::publisher::SHUTDOWN_FLUSH;
@@ -117,22 +117,22 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>) {
     }
 }
 
-pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>) {
+pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>, out: Outputs) {
     let Ok(ready) = register(&*shared.io) else {
         shared.recv_error();
         return;
     };
     let io = &*shared.io;
     let mut batch = RecvBatch::new();
-    let mut deadline = shared.turn(None);
+    let mut deadline = shared.turn(None, &out);
     loop {
         tokio::select! {
             r = ready.readable() => {
                 if r.is_ok() && receive(&ready, io, &mut batch, || shared.recv_error()) {
-                    deadline = shared.turn(Some(&mut batch));
+                    deadline = shared.turn(Some(&mut batch), &out);
                 }
             }
-            () = sleep_until(deadline) => deadline = shared.turn(None),
+            () = sleep_until(deadline) => deadline = shared.turn(None, &out),
         }
     }
 }
