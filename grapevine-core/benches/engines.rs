@@ -7,6 +7,9 @@
 //!   64 deltas, up to 44 datagrams per transmit (GSO-sized).
 //! * `subscriber/apply_64B`: `handle_datagram` of the datagrams carrying
 //!   deltas, in order, on a synced subscriber.
+//! * `subscriber/snapshots`: `handle_datagram` of a whole snapshot cycle of
+//!   the 10,000 leaves (no deltas) on a synced subscriber, per leaf: what
+//!   the steady snapshot stream costs a subscriber.
 //!
 //! Run with `cargo bench -p grapevine-core --bench engines`; add
 //! `-- --quick` for a smoke run.
@@ -125,6 +128,32 @@ fn subscriber(c: &mut Criterion) {
                 sub.handle_datagram(now, from(), d, &mut replica);
             }
             t.elapsed()
+        });
+    });
+    assert!(sub.status().consistent, "{:?}", sub.status());
+    // One cycle's datagrams, then the next cycle's, and so on.
+    g.throughput(Throughput::Elements(u64::from(LEAVES)));
+    g.sample_size(20);
+    g.bench_function("snapshots", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                datagrams.clear();
+                let cycles = p.core.stats().cycles;
+                while p.core.stats().cycles == cycles {
+                    p.now += Duration::from_millis(1);
+                    let now = p.now;
+                    p.core.handle_timeout(now, 0);
+                    p.publish(0, |d| datagrams.push(d.to_vec()));
+                }
+                let now = p.now;
+                let t = Instant::now();
+                for d in &mut datagrams {
+                    sub.handle_datagram(now, from(), d, &mut replica);
+                }
+                total += t.elapsed();
+            }
+            total
         });
     });
     assert!(sub.status().consistent, "{:?}", sub.status());

@@ -23,6 +23,29 @@ pub(crate) const CHUNK: usize = 128;
 /// 65,535 bytes (PROTOCOL.md §5), so any one key fits a chunk.
 pub(crate) const CHUNK_BYTES: usize = u16::MAX as usize;
 
+/// The order of keys: bytewise, a prefix before what extends it, as
+/// `[u8]::cmp`; but the first 8 bytes are compared as one integer, so that
+/// the short keys of most states never reach `memcmp`.
+#[inline]
+fn cmp_keys(a: &[u8], b: &[u8]) -> Ordering {
+    #[inline]
+    fn head(k: &[u8]) -> u64 {
+        if let Some(h) = k.first_chunk::<8>() {
+            return u64::from_be_bytes(*h);
+        }
+        let mut v = 0u64;
+        for (i, &b) in k.iter().enumerate() {
+            v |= u64::from(b) << (56 - 8 * i);
+        }
+        v
+    }
+    match head(a).cmp(&head(b)) {
+        Ordering::Equal if a.len() <= 8 || b.len() <= 8 => a.len().cmp(&b.len()),
+        Ordering::Equal => a.get(8..).cmp(&b.get(8..)),
+        other => other,
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Chunk<V> {
     /// The keys, back to back, in increasing order.
@@ -65,7 +88,7 @@ impl<V: Copy> Chunk<V> {
         let (mut lo, mut hi) = (0, self.len());
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            match self.key(mid).cmp(key) {
+            match cmp_keys(self.key(mid), key) {
                 Ordering::Less => lo = mid + 1,
                 Ordering::Greater => hi = mid,
                 Ordering::Equal => return Ok(mid),
@@ -153,7 +176,7 @@ impl<V: Copy> KeyMap<V> {
     /// first key is not greater than `key` (the first chunk if none).
     fn chunk_for(&self, key: &[u8]) -> usize {
         self.chunks
-            .partition_point(|c| c.key(0) <= key)
+            .partition_point(|c| cmp_keys(c.key(0), key) != Ordering::Greater)
             .saturating_sub(1)
     }
 
@@ -301,30 +324,34 @@ impl<V: Copy> KeyMap<V> {
         upper: Bound<&[u8]>,
     ) -> Vec<(Box<[u8]>, V)> {
         let mut out = Vec::new();
-        let start = match lower {
-            Bound::Included(k) | Bound::Excluded(k) => self.chunk_for(k),
-            Bound::Unbounded => 0,
+        // The first entry within the lower bound: its chunk, then its
+        // place in the chunk, by binary search.
+        let (start, mut first) = match lower {
+            Bound::Unbounded => (0, 0),
+            Bound::Included(k) | Bound::Excluded(k) => {
+                let c = self.chunk_for(k);
+                let i = match self.chunks.get(c).map(|ch| ch.search(k)) {
+                    Some(Ok(i)) if matches!(lower, Bound::Excluded(_)) => i + 1,
+                    Some(Ok(i) | Err(i)) => i,
+                    None => 0,
+                };
+                (c, i)
+            }
         };
         for chunk in self.chunks.iter().skip(start) {
-            for (i, v) in chunk.vals.iter().enumerate() {
+            for (i, v) in chunk.vals.iter().enumerate().skip(first) {
                 let k = chunk.key(i);
-                let above = match lower {
-                    Bound::Included(l) => k >= l,
-                    Bound::Excluded(l) => k > l,
-                    Bound::Unbounded => true,
-                };
                 let below = match upper {
-                    Bound::Included(u) => k <= u,
-                    Bound::Excluded(u) => k < u,
+                    Bound::Included(u) => cmp_keys(k, u) != Ordering::Greater,
+                    Bound::Excluded(u) => cmp_keys(k, u) == Ordering::Less,
                     Bound::Unbounded => true,
                 };
                 if !below {
                     return out;
                 }
-                if above {
-                    out.push((k.into(), *v));
-                }
+                out.push((k.into(), *v));
             }
+            first = 0;
         }
         out
     }
@@ -394,6 +421,15 @@ mod tests {
     }
 
     proptest! {
+        /// `cmp_keys` is `[u8]::cmp`, across the 8-byte boundary too.
+        #[test]
+        fn keys_compare_as_byte_strings(
+            a in proptest::collection::vec(0u8..3, 0..12),
+            b in proptest::collection::vec(0u8..3, 0..12),
+        ) {
+            prop_assert_eq!(cmp_keys(&a, &b), a.cmp(&b));
+        }
+
         /// Any sequence of operations leaves the map equal to a BTreeMap
         /// given the same: contents, order, lookups, ranges.
         #[test]
