@@ -13,9 +13,11 @@
 //! * `fanout`: as throughput at a fixed `--rate` with `--subscribers` (4);
 //!   reports the publisher's CPU time per delta.
 //! * `snapshot`: a state of `--leaves` (1,000,000) leaves of ~32 bytes,
-//!   cycled as fast as the socket takes; reports the cycle's leaves/s and
-//!   MB/s, how long a subscriber joining mid-cycle takes to sync, and its
-//!   resident memory against the leaves' raw bytes.
+//!   cycled at `--rate` leaves/s; without one, a search for the fastest
+//!   cycle (500,000/s, doubling, up to unpaced) that a subscriber joining
+//!   mid-cycle syncs from within 1.2 cycle times. Reports the cycle's
+//!   leaves/s and MB/s, the joiner's time to sync, and its resident memory
+//!   against the leaves' raw bytes.
 
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -96,7 +98,8 @@ pub(crate) struct BenchArgs {
     subscribers: Option<u32>,
     /// Deltas per second (default: for throughput, a search for the
     /// highest rate without loss; 10,000 for latency; 100,000 for fanout);
-    /// with snapshot, leaves per second of the cycle (default: unpaced).
+    /// with snapshot, leaves per second of the cycle (default: a search for
+    /// the fastest cycle a late joiner keeps up with).
     #[arg(long)]
     rate: Option<u64>,
     /// Leaves of the state, 1 ..= 10,000,000 (default 10,000; 1,000,000
@@ -227,7 +230,12 @@ impl SubProcess {
 
     /// The next line, which must start with `word`; the rest of it.
     async fn expect(&mut self, word: &str) -> Result<String> {
-        let line = tokio::time::timeout(CHILD_TIMEOUT, self.lines.next_line())
+        self.expect_within(word, CHILD_TIMEOUT).await
+    }
+
+    /// As `expect`, waiting at most `timeout`.
+    async fn expect_within(&mut self, word: &str, timeout: Duration) -> Result<String> {
+        let line = tokio::time::timeout(timeout, self.lines.next_line())
             .await
             .with_context(|| format!("a subscriber did not say {word:?} in time"))??;
         match line {
@@ -297,9 +305,13 @@ struct Report {
 #[derive(Clone, Debug, Serialize)]
 struct Trial {
     rate: u64,
-    deltas_per_s: f64,
+    /// Deltas applied per second (throughput), or leaves cycled per second
+    /// (snapshot).
+    per_s: f64,
     kernel_drops: u64,
     gaps: u64,
+    /// Snapshot: the late joiner's time to sync over the cycle time.
+    sync_over_cycle: f64,
     clean: bool,
 }
 
@@ -307,7 +319,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
     let drops_before = kernel_drops();
     let mut report = match plan.mode {
-        Mode::Snapshot => snapshot(&args, &plan).await?,
+        Mode::Snapshot => match plan.rate {
+            Some(r) => snapshot(&args, &plan, u32::try_from(r).unwrap_or(u32::MAX)).await?,
+            None => snapshot_search(&args, &plan).await?,
+        },
         Mode::Throughput if plan.rate.is_none() => search(&args, &plan).await?,
         _ => stream(&args, &plan, plan.rate).await?,
     };
@@ -339,9 +354,10 @@ async fn trial(args: &BenchArgs, plan: &Plan, rate: u64) -> Result<(Trial, Repor
     r.kernel_drops = kernel_drops().saturating_sub(before);
     let t = Trial {
         rate,
-        deltas_per_s: r.deltas_per_s,
+        per_s: r.deltas_per_s,
         kernel_drops: r.kernel_drops,
         gaps: r.gaps,
+        sync_over_cycle: 0.0,
         clean: r.kernel_drops == 0 && r.gaps == 0 && r.all_consistent,
     };
     Ok((t, r))
@@ -536,12 +552,65 @@ fn paced_singles(
     Ok(published)
 }
 
-/// The snapshot cycle of a large state, and a subscriber that joins in the
-/// middle of a cycle.
-async fn snapshot(args: &BenchArgs, plan: &Plan) -> Result<Report> {
-    let rate = plan
-        .rate
-        .map_or(u32::MAX, |r| u32::try_from(r).unwrap_or(u32::MAX));
+/// Snapshot rates the search tries, in leaves per second (the last:
+/// unpaced, as fast as the socket takes them).
+const SNAPSHOT_RATES: [u32; 5] = [500_000, 1_000_000, 2_000_000, 4_000_000, u32::MAX];
+/// A late joiner is to sync within this many cycle times.
+const SYNC_GOAL: f64 = 1.2;
+
+/// The fastest snapshot cycle a late joiner keeps up with: rates of
+/// [`SNAPSHOT_RATES`] in turn until one where the joiner does not sync
+/// within [`SYNC_GOAL`] cycles, then two bisections. Reports the fastest that passed (or the
+/// first, if none did), with every rate tried.
+async fn snapshot_search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let mut trials = Vec::new();
+    let mut best: Option<Report> = None;
+    let mut try_rate = async |rate: u32| -> Result<(bool, Report)> {
+        let r = snapshot(args, plan, rate).await?;
+        let clean = r.all_consistent && r.sync_over_cycle <= SYNC_GOAL;
+        trials.push(Trial {
+            rate: u64::from(rate),
+            per_s: r.leaves_per_s,
+            kernel_drops: 0,
+            gaps: r.gaps,
+            sync_over_cycle: r.sync_over_cycle,
+            clean,
+        });
+        Ok((clean, r))
+    };
+    let (mut lo, mut hi) = (0u32, 0u32);
+    for rate in SNAPSHOT_RATES {
+        let (clean, r) = try_rate(rate).await?;
+        if !clean {
+            hi = rate;
+            best = best.or(Some(r));
+            break;
+        }
+        lo = rate;
+        best = Some(r);
+    }
+    if lo > 0 && hi > 0 && hi < u32::MAX {
+        for _ in 0..SEARCH_STEPS - 1 {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let mid = (f64::from(lo) * f64::from(hi)).sqrt() as u32;
+            let (clean, r) = try_rate(mid).await?;
+            if clean {
+                lo = mid;
+                best = Some(r);
+            } else {
+                hi = mid;
+            }
+        }
+    }
+    let mut best = best.context("no trial ran")?;
+    best.search = trials;
+    Ok(best)
+}
+
+/// The snapshot cycle of a large state at `rate` leaves per second, and a
+/// subscriber that joins in the middle of a cycle. A joiner that has not
+/// synced within 5 cycles (at least 10 s) ends the trial, unsynced.
+async fn snapshot(args: &BenchArgs, plan: &Plan, rate: u32) -> Result<Report> {
     let publ = Publisher::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
@@ -569,14 +638,27 @@ async fn snapshot(args: &BenchArgs, plan: &Plan) -> Result<Report> {
     let bytes = s2.protocol.snapshot_bytes - s1.protocol.snapshot_bytes;
     // Join half-way through the third cycle.
     tokio::time::sleep(cycle / 2).await;
-    let sub = SubProcess::spawn(args).await;
-    let mut sub = sub?;
-    let synced = sub.expect("synced").await?;
-    let report = sub.finish(publ.last_seq().0).await?;
+    let mut sub = SubProcess::spawn(args).await?;
     let secs = cycle.as_secs_f64();
+    let patience = (cycle * 5).max(Duration::from_secs(10));
+    let Ok(synced) = sub.expect_within("synced", patience).await else {
+        publ.shutdown().await;
+        return Ok(Report {
+            leaves: u64::from(plan.leaves),
+            cycle_s: secs,
+            leaves_per_s: f64::from(plan.leaves) / secs,
+            mb_per_s: bytes as f64 / secs / 1e6,
+            sync_s: f64::INFINITY,
+            sync_over_cycle: f64::INFINITY,
+            rate: u64::from(rate),
+            ..Report::default()
+        });
+    };
+    let report = sub.finish(publ.last_seq().0).await?;
     let sync_s = synced.parse::<f64>().unwrap_or(f64::NAN) / 1e9;
     publ.shutdown().await;
     Ok(Report {
+        rate: u64::from(rate),
         leaves: u64::from(plan.leaves),
         cycle_s: secs,
         leaves_per_s: f64::from(plan.leaves) / secs,
@@ -605,6 +687,15 @@ fn print_table(r: &Report) {
         r.subscribers
     );
     if r.mode == Some(Mode::Snapshot) {
+        for t in &r.search {
+            println!(
+                "  tried {:>10}/s    cycled {:.0} leaves/s, joiner synced in {:.2} cycles{}",
+                t.rate,
+                t.per_s,
+                t.sync_over_cycle,
+                if t.clean { "" } else { " (too slow)" }
+            );
+        }
         println!("  leaves              {}", r.leaves);
         println!("  cycle               {:.3} s", r.cycle_s);
         println!("  leaves/s            {:.0}", r.leaves_per_s);
@@ -628,7 +719,7 @@ fn print_table(r: &Report) {
             println!(
                 "  tried {:>9}/s     applied {:.0}/s, {} kernel drops, {} gaps{}",
                 t.rate,
-                t.deltas_per_s,
+                t.per_s,
                 t.kernel_drops,
                 t.gaps,
                 if t.clean { "" } else { " (lossy)" }
