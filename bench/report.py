@@ -30,6 +30,9 @@ def gv(pattern):
 
 def sockperf_latency(path):
     text = open(path).read()
+    bad = re.search(r"dropped messages = (\d+); # duplicated messages = (\d+)", text)
+    if bad and (int(bad.group(1)) or int(bad.group(2))):
+        sys.exit(f"{path}: sockperf lost or duplicated messages; the run is not valid")
     pct = {float(q): float(v) for q, v in re.findall(r"percentile\s+([\d.]+)\s*=\s*([\d.]+)", text)}
     mx = re.search(r"<MAX> observation =\s*([\d.]+)", text)
     mn = re.search(r"<MIN> observation =\s*([\d.]+)", text)
@@ -126,6 +129,33 @@ header = (f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} c
           f"medians of {len(thr)} runs (the snapshot rows: one run).")
 block = "\n".join(["<!-- results:begin (written by bench/report.py) -->", header, "", *table, "",
                    "![Latency percentiles](bench/latency.png)", "<!-- results:end -->"])
+
+def bullet(text, r, goal):
+    return f"* {text}: **{fmt(r, 'x', 2)}** (goal {goal})"
+
+
+lat_tokio = lat.get("tokio") or []
+lat_busy = lat.get("busy-poll") or []
+ratios = [
+    bullet("Deltas applied per second by one subscriber, no loss, against Cyclone DDS (ddsperf, 64-byte samples)",
+           ratio(gv_rate, dds), "≥ 2x"),
+    bullet("The same, against raw 64-byte UDP datagrams per second (sockperf, one per call)",
+           ratio(gv_rate, sp_rate), "none"),
+    bullet("One-way latency at 10,000/s, p50, busy-poll driver, against sockperf's multicast half round trip",
+           ratio(median([x["p50_us"] for x in lat_busy]), sp_p50), "≤ 1.1x"),
+    bullet("The same, p99", ratio(median([x["p99_us"] for x in lat_busy]), sp_p99), "≤ 1.3x"),
+    bullet("One-way latency p50, tokio driver", ratio(median([x["p50_us"] for x in lat_tokio]), sp_p50), "≤ 1.1x"),
+    bullet("The same, p99", ratio(median([x["p99_us"] for x in lat_tokio]), sp_p99), "≤ 1.3x"),
+    bullet("Publisher CPU per delta, 4 subscribers against 1", ratio(fan4, fan1), "≤ 1.1x"),
+    bullet("Late joiner's time to sync over the snapshot cycle time, 1,000,000 leaves", snap["sync_over_cycle"], "≤ 1.2x"),
+    bullet("Subscriber memory over the leaves' raw bytes, fixed part aside, 1,000,000 leaves",
+           ratio(snap["rss_bytes"] - small["rss_bytes"], snap["raw_bytes"]), "≤ 2x"),
+]
+readme = os.path.join(ROOT, "README.md")
+rtext = open(readme).read()
+rblock = "\n".join(["<!-- ratios:begin (see BENCHMARKS.md) -->", f"Measured {machine['date']}, {machine['cores']} cores:", "", *ratios, "<!-- ratios:end -->"])
+rtext = re.sub(r"<!-- ratios:begin.*?<!-- ratios:end -->", lambda _: rblock, rtext, flags=re.S)
+open(readme, "w").write(rtext)
 
 path = os.path.join(ROOT, "BENCHMARKS.md")
 text = open(path).read()
