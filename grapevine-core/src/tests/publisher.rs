@@ -554,3 +554,43 @@ fn snapshot_datagrams_at(rate: u32, least: usize) {
         "{rate}: {took} {per_datagram:?}"
     );
 }
+
+/// The send queue's bound is `max_queued_bytes`, inclusive: a queue that
+/// reaches it exactly keeps every datagram; one byte less sheds the oldest.
+/// `queued_bytes_limit` reports the bound (4 MiB by default).
+#[test]
+fn the_send_queue_bound_is_inclusive() {
+    assert_eq!(PublisherConfig::default().queued_bytes_limit(), 4 << 20);
+    let now = Instant::now();
+    let fill = |limit: usize| {
+        let mut cfg = PublisherConfig::default();
+        cfg.max_queued_bytes(limit);
+        assert_eq!(cfg.queued_bytes_limit(), limit);
+        let mut p = Publisher::new(cfg, SessionId(9), now).unwrap();
+        let mut i = 0u32;
+        // Until two datagrams are finished, and one delta more opens a third.
+        while p.stats().datagrams_shed == 0 && i < 200 {
+            p.publish(&i.to_be_bytes(), &[7u8; 64], true).unwrap();
+            i += 1;
+            if p.queued_bytes() > 2 * 1452 - 200 && p.queued_bytes() <= 2 * 1452 {
+                break;
+            }
+        }
+        (p.queued_bytes(), p.stats().datagrams_shed, i)
+    };
+    let (two, shed, n) = fill(1 << 20);
+    assert_eq!(shed, 0);
+    assert!(two > 1452, "two datagrams: {two}");
+    // The same deltas against a bound of exactly those bytes: kept.
+    let (queued, shed, m) = fill(two);
+    assert_eq!((queued, shed, m), (two, 0, n));
+    // One byte less: the oldest datagram goes.
+    let mut cfg = PublisherConfig::default();
+    cfg.max_queued_bytes(two - 1);
+    let mut p = Publisher::new(cfg, SessionId(9), now).unwrap();
+    for i in 0..n {
+        p.publish(&i.to_be_bytes(), &[7u8; 64], true).unwrap();
+    }
+    assert_eq!(p.stats().datagrams_shed, 1);
+    assert!(p.queued_bytes() < two);
+}
