@@ -276,3 +276,59 @@ fn cost(cfg: &PublisherConfig, msg: &Message<'_>) -> f64 {
         (SnapshotRate::LeavesPerSec(_), _) => 1.0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::wire::Packer;
+    use crate::{SessionId, StreamId};
+
+    /// Every leaf's value is `self.0` bytes.
+    struct Values(usize);
+
+    impl LeafSource for Values {
+        fn encode_leaf(&self, _key: &[u8], out: &mut Vec<u8>) -> bool {
+            out.resize(self.0, 7);
+            true
+        }
+    }
+
+    /// The mean snapshot length, which sizes a datagram's budget under a
+    /// leaves-per-second rate, moves a 64th of the way to each message
+    /// sent: from 24 bytes, one 88-byte message makes it 25.
+    #[test]
+    fn the_mean_snapshot_length_moves_a_64th_of_the_way_per_message() {
+        let cfg = PublisherConfig::default();
+        let key: &[u8] = b"k";
+        let empty = Message::LeafSnapshot(LeafSnapshot {
+            cycle: CycleId(0),
+            position: 0,
+            leaf_seq: SeqNum(1),
+            key,
+            value: Some(&[]),
+        })
+        .encoded_len();
+        let source = Values(88 - empty);
+        let now = Instant::now();
+        let leaves: BTreeMap<Key, SeqNum> = [(Arc::from(key), SeqNum(1))].into();
+        let mut packer = Packer::new(StreamId(1), SessionId(1), cfg.max_datagram);
+        let mut stats = PublisherStats::default();
+        let mut c = Cycler::new(now);
+        assert_eq!(c.mean_len, INITIAL_MEAN_LEN);
+        let later = now + Duration::from_secs(1);
+        let ctx = Ctx {
+            cfg: &cfg,
+            leaves: &leaves,
+            last_seq: SeqNum(1),
+            source: &source,
+            packer: &mut packer,
+            stats: &mut stats,
+        };
+        assert!(c.fill(later, ctx));
+        assert_eq!(stats.snapshots, 1);
+        assert_eq!(c.mean_len, 25.0);
+    }
+}
