@@ -505,12 +505,15 @@ fn live_polling_sends_deltas_and_leaves_the_cycle_to_poll_transmit() {
 /// the cycle's last datagram waits only for the leaves left.
 #[test]
 fn snapshots_go_out_in_full_datagrams_however_often_the_driver_polls() {
-    for (rate, least) in [(100_000, 50), (10_000, 10)] {
-        snapshot_datagrams_at(rate, least);
+    // The first datagram waits for its budget: at 100,000 leaves/s, as many
+    // leaves as fit at the initial mean length of 24 bytes (59, 0.59 ms);
+    // at 10,000/s a millisecond's worth (10).
+    for (rate, least, first) in [(100_000, 50, 59), (10_000, 10, 10)] {
+        snapshot_datagrams_at(rate, least, first);
     }
 }
 
-fn snapshot_datagrams_at(rate: u32, least: usize) {
+fn snapshot_datagrams_at(rate: u32, least: usize, first_budget: u32) {
     let mut cfg = PublisherConfig::default();
     cfg.snapshot_rate(crate::publisher::SnapshotRate::LeavesPerSec(rate))
         .heartbeat_interval(Duration::from_secs(3600));
@@ -525,6 +528,7 @@ fn snapshot_datagrams_at(rate: u32, least: usize) {
     let mut buf = vec![0u8; 1452];
     let mut now = start;
     let mut per_datagram = Vec::new();
+    let mut first_at = None;
     while p.stats().cycles == 0 {
         p.handle_timeout(now, 0);
         while let Some(t) = p.poll_transmit(now, &typed, 1, &mut buf) {
@@ -535,6 +539,7 @@ fn snapshot_datagrams_at(rate: u32, least: usize) {
                 .count();
             if n > 0 {
                 per_datagram.push(n);
+                first_at.get_or_insert(now - start);
             }
         }
         if p.stats().cycles > 0 {
@@ -543,6 +548,12 @@ fn snapshot_datagrams_at(rate: u32, least: usize) {
         now = p.poll_timeout().unwrap().max(now + Duration::from_nanos(1));
         assert!(now - start < Duration::from_secs(1), "cycle too slow");
     }
+    let want_first = f64::from(first_budget) / f64::from(rate);
+    let first = first_at.unwrap().as_secs_f64();
+    assert!(
+        (first - want_first).abs() < 2e-6,
+        "{rate}: first at {first}"
+    );
     let (last, full) = per_datagram.split_last().unwrap();
     assert!(full.iter().all(|&n| n >= least), "{rate}: {per_datagram:?}");
     assert!(*last >= 1 && per_datagram.iter().sum::<usize>() == 1_030);
