@@ -133,9 +133,8 @@ impl History {
                     self.evict();
                 }
                 self.head = 0;
-                if len > self.ring.len() {
-                    self.ring.resize(len, 0);
-                }
+                // The ring may still be shorter than this one body.
+                self.ring.resize(self.ring.len().max(len), 0);
             }
         }
         let (start, end) = (self.head, self.head + len);
@@ -360,6 +359,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The ring starts at 4 KiB and doubles (up to the bound); a body that
+    /// exactly reaches its end does not make it grow; bodies written back
+    /// to back are all held (the newest does not evict the one before).
+    #[test]
+    fn the_ring_doubles_and_fills_to_its_very_end() {
+        let mut h = History::new(1 << 20, 1 << 20);
+        h.push(SeqNum(1), &[1; 3000]);
+        assert_eq!(h.ring.len(), 4096);
+        h.push(SeqNum(2), &[2; 1096]);
+        assert_eq!(h.ring.len(), 4096, "exactly to the end: no growth");
+        h.push(SeqNum(3), &[3; 10]);
+        assert_eq!(h.ring.len(), 8192, "doubled");
+        let now = Instant::now();
+        for (s, len) in [(1u64, 3000), (2, 1096), (3, 10)] {
+            assert_eq!(
+                h.take(s, now, None).0,
+                Lookup::Send(&vec![s as u8; len][..])
+            );
+        }
+    }
+
+    /// Wrapping to 0 with a body longer than the ring has grown so far:
+    /// the ring grows to hold it, and it is held intact.
+    #[test]
+    fn a_wrap_with_a_body_longer_than_the_ring_grows_the_ring() {
+        let mut h = History::new(1 << 20, 6_000);
+        h.push(SeqNum(1), &[1; 4000]);
+        assert_eq!(h.ring.len(), 4096);
+        h.push(SeqNum(2), &[2; 5000]);
+        assert_eq!(h.ring.len(), 5000);
+        assert_eq!((h.first_seq(), h.len()), (Some(SeqNum(2)), 1));
+        let now = Instant::now();
+        assert_eq!(h.take(2, now, None).0, Lookup::Send(&[2u8; 5000][..]));
     }
 
     #[test]
