@@ -39,11 +39,16 @@ fn cmp_keys(a: &[u8], b: &[u8]) -> Ordering {
         }
         v
     }
-    match head(a).cmp(&head(b)) {
-        Ordering::Equal if a.len() <= 8 || b.len() <= 8 => a.len().cmp(&b.len()),
-        Ordering::Equal => a.get(8..).cmp(&b.get(8..)),
-        other => other,
+    // Equal heads: the bytes after the eighth decide; if those are equal
+    // too (none, for keys of at most 8 bytes, whose zero padding made the
+    // heads equal), the shorter key is a prefix of the longer.
+    fn tail(k: &[u8]) -> &[u8] {
+        k.get(8..).unwrap_or_default()
     }
+    head(a)
+        .cmp(&head(b))
+        .then_with(|| tail(a).cmp(tail(b)))
+        .then_with(|| a.len().cmp(&b.len()))
 }
 
 #[derive(Debug, Clone)]
@@ -417,6 +422,27 @@ mod tests {
         assert_eq!(m.len(), model.len());
         for c in &m.chunks {
             assert!(c.len() > 0 && c.len() <= CHUNK);
+        }
+    }
+
+    /// `cmp_keys` is `[u8]::cmp` on every pair of keys of 0 to 11 bytes
+    /// made of zeros with at most one 1 (equal heads, prefixes, the 8-byte
+    /// boundary from both sides).
+    #[test]
+    fn keys_compare_as_byte_strings_at_the_boundary() {
+        let mut keys = Vec::new();
+        for len in 0..12usize {
+            keys.push(vec![0u8; len]);
+            for one in 0..len {
+                let mut k = vec![0u8; len];
+                k[one] = 1;
+                keys.push(k);
+            }
+        }
+        for a in &keys {
+            for b in &keys {
+                assert_eq!(cmp_keys(a, b), a.cmp(b), "{a:?} {b:?}");
+            }
         }
     }
 
