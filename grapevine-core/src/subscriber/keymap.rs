@@ -224,8 +224,8 @@ impl<V: Copy> KeyMap<V> {
             Err(i) => i,
         };
         self.len += 1;
-        let full = chunk.len() >= CHUNK || chunk.bytes.len() + key.len() > CHUNK_BYTES;
-        if full && last && i == chunk.len() {
+        // (A key whose bytes do not fit goes to a chunk of its own below.)
+        if chunk.len() >= CHUNK && last && i == chunk.len() {
             // Filling in key order: keep the full chunk full.
             let mut next = Chunk::with_capacity(CHUNK);
             next.insert_at(0, key, v);
@@ -533,6 +533,19 @@ mod tests {
             assert_eq!(m.remove(k), model.remove(k));
             check(&m, &model);
         }
+    }
+
+    /// A chunk takes keys up to exactly 65,535 bytes in all; one byte more
+    /// starts another.
+    #[test]
+    fn a_chunk_holds_exactly_65535_key_bytes() {
+        let mut m = KeyMap::default();
+        m.insert(&[1u8; 65_000], 1u32);
+        m.insert(&[2u8; 535], 2);
+        assert_eq!(m.chunks.len(), 1);
+        m.insert(&[3u8; 1], 3);
+        assert_eq!(m.chunks.len(), 2);
+        assert_eq!(m.entries().len(), 3);
     }
 
     /// Many entries in and out of order, then most removed: chunk sizes
