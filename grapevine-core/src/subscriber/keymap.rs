@@ -233,19 +233,24 @@ impl<V: Copy> KeyMap<V> {
             return None;
         }
         if chunk.bytes.len() + key.len() > CHUNK_BYTES {
-            // The key's bytes do not fit (offsets stay within 16 bits): at
-            // either end of the chunk it starts a chunk of its own; in the
-            // middle, the chunk splits there and the key joins the left.
-            if i == 0 || i == chunk.len() {
-                let mut alone = Chunk::with_capacity(1);
-                alone.insert_at(0, key, v);
-                self.chunks.insert(if i == 0 { c } else { c + 1 }, alone);
-                return None;
-            }
+            // The key's bytes do not fit (offsets stay within 16 bits): it
+            // goes to a chunk of its own, between the entries before it and
+            // those after it (the chunk splits there; neither side is kept
+            // empty).
             let right = chunk.split_off(i);
-            self.chunks.insert(c + 1, right);
-            self.len -= 1;
-            return self.insert(key, v);
+            let left_empty = chunk.len() == 0;
+            let mut alone = Chunk::with_capacity(1);
+            alone.insert_at(0, key, v);
+            let mut at = c + 1;
+            if left_empty {
+                self.chunks.remove(c);
+                at = c;
+            }
+            self.chunks.insert(at, alone);
+            if right.len() > 0 {
+                self.chunks.insert(at + 1, right);
+            }
+            return None;
         }
         chunk.insert_at(i, key, v);
         if chunk.len() > CHUNK {
@@ -554,7 +559,31 @@ mod tests {
     fn large_fills_split_and_merge() {
         let mut m = KeyMap::default();
         let mut model = BTreeMap::new();
-        for i in (0..5_000u32).rev().chain(10_000..15_000) {
+        for i in (0..5_000u32).rev() {
+            let k = i.to_be_bytes();
+            m.insert(&k, i);
+            model.insert(k.to_vec(), i);
+        }
+        // Filled from the front, each split leaves two half-full chunks: the
+        // right half (65 entries) is never touched again.
+        assert!(m.chunks.iter().skip(1).all(|c| c.len() == CHUNK / 2 + 1));
+        assert!(m.chunks.len() > 70);
+        // A chunk a quarter full or more is left alone by removals.
+        let before = m.chunks.len();
+        let second: Vec<Vec<u8>> = (0..m.chunks[1].len())
+            .map(|i| m.chunks[1].key(i).to_vec())
+            .collect();
+        for k in &second[..second.len() - CHUNK / 4] {
+            m.remove(k);
+            model.remove(k);
+        }
+        assert_eq!(m.chunks[1].len(), CHUNK / 4);
+        assert_eq!(m.chunks.len(), before, "not merged at a quarter");
+        m.remove(&second[second.len() - 1]);
+        model.remove(&second[second.len() - 1]);
+        assert_eq!(m.chunks.len(), before - 1, "merged below a quarter");
+        check(&m, &model);
+        for i in 10_000..15_000u32 {
             let k = i.to_be_bytes();
             m.insert(&k, i);
             model.insert(k.to_vec(), i);
