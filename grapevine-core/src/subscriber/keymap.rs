@@ -553,6 +553,37 @@ mod tests {
         assert_eq!(m.entries().len(), 3);
     }
 
+    /// Two chunks of 16-byte keys merge once one falls below a quarter and
+    /// both fit one chunk, in entries and in bytes.
+    #[test]
+    fn small_neighbours_merge() {
+        let key = |i: u32| {
+            let mut k = [0u8; 16];
+            k[12..].copy_from_slice(&i.to_be_bytes());
+            k
+        };
+        let mut m = KeyMap::default();
+        for i in 0..200u32 {
+            m.insert(&key(i), i);
+        }
+        assert_eq!(m.chunks.len(), 2);
+        for i in 40..128u32 {
+            m.remove(&key(i));
+        }
+        for i in 128..160u32 {
+            m.remove(&key(i));
+        }
+        assert_eq!(
+            (m.chunks.len(), m.chunks[0].len(), m.chunks[1].len()),
+            (2, 40, 40)
+        );
+        for i in 160..169u32 {
+            m.remove(&key(i));
+        }
+        assert_eq!(m.chunks.len(), 1, "40 + 31 entries, 1,136 bytes: one chunk");
+        assert_eq!(m.len(), 71);
+    }
+
     /// Many entries in and out of order, then most removed: chunk sizes
     /// stay within bounds, `get_mut` changes what `get` sees.
     #[test]
