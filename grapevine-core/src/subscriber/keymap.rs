@@ -314,7 +314,7 @@ impl<V: Copy> KeyMap<V> {
                 }
             }
         }
-        self.chunks.retain(|c| c.len() > 0);
+        // Drops the chunks left empty, merges those left small.
         let mut c = 0;
         while c < self.chunks.len() {
             let before = self.chunks.len();
@@ -551,6 +551,20 @@ mod tests {
         m.insert(&[3u8; 1], 3);
         assert_eq!(m.chunks.len(), 2);
         assert_eq!(m.entries().len(), 3);
+    }
+
+    /// A retain that leaves chunks small merges them.
+    #[test]
+    fn retain_merges_what_it_leaves_small() {
+        let mut m = KeyMap::default();
+        for i in 0..10_000u32 {
+            m.insert(&i.to_be_bytes(), i);
+        }
+        assert_eq!(m.chunks.len(), 10_000usize.div_ceil(CHUNK));
+        m.retain(|_, v| v % 10 == 0);
+        assert_eq!(m.len(), 1_000);
+        assert!(m.chunks.len() < 40, "{} chunks", m.chunks.len());
+        assert!(m.chunks.iter().all(|c| c.len() > 0));
     }
 
     /// Two chunks of 16-byte keys merge once one falls below a quarter and

@@ -515,6 +515,19 @@ mod tests {
         assert!(t.install(&key, SeqNum(7), Some(&encode(&7u32)), &mut ctx));
         assert_eq!((t.pending_count(), t.pending_bytes()), (0, 0));
         assert_eq!(ctx.stats.deltas_applied, 1);
+        // The leaf is now held as of 8: the delta that chains on 8 applies.
+        let p9 = Typed::<Map>::encode_delta(&MapDelta::Upsert(1, 9));
+        let d9 = DeltaRef {
+            seq: SeqNum(9),
+            prev: SeqNum(8),
+            creates: false,
+            key: &key,
+            payload: &p9,
+        };
+        assert_eq!(
+            t.on_delta(d9, 100, 1 << 20, &mut ctx),
+            DeltaOutcome::Applied { present: true }
+        );
         // A waiting delta that does not decode fails when its turn comes:
         // counted, and the leaf stays stale.
         let key2 = Typed::<Map>::encode_key(&2);
@@ -532,7 +545,7 @@ mod tests {
         t.install(&key2, SeqNum(9), Some(&encode(&9u32)), &mut ctx);
         assert_eq!(ctx.stats.apply_errors, 1);
         assert_eq!(t.pending_count(), 1, "still waiting for a snapshot");
-        assert_eq!(parts.replica.state().get(&1), Some(&8));
+        assert_eq!(parts.replica.state().get(&1), Some(&9));
         assert_eq!(parts.replica.state().get(&2), Some(&9));
     }
 
