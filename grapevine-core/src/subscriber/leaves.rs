@@ -470,8 +470,13 @@ impl LeafTable {
     /// (known absent as of `before` or earlier, and up to `applied`). A leaf with
     /// pending deltas is stale and stays.
     pub(crate) fn forget_absent(&mut self, applied: SeqNum, before: SeqNum) {
-        self.metas
-            .retain(|_, m| m.present || m.stale || !m.known || m.seq > applied || m.seq > before);
+        // A leaf whose value is not known yet is stale (only `mark_stale`
+        // makes one), so it stays.
+        let upto = applied.min(before);
+        self.metas.retain(|_, m| {
+            debug_assert!(m.known || m.stale, "an unknown leaf is stale");
+            m.present || m.stale || m.seq > upto
+        });
     }
 }
 
