@@ -316,7 +316,7 @@ impl<V: Copy> KeyMap<V> {
         }
         // Drops the chunks left empty, merges those left small.
         let mut c = 0;
-        while c < self.chunks.len() {
+        while self.chunks.get(c).is_some() {
             let before = self.chunks.len();
             self.rebalance(c);
             if self.chunks.len() == before {
