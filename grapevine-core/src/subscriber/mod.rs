@@ -1476,7 +1476,8 @@ impl Subscriber {
                 // leaves were forgotten may predate a forgotten removal: only
                 // leaves still tracked can judge it by seq.
                 let old = s.forgot_at.is_some_and(|f| f.is_after(snap.cycle));
-                if old && !s.leaves.contains(snap.key) {
+                let tracked = s.leaves.contains(snap.key);
+                if old && !tracked {
                     ctx.stats.stale_snapshots += 1;
                     return;
                 }
@@ -1486,8 +1487,7 @@ impl Subscriber {
                 // cycles if so; an older cycle's may come after that sweep.
                 // It may bring the leaf (back) only if its cycle started at
                 // or after both (`needs_from`), after any such removal.
-                if !s.leaves.contains(snap.key) && s.latest_begin.is_none_or(|b| b.0 != snap.cycle)
-                {
+                if !tracked && s.latest_begin.is_none_or(|b| b.0 != snap.cycle) {
                     let start = [s.cycle.as_ref(), s.prev_cycle.as_ref()]
                         .into_iter()
                         .flatten()
