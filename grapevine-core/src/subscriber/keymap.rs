@@ -40,15 +40,16 @@ fn cmp_keys(a: &[u8], b: &[u8]) -> Ordering {
         v
     }
     // Equal heads: the bytes after the eighth decide; if those are equal
-    // too (none, for keys of at most 8 bytes, whose zero padding made the
-    // heads equal), the shorter key is a prefix of the longer.
-    fn tail(k: &[u8]) -> &[u8] {
-        k.get(8..).unwrap_or_default()
+    // too, the shorter key is a prefix of the longer. Keys of at most 8
+    // bytes (whose zero padding made the heads equal) are decided by their
+    // lengths without a call to `memcmp`.
+    match head(a).cmp(&head(b)) {
+        Ordering::Equal => match (a.get(8..), b.get(8..)) {
+            (Some(x @ [_, ..]), Some(y @ [_, ..])) => x.cmp(y),
+            _ => a.len().cmp(&b.len()),
+        },
+        o => o,
     }
-    head(a)
-        .cmp(&head(b))
-        .then_with(|| tail(a).cmp(tail(b)))
-        .then_with(|| a.len().cmp(&b.len()))
 }
 
 #[derive(Debug, Clone)]
