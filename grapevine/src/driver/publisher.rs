@@ -94,10 +94,8 @@ impl<S: State> PublisherEngine<S> {
     /// full, or the core's next deadline moved before the one it sleeps
     /// until.
     pub(crate) fn send_live(&mut self, io: &dyn DatagramIo, group: SocketAddr) -> bool {
-        let blocked = self.unsent.is_some() || {
-            let now = Instant::now();
-            self.flush(io, group, now, false) == Flush::Blocked
-        };
+        let blocked =
+            self.unsent.is_some() || self.flush_live(io, group, Instant::now()) == Flush::Blocked;
         let next = self.core.poll_timeout();
         blocked
             || match (next, self.driver_deadline) {
@@ -107,50 +105,43 @@ impl<S: State> PublisherEngine<S> {
             }
     }
 
-    /// Fires the due timers, then sends the held transmit and everything the
-    /// core has due at `now` (with `full`, the snapshot cycle and repairs
-    /// too), until the socket would block.
-    pub(crate) fn flush(
+    /// Sends the held live transmit, then every live datagram queued
+    /// (deltas, heartbeats), until the socket would block. Under the lock:
+    /// live datagrams leave in the order they were queued, whichever
+    /// thread sends them.
+    pub(crate) fn flush_live(
         &mut self,
         io: &dyn DatagramIo,
         group: SocketAddr,
         now: Instant,
-        full: bool,
     ) -> Flush {
-        if full && self.core.poll_timeout().is_some_and(|t| t <= now) {
-            self.core.handle_timeout(now, wall_clock_micros());
-        }
         if let Some(t) = self.unsent {
             if self.send(io, group, t) == Flush::Blocked {
                 return Flush::Blocked;
             }
             self.unsent = None;
         }
-        loop {
-            let t = if full {
-                self.core
-                    .poll_transmit(now, &self.typed, self.segments, &mut self.buf)
-            } else {
-                self.core
-                    .poll_live_transmit(now, self.segments, &mut self.buf)
-            };
-            let Some(t) = t else {
-                return Flush::Done;
-            };
+        while let Some(t) = self
+            .core
+            .poll_live_transmit(now, self.segments, &mut self.buf)
+        {
             if self.send(io, group, t) == Flush::Blocked {
                 self.unsent = Some(t);
                 return Flush::Blocked;
             }
         }
+        Flush::Done
     }
 
     fn send(&mut self, io: &dyn DatagramIo, group: SocketAddr, t: Transmit) -> Flush {
-        let to = match t.destination {
-            Destination::Unicast(addr) => addr,
-            _ => group,
-        };
         let contents = self.buf.get(..t.size).unwrap_or_default();
-        match send(io, to, contents, t.segment_size) {
+        let sent = send(io, destination(t, group), contents, t.segment_size);
+        self.record(sent)
+    }
+
+    /// Counts what became of one transmit.
+    fn record(&mut self, sent: Sent) -> Flush {
+        match sent {
             Sent::Ok {
                 datagrams,
                 bytes,
@@ -194,6 +185,33 @@ fn wall_clock_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Where a transmit goes: a NAK's answer may be unicast, the rest to the
+/// group.
+fn destination(t: Transmit, group: SocketAddr) -> SocketAddr {
+    match t.destination {
+        Destination::Unicast(addr) => addr,
+        _ => group,
+    }
+}
+
+/// Most datagrams the driver takes from the core under the lock at a time:
+/// encoding them (reading the state for snapshots) is what a concurrent
+/// `publish` may wait for, so a full GSO batch of 44 would make it wait
+/// several times longer than the system call saved.
+const DRIVER_SEGMENTS: usize = 8;
+
+/// The driver's own send buffer. What only the driver sends (snapshots,
+/// cycle markers, repairs) is written into it under the lock and sent
+/// after the lock is released, so a `publish` on another thread never waits
+/// for that system call. Live datagrams are sent under the lock, in order.
+pub(crate) struct DriverTx {
+    buf: Vec<u8>,
+    segments: usize,
+    /// A transmit the socket refused with "would block", sent first once
+    /// there is room.
+    unsent: Option<Transmit>,
 }
 
 /// What a publisher's handle and its driver share.
@@ -240,16 +258,71 @@ impl<S: State> PublisherShared<S> {
         self.wake.notify_one();
     }
 
-    /// The driver's turn: hands `batch` (if any) to the core, sends
-    /// everything due, and notes when the driver will look again. Returns
-    /// the flush outcome and whether the handle asked to close.
-    pub(crate) fn turn(&self, batch: Option<&mut RecvBatch>) -> (Flush, Option<Instant>, bool) {
+    /// A send buffer for the driver.
+    pub(crate) fn driver_tx(&self) -> DriverTx {
+        let e = self.lock();
+        let segments = e.segments.min(DRIVER_SEGMENTS);
+        DriverTx {
+            buf: vec![0; segments * e.core.config().max_datagram_size()],
+            segments,
+            unsent: None,
+        }
+    }
+
+    /// The driver's turn: hands `batch` (if any) to the core, fires the due
+    /// timers, sends the live datagrams queued, then the snapshots and
+    /// repairs due (each transmit encoded under the lock and sent outside
+    /// it), and notes when the driver will look again. Returns the flush
+    /// outcome, the core's next deadline and whether the handle asked to
+    /// close.
+    pub(crate) fn turn(
+        &self,
+        batch: Option<&mut RecvBatch>,
+        tx: &mut DriverTx,
+    ) -> (Flush, Option<Instant>, bool) {
         let mut e = self.lock();
         let now = Instant::now();
         if let Some(batch) = batch {
             e.receive(now, batch);
         }
-        let flush = e.flush(&*self.io, self.group, now, true);
+        if e.core.poll_timeout().is_some_and(|t| t <= now) {
+            e.core.handle_timeout(now, wall_clock_micros());
+        }
+        let mut flush = e.flush_live(&*self.io, self.group, now);
+        while flush == Flush::Done {
+            // Everything queued before this point has been sent: a snapshot
+            // encoded now reflects only deltas already on their way.
+            let t = match tx.unsent.take() {
+                Some(t) => t,
+                None => {
+                    let e = &mut *e;
+                    match e
+                        .core
+                        .poll_transmit(now, &e.typed, tx.segments, &mut tx.buf)
+                    {
+                        Some(t) => t,
+                        None => break,
+                    }
+                }
+            };
+            drop(e);
+            let contents = tx.buf.get(..t.size).unwrap_or_default();
+            let sent = send(
+                &*self.io,
+                destination(t, self.group),
+                contents,
+                t.segment_size,
+            );
+            e = self.lock();
+            if e.record(sent) == Flush::Blocked {
+                tx.unsent = Some(t);
+                flush = Flush::Blocked;
+            } else {
+                // Deltas published meanwhile went out from `publish`; one
+                // it could not send is retried here.
+                flush = e.flush_live(&*self.io, self.group, now);
+            }
+        }
         let deadline = e.core.poll_timeout();
         e.driver_deadline = match flush {
             Flush::Done => deadline,
@@ -273,6 +346,7 @@ mod tests {
     use std::io;
     use std::os::fd::{AsFd, BorrowedFd};
     use std::sync::atomic::AtomicBool;
+    use std::sync::Mutex;
 
     use grapevine_core::publisher::PublisherConfig;
     use grapevine_core::state::MapDelta;
@@ -334,10 +408,101 @@ mod tests {
         assert!(e.stats.send_blocked > 0 && e.stats.datagrams_sent == 0);
         io.room.store(true, Ordering::Relaxed);
         let now = Instant::now();
-        assert_eq!(e.flush(&io, group, now, false), Flush::Done);
+        assert_eq!(e.flush_live(&io, group, now), Flush::Done);
         assert_eq!(e.core.queued_bytes(), 0);
         assert!(e.stats.datagrams_sent >= 8, "{:?}", e.stats);
         assert_eq!(e.core.last_seq(), SeqNum(20_000));
+    }
+
+    /// A socket whose first send of more than 200 bytes (the first
+    /// snapshot datagram; heartbeats and one small delta are less) blocks
+    /// until released: the driver's system call caught in the act.
+    struct Stuck {
+        sock: std::net::UdpSocket,
+        calls: Mutex<usize>,
+        entered: std::sync::mpsc::Sender<()>,
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl DatagramIo for Stuck {
+        fn try_send(&self, _: SocketAddr, c: &[u8], _: Option<usize>) -> io::Result<()> {
+            let first = {
+                let mut calls = self.calls.lock().unwrap();
+                *calls += usize::from(c.len() > 200);
+                *calls == 1 && c.len() > 200
+            };
+            if first {
+                self.entered.send(()).unwrap();
+                self.release.lock().unwrap().recv().unwrap();
+            }
+            Ok(())
+        }
+        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn max_segments(&self) -> usize {
+            4
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.sock.as_fd()
+        }
+    }
+
+    /// The driver sends snapshots outside the lock: while its system call
+    /// is stuck, `publish` on another thread still takes the lock, and its
+    /// delta goes out.
+    #[test]
+    fn publish_does_not_wait_for_the_drivers_send() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let io = Arc::new(Stuck {
+            sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            calls: Mutex::new(0),
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        });
+        let start = Instant::now()
+            .checked_sub(std::time::Duration::from_secs(1))
+            .unwrap();
+        let core = CorePublisher::new(PublisherConfig::default(), SessionId(3), start).unwrap();
+        let state: BTreeMap<u32, u64> = (0..100).map(|k| (k, 1)).collect();
+        let mut core = core;
+        for k in 0..100u32 {
+            core.track_leaf(&grapevine_core::state::encode(&k)).unwrap();
+        }
+        let e = PublisherEngine::new(core, Typed::new(state), 4);
+        let group = SocketAddr::from(([239, 255, 0, 1], 9));
+        let shared = Arc::new(PublisherShared::new(e, io.clone(), group));
+        let driver = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut tx = shared.driver_tx();
+                shared.turn(None, &mut tx)
+            })
+        };
+        // The driver is inside its (first) send, of the cycle's snapshots.
+        entered.recv().unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let publisher = {
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut e = shared.lock();
+                e.publish(&MapDelta::Upsert(7, 2)).unwrap();
+                e.send_live(&*shared.io, shared.group);
+                done_tx.send(e.core.last_seq()).unwrap();
+            })
+        };
+        // Bounded only so that a regression fails instead of hanging.
+        let sent = done.recv_timeout(std::time::Duration::from_secs(30));
+        release.send(()).unwrap();
+        assert_eq!(sent, Ok(SeqNum(1)), "publish waited for the driver's send");
+        publisher.join().unwrap();
+        let (flush, _, _) = driver.join().unwrap();
+        assert_eq!(flush, Flush::Done);
+        assert!(
+            shared.lock().stats.datagrams_sent >= 3,
+            "heartbeat, snapshots, delta"
+        );
     }
 
     /// Found by review: with a bound below a full GSO transmit,

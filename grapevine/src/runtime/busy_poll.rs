@@ -33,14 +33,15 @@ fn due(deadline: Option<Instant>) -> bool {
 
 pub(super) fn publisher<S: State>(shared: &PublisherShared<S>) {
     let mut batch = RecvBatch::new();
-    let (mut flush, mut deadline, _) = shared.turn(None);
+    let mut tx = shared.driver_tx();
+    let (mut flush, mut deadline, _) = shared.turn(None, &mut tx);
     let mut closing_since = None;
     while !stopped(&shared.stop) {
         let got = receive(&*shared.io, &mut batch, || shared.recv_error());
         let kicked = shared.kick.swap(false, Ordering::AcqRel);
         if got || kicked || flush == Flush::Blocked || due(deadline) {
             let closing;
-            (flush, deadline, closing) = shared.turn(got.then_some(&mut batch));
+            (flush, deadline, closing) = shared.turn(got.then_some(&mut batch), &mut tx);
             if closing {
                 let since = *closing_since.get_or_insert_with(Instant::now);
                 if flush == Flush::Done || since.elapsed() >= SHUTDOWN_FLUSH {

@@ -9,7 +9,7 @@ use grapevine_core::state::State;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::driver::publisher::PublisherShared;
+use crate::driver::publisher::{DriverTx, PublisherShared};
 use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Flush;
 use crate::io::{DatagramIo, RecvBatch};
@@ -53,8 +53,8 @@ fn receive(
 /// Sends what is due once the reactor said writable: readiness is cleared
 /// only if the socket is still full, and was taken before this try, so no
 /// wake-up is lost.
-fn retry<S: State>(ready: &UdpSocket, shared: &PublisherShared<S>) -> Flush {
-    let flush = ready.try_io(Interest::WRITABLE, || match shared.turn(None).0 {
+fn retry<S: State>(ready: &UdpSocket, shared: &PublisherShared<S>, tx: &mut DriverTx) -> Flush {
+    let flush = ready.try_io(Interest::WRITABLE, || match shared.turn(None, tx).0 {
         Flush::Blocked => Err(io::ErrorKind::WouldBlock.into()),
         Flush::Done => Ok(()),
     });
@@ -72,16 +72,17 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>) {
     };
     let io = &*shared.io;
     let mut batch = RecvBatch::new();
+    let mut tx = shared.driver_tx();
     let mut got = false;
     loop {
-        let (flush, deadline, closing) = shared.turn(got.then_some(&mut batch));
+        let (flush, deadline, closing) = shared.turn(got.then_some(&mut batch), &mut tx);
         got = false;
         if closing {
             if flush == Flush::Blocked {
                 // Best effort: wait (bounded) for room to send the rest.
                 let room = tokio::time::timeout(SHUTDOWN_FLUSH, ready.writable()).await;
                 if let Ok(Ok(())) = room {
-                    retry(&ready, &shared);
+                    retry(&ready, &shared, &mut tx);
                     continue;
                 }
             }
@@ -92,7 +93,7 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>) {
                 tokio::select! {
                     r = ready.writable() => match r {
                         Ok(()) => {
-                            retry(&ready, &shared);
+                            retry(&ready, &shared, &mut tx);
                         }
                         // The socket is broken; keep a slow pace rather
                         // than spinning.
