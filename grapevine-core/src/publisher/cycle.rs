@@ -1,7 +1,8 @@
 //! The snapshot cycle: every leaf, in key order, paced by a budget in
 //! leaves or bytes per second, bracketed by CycleBegin and CycleEnd.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use super::{Key, PublisherConfig, PublisherStats, SnapshotRate};
@@ -9,15 +10,66 @@ use crate::state::LeafSource;
 use crate::wire::{CycleBegin, CycleEnd, LeafSnapshot, Message, Packer, HEADER_LEN};
 use crate::{CycleId, SeqNum};
 
+/// A cycle in progress. Its positions are the keys present when it began,
+/// in key order; rather than copying them (a stall and a copy of every key
+/// at each cycle start), it walks the live leaves from a cursor and keeps
+/// aside only what changed ahead of the cursor since it began.
 #[derive(Debug)]
 struct Cycle {
     id: CycleId,
     start_seq: SeqNum,
-    keys: Vec<Key>,
-    /// Next position to send; `keys.len()` means only CycleEnd is left.
+    leaf_count: usize,
+    /// Next position to send; `leaf_count` means only CycleEnd is left.
     pos: usize,
+    /// The key of the last position sent; `None` before position 0.
+    cursor: Option<Key>,
+    /// Keys after the cursor created since the cycle began: not in it.
+    created: BTreeSet<Key>,
+    /// Keys after the cursor present when the cycle began and removed
+    /// since: sent at their positions as tombstones.
+    removed: BTreeSet<Key>,
     /// A datagram carrying this cycle's CycleBegin has been queued.
     announced: bool,
+}
+
+impl Cycle {
+    /// Whether `key` lies after the cursor (its position is still ahead).
+    fn ahead(&self, key: &[u8]) -> bool {
+        self.cursor.as_deref().is_none_or(|c| key > c)
+    }
+
+    /// The key at the next position, and its `leaf_seq` if it is present
+    /// (a tombstone if not): the first key after the cursor that was
+    /// present when the cycle began.
+    fn next_key(&self, leaves: &BTreeMap<Key, SeqNum>) -> Option<(Key, Option<SeqNum>)> {
+        let from = match &self.cursor {
+            Some(c) => Bound::Excluded(&**c),
+            None => Bound::Unbounded,
+        };
+        let live = leaves
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .find(|(k, _)| !self.created.contains(*k));
+        let gone = self
+            .removed
+            .range::<[u8], _>((from, Bound::Unbounded))
+            .next();
+        match (live, gone) {
+            (Some((k, &seq)), Some(g)) if k < g => Some((k.clone(), Some(seq))),
+            (_, Some(g)) => Some((g.clone(), None)),
+            (Some((k, &seq)), None) => Some((k.clone(), Some(seq))),
+            (None, None) => None,
+        }
+    }
+
+    /// Moves past the position of `key` (from [`Cycle::next_key`]),
+    /// forgetting what lies at or before it.
+    fn advance(&mut self, key: Key) {
+        // (`key` itself is never in `created`.)
+        self.created = self.created.split_off::<[u8]>(&key);
+        self.removed.remove(&key);
+        self.pos += 1;
+        self.cursor = Some(key);
+    }
 }
 
 /// The cycle in progress and its pacing.
@@ -60,7 +112,38 @@ impl Cycler {
 
     /// Progress of the current cycle: (positions sent, leaf count).
     pub(crate) fn progress(&self) -> Option<(usize, usize)> {
-        self.cycle.as_ref().map(|c| (c.pos, c.keys.len()))
+        self.cycle.as_ref().map(|c| (c.pos, c.leaf_count))
+    }
+
+    /// Keys the cycle in progress keeps aside.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.cycle
+            .as_ref()
+            .map_or(0, |c| c.created.len() + c.removed.len())
+    }
+
+    /// A leaf was created (by a delta, or declared before the first one):
+    /// if its position is still ahead, the cycle in progress leaves it to
+    /// the next, or, if it was present when the cycle began and removed
+    /// since, sends it as it is after all.
+    pub(crate) fn created(&mut self, key: &Key) {
+        if let Some(c) = self.cycle.as_mut().filter(|c| c.ahead(key)) {
+            if !c.removed.remove(key) {
+                c.created.insert(key.clone());
+            }
+        }
+    }
+
+    /// A leaf was removed: if its position is still ahead, the cycle in
+    /// progress sends a tombstone there (if the leaf was present when it
+    /// began; one created since is simply forgotten).
+    pub(crate) fn removed(&mut self, key: &Key) {
+        if let Some(c) = self.cycle.as_mut().filter(|c| c.ahead(key)) {
+            if !c.created.remove(key) {
+                c.removed.insert(key.clone());
+            }
+        }
     }
 
     /// When the budget allows the next datagram of the cycle (or the next
@@ -83,8 +166,16 @@ impl Cycler {
     fn refill(&mut self, now: Instant, cfg: &PublisherConfig) {
         let elapsed = now.saturating_duration_since(self.tokens_at).as_secs_f64();
         self.tokens_at = now.max(self.tokens_at);
-        // Allow bursts of up to 10 ms worth, and at least one datagram.
-        let cap = (rate(cfg) * 0.010).max(self.datagram_cost(cfg) * 2.0);
+        // Allow bursts of up to `MAX_BURST` worth (a driver woken late
+        // catches up), and at least two datagrams. Between cycles the
+        // budget grows to one datagram at most: a cycle opens at the paced
+        // rate, not with a burst that would hold up the deltas behind it
+        // at every subscriber.
+        let cap = if self.cycle.is_some() {
+            (rate(cfg) * MAX_BURST.as_secs_f64()).max(self.datagram_cost(cfg) * 2.0)
+        } else {
+            self.tokens.max(self.cost_of_datagram(cfg, usize::MAX))
+        };
         self.tokens = (self.tokens + elapsed * rate(cfg)).min(cap);
     }
 
@@ -111,14 +202,14 @@ impl Cycler {
             let Some(cycle) = self.cycle.as_ref() else {
                 break;
             };
-            let leaf_count = u32::try_from(cycle.keys.len()).unwrap_or(u32::MAX);
+            let leaf_count = u32::try_from(cycle.leaf_count).unwrap_or(u32::MAX);
             let begin = Message::CycleBegin(CycleBegin {
                 cycle: cycle.id,
                 start_seq: cycle.start_seq,
                 leaf_count,
             });
             let pos = cycle.pos;
-            if pos >= cycle.keys.len() {
+            if pos >= cycle.leaf_count {
                 let end = Message::CycleEnd(CycleEnd {
                     cycle: cycle.id,
                     end_seq: cx.last_seq,
@@ -149,11 +240,16 @@ impl Cycler {
                 queued = true;
                 break;
             }
-            let Some(key) = cycle.keys.get(pos).cloned() else {
-                break;
+            let Some((key, leaf_seq)) = cycle.next_key(cx.leaves) else {
+                // Cannot happen: what changed since the cycle began is
+                // accounted for, so the walk finds `leaf_count` keys.
+                // Were it to, the cycle ends short rather than never.
+                if let Some(c) = self.cycle.as_mut() {
+                    c.leaf_count = c.pos;
+                }
+                continue;
             };
             self.leaf_buf.clear();
-            let leaf_seq = cx.leaves.get(&key).copied();
             let present = leaf_seq.is_some() && cx.source.encode_leaf(&key, &mut self.leaf_buf);
             let msg = Message::LeafSnapshot(LeafSnapshot {
                 cycle: cycle.id,
@@ -189,7 +285,7 @@ impl Cycler {
                 count_unencodable(cx.stats);
             }
             if let Some(c) = self.cycle.as_mut() {
-                c.pos += 1;
+                c.advance(key);
             }
             queued = true;
         }
@@ -200,14 +296,16 @@ impl Cycler {
     }
 
     fn begin<L: LeafSource + ?Sized>(&mut self, now: Instant, cx: &Ctx<'_, L>) {
-        let keys: Vec<Key> = cx.leaves.keys().cloned().collect();
         let id = self.next_cycle_id;
         self.next_cycle_id = id.next();
         self.cycle = Some(Cycle {
             id,
             start_seq: cx.last_seq,
-            keys,
+            leaf_count: cx.leaves.len(),
             pos: 0,
+            cursor: None,
+            created: BTreeSet::new(),
+            removed: BTreeSet::new(),
             announced: false,
         });
         self.next_cycle_at = now + cx.cfg.min_cycle_interval;
@@ -227,6 +325,10 @@ const INITIAL_MEAN_LEN: f64 = 24.0;
 /// Under a leaves-per-second budget, snapshot datagrams are spaced by at
 /// least about this much unless they are full.
 const DATAGRAM_SPACING: Duration = Duration::from_millis(1);
+/// Most budget that may be spent at once, as time at the configured rate.
+/// Every burst of snapshots delays the deltas queued behind it, at the
+/// publisher and at every subscriber.
+const MAX_BURST: Duration = Duration::from_millis(2);
 /// Messages over which the mean length adapts.
 const MEAN_WINDOW: f64 = 64.0;
 
@@ -237,13 +339,18 @@ impl Cycler {
     /// many as fit at the mean message length, or a spacing's worth of the
     /// rate if fewer, and no more than the cycle has left; at least one.
     fn datagram_cost(&self, cfg: &PublisherConfig) -> f64 {
+        let left = self
+            .cycle
+            .as_ref()
+            .map_or(1, |c| c.leaf_count.saturating_sub(c.pos));
+        self.cost_of_datagram(cfg, left)
+    }
+
+    /// [`Cycler::datagram_cost`] with `left` leaves left in the cycle.
+    fn cost_of_datagram(&self, cfg: &PublisherConfig, left: usize) -> f64 {
         let room = (cfg.max_datagram - HEADER_LEN) as f64;
         match cfg.snapshot_rate {
             SnapshotRate::LeavesPerSec(n) => {
-                let left = self
-                    .cycle
-                    .as_ref()
-                    .map_or(1, |c| c.keys.len().saturating_sub(c.pos));
                 let fit = (room / self.mean_len).floor();
                 let spaced = (f64::from(n) * DATAGRAM_SPACING.as_secs_f64()).floor();
                 fit.min(spaced).min(left as f64).max(1.0)

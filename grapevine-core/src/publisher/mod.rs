@@ -535,7 +535,11 @@ impl Publisher {
         if check_key(key).is_err() {
             return Err(PublishError::KeyTooLong { len: key.len() });
         }
-        self.leaves.entry(Arc::from(key)).or_insert(SeqNum::NONE);
+        if !self.leaves.contains_key(key) {
+            let key: Key = Arc::from(key);
+            self.cycler.created(&key);
+            self.leaves.insert(key, SeqNum::NONE);
+        }
         Ok(())
     }
 
@@ -578,9 +582,11 @@ impl Publisher {
         if let (Some(s), true) = (slot, present_after) {
             *s = seq;
         } else if present_after {
-            self.leaves.insert(Arc::from(key), seq);
-        } else if prev.is_some() {
-            self.leaves.remove(key);
+            let key: Key = Arc::from(key);
+            self.cycler.created(&key);
+            self.leaves.insert(key, seq);
+        } else if let Some((key, _)) = self.leaves.remove_entry(key) {
+            self.cycler.removed(&key);
         }
         self.record_fragmented();
         self.history.push(seq, &self.body_buf);
@@ -979,6 +985,13 @@ impl Publisher {
     #[must_use]
     pub fn cycle_progress(&self) -> Option<(usize, usize)> {
         self.cycler.progress()
+    }
+
+    /// Keys the cycle in progress keeps aside (created or removed ahead of
+    /// its cursor).
+    #[cfg(test)]
+    pub(crate) fn cycle_held(&self) -> usize {
+        self.cycler.held()
     }
 
     /// Largest message body that fits in one datagram unfragmented.

@@ -493,7 +493,16 @@ fn live_polling_sends_deltas_and_leaves_the_cycle_to_poll_transmit() {
     let delta = crate::wire::MessageKind::Delta as u8;
     assert_eq!(live, vec![hb, delta]);
     assert_eq!(p.stats().snapshots, 0);
-    let rest = kinds(&mut p, &mut buf, false, later);
+    // The cycle's datagrams, paced, through `poll_transmit` alone.
+    let mut rest = Vec::new();
+    for step in 0..1_000 {
+        rest.extend(kinds(
+            &mut p,
+            &mut buf,
+            false,
+            later + Duration::from_millis(step),
+        ));
+    }
     assert!(!rest.contains(&delta) && rest.len() > 100, "{rest:?}");
     assert!(p.stats().snapshots >= 100, "{:?}", p.stats());
 }
