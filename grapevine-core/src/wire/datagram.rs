@@ -21,6 +21,33 @@ pub const MAX_BODY_LEN: usize = u16::MAX as usize;
 /// IPv4 or IPv6.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 
+/// Whether `datagram` opens with a CycleBegin: every datagram a snapshot
+/// cycle sends does (PROTOCOL.md §8.1), and no other. Only the kind byte
+/// of the first message is looked at; nothing is validated.
+///
+/// A receiver holding several datagrams may handle those that open with a
+/// CycleBegin after the others: snapshots may be handled in any order
+/// relative to deltas (§8.2), so deltas need not wait behind them.
+///
+/// ```
+/// use grapevine_core::wire::opens_cycle;
+/// use grapevine_core::wire::{CycleBegin, DatagramHeader, DatagramWriter, Message};
+/// use grapevine_core::{CycleId, SeqNum, SessionId, StreamId};
+///
+/// let header = DatagramHeader { stream: StreamId(1), session: SessionId(2), datagram_seq: 1 };
+/// let mut buf = [0u8; 64];
+/// let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+/// let begin = CycleBegin { cycle: CycleId(0), start_seq: SeqNum(0), leaf_count: 0 };
+/// w.push(&Message::CycleBegin(begin)).unwrap();
+/// let n = w.finish();
+/// assert!(opens_cycle(&buf[..n]));
+/// assert!(!opens_cycle(b"GRPV"));
+/// ```
+#[must_use]
+pub fn opens_cycle(datagram: &[u8]) -> bool {
+    datagram.get(HEADER_LEN) == Some(&(MessageKind::CycleBegin as u8))
+}
+
 /// The fields of a datagram header that vary (PROTOCOL.md §3).
 ///
 /// Magic, version and flags are fixed in version 1 and written by

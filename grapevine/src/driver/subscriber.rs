@@ -1,11 +1,13 @@
 //! The subscriber's engine as the drivers see it.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use grapevine_core::state::{State, Typed};
 use grapevine_core::subscriber::{Event, Status, Subscriber as CoreSubscriber};
+use grapevine_core::wire::opens_cycle;
 use grapevine_core::Destination;
 use tokio::sync::{mpsc, watch};
 
@@ -40,14 +42,19 @@ impl<S: State> SubscriberEngine<S> {
         }
     }
 
-    /// Hands a received batch to the core.
-    pub(crate) fn receive(&mut self, now: Instant, batch: &mut RecvBatch) {
-        self.stats.datagrams_received += batch.len() as u64;
-        self.stats.bytes_received += batch.bytes() as u64;
-        self.stats.recv_batches += 1;
+    /// Hands a received batch to the core, in the order of
+    /// [`handle_batch`].
+    pub(crate) fn receive(
+        &mut self,
+        now: Instant,
+        batch: &mut RecvBatch,
+        more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
+    ) {
         let core = &mut self.core;
         let replica = &mut self.replica;
-        batch.for_each(|from, datagram| core.handle_datagram(now, from, datagram, replica));
+        handle_batch(batch, more, &mut self.stats, |from, datagram| {
+            core.handle_datagram(Instant::now().max(now), from, datagram, replica);
+        });
     }
 
     /// Fires due timers, sends NAKs, forwards events and publishes the
@@ -86,6 +93,54 @@ impl<S: State> SubscriberEngine<S> {
     }
 }
 
+/// Calls `handle` with each datagram of `batch`, those of snapshot cycles
+/// after the others, so that no delta waits behind the snapshots received
+/// with it (snapshots may be handled in any order relative to deltas,
+/// PROTOCOL.md §8.2; the others keep their order). With `more`, after each
+/// cycle datagram but the last, it receives again into that batch and
+/// hands over at once whatever arrived meanwhile, in order: a delta then
+/// waits for one datagram of snapshots at most, not for the whole batch.
+/// Counts what was received in `stats`.
+fn handle_batch(
+    batch: &mut RecvBatch,
+    mut more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
+    stats: &mut SubscriberStats,
+    mut handle: impl FnMut(SocketAddr, &mut [u8]),
+) {
+    fn count(stats: &mut SubscriberStats, batch: &RecvBatch) {
+        stats.datagrams_received += batch.len() as u64;
+        stats.bytes_received += batch.bytes() as u64;
+        stats.recv_batches += 1;
+    }
+    count(stats, batch);
+    let mut cycles = 0;
+    batch.for_each(|from, datagram| {
+        if opens_cycle(datagram) {
+            cycles += 1;
+        } else {
+            handle(from, datagram);
+        }
+    });
+    batch.for_each(|from, datagram| {
+        if !opens_cycle(datagram) {
+            return;
+        }
+        handle(from, datagram);
+        cycles -= 1;
+        let Some((io, extra)) = more.as_mut().filter(|_| cycles > 0) else {
+            return;
+        };
+        match io.try_recv(extra) {
+            Ok(()) => {
+                count(stats, extra);
+                extra.for_each(&mut handle);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => stats.recv_errors += 1,
+        }
+    });
+}
+
 /// What a subscriber's handle and its driver share.
 pub(crate) struct SubscriberShared<S> {
     engine: Mutex<SubscriberEngine<S>>,
@@ -109,14 +164,20 @@ impl<S: State> SubscriberShared<S> {
         self.engine.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The driver's turn: hands `batch` (if any) to the core, fires timers,
-    /// sends NAKs, forwards events and status. Returns the core's next
-    /// deadline.
-    pub(crate) fn turn(&self, batch: Option<&mut RecvBatch>, out: &Outputs) -> Option<Instant> {
+    /// The driver's turn: hands `batch` (if any) to the core (receiving
+    /// more into `more` between its snapshot datagrams, if given), fires
+    /// timers, sends NAKs, forwards events and status. Returns the core's
+    /// next deadline.
+    pub(crate) fn turn(
+        &self,
+        batch: Option<&mut RecvBatch>,
+        more: Option<&mut RecvBatch>,
+        out: &Outputs,
+    ) -> Option<Instant> {
         let mut e = self.lock();
         let now = Instant::now();
         if let Some(batch) = batch {
-            e.receive(now, batch);
+            e.receive(now, batch, more.map(|m| (&*self.io, m)));
         }
         e.finish(now, &*self.io, out);
         e.core.poll_timeout()
@@ -125,5 +186,102 @@ impl<S: State> SubscriberShared<S> {
     /// Counts a receive error.
     pub(crate) fn recv_error(&self) {
         self.lock().stats.recv_errors += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io;
+    use std::os::fd::{AsFd, BorrowedFd};
+    use std::sync::Mutex;
+
+    use grapevine_core::wire::{MessageKind, HEADER_LEN};
+
+    use super::*;
+
+    /// A datagram whose first message is of `kind`, tagged `tag`.
+    fn datagram(kind: MessageKind, tag: u8) -> Vec<u8> {
+        let mut d = vec![0; HEADER_LEN + 4];
+        d[HEADER_LEN] = kind as u8;
+        d[HEADER_LEN + 3] = tag;
+        d
+    }
+
+    /// A socket that hands out queued groups of datagrams, one group per
+    /// receive.
+    struct Feed {
+        sock: std::net::UdpSocket,
+        groups: Mutex<VecDeque<Vec<Vec<u8>>>>,
+    }
+
+    impl DatagramIo for Feed {
+        fn try_send(&self, _: SocketAddr, _: &[u8], _: Option<usize>) -> io::Result<()> {
+            Ok(())
+        }
+        fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<()> {
+            let group = self.groups.lock().unwrap().pop_front();
+            let group = group.ok_or(io::ErrorKind::WouldBlock)?;
+            batch.clear();
+            let from = SocketAddr::from(([127, 0, 0, 1], 9));
+            for d in group {
+                assert!(batch.push(from, &d));
+            }
+            Ok(())
+        }
+        fn max_segments(&self) -> usize {
+            1
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.sock.as_fd()
+        }
+    }
+
+    /// Deltas first, then the snapshot datagrams; with `more`, what
+    /// arrives between two snapshot datagrams is handled before the next
+    /// one, and nothing is received after the last.
+    #[test]
+    fn deltas_go_before_the_snapshots_received_with_them() {
+        use MessageKind::{CycleBegin as C, Delta as D, Heartbeat as H};
+        let from = SocketAddr::from(([127, 0, 0, 1], 9));
+        let fill = || {
+            let mut b = RecvBatch::with_buffers(8);
+            for (k, t) in [(C, 1), (D, 2), (C, 3), (C, 4), (H, 5)] {
+                assert!(b.push(from, &datagram(k, t)));
+            }
+            b
+        };
+        let feed = Feed {
+            sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            groups: Mutex::new(
+                [
+                    vec![datagram(D, 10), datagram(C, 11)],
+                    vec![datagram(D, 12)],
+                    vec![datagram(D, 13)],
+                ]
+                .into(),
+            ),
+        };
+        let tags = |batch: &mut RecvBatch, more: Option<(&dyn DatagramIo, &mut RecvBatch)>| {
+            let mut stats = SubscriberStats::default();
+            let mut order = Vec::new();
+            handle_batch(batch, more, &mut stats, |_, d| {
+                order.push(d[HEADER_LEN + 3])
+            });
+            (order, stats)
+        };
+        let (order, stats) = tags(&mut fill(), None);
+        assert_eq!(order, [2, 5, 1, 3, 4]);
+        assert_eq!((stats.datagrams_received, stats.recv_batches), (5, 1));
+
+        let mut extra = RecvBatch::with_buffers(2);
+        let (order, stats) = tags(&mut fill(), Some((&feed, &mut extra)));
+        assert_eq!(order, [2, 5, 1, 10, 11, 3, 12, 4]);
+        assert_eq!((stats.datagrams_received, stats.recv_batches), (8, 3));
+        assert_eq!(
+            feed.groups.lock().unwrap().len(),
+            1,
+            "no receive after the last"
+        );
     }
 }

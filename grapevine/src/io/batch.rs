@@ -48,10 +48,17 @@ impl RecvBatch {
     /// An empty batch with its buffers allocated.
     #[must_use]
     pub fn new() -> Self {
+        Self::with_buffers(BUFFERS)
+    }
+
+    /// An empty batch of `buffers` buffers (1 to [`BUFFERS`]): one receive
+    /// takes at most that many datagrams (or GRO runs).
+    pub(crate) fn with_buffers(buffers: usize) -> Self {
+        let buffers = buffers.clamp(1, BUFFERS);
         Self {
-            bytes: vec![0; BUFFERS * BUFFER_LEN],
-            metas: vec![quinn_udp::RecvMeta::default(); BUFFERS],
-            slots: Vec::with_capacity(BUFFERS * 4),
+            bytes: vec![0; buffers * BUFFER_LEN],
+            metas: vec![quinn_udp::RecvMeta::default(); buffers],
+            slots: Vec::with_capacity(buffers * 4),
             len: 0,
         }
     }
@@ -135,7 +142,11 @@ impl RecvBatch {
         let mut chunks = self.bytes.chunks_exact_mut(BUFFER_LEN);
         let mut slices: [IoSliceMut<'_>; BUFFERS] =
             std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-        let n = recv(&mut slices, &mut self.metas)?;
+        let buffers = self.metas.len().min(BUFFERS);
+        let n = recv(
+            slices.get_mut(..buffers).unwrap_or_default(),
+            &mut self.metas,
+        )?;
         for (i, meta) in self.metas.iter().take(n).enumerate() {
             let base = i * BUFFER_LEN;
             let len = meta.len.min(BUFFER_LEN);

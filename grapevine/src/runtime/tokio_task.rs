@@ -125,15 +125,15 @@ pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>, out: 
     };
     let io = &*shared.io;
     let mut batch = RecvBatch::new();
-    let mut deadline = shared.turn(None, &out);
+    let mut deadline = shared.turn(None, None, &out);
     loop {
         tokio::select! {
             r = ready.readable() => {
                 if r.is_ok() && receive(&ready, io, &mut batch, || shared.recv_error()) {
-                    deadline = shared.turn(Some(&mut batch), &out);
+                    deadline = shared.turn(Some(&mut batch), None, &out);
                 }
             }
-            () = sleep_until(deadline) => deadline = shared.turn(None, &out),
+            () = sleep_until(deadline) => deadline = shared.turn(None, None, &out),
         }
     }
 }
