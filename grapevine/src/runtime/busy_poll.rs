@@ -27,10 +27,6 @@ fn receive(io: &dyn crate::io::DatagramIo, batch: &mut RecvBatch, on_error: impl
     }
 }
 
-/// Buffers of the batch a busy-poll subscriber receives into between the
-/// snapshot datagrams of a batch.
-const MORE_BUFFERS: usize = 4;
-
 fn due(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
@@ -62,7 +58,7 @@ pub(super) fn subscriber<S: State>(shared: &SubscriberShared<S>, out: &Outputs) 
     let mut batch = RecvBatch::new();
     // What arrives while a batch's snapshots are handled: a few datagrams
     // at a time, handled at once.
-    let mut more = RecvBatch::with_buffers(MORE_BUFFERS);
+    let mut more = RecvBatch::with_buffers(super::MORE_BUFFERS);
     let mut deadline = shared.turn(None, None, out);
     while !stopped(&shared.stop) {
         let got = receive(&*shared.io, &mut batch, || shared.recv_error());

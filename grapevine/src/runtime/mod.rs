@@ -16,6 +16,10 @@ use crate::driver::Driver;
 mod busy_poll;
 mod tokio_task;
 
+/// Buffers of the batch a subscriber's driver receives into between the
+/// snapshot datagrams of a batch (see `driver::subscriber::handle_batch`).
+const MORE_BUFFERS: usize = 4;
+
 /// A running driver, as its handle holds it.
 pub(crate) enum Running {
     /// A tokio task.

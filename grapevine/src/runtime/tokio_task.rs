@@ -125,12 +125,13 @@ pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>, out: 
     };
     let io = &*shared.io;
     let mut batch = RecvBatch::new();
+    let mut more = RecvBatch::with_buffers(super::MORE_BUFFERS);
     let mut deadline = shared.turn(None, None, &out);
     loop {
         tokio::select! {
             r = ready.readable() => {
                 if r.is_ok() && receive(&ready, io, &mut batch, || shared.recv_error()) {
-                    deadline = shared.turn(Some(&mut batch), None, &out);
+                    deadline = shared.turn(Some(&mut batch), Some(&mut more), &out);
                 }
             }
             () = sleep_until(deadline) => deadline = shared.turn(None, None, &out),
