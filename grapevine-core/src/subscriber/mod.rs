@@ -1032,6 +1032,13 @@ impl Subscriber {
         &self.stats
     }
 
+    /// Whether the replica is synced (every leaf heard): cheaper than
+    /// [`Subscriber::status`] when that is all one needs.
+    #[must_use]
+    pub fn is_synced(&self) -> bool {
+        self.session.as_ref().is_some_and(|s| s.synced)
+    }
+
     /// Where the replica stands.
     #[must_use]
     pub fn status(&self) -> Status {

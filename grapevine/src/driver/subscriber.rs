@@ -50,9 +50,14 @@ impl<S: State> SubscriberEngine<S> {
         batch: &mut RecvBatch,
         more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
     ) {
+        // Before sync, in arrival order: the first datagram of a session
+        // is only heard, not used (PROTOCOL.md §8.4), and a snapshot
+        // datagram is the one to spare, not a delta.
+        let more = more.filter(|_| self.core.is_synced());
+        let reorder = more.is_some();
         let core = &mut self.core;
         let replica = &mut self.replica;
-        handle_batch(batch, more, &mut self.stats, |from, datagram| {
+        handle_batch(batch, more, reorder, &mut self.stats, |from, datagram| {
             core.handle_datagram(Instant::now().max(now), from, datagram, replica);
         });
     }
@@ -93,8 +98,8 @@ impl<S: State> SubscriberEngine<S> {
     }
 }
 
-/// Calls `handle` with each datagram of `batch`, those of snapshot cycles
-/// after the others, so that no delta waits behind the snapshots received
+/// Calls `handle` with each datagram of `batch` in arrival order, or with
+/// `reorder` those of snapshot cycles after the others, so that no delta waits behind the snapshots received
 /// with it (snapshots may be handled in any order relative to deltas,
 /// PROTOCOL.md §8.2; the others keep their order). With `more`, after each
 /// cycle datagram but the last, it receives again into that batch and
@@ -104,6 +109,7 @@ impl<S: State> SubscriberEngine<S> {
 fn handle_batch(
     batch: &mut RecvBatch,
     mut more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
+    reorder: bool,
     stats: &mut SubscriberStats,
     mut handle: impl FnMut(SocketAddr, &mut [u8]),
 ) {
@@ -113,6 +119,10 @@ fn handle_batch(
         stats.recv_batches += 1;
     }
     count(stats, batch);
+    if !reorder {
+        batch.for_each(handle);
+        return;
+    }
     let mut cycles = 0;
     batch.for_each(|from, datagram| {
         if opens_cycle(datagram) {
@@ -262,20 +272,24 @@ mod tests {
                 .into(),
             ),
         };
-        let tags = |batch: &mut RecvBatch, more: Option<(&dyn DatagramIo, &mut RecvBatch)>| {
+        let tags = |batch: &mut RecvBatch,
+                    more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
+                    reorder: bool| {
             let mut stats = SubscriberStats::default();
             let mut order = Vec::new();
-            handle_batch(batch, more, &mut stats, |_, d| {
+            handle_batch(batch, more, reorder, &mut stats, |_, d| {
                 order.push(d[HEADER_LEN + 3])
             });
             (order, stats)
         };
-        let (order, stats) = tags(&mut fill(), None);
+        let (order, _) = tags(&mut fill(), None, false);
+        assert_eq!(order, [1, 2, 3, 4, 5], "in arrival order before sync");
+        let (order, stats) = tags(&mut fill(), None, true);
         assert_eq!(order, [2, 5, 1, 3, 4]);
         assert_eq!((stats.datagrams_received, stats.recv_batches), (5, 1));
 
         let mut extra = RecvBatch::with_buffers(2);
-        let (order, stats) = tags(&mut fill(), Some((&feed, &mut extra)));
+        let (order, stats) = tags(&mut fill(), Some((&feed, &mut extra)), true);
         assert_eq!(order, [2, 5, 1, 10, 11, 3, 12, 4]);
         assert_eq!((stats.datagrams_received, stats.recv_batches), (8, 3));
         assert_eq!(
