@@ -263,6 +263,11 @@ impl<S> PublisherBuilder<S> {
         let segments = segments_for(&*io, max_datagram);
         let engine = PublisherEngine::new(core, Typed::new(initial), segments);
         let shared = Arc::new(PublisherShared::new(engine, io, group));
+        // The first heartbeat goes out now, before any delta can: a
+        // subscriber already listening hears it first (a session's first
+        // datagram is only heard, not used; a heartbeat is the one to
+        // spare).
+        shared.turn(None, &mut shared.driver_tx());
         let driver = spawn_publisher(self.driver, &shared)?;
         Ok(Publisher {
             shared,

@@ -137,3 +137,32 @@ fn a_subscriber_whose_driver_stopped_reports_closed() {
         assert!(sub.next_event().await.is_none());
     });
 }
+
+/// A new publisher's first datagram, sent before `bind` returns, is a
+/// heartbeat: a listener that was there first hears it before any delta,
+/// even one published at once (the first datagram of a session is only
+/// heard, not used; a heartbeat is the one to spare).
+#[tokio::test(flavor = "current_thread")]
+async fn a_publisher_opens_with_a_heartbeat() {
+    use grapevine::core::wire::{Datagram, Message};
+    let id = 21;
+    let listener = grapevine::socket::bind_receiver(&net(id)).unwrap();
+    let listener = listener.into_std();
+    listener.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let initial: Map = (0..100).map(|k| (k, 0)).collect();
+    let publ = Publisher::builder()
+        .multicast(net(id))
+        .bind(initial)
+        .await
+        .unwrap();
+    publ.publish(MapDelta::Upsert(1, 1)).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let n = listener.recv(&mut buf).unwrap();
+    let heartbeat: Vec<_> = Datagram::decode(&buf[..n])
+        .unwrap()
+        .messages()
+        .map(|m| matches!(m, Message::Heartbeat(_)))
+        .collect();
+    assert_eq!(heartbeat, [true], "a heartbeat alone first");
+    drop(publ);
+}
