@@ -8,14 +8,22 @@ use serde::{Deserialize, Serialize};
 
 /// CPU time (user + system) of this process so far, all threads.
 pub(crate) fn cpu_time() -> Duration {
-    getrusage(UsageWho::RUSAGE_SELF).map_or(Duration::ZERO, |u| {
+    let (user, system) = cpu_times();
+    user + system
+}
+
+/// CPU time of this process so far, all threads: (user, system). System
+/// time includes what the kernel does in the process's system calls, such
+/// as delivering a loopback datagram to every socket of the group.
+pub(crate) fn cpu_times() -> (Duration, Duration) {
+    getrusage(UsageWho::RUSAGE_SELF).map_or((Duration::ZERO, Duration::ZERO), |u| {
         let t = |tv: nix::sys::time::TimeVal| {
             Duration::new(
                 u64::try_from(tv.tv_sec()).unwrap_or(0),
                 u32::try_from(tv.tv_usec()).unwrap_or(0) * 1_000,
             )
         };
-        t(u.user_time()) + t(u.system_time())
+        (t(u.user_time()), t(u.system_time()))
     })
 }
 

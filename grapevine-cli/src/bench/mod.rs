@@ -31,7 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::NetArgs;
-use measure::{cpu_time, kernel_drops};
+use measure::{cpu_times, kernel_drops};
 use state::{BenchState, Delta, Leaf, Pad, DELTA_OVERHEAD};
 use sub::SubReport;
 
@@ -284,6 +284,11 @@ struct Report {
     max_us: f64,
     latency_curve: Vec<(f64, f64)>,
     cpu_per_delta_ns: f64,
+    /// The publisher's user-space share of `cpu_per_delta_ns`: the rest is
+    /// the kernel's, in its system calls (on loopback that includes
+    /// delivering every datagram to every subscriber's socket, which a
+    /// network would do in the switch).
+    user_cpu_per_delta_ns: f64,
     sub_cpu_per_delta_ns: f64,
     kernel_drops: u64,
     datagrams_shed: u64,
@@ -425,7 +430,7 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
     }
     let publ = Arc::new(publ);
     let before = publ.stats();
-    let cpu0 = cpu_time();
+    let cpu0 = cpu_times();
     let start = Instant::now();
     let published = match plan.mode {
         Mode::Latency => {
@@ -442,7 +447,9 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
         _ => batches(&publ, plan, rate).await?,
     };
     let elapsed = start.elapsed();
-    let cpu = cpu_time().saturating_sub(cpu0);
+    let cpu1 = cpu_times();
+    let user = cpu1.0.saturating_sub(cpu0.0);
+    let cpu = (cpu1.0 + cpu1.1).saturating_sub(cpu0.0 + cpu0.1);
     let after = publ.stats();
     let last = publ.last_seq().0;
     let mut reports = Vec::new();
@@ -459,6 +466,7 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
         datagrams_per_s: sent as f64 / secs,
         datagrams_per_send_call: sent as f64 / calls as f64,
         cpu_per_delta_ns: cpu.as_nanos() as f64 / published.max(1) as f64,
+        user_cpu_per_delta_ns: user.as_nanos() as f64 / published.max(1) as f64,
         datagrams_shed: after.protocol.datagrams_shed,
         all_consistent: reports.iter().all(|r| r.consistent),
         deltas_per_s: f64::INFINITY,
@@ -738,8 +746,8 @@ fn print_table(r: &Report) {
             r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
         );
         println!(
-            "  CPU ns/delta        publisher {:.0}, subscriber {:.0}",
-            r.cpu_per_delta_ns, r.sub_cpu_per_delta_ns
+            "  CPU ns/delta        publisher {:.0} ({:.0} user), subscriber {:.0}",
+            r.cpu_per_delta_ns, r.user_cpu_per_delta_ns, r.sub_cpu_per_delta_ns
         );
         println!(
             "  gaps {}, kernel drops {}, shed {}",
