@@ -397,6 +397,12 @@ impl<S: State + Send + 'static> Publisher<S> {
     /// slow down to the socket's pace instead of shedding (back-pressure).
     /// Returns at once while the socket keeps up.
     ///
+    /// # Errors
+    ///
+    /// [`Error::Closed`] if the driver has stopped (its runtime ended, or
+    /// it was shut down) while the backlog is above half the bound: only
+    /// the driver could drain it.
+    ///
     /// ```
     /// # use std::collections::BTreeMap;
     /// # use grapevine::{MapDelta, Publisher};
@@ -408,24 +414,15 @@ impl<S: State + Send + 'static> Publisher<S> {
     ///     .bind(BTreeMap::<u32, u32>::new())
     ///     .await?;
     /// for round in 0..100u32 {
-    ///     publisher.ready().await;
+    ///     publisher.ready().await?;
     ///     publisher.publish_batch((0..1_000).map(|i| MapDelta::Upsert(i, round)))?;
     /// }
     /// assert_eq!(publisher.stats().protocol.datagrams_shed, 0);
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn ready(&self) {
-        loop {
-            let room = self.shared.room.notified();
-            tokio::pin!(room);
-            room.as_mut().enable();
-            if self.shared.lock().has_room() {
-                return;
-            }
-            self.shared.wake();
-            room.await;
-        }
+    pub async fn ready(&self) -> Result<(), Error> {
+        self.shared.ready().await
     }
 
     /// Bytes of datagrams waiting for the socket (0 while it keeps up).

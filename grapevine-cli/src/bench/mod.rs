@@ -519,7 +519,7 @@ async fn batches(publ: &Publisher<BenchState>, plan: &Plan, rate: Option<u64>) -
             next += every;
             tokio::time::sleep_until(next.into()).await;
         }
-        publ.ready().await;
+        publ.ready().await?;
         let stamp = state::wall_ns();
         publ.publish_batch((0..CHUNK).map(|_| {
             let d = delta(key, plan.pad, stamp);

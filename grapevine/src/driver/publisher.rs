@@ -227,6 +227,9 @@ pub(crate) struct PublisherShared<S> {
     pub(crate) room: Notify,
     /// Stops a busy-poll driver (the handle was dropped).
     pub(crate) stop: AtomicBool,
+    /// The driver has stopped, for whatever reason: `ready` must not wait
+    /// for room that only it can make.
+    pub(crate) gone: AtomicBool,
 }
 
 impl<S: State> PublisherShared<S> {
@@ -243,6 +246,36 @@ impl<S: State> PublisherShared<S> {
             kick: AtomicBool::new(false),
             room: Notify::new(),
             stop: AtomicBool::new(false),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    /// Marks the driver stopped and wakes whoever waits in `ready`.
+    pub(crate) fn driver_stopped(&self) {
+        self.gone.store(true, Ordering::Release);
+        self.room.notify_waiters();
+    }
+
+    /// Whether the driver has stopped.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Acquire)
+    }
+
+    /// Waits until the backlog is at most half its bound; `Closed` if the
+    /// driver, which alone could drain it, has stopped.
+    pub(crate) async fn ready(&self) -> Result<(), Error> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.lock().has_room() {
+                return Ok(());
+            }
+            if self.is_gone() {
+                return Err(Error::Closed);
+            }
+            self.wake();
+            room.await;
         }
     }
 
@@ -503,6 +536,90 @@ mod tests {
             shared.lock().stats.datagrams_sent >= 3,
             "heartbeat, snapshots, delta"
         );
+    }
+
+    /// `ready` waits while the backlog is above half the bound and the
+    /// driver may drain it; once the driver has stopped it says so, also
+    /// to a caller already waiting.
+    #[tokio::test(flavor = "current_thread")]
+    async fn ready_reports_a_stopped_driver() {
+        let mut cfg = PublisherConfig::default();
+        cfg.max_queued_bytes(8 * 1452);
+        let core = CorePublisher::new(cfg, SessionId(3), Instant::now()).unwrap();
+        let e = PublisherEngine::new(core, Typed::new(BTreeMap::<u32, u64>::new()), 4);
+        let io = Arc::new(Full {
+            sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            room: AtomicBool::new(false),
+        });
+        let group = SocketAddr::from(([239, 255, 0, 1], 9));
+        let shared = Arc::new(PublisherShared::new(e, io, group));
+        assert!(shared.ready().await.is_ok(), "no backlog yet");
+        {
+            let mut e = shared.lock();
+            for k in 0..2_000u32 {
+                e.publish(&MapDelta::Upsert(k, 1)).unwrap();
+                if e.batch_ready() {
+                    e.send_live(&*shared.io, group);
+                }
+            }
+            assert!(!e.has_room());
+        }
+        let waiting = tokio::spawn({
+            let shared = Arc::clone(&shared);
+            async move { shared.ready().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "waits for the driver");
+        shared.driver_stopped();
+        // Bounded only so that a regression fails instead of hanging.
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(30), waiting).await;
+        assert!(matches!(woken, Ok(Ok(Err(Error::Closed)))), "{woken:?}");
+        assert!(matches!(shared.ready().await, Err(Error::Closed)));
+    }
+
+    /// However a publisher's driver ends, the handle learns of it: a tokio
+    /// task dropped with its runtime, a busy-poll thread stopped by its
+    /// flag.
+    #[test]
+    fn a_stopped_driver_is_known() {
+        use crate::runtime::spawn_publisher;
+        use crate::Driver;
+        let shared = || {
+            let core = CorePublisher::new(PublisherConfig::default(), SessionId(3), Instant::now())
+                .unwrap();
+            let e = PublisherEngine::new(core, Typed::new(BTreeMap::<u32, u64>::new()), 4);
+            let io = Arc::new(Full {
+                sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+                room: AtomicBool::new(true),
+            });
+            Arc::new(PublisherShared::new(
+                e,
+                io,
+                SocketAddr::from(([239, 255, 0, 1], 9)),
+            ))
+        };
+        let task = shared();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let running = rt
+            .block_on(async { spawn_publisher(Driver::Tokio, &task) })
+            .unwrap();
+        assert!(!task.is_gone());
+        drop(rt);
+        assert!(task.is_gone());
+        drop(running);
+
+        let thread = shared();
+        let running = spawn_publisher(Driver::BusyPoll, &thread).unwrap();
+        assert!(!thread.is_gone());
+        thread.stop.store(true, Ordering::Release);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(running.join());
+        assert!(thread.is_gone());
     }
 
     /// Found by review: with a bound below a full GSO transmit,

@@ -55,11 +55,28 @@ pub(crate) fn spawn_publisher<S: State + Send + 'static>(
     shared: &Arc<PublisherShared<S>>,
 ) -> std::io::Result<Running> {
     let shared = Arc::clone(shared);
+    // Moved into the task or thread, so dropped with it even if it never
+    // ran.
+    let gone = Gone(Arc::clone(&shared));
     match driver {
-        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::publisher(shared)))),
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(async move {
+            let _gone = gone;
+            tokio_task::publisher(shared).await;
+        }))),
         Driver::BusyPoll => spawn_thread("grapevine-pub", move || {
+            let _gone = gone;
             busy_poll::publisher(&shared);
         }),
+    }
+}
+
+/// Held by a publisher's driver: however the driver ends (returns, is
+/// aborted, panics, or its runtime drops it), the handle learns of it.
+struct Gone<S: State>(Arc<PublisherShared<S>>);
+
+impl<S: State> Drop for Gone<S> {
+    fn drop(&mut self) {
+        self.0.driver_stopped();
     }
 }
 

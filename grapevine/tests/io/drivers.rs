@@ -99,7 +99,7 @@ async fn awaiting_ready_slows_the_publisher_instead_of_shedding() {
         .unwrap();
     converge(&sub, &publ).await;
     for round in 0..50u64 {
-        publ.ready().await;
+        publ.ready().await.unwrap();
         publ.publish_batch((0..200u32).map(|k| MapDelta::Upsert(k, round)))
             .unwrap();
     }
