@@ -29,7 +29,6 @@ fi
 need_apt=()
 command -v sockperf >/dev/null || need_apt+=(sockperf)
 command -v ddsperf >/dev/null || need_apt+=(cyclonedds-tools)
-[ -x /usr/bin/time ] || need_apt+=(time)
 if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
@@ -94,27 +93,6 @@ for run in $(seq 1 "$RUNS"); do
     kill "$server" 2>/dev/null || true
     wait "$server" 2>/dev/null || true
 
-    # The kernel's share of fan-out: on loopback the sender's system calls
-    # deliver every datagram to every receiving socket (a network would do
-    # it in the switch). Raw UDP at about the datagram rate and size of
-    # Grapevine's fan-out runs, to 1 and to 4 receivers: the sender's
-    # system time (its user time is sockperf's busy-wait pacing).
-    for n in 1 4; do
-        echo "   sockperf: fan-out to $n receiver(s), 1,200 B at 12,500/s (sender's system time)"
-        servers=()
-        for _ in $(seq 1 "$n"); do
-            ip netns exec "$NS" sockperf server -i $GROUP -p 29906 --mc-rx-if 127.0.0.1 \
-                --mc-tx-if 127.0.0.1 >/dev/null 2>&1 &
-            servers+=($!)
-        done
-        sleep 1
-        in_ns /usr/bin/time -f "sender_system_s %S" sockperf throughput -i $GROUP -p 29906 \
-            --mc-rx-if 127.0.0.1 --mc-tx-if 127.0.0.1 -t 5 -m 1200 --mps 12500 \
-            >"$OUT/sockperf-fanout-$n-$run.log" 2>&1
-        kill "${servers[@]}" 2>/dev/null || true
-        wait "${servers[@]}" 2>/dev/null || true
-    done
-
     echo "   ddsperf: one publisher, one subscriber, 64 B samples, 6 s"
     in_ns timeout 20 ddsperf -D 7 sub >"$OUT/ddsperf-sub-$run.log" 2>&1 &
     sleep 0.5
@@ -135,6 +113,11 @@ for run in $(seq 1 "$RUNS"); do
         echo "   grapevine: fan-out, $n subscriber(s) at 100,000 deltas/s"
         in_ns "$GV" bench --mode fanout --subscribers $n --duration 3 --port 29903 --json \
             >"$OUT/gv-fanout-$n-$run.json"
+        # The same datagrams from a bare socket: what the kernel charges
+        # the sender for delivering to each receiver on loopback.
+        echo "   raw UDP: fan-out baseline, $n receiver(s)"
+        in_ns "$GV" bench --mode fanout-raw --subscribers $n --duration 3 --port 29907 --json \
+            >"$OUT/raw-fanout-$n-$run.json"
     done
 done
 

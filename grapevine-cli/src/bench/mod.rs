@@ -36,6 +36,7 @@ use state::{BenchState, Delta, Leaf, Pad, DELTA_OVERHEAD};
 use sub::SubReport;
 
 mod measure;
+mod raw;
 mod state;
 pub(crate) mod sub;
 
@@ -49,6 +50,11 @@ pub(crate) enum Mode {
     Latency,
     /// Publisher CPU per delta with several subscribers.
     Fanout,
+    /// The raw UDP baseline of fanout: a bare socket sends datagrams of
+    /// about the size, rate (`--rate`, datagrams/s, default 12,600) and
+    /// GSO batching of Grapevine's fanout run to receivers that only count
+    /// them; the sender's CPU per datagram.
+    FanoutRaw,
     /// The snapshot cycle of a large state, and a late joiner's sync.
     Snapshot,
 }
@@ -149,9 +155,10 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
             a.duration
         );
     }
-    let subscribers = a
-        .subscribers
-        .unwrap_or(if a.mode == Mode::Fanout { 4 } else { 1 });
+    let subscribers = a.subscribers.unwrap_or(match a.mode {
+        Mode::Fanout | Mode::FanoutRaw => 4,
+        _ => 1,
+    });
     if !(1..=32).contains(&subscribers) {
         bail!("--subscribers {subscribers} is out of range: use 1 ..= 32");
     }
@@ -166,6 +173,7 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
         }
         (Mode::Latency, None) => Some(10_000),
         (Mode::Fanout, None) => Some(100_000),
+        (Mode::FanoutRaw, None) => Some(raw::RATE),
         (_, r) => r,
     };
     let leaves = a.leaves.unwrap_or(if a.mode == Mode::Snapshot {
@@ -210,6 +218,7 @@ impl SubProcess {
             .args(["--interface", &n.interface])
             .args(["--stream", &n.stream.to_string()])
             .args(["--driver", args.driver.flag()])
+            .args((args.mode == Mode::FanoutRaw).then_some("--raw"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -289,6 +298,8 @@ struct Report {
     /// delivering every datagram to every subscriber's socket, which a
     /// network would do in the switch).
     user_cpu_per_delta_ns: f64,
+    /// The publisher's (or the raw sender's) CPU per datagram sent.
+    cpu_per_datagram_ns: f64,
     sub_cpu_per_delta_ns: f64,
     kernel_drops: u64,
     datagrams_shed: u64,
@@ -329,6 +340,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
             None => snapshot_search(&args, &plan).await?,
         },
         Mode::Throughput if plan.rate.is_none() => search(&args, &plan).await?,
+        Mode::FanoutRaw => raw_fanout(&args, &plan).await?,
         _ => stream(&args, &plan, plan.rate).await?,
     };
     report.mode = Some(plan.mode);
@@ -408,6 +420,33 @@ async fn search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
     Ok(best)
 }
 
+/// The raw baseline of fanout: see [`raw`].
+async fn raw_fanout(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let mut subs = Vec::new();
+    for _ in 0..plan.subscribers {
+        subs.push(SubProcess::spawn(args).await?);
+    }
+    for s in &mut subs {
+        s.expect("synced").await?;
+    }
+    let start = Instant::now();
+    let (sent, cpu) = raw::send(&args.net, plan.rate.unwrap_or(raw::RATE), plan.duration).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let mut reports = Vec::new();
+    for s in subs {
+        reports.push(s.finish(sent).await?);
+    }
+    Ok(Report {
+        duration_s: secs,
+        rate: plan.rate.unwrap_or(raw::RATE),
+        datagrams_per_s: sent as f64 / secs,
+        datagrams_per_send_call: raw::SEGMENTS as f64,
+        cpu_per_datagram_ns: cpu.as_nanos() as f64 / sent.max(1) as f64,
+        all_consistent: reports.iter().all(|r| r.consistent),
+        ..Report::default()
+    })
+}
+
 /// Throughput, latency and fanout: publish for the duration at `rate`,
 /// then collect.
 async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Report> {
@@ -466,6 +505,7 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
         datagrams_per_s: sent as f64 / secs,
         datagrams_per_send_call: sent as f64 / calls as f64,
         cpu_per_delta_ns: cpu.as_nanos() as f64 / published.max(1) as f64,
+        cpu_per_datagram_ns: cpu.as_nanos() as f64 / sent.max(1) as f64,
         user_cpu_per_delta_ns: user.as_nanos() as f64 / published.max(1) as f64,
         datagrams_shed: after.protocol.datagrams_shed,
         all_consistent: reports.iter().all(|r| r.consistent),
@@ -687,6 +727,7 @@ fn print_table(r: &Report) {
         Mode::Throughput => "throughput",
         Mode::Latency => "latency",
         Mode::Fanout => "fanout",
+        Mode::FanoutRaw => "fanout-raw",
         Mode::Snapshot => "snapshot",
     });
     let driver = r.driver.map_or("?", DriverArg::flag);
@@ -694,7 +735,13 @@ fn print_table(r: &Report) {
         "mode {mode}, driver {driver}, {} subscriber(s)",
         r.subscribers
     );
-    if r.mode == Some(Mode::Snapshot) {
+    if r.mode == Some(Mode::FanoutRaw) {
+        println!(
+            "  datagrams/s         {:.0} ({:.0} per send call)",
+            r.datagrams_per_s, r.datagrams_per_send_call
+        );
+        println!("  CPU ns/datagram     sender {:.0}", r.cpu_per_datagram_ns);
+    } else if r.mode == Some(Mode::Snapshot) {
         for t in &r.search {
             println!(
                 "  tried {:>10}/s    cycled {:.0} leaves/s, joiner synced in {:.2} cycles{}",
@@ -746,8 +793,11 @@ fn print_table(r: &Report) {
             r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
         );
         println!(
-            "  CPU ns/delta        publisher {:.0} ({:.0} user), subscriber {:.0}",
-            r.cpu_per_delta_ns, r.user_cpu_per_delta_ns, r.sub_cpu_per_delta_ns
+            "  CPU ns/delta        publisher {:.0} ({:.0} user; {:.0} a datagram), subscriber {:.0}",
+            r.cpu_per_delta_ns,
+            r.user_cpu_per_delta_ns,
+            r.cpu_per_datagram_ns,
+            r.sub_cpu_per_delta_ns
         );
         println!(
             "  gaps {}, kernel drops {}, shed {}",

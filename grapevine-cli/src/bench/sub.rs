@@ -25,6 +25,9 @@ pub(crate) struct BenchSubArgs {
     pub(crate) net: NetArgs,
     #[arg(long, value_enum, default_value_t = DriverArg::Tokio)]
     pub(crate) driver: DriverArg,
+    /// A raw receiver that only counts datagrams (fanout-raw).
+    #[arg(long)]
+    pub(crate) raw: bool,
 }
 
 /// What one subscriber reports.
@@ -52,6 +55,11 @@ pub(crate) struct SubReport {
 const END_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
+    if args.raw {
+        let report = super::raw::receive(&args.net).await?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let sub = Subscriber::<BenchState>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())

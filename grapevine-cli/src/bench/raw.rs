@@ -1,0 +1,111 @@
+//! The raw UDP baseline of the fan-out measure: datagrams of about the
+//! size, rate and GSO batching of Grapevine's fan-out run, sent by a bare
+//! socket to receivers that only count them (with GRO, as Grapevine's
+//! subscribers read). What the sender's CPU does with 1 and with 4
+//! receivers is what the kernel charges for fan-out on loopback, without
+//! Grapevine.
+
+use std::net::UdpSocket;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use grapevine::io::{DatagramIo, UdpIo};
+use grapevine::socket::{bind_receiver, bind_sender};
+use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::measure::cpu_time;
+use super::sub::SubReport;
+use crate::NetArgs;
+
+/// Bytes of each raw datagram: about the mean of Grapevine's fan-out run
+/// (full datagrams of deltas, snapshot datagrams).
+pub(crate) const DATAGRAM: usize = 1_100;
+/// Datagrams per send call: about Grapevine's in its fan-out run.
+pub(crate) const SEGMENTS: usize = 9;
+/// Datagrams per second by default: about Grapevine's at 100,000 deltas/s.
+pub(crate) const RATE: u64 = 12_600;
+
+/// Sends for `duration` at `rate` datagrams per second; returns the
+/// datagrams sent and the CPU time it took.
+pub(crate) async fn send(net: &NetArgs, rate: u64, duration: Duration) -> Result<(u64, Duration)> {
+    let socket = bind_sender(&net.multicast()).context("binding the raw sender")?;
+    let group = socket.group_addr();
+    let io = UdpIo::new(socket).context("the raw sender's socket")?;
+    let segments = SEGMENTS.min(io.max_segments()).max(1);
+    let payload = vec![0x5a; DATAGRAM * segments];
+    let every = Duration::from_secs_f64(segments as f64 / rate.max(1) as f64);
+    let cpu0 = cpu_time();
+    let start = Instant::now();
+    let mut next = start;
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        next += every;
+        tokio::time::sleep_until(next.into()).await;
+        match io.try_send(group, &payload, (segments > 1).then_some(DATAGRAM)) {
+            Ok(()) => sent += segments as u64,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e).context("raw send"),
+        }
+    }
+    Ok((sent, cpu_time().saturating_sub(cpu0)))
+}
+
+/// `grapevine bench-sub --raw`: counts datagrams until told how many were
+/// sent (`end <n>`), then reports.
+pub(crate) async fn receive(net: &NetArgs) -> Result<SubReport> {
+    let socket: UdpSocket = bind_receiver(&net.multicast())
+        .context("binding the raw receiver")?
+        .into_std();
+    setsockopt(&socket, UdpGroSegment, &true).context("UDP_GRO")?;
+    socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let count = Arc::new(AtomicU64::new(0));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let counter = std::thread::spawn({
+        let (count, target, stop) = (count.clone(), target.clone(), stop.clone());
+        move || {
+            let mut buf = vec![0u8; 65_536];
+            let mut done_tx = Some(done_tx);
+            while !stop.load(Ordering::Acquire) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    // A GRO run of equal datagrams, the last maybe shorter.
+                    count.fetch_add(n.div_ceil(DATAGRAM) as u64, Ordering::AcqRel);
+                }
+                if count.load(Ordering::Acquire) >= target.load(Ordering::Acquire) {
+                    if let Some(tx) = done_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    });
+    println!("ready");
+    println!("synced 0");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let sent = loop {
+        let Some(line) = lines.next_line().await? else {
+            bail!("the benchmark ended without telling how many datagrams it sent");
+        };
+        if let Some(n) = line.strip_prefix("end ") {
+            break n.trim().parse::<u64>().context("end <n>")?;
+        }
+    };
+    target.store(sent, Ordering::Release);
+    let all = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .is_ok();
+    stop.store(true, Ordering::Release);
+    let _ = counter.join();
+    let received = count.load(Ordering::Acquire);
+    Ok(SubReport {
+        consistent: all && received == sent,
+        deltas_applied: received,
+        datagrams_received: received,
+        cpu_ns: u64::try_from(cpu_time().as_nanos()).unwrap_or(u64::MAX),
+        ..SubReport::default()
+    })
+}
