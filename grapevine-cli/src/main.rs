@@ -32,15 +32,15 @@ enum Command {
     /// Subscribe to a stream and follow it; with `--until-seq`, exit once
     /// consistent through that sequence number.
     Sub(pubsub::SubArgs),
-    /// Decode datagrams given as hex and print their meaning, one line per
-    /// header and message, in the notation of PROTOCOL.md's test vectors.
-    /// Fragments given across several datagrams are reassembled.
     /// Measure throughput, latency, fan-out or the snapshot cycle, with the
     /// publisher here and each subscriber a separate process.
     Bench(bench::BenchArgs),
     /// One subscriber process of `grapevine bench` (started by it).
     #[command(hide = true)]
     BenchSub(bench::sub::BenchSubArgs),
+    /// Decode datagrams given as hex and print their meaning, one line per
+    /// header and message, in the notation of PROTOCOL.md's test vectors.
+    /// Fragments given across several datagrams are reassembled.
     Decode {
         /// Datagrams as hex (spaces inside one argument are ignored). Reads
         /// them from standard input, one per line, if none is given.
