@@ -48,17 +48,19 @@ impl Cycle {
         };
         let live = leaves
             .range::<[u8], _>((from, Bound::Unbounded))
-            .find(|(k, _)| !self.created.contains(*k));
+            .find(|(k, _)| !self.created.contains(*k))
+            .map(|(k, &seq)| (k, Some(seq)));
         let gone = self
             .removed
             .range::<[u8], _>((from, Bound::Unbounded))
-            .next();
-        match (live, gone) {
-            (Some((k, &seq)), Some(g)) if k < g => Some((k.clone(), Some(seq))),
-            (_, Some(g)) => Some((g.clone(), None)),
-            (Some((k, &seq)), None) => Some((k.clone(), Some(seq))),
-            (None, None) => None,
-        }
+            .next()
+            .map(|k| (k, None));
+        // The smaller of the two (never equal: a removed key is not live).
+        [live, gone]
+            .into_iter()
+            .flatten()
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(k, seq)| (k.clone(), seq))
     }
 
     /// Moves past the position of `key` (from [`Cycle::next_key`]),

@@ -459,3 +459,33 @@ mod walk {
         }
     }
 }
+
+/// A publisher polled late in the middle of a cycle catches up by at most
+/// 2 ms of its rate (or two datagrams, if more), not by everything the
+/// pause would have allowed: a burst of snapshots delays the deltas behind
+/// it at every subscriber.
+#[test]
+fn a_late_poll_mid_cycle_bursts_2_ms_worth_at_most() {
+    const RATE: u32 = 100_000;
+    let t0 = Instant::now();
+    let cfg = pub_cfg(SnapshotRate::LeavesPerSec(RATE), Duration::ZERO);
+    let (mut p, state) = publisher_of(10_000, cfg, t0);
+    let mut buf = vec![0u8; 65_536];
+    let mut now = t0;
+    for _ in 0..20 {
+        now += ms(1);
+        pump(&mut p, now, &state, &mut buf);
+    }
+    assert!(p.cycle_progress().is_some_and(|(sent, _)| sent > 0));
+    let before = p.stats().snapshots;
+    now += ms(50);
+    pump(&mut p, now, &state, &mut buf);
+    let burst = p.stats().snapshots - before;
+    // 2 ms at 100,000 leaves/s, in whole datagrams (about 50 leaves each
+    // here): within a datagram of it either way.
+    let per_datagram = 60;
+    assert!(
+        burst + per_datagram >= 200 && burst <= 200 + per_datagram,
+        "{burst} leaves at once after a 50 ms pause"
+    );
+}

@@ -3155,3 +3155,46 @@ fn decode_into_agrees_with_decode_at_every_message_count() {
         assert_eq!(after.iter().count(), 0, "{n}: nothing left behind");
     }
 }
+
+/// `opens_cycle` is true exactly for a datagram whose first message is a
+/// CycleBegin (every datagram of a snapshot cycle), false for any other
+/// first message and for bytes too short to have one.
+#[test]
+fn opens_cycle_looks_at_the_first_message() {
+    let header = DatagramHeader {
+        stream: StreamId(1),
+        session: SessionId(2),
+        datagram_seq: 1,
+    };
+    let one = |msg: Message<'_>| {
+        let mut buf = [0u8; 256];
+        let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+        w.push(&msg).unwrap();
+        let n = w.finish();
+        buf[..n].to_vec()
+    };
+    let begin = CycleBegin {
+        cycle: CycleId(3),
+        start_seq: SeqNum(4),
+        leaf_count: 5,
+    };
+    let cycle = one(Message::CycleBegin(begin));
+    assert!(opens_cycle(&cycle));
+    let heartbeat = one(Message::Heartbeat(Heartbeat {
+        last_seq: SeqNum(4),
+        interval_ms: 100,
+        sent_at_micros: 0,
+    }));
+    assert!(!opens_cycle(&heartbeat));
+    let end = one(Message::CycleEnd(CycleEnd {
+        cycle: CycleId(3),
+        end_seq: SeqNum(4),
+        leaf_count: 5,
+    }));
+    assert!(
+        !opens_cycle(&end),
+        "a CycleEnd alone is not how cycles open"
+    );
+    assert!(!opens_cycle(&cycle[..HEADER_LEN]), "no message");
+    assert!(!opens_cycle(&[]));
+}
