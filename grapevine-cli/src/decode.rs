@@ -6,6 +6,12 @@ use grapevine::core::{Reassembler, ReassemblyConfig, ReassemblyError};
 
 fn parse_hex(s: &str) -> Result<Vec<u8>> {
     let digits: Vec<u8> = s.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    if let Some(bad) = digits.iter().find(|b| !b.is_ascii_hexdigit()) {
+        bail!(
+            "{:?} is not a hex digit: give each datagram as hex bytes, e.g. 47525056...",
+            char::from(*bad)
+        );
+    }
     if !digits.len().is_multiple_of(2) {
         bail!("odd number of hex digits ({})", digits.len());
     }
@@ -47,6 +53,9 @@ pub(crate) fn run(mut datagrams: Vec<String>) -> Result<()> {
             .filter(|l| !l.trim().is_empty())
             .collect();
     }
+    if datagrams.is_empty() {
+        bail!("no datagrams: give them as hex arguments, or one per line on standard input");
+    }
     let mut reassembler = Reassembler::new(ReassemblyConfig::default())?;
     let now = std::time::Instant::now();
     let mut failed = false;
@@ -55,28 +64,28 @@ pub(crate) fn run(mut datagrams: Vec<String>) -> Result<()> {
         match Datagram::decode(&bytes) {
             Ok(d) => {
                 let h = d.header();
-                println!("header: {h}");
+                outln!("header: {h}")?;
                 for m in d.messages() {
-                    println!("message: {m}");
+                    outln!("message: {m}")?;
                     if let Message::Fragment(f) = m {
                         let duplicates = reassembler.stats().duplicates;
                         match reassembler.handle_fragment(now, h.stream, h.session, &f) {
                             Ok(Some(done)) => match done.message() {
-                                Ok(inner) => println!("reassembled: {inner}"),
-                                Err(e) => println!("reassembled-error: {} ({e})", e.code()),
+                                Ok(inner) => outln!("reassembled: {inner}")?,
+                                Err(e) => outln!("reassembled-error: {} ({e})", e.code())?,
                             },
                             Ok(None) if reassembler.stats().duplicates > duplicates => {
-                                println!("fragment-duplicate: frag_id={}", f.frag_id);
+                                outln!("fragment-duplicate: frag_id={}", f.frag_id)?;
                             }
                             Ok(None) => {}
-                            Err(e) => println!("fragment-error: {} ({e})", reassembly_code(&e)),
+                            Err(e) => outln!("fragment-error: {} ({e})", reassembly_code(&e))?,
                         }
                     }
                 }
             }
             Err(e) => {
                 failed = true;
-                println!("error: {} ({e})", e.code());
+                outln!("error: {} ({e})", e.code())?;
             }
         }
     }

@@ -95,11 +95,29 @@ struct Summary {
 }
 
 fn check_args(a: &DemoArgs) -> Result<()> {
-    if a.subscribers == 0 {
-        bail!("--subscribers must be at least 1");
+    if !(1..=64).contains(&a.subscribers) {
+        bail!(
+            "--subscribers {} is out of range: use 1 ..= 64",
+            a.subscribers
+        );
     }
-    if !(a.duration.is_finite() && a.duration >= 0.0) {
-        bail!("--duration must be a non-negative number of seconds");
+    if a.leaves > MAX_LEAVES {
+        bail!(
+            "--leaves {} is out of range: use at most {MAX_LEAVES}",
+            a.leaves
+        );
+    }
+    if a.rate > MAX_RATE {
+        bail!(
+            "--rate {} is too high: use at most {MAX_RATE} deltas per second",
+            a.rate
+        );
+    }
+    if !(a.duration.is_finite() && (0.0..=1e6).contains(&a.duration)) {
+        bail!(
+            "--duration must be a number of seconds in [0, 1000000], not {}",
+            a.duration
+        );
     }
     if let Err(e) = Loss::new(a.loss, 0) {
         bail!("--loss: {e}");
@@ -107,11 +125,20 @@ fn check_args(a: &DemoArgs) -> Result<()> {
     if a.snapshot_rate == 0 {
         bail!("--snapshot-rate must be at least 1 leaf per second");
     }
-    if !(a.settle_timeout.is_finite() && a.settle_timeout > 0.0) {
-        bail!("--settle-timeout must be a positive number of seconds");
+    if !(a.settle_timeout.is_finite() && a.settle_timeout > 0.0 && a.settle_timeout <= 1e6) {
+        bail!(
+            "--settle-timeout must be a number of seconds in (0, 1000000], not {}",
+            a.settle_timeout
+        );
     }
     Ok(())
 }
+
+/// Most leaves of a generated book (flags beyond this would only exhaust
+/// memory or time before saying anything).
+pub(crate) const MAX_LEAVES: usize = 10_000_000;
+/// Most deltas per second asked of the demo's and `pub`'s publisher.
+pub(crate) const MAX_RATE: u64 = 100_000_000;
 
 /// What one subscriber task hands back.
 struct Joined {
@@ -297,9 +324,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         s.consistent && s.seq == summary.publisher.seq && s.digest == summary.publisher.digest
     });
     if args.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
-        print_summary(&summary, ok);
+        print_summary(&summary, ok)?;
     }
     Ok(if ok {
         ExitCode::SUCCESS
@@ -334,19 +361,19 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
     }
 }
 
-fn print_summary(s: &Summary, ok: bool) {
+fn print_summary(s: &Summary, ok: bool) -> std::io::Result<()> {
     let p = &s.publisher;
-    println!();
-    println!(
+    outln!()?;
+    outln!(
         "publisher: seq {}, {} levels, digest {}, {:.0} deltas/s, snapshots {:.1} MB/s",
         p.seq,
         p.leaves,
         p.digest,
         p.deltas_per_sec,
         p.snapshot_bytes_per_sec / 1e6
-    );
+    )?;
     for (i, sub) in s.subscribers.iter().enumerate() {
-        println!(
+        outln!(
             "subscriber {}: joined at {:.1}s, synced in {}, {} at seq {}, digest {} ({}), \
              {} deltas and {} snapshots applied, {} gaps ({} seqs lost), {} datagrams dropped on purpose",
             i + 1,
@@ -362,14 +389,15 @@ fn print_summary(s: &Summary, ok: bool) {
             sub.gaps,
             sub.lost,
             sub.simulated_drops,
-        );
+        )?;
     }
     if ok {
-        println!(
+        outln!(
             "all {} subscribers converged to the publisher's state",
             s.subscribers.len()
-        );
+        )?;
     } else {
-        println!("NOT CONVERGED: some subscriber differs from the publisher");
+        outln!("NOT CONVERGED: some subscriber differs from the publisher")?;
     }
+    Ok(())
 }

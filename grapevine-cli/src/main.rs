@@ -1,6 +1,16 @@
 //! The `grapevine` command: a live demo, a publisher and a subscriber as
 //! separate processes, and a datagram decoder.
 
+/// `println!` that returns an error, instead of panicking, when standard
+/// output is closed (`grapevine decode ... | head -1`): `main` then exits
+/// quietly. Evaluates to `std::io::Result<()>`.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod bench;
 mod decode;
 mod demo;
@@ -116,11 +126,22 @@ fn main() -> ExitCode {
     };
     match res {
         Ok(code) => code,
+        // The reader of standard output went away (`| head -1`): nothing
+        // more to say, and nobody to say it to.
+        Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a write to a closed standard output.
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -169,6 +169,26 @@ impl PubFinal {
 }
 
 pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
+    if args.leaves > crate::demo::MAX_LEAVES {
+        bail!(
+            "--leaves {} is out of range: use at most {}",
+            args.leaves,
+            crate::demo::MAX_LEAVES
+        );
+    }
+    if args.rate > crate::demo::MAX_RATE {
+        bail!(
+            "--rate {} is too high: use at most {} deltas per second",
+            args.rate,
+            crate::demo::MAX_RATE
+        );
+    }
+    if !(1..=60_000).contains(&args.heartbeat_ms) {
+        bail!(
+            "--heartbeat-ms {} is out of range: use 1 ..= 60000 (100 is the default)",
+            args.heartbeat_ms
+        );
+    }
     if args.rate == 0 && args.deltas > 0 {
         bail!("--rate must be positive to publish --deltas");
     }
@@ -190,7 +210,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         .multicast(args.net.multicast())
         .stream(args.net.stream())
         .snapshot_rate(snapshot_rate(&args)?)
-        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms.max(1)))
+        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
         .bind(book)
         .await
         .context("starting the publisher")?;
@@ -238,7 +258,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
             digest: publisher.digest().to_string(),
             session: publisher.session().to_string(),
         };
-        println!("{}", serde_json::to_string(&line)?);
+        outln!("{}", serde_json::to_string(&line)?)?;
         match args.linger {
             Some(secs) => {
                 eprintln!(
@@ -262,7 +282,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         }
     }
     let last = PubFinal::new(&publisher, &publisher.stats());
-    println!("{}", serde_json::to_string(&last)?);
+    outln!("{}", serde_json::to_string(&last)?)?;
     publisher.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -459,12 +479,14 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             if reached(&st) {
                 let l = line(&sub, synced_at);
                 if args.json {
-                    println!("{}", serde_json::to_string(&l)?);
+                    outln!("{}", serde_json::to_string(&l)?)?;
                 } else {
-                    println!(
+                    outln!(
                         "consistent at seq {} ({} levels), digest {}",
-                        l.seq, l.leaves, l.digest
-                    );
+                        l.seq,
+                        l.leaves,
+                        l.digest
+                    )?;
                 }
                 sub.shutdown().await;
                 return Ok(ExitCode::SUCCESS);
@@ -492,12 +514,12 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             _ = tick.tick() => {
                 let l = line(&sub, synced_at);
                 if args.json {
-                    println!("{}", serde_json::to_string(&l)?);
+                    outln!("{}", serde_json::to_string(&l)?)?;
                 } else {
-                    println!("seq {}  {}  {} levels  stale {}  gaps {}  digest {}",
+                    outln!("seq {}  {}  {} levels  stale {}  gaps {}  digest {}",
                         l.seq,
                         if l.consistent { "consistent" } else if l.synced { "repairing" } else { "syncing" },
-                        l.leaves, l.stale_leaves, l.gaps, l.digest);
+                        l.leaves, l.stale_leaves, l.gaps, l.digest)?;
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if args.timeout.is_some() => {

@@ -178,12 +178,58 @@ fn decode_reads_stdin_and_reports_foreign_bytes() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("error: bad_magic"));
 }
 
+/// Output into a reader that went away (`| head -1`) ends the command
+/// quietly, not with a panic; no input at all is an error, not silence.
+#[test]
+fn decode_stops_quietly_when_its_reader_goes_away() {
+    use std::io::{BufRead, BufReader, Write};
+    let line = "47525056 01000000 00000007 01234567 89abcdef 00000000 00000000 \
+                06000014 00000000 00000000 00064459 41624000 00000064\n";
+    let mut child = grapevine()
+        .arg("decode")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        for _ in 0..5_000 {
+            if stdin.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("header: "), "{first}");
+    // The reader is gone now; the decoder meets a closed pipe.
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(0), "{err}");
+
+    let none = grapevine()
+        .arg("decode")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("no datagrams"),
+        "{none:?}"
+    );
+}
+
 #[test]
 fn decode_rejects_non_hex_with_a_clear_message() {
     let out = grapevine().args(["decode", "zz"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("not a hex byte"), "{err}");
+    assert!(err.contains("not a hex digit"), "{err}");
 }
 
 /// The `name=value` fields of a vector line, in order; every name in
@@ -474,6 +520,8 @@ fn pub_and_sub_as_processes_agree_on_the_digest_and_report_repair() {
     assert!(last["retransmits"].as_u64().unwrap() > 0, "{last}");
 }
 
+/// Values out of range are refused at once, with a message that names the
+/// flag and what to use, and never a panic or a silent run.
 #[test]
 fn bad_repair_flags_are_refused_with_a_reason() {
     for args in [
@@ -482,6 +530,19 @@ fn bad_repair_flags_are_refused_with_a_reason() {
         &["pub", "--linger", "nan"][..],
         &["pub", "--snapshot-bytes-rate", "0", "--value-size", "10"][..],
         &["sub", "--timeout", "1e300"][..],
+        // Found by the [operations] review: each panicked, hung silently
+        // or was quietly changed.
+        &["demo", "--duration", "1e300"][..],
+        &["demo", "--duration", "nan"][..],
+        &["demo", "--settle-timeout", "1e300"][..],
+        &["demo", "--subscribers", "18446744073709551615"][..],
+        &["demo", "--leaves", "18446744073709551615"][..],
+        &["demo", "--rate", "18446744073709551615"][..],
+        &["pub", "--leaves", "18446744073709551615"][..],
+        &["pub", "--rate", "18446744073709551615", "--deltas", "1"][..],
+        &["pub", "--heartbeat-ms", "0"][..],
+        &["pub", "--heartbeat-ms", "18446744073709551615"][..],
+        &["decode", "+1+1"][..],
     ] {
         let out = grapevine().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
