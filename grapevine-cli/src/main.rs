@@ -68,7 +68,8 @@ pub(crate) struct NetArgs {
     #[arg(long, default_value_t = 7777)]
     pub(crate) port: u16,
     /// Interface to send and join on: `loopback` (the default: this machine
-    /// only), an interface name such as `eth0`, or an IPv4 address. Any
+    /// only), an interface name such as `eth0`, an interface index (as `ip
+    /// link` numbers them), or an IPv4 address. With `--ttl` above 0, any
     /// interface but loopback puts the stream on that network.
     #[arg(long, default_value = "loopback")]
     pub(crate) interface: String,
@@ -86,9 +87,10 @@ impl NetArgs {
     pub(crate) fn interface(&self) -> Interface {
         match self.interface.as_str() {
             "loopback" => Interface::Loopback,
-            other => match other.parse::<Ipv4Addr>() {
-                Ok(ip) => Interface::Ipv4(ip),
-                Err(_) => Interface::name(other),
+            other => match (other.parse::<u32>(), other.parse::<Ipv4Addr>()) {
+                (Ok(index), _) => Interface::Index(index),
+                (_, Ok(ip)) => Interface::Ipv4(ip),
+                _ => Interface::name(other),
             },
         }
     }

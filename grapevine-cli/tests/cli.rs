@@ -165,6 +165,7 @@ fn decode_reads_stdin_and_reports_foreign_bytes() {
         .arg("decode")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     child
@@ -176,6 +177,7 @@ fn decode_reads_stdin_and_reports_foreign_bytes() {
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("error: bad_magic"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("some datagrams did not decode"));
 }
 
 /// Output into a reader that went away (`| head -1`) ends the command
@@ -543,11 +545,15 @@ fn bad_repair_flags_are_refused_with_a_reason() {
         &["pub", "--heartbeat-ms", "0"][..],
         &["pub", "--heartbeat-ms", "18446744073709551615"][..],
         &["decode", "+1+1"][..],
+        &["sub", "--interface", "nosuch0", "--timeout", "1"][..],
+        &["sub", "--interface", "999", "--timeout", "1"][..],
     ] {
         let out = grapevine().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("error: "), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
+        // Written for a command line, not for the library's API.
+        assert!(!err.contains("Interface::"), "{args:?}: {err}");
     }
 }

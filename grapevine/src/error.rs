@@ -30,7 +30,7 @@ pub enum Error {
     /// reorder timeout, ...) is out of range. The message names the setting
     /// and the accepted values.
     #[error("invalid protocol configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
 
     /// The multicast socket could not be set up: a group that is not
     /// multicast, an unknown interface, a port in use, ...
@@ -39,11 +39,11 @@ pub enum Error {
 
     /// A delta could not be published; the state is unchanged.
     #[error("cannot publish: {0}")]
-    Publish(#[from] PublishError),
+    Publish(PublishError),
 
     /// An I/O error outside socket setup.
     #[error("I/O error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
 
     /// [`Subscriber::wait_until`](crate::Subscriber::wait_until) gave up:
     /// the condition did not hold within the time allowed.
@@ -73,6 +73,27 @@ pub enum Error {
     Closed,
 }
 
+// The errors wrapped by `Config`, `Publish` and `Io` are part of their
+// message, so they are not also given as `source()`: a report that walks
+// the chain (anyhow's `{:#}`) would print them twice.
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e)
+    }
+}
+
+impl From<PublishError> for Error {
+    fn from(e: PublishError) -> Self {
+        Error::Publish(e)
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Io(e)
+    }
+}
+
 impl From<Error> for io::Error {
     fn from(err: Error) -> Self {
         let kind = match err {
@@ -83,5 +104,37 @@ impl From<Error> for io::Error {
             Error::Config(_) | Error::Publish(_) => io::ErrorKind::InvalidInput,
         };
         io::Error::new(kind, err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use grapevine_core::publisher::PublisherConfig;
+
+    use super::*;
+
+    /// Each message is said once in a report that walks the source chain:
+    /// the wrapped error is in the message, not also the source.
+    #[test]
+    fn a_wrapped_error_is_reported_once() {
+        let mut cfg = PublisherConfig::default();
+        cfg.heartbeat_interval(Duration::ZERO);
+        let config = Error::from(cfg.validate().unwrap_err());
+        let publish = Error::from(PublishError::SeqExhausted);
+        let io = Error::from(io::Error::other("disk on fire"));
+        for e in [config, publish, io] {
+            let mut chain = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                chain.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            assert_eq!(chain, e.to_string(), "said twice: {chain}");
+        }
+        assert!(Error::from(io::Error::other("disk on fire"))
+            .to_string()
+            .contains("disk on fire"));
     }
 }

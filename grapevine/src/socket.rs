@@ -374,7 +374,8 @@ pub enum SocketError {
     /// No network interface matches the configured [`Interface`].
     #[error(
         "no network interface matches {}: list them with `ip addr` and pick \
-         one by name, index or IPv4 address, or use Interface::Loopback",
+         one by name (e.g. eth0), index or IPv4 address, or the loopback \
+         interface (`lo`, the default)",
         describe(.interface)
     )]
     UnknownInterface {
