@@ -305,13 +305,19 @@ async fn stop_signal() -> Result<()> {
     }
 }
 
+/// How long `sub --until-seq` waits for a publisher that went silent (or
+/// a restarted one) before it gives up.
+const RESTART_GRACE: Duration = Duration::from_secs(3);
+
 /// Flags of `grapevine sub`.
 #[derive(Debug, Args)]
 pub(crate) struct SubArgs {
     #[command(flatten)]
     net: NetArgs,
     /// Exit 0 once consistent through this sequence number of the current
-    /// publisher session.
+    /// publisher session (a restarted publisher is followed). Exit 1 at the
+    /// timeout, or 3 seconds after the publisher went silent below it with
+    /// no publisher heard again; the last line says which (`outcome`).
     #[arg(long)]
     until_seq: Option<u64>,
     /// Print JSON: the final line with `--until-seq`, one status line per
@@ -345,6 +351,13 @@ struct SubLine {
     stale_leaves: usize,
     leaves: usize,
     gaps: u64,
+    /// Whether the publisher is heard (false once it has been silent for
+    /// the configured number of heartbeat intervals).
+    publisher_alive: bool,
+    /// With `--until-seq`, how the wait ended: `reached`, `timeout` or
+    /// `publisher_gone`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
     #[serde(flatten)]
     repair: RepairFigures,
 }
@@ -402,6 +415,8 @@ fn sub_line<S: State + Send + 'static>(
         stale_leaves: st.stale_leaves,
         leaves: st.leaves,
         gaps: sub.stats().protocol.gaps,
+        publisher_alive: st.publisher_alive,
+        outcome: None,
         repair: RepairFigures::of(sub),
     }
 }
@@ -435,27 +450,56 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     let line = sub_line::<S>;
     if let Some(target) = args.until_seq {
         let reached = |s: &grapevine::Status| s.synced && s.consistent && s.seq.0 >= target;
+        // How the wait ends other than by reaching the target: a line on
+        // standard output (JSON with `outcome`, or words), the reason on
+        // standard error, exit 1.
+        let give_up = |sub: &Subscriber<S>, synced_at, outcome: &'static str, why: String| {
+            let mut l = line(sub, synced_at);
+            l.outcome = Some(outcome);
+            eprintln!("{why}");
+            if args.json {
+                outln!("{}", serde_json::to_string(&l)?)?;
+            } else {
+                outln!("{outcome} at seq {}, below --until-seq {target}", l.seq)?;
+            }
+            anyhow::Ok(ExitCode::FAILURE)
+        };
+        // Since when the publisher has been silent: the wait ends
+        // `RESTART_GRACE` later unless a publisher (the same session, or a
+        // restarted one) is heard again.
+        let mut gone_since: Option<Instant> = None;
         loop {
             let before = sub.status();
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            // Wake on the goal, on sync, and on a change of publisher session.
+            let until = gone_since.map_or(deadline, |g| deadline.min(g + RESTART_GRACE));
+            let remaining = until.saturating_duration_since(Instant::now());
+            // Wake on the goal, on sync, on a change of publisher session
+            // and on the publisher going silent.
             let woke = sub
                 .wait_until(
-                    |s| reached(s) || s.synced != before.synced || s.session != before.session,
+                    |s| {
+                        reached(s)
+                            || s.synced != before.synced
+                            || s.session != before.session
+                            || s.publisher_alive != before.publisher_alive
+                    },
                     remaining,
                 )
                 .await;
             while sub.try_next_event().is_some() {}
             let st = match woke {
                 Ok(st) => st,
-                Err(_) => {
-                    let l = line(&sub, synced_at);
-                    eprintln!(
-                        "timed out after {:.1}s: {}",
-                        timeout,
-                        serde_json::to_string(&l)?
+                Err(_) if Instant::now() < deadline => {
+                    let why = format!(
+                        "the publisher went silent at seq {} (no heartbeat for {:.1}s), \
+                         below --until-seq {target}",
+                        before.seq.0,
+                        RESTART_GRACE.as_secs_f64()
                     );
-                    return Ok(ExitCode::FAILURE);
+                    return give_up(&sub, synced_at, "publisher_gone", why);
+                }
+                Err(_) => {
+                    let why = format!("timed out after {timeout:.1}s below seq {target}");
+                    return give_up(&sub, synced_at, "timeout", why);
                 }
             };
             if st.session != before.session && before.session.is_some() {
@@ -477,7 +521,8 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                 );
             }
             if reached(&st) {
-                let l = line(&sub, synced_at);
+                let mut l = line(&sub, synced_at);
+                l.outcome = Some("reached");
                 if args.json {
                     outln!("{}", serde_json::to_string(&l)?)?;
                 } else {
@@ -490,6 +535,18 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                 }
                 sub.shutdown().await;
                 return Ok(ExitCode::SUCCESS);
+            }
+            match (st.session.is_some() && !st.publisher_alive, gone_since) {
+                (true, None) => {
+                    gone_since = Some(Instant::now());
+                    eprintln!(
+                        "publisher gone (no heartbeat) at seq {}; waiting {:.1}s for it or a restarted one",
+                        st.seq.0,
+                        RESTART_GRACE.as_secs_f64()
+                    );
+                }
+                (false, Some(_)) => gone_since = None,
+                _ => {}
             }
         }
     }

@@ -557,3 +557,41 @@ fn bad_repair_flags_are_refused_with_a_reason() {
         assert!(!err.contains("Interface::"), "{args:?}: {err}");
     }
 }
+
+/// `sub --until-seq` beyond what the publisher sends ends once the
+/// publisher has gone silent (and no other took its place), not at its
+/// timeout, and says why: on standard output the JSON line with
+/// `outcome: publisher_gone` and `publisher_alive: false`, on standard error
+/// the reason; exit 1. Follow-mode and final lines carry `publisher_alive`.
+#[test]
+fn until_seq_ends_with_a_reason_when_the_publisher_is_gone() {
+    let net = ["--port", "17403", "--stream", "5"];
+    let sub = grapevine()
+        .arg("sub")
+        .args(net)
+        .args(["--until-seq", "1000000", "--json", "--timeout", "600"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let publisher = grapevine()
+        .arg("pub")
+        .args(net)
+        .args([
+            "--leaves", "100", "--deltas", "100", "--rate", "1000", "--linger", "2",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(publisher.success());
+    let sub = sub.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&sub.stderr);
+    assert_eq!(sub.status.code(), Some(1), "{err}");
+    let s = json(String::from_utf8_lossy(&sub.stdout).trim());
+    assert_eq!(s["outcome"], "publisher_gone", "{s}");
+    assert_eq!(s["publisher_alive"], false, "{s}");
+    assert_eq!(s["seq"], 100, "{s}");
+    assert_eq!(s["consistent"], true, "{s}");
+    assert!(err.contains("went silent at seq 100"), "{err}");
+}
