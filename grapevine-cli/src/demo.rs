@@ -177,15 +177,16 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     // Subscribers join at different times during the first half.
     let n = args.subscribers;
     let mut tasks = Vec::new();
+    let mut shown = Vec::new();
     for i in 0..n {
         let join_at = duration.mul_f64(i as f64 / (2.0 * n as f64));
         let bar = bars.add(ProgressBar::new(0));
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}")?
-                .progress_chars("=> "),
-        );
+        // No bar until there is something to measure: an empty "0/0" bar
+        // would read as done.
+        bar.set_style(ProgressStyle::with_template("{prefix:>12} {msg}")?);
         bar.set_prefix(format!("subscriber {}", i + 1));
         bar.set_message(format!("joins at {:.1}s", join_at.as_secs_f64()));
+        shown.push(bar.clone());
         let net = args.net.clone();
         let (loss, seed) = (args.loss, args.seed.wrapping_add(i as u64 + 1));
         let mut stop = stop_rx.clone();
@@ -217,8 +218,6 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                 while sub.try_next_event().is_some() {}
                 show(&bar, &sub.status(), sync);
             }
-            // Keep the bar on screen above the summary.
-            bar.abandon();
             Ok::<_, anyhow::Error>(Joined {
                 sub,
                 joined_at: joined - start,
@@ -267,7 +266,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
 
     // Every subscriber must now reach the final state.
     let _ = stop_tx.send(true);
-    let settle = Duration::from_secs_f64(args.settle_timeout);
+    // One deadline for all: the settle timeout is the whole wait, not a
+    // wait per subscriber in turn.
+    let settle_until = Instant::now() + Duration::from_secs_f64(args.settle_timeout);
     let mut subs = Vec::new();
     for t in tasks {
         subs.push(t.await.context("subscriber task")??);
@@ -278,7 +279,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             .sub
             .wait_until(
                 |s| s.session == Some(session) && s.seq >= final_seq && s.consistent,
-                settle,
+                settle_until.saturating_duration_since(Instant::now()),
             )
             .await;
         let st = match reached {
@@ -305,6 +306,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             datagrams: stats.datagrams_received,
             repair: RepairFigures::of(&j.sub),
         });
+    }
+    // The bars end on where each subscriber ended, above the summary.
+    for (bar, j) in shown.iter().zip(&subs) {
+        show(bar, &j.sub.status(), j.sync);
+        bar.abandon();
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-3);
     let summary = Summary {
@@ -335,17 +341,38 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     })
 }
 
+/// Updates a subscriber's bar: while syncing, the leaves of its replica
+/// against the cycle's (never moving backwards, with an ETA); once
+/// synced, full, with where the replica stands.
 fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
-    if let Some((seen, total)) = st.cycle_progress {
-        bar.set_length(u64::from(total));
+    let Some((_, total)) = st.cycle_progress else {
         if sync.is_none() {
-            bar.set_position(u64::from(seen));
+            bar.set_message(format!("waiting for a snapshot cycle  seq {}", st.seq.0));
+        }
+        return;
+    };
+    if bar.length() == Some(0) {
+        // The first cycle heard: from now on a bar.
+        if let Ok(style) = ProgressStyle::with_template(
+            "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves  eta {eta:>3} {msg}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
         }
     }
+    bar.set_length(u64::from(total));
     match sync {
-        None => bar.set_message(format!("syncing  seq {}", st.seq.0)),
+        None => {
+            let have = (st.leaves as u64).min(u64::from(total));
+            bar.set_position(bar.position().max(have));
+            bar.set_message(format!("syncing  seq {}", st.seq.0));
+        }
         Some(d) => {
-            bar.set_position(bar.length().unwrap_or(0));
+            if let Ok(style) = ProgressStyle::with_template(
+                "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_position(u64::from(total));
             bar.set_message(format!(
                 "synced in {:.2}s  seq {}  {}  stale {}",
                 d.as_secs_f64(),
