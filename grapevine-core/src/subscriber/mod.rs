@@ -436,6 +436,17 @@ pub enum Event {
         /// The new session.
         new: SessionId,
     },
+    /// Another publisher session is alive on the stream while this one is
+    /// followed: a second publisher sharing the stream (a configuration
+    /// error), whose datagrams are counted and dropped. The subscriber
+    /// keeps following the session it follows (PROTOCOL.md §8.2). Reported
+    /// once per other session.
+    OtherPublisher {
+        /// The session followed.
+        followed: SessionId,
+        /// The other session.
+        other: SessionId,
+    },
     /// Nothing was heard from the publisher for the configured number of
     /// heartbeat intervals. The replica stays readable.
     PublisherGone,
@@ -589,6 +600,11 @@ pub struct Status {
     pub cycle_progress: Option<(u32, u32)>,
     /// Whether the publisher has been heard within the liveness limit.
     pub publisher_alive: bool,
+    /// Other publisher sessions alive on the stream (heard with increasing
+    /// `datagram_seq` over a heartbeat interval, and within the last two):
+    /// 0 unless a second publisher wrongly shares the stream (or the
+    /// publisher restarted and the old session has not yet gone quiet).
+    pub other_sessions: u32,
 }
 
 #[derive(Debug)]
@@ -950,6 +966,88 @@ struct Candidate {
     heard: u32,
 }
 
+/// Most other sessions tracked for reporting; more (forged session ids)
+/// replace the one heard least recently.
+const MAX_OTHERS: usize = 8;
+
+/// Other sessions heard on the stream while one is followed.
+#[derive(Debug, Default)]
+struct Others {
+    list: Vec<Other>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Other {
+    id: SessionId,
+    first_heard: Instant,
+    last_heard: Instant,
+    last_datagram: u64,
+    /// Datagrams with increasing `datagram_seq`.
+    heard: u32,
+    reported: bool,
+}
+
+impl Other {
+    /// Heard with increasing `datagram_seq` over a heartbeat interval: a
+    /// live publisher, not one late or forged datagram.
+    fn proven(&self, interval: Duration) -> bool {
+        self.heard >= 2 && self.last_heard >= self.first_heard + interval
+    }
+}
+
+impl Others {
+    /// Notes a datagram of session `id`; returns it if that session has
+    /// just proven alive and was not reported yet.
+    fn note(
+        &mut self,
+        now: Instant,
+        id: SessionId,
+        datagram_seq: u64,
+        interval: Duration,
+    ) -> Option<SessionId> {
+        let i = match self.list.iter().position(|o| o.id == id) {
+            Some(i) => i,
+            None => {
+                let fresh = Other {
+                    id,
+                    first_heard: now,
+                    last_heard: now,
+                    last_datagram: datagram_seq,
+                    heard: 1,
+                    reported: false,
+                };
+                if self.list.len() < MAX_OTHERS {
+                    self.list.push(fresh);
+                } else if let Some(stale) = self.list.iter_mut().min_by_key(|o| o.last_heard) {
+                    *stale = fresh;
+                }
+                return None;
+            }
+        };
+        let o = self.list.get_mut(i)?;
+        if datagram_seq > o.last_datagram {
+            o.last_datagram = datagram_seq;
+            o.heard += 1;
+            o.last_heard = now;
+        }
+        if o.reported || !o.proven(interval) {
+            return None;
+        }
+        o.reported = true;
+        Some(id)
+    }
+
+    /// Sessions proven alive and heard within the last two intervals.
+    fn live(&self, now: Instant, interval: Duration) -> u32 {
+        let n = self
+            .list
+            .iter()
+            .filter(|o| o.proven(interval) && now < o.last_heard + interval * 2)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+}
+
 /// The subscriber state machine; see the [module docs](self).
 #[derive(Debug)]
 pub struct Subscriber {
@@ -972,6 +1070,10 @@ pub struct Subscriber {
     /// Another session heard while the current one was alive, and how many
     /// datagrams of it in a row.
     candidate: Option<Candidate>,
+    /// Other sessions heard while one is followed, for reporting.
+    others: Others,
+    /// The latest time the subscriber was given (for `status`).
+    last_now: Option<Instant>,
     reassembler: Reassembler,
     events: EventQueue,
     stats: SubscriberStats,
@@ -1011,6 +1113,8 @@ impl Subscriber {
             cfg,
             session: None,
             candidate: None,
+            others: Others::default(),
+            last_now: None,
             stats: SubscriberStats::default(),
             last_heard: None,
             heartbeat_interval: Duration::from_millis(100),
@@ -1056,6 +1160,9 @@ impl Subscriber {
             leaves: s.leaves.present_count(),
             cycle_progress: s.cycle.as_ref().map(|c| (c.seen(), c.leaf_count)),
             publisher_alive: self.last_heard.is_some() && !self.gone,
+            other_sessions: self
+                .last_now
+                .map_or(0, |now| self.others.live(now, self.heartbeat_interval)),
         }
     }
 
@@ -1156,6 +1263,7 @@ impl Subscriber {
     /// messages. NAKs now due are handed out by
     /// [`Subscriber::poll_transmit`].
     pub fn handle_timeout(&mut self, now: Instant, replica: &mut (impl Replica + ?Sized)) {
+        self.last_now = Some(now);
         self.reassembler.handle_timeout(now);
         if let Some(t) = self.last_heard {
             if !self.gone && now >= t + self.heartbeat_interval * self.cfg.missed_heartbeats {
@@ -1272,6 +1380,7 @@ impl Subscriber {
         replica: &mut (impl Replica + ?Sized),
     ) {
         let datagram: &[u8] = datagram;
+        self.last_now = Some(now);
         self.stats.datagrams += 1;
         self.stats.bytes += datagram.len() as u64;
         // Each message is parsed once, here, and kept on the stack.
@@ -1388,6 +1497,13 @@ impl Subscriber {
                 let alive = c.heard >= 2 && now >= c.first_heard + self.heartbeat_interval;
                 if !silent || !alive {
                     self.stats.other_session += 1;
+                    let followed = s.id;
+                    if let Some(other) =
+                        self.others
+                            .note(now, id, datagram_seq, self.heartbeat_interval)
+                    {
+                        self.events.push(Event::OtherPublisher { followed, other });
+                    }
                     return false;
                 }
                 Some(s.id)
@@ -1401,6 +1517,7 @@ impl Subscriber {
             replica.clear();
         }
         self.candidate = None;
+        self.others = Others::default();
         self.events.push(Event::SessionStarted { session: id });
         self.session = Some(Session::new(id, remote, now));
         self.frag_naks.clear();
@@ -2063,5 +2180,41 @@ mod tests {
             assert!(s.synced, "the whole key space, verified");
         }
         assert_eq!(parts.stats.syncs, 4);
+    }
+
+    /// Other sessions: at most `MAX_OTHERS` are tracked, a new one
+    /// replacing the one heard least recently, so forged session ids cannot
+    /// grow memory nor hide a real second publisher for long; each is
+    /// reported once, when proven alive.
+    #[test]
+    fn other_sessions_are_bounded_and_reported_once() {
+        let t0 = Instant::now();
+        let interval = Duration::from_millis(10);
+        let mut o = Others::default();
+        for id in 0..20u64 {
+            assert_eq!(o.note(t0, SessionId(id), 1, interval), None);
+        }
+        assert_eq!(o.list.len(), MAX_OTHERS);
+        assert_eq!(o.live(t0, interval), 0);
+        // A real one, heard over an interval with increasing datagram_seq.
+        let real = SessionId(77);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert_eq!(o.note(at(1), real, 5, interval), None);
+        assert_eq!(
+            o.note(at(6), real, 6, interval),
+            None,
+            "not yet an interval"
+        );
+        assert_eq!(
+            o.note(at(11), real, 6, interval),
+            None,
+            "no new datagram_seq"
+        );
+        assert_eq!(o.note(at(12), real, 7, interval), Some(real));
+        assert_eq!(o.note(at(13), real, 8, interval), None, "reported once");
+        assert_eq!(o.list.len(), MAX_OTHERS);
+        assert_eq!(o.live(at(13), interval), 1);
+        assert_eq!(o.live(at(13 + 19), interval), 1);
+        assert_eq!(o.live(at(13 + 20), interval), 0, "quiet for two intervals");
     }
 }

@@ -362,3 +362,48 @@ fn a_tombstone_as_of_the_removal_repairs_a_stale_leaf() {
     assert!(p.events.contains(&Event::LeafRepaired { key }));
     assert_eq!(p.replica.state(), p.publisher.state.state());
 }
+
+/// A second publisher on the stream (another session heard with increasing
+/// `datagram_seq` over a heartbeat interval while the followed one is
+/// alive) is reported once and counted in `other_sessions`, and not
+/// followed; one datagram of it is not enough, and once it has been quiet
+/// for two intervals it no longer counts.
+#[test]
+fn a_second_publisher_on_the_stream_is_reported_not_followed() {
+    use super::rig::heartbeat;
+    let mut p = Rig::new(&leaves(5), rig_sub_config());
+    p.run(Duration::from_millis(30));
+    assert!(p.converged(), "{:?}", p.sub.status());
+    let followed = p.sub.status().session.unwrap();
+    assert_eq!(p.sub.status().other_sessions, 0);
+    let other = std::net::SocketAddr::from(([10, 0, 0, 9], 4000));
+    p.deliver_from(other, &heartbeat(99, 1, 0, 10));
+    assert_eq!(
+        p.sub.status().other_sessions,
+        0,
+        "one datagram proves nothing"
+    );
+    for dseq in 2..6 {
+        p.run(Duration::from_millis(5));
+        p.deliver_from(other, &heartbeat(99, dseq, 0, 10));
+    }
+    let st = p.sub.status();
+    assert_eq!(st.session, Some(followed), "still following the first");
+    assert_eq!(st.other_sessions, 1);
+    let reported: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::OtherPublisher { .. }))
+        .collect();
+    assert_eq!(
+        reported,
+        [&Event::OtherPublisher {
+            followed,
+            other: SessionId(99)
+        }]
+    );
+    // Quiet for two intervals: gone from the count; the replica is intact.
+    p.run(Duration::from_millis(25));
+    assert_eq!(p.sub.status().other_sessions, 0);
+    assert!(p.converged(), "{:?}", p.sub.status());
+}
