@@ -215,7 +215,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                         }
                     }
                 }
-                while sub.try_next_event().is_some() {}
+                while let Some(ev) = sub.try_next_event() {
+                    crate::pubsub::warn_other_publisher(&ev);
+                }
                 show(&bar, &sub.status(), sync);
             }
             Ok::<_, anyhow::Error>(Joined {

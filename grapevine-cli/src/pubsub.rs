@@ -305,6 +305,17 @@ async fn stop_signal() -> Result<()> {
     }
 }
 
+/// Says on standard error that a second publisher shares the stream.
+pub(crate) fn warn_other_publisher(ev: &Event) {
+    if let Event::OtherPublisher { followed, other } = ev {
+        eprintln!(
+            "warning: another publisher (session {other}) is sending on this stream; \
+             following session {followed}, the first heard. Give each publisher its own \
+             --stream or --port (PROTOCOL.md §8.2)"
+        );
+    }
+}
+
 /// How long `sub --until-seq` waits for a publisher that went silent (or
 /// a restarted one) before it gives up.
 const RESTART_GRACE: Duration = Duration::from_secs(3);
@@ -354,6 +365,9 @@ struct SubLine {
     /// Whether the publisher is heard (false once it has been silent for
     /// the configured number of heartbeat intervals).
     publisher_alive: bool,
+    /// Other publisher sessions alive on the stream: 0 unless a second
+    /// publisher wrongly shares it (it is not followed).
+    other_sessions: u32,
     /// With `--until-seq`, how the wait ended: `reached`, `timeout` or
     /// `publisher_gone`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -416,6 +430,7 @@ fn sub_line<S: State + Send + 'static>(
         leaves: st.leaves,
         gaps: sub.stats().protocol.gaps,
         publisher_alive: st.publisher_alive,
+        other_sessions: st.other_sessions,
         outcome: None,
         repair: RepairFigures::of(sub),
     }
@@ -485,7 +500,9 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                     remaining,
                 )
                 .await;
-            while sub.try_next_event().is_some() {}
+            while let Some(ev) = sub.try_next_event() {
+                warn_other_publisher(&ev);
+            }
             let st = match woke {
                 Ok(st) => st,
                 Err(_) if Instant::now() < deadline => {
@@ -563,6 +580,7 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                     synced_at = None;
                     eprintln!("publisher restarted: session {old} -> {new}; resyncing");
                 }
+                Some(ev @ Event::OtherPublisher { .. }) => warn_other_publisher(&ev),
                 Some(Event::PublisherGone) => eprintln!("publisher gone (no heartbeat)"),
                 Some(Event::PublisherBack) => eprintln!("publisher back"),
                 Some(_) => {}

@@ -595,3 +595,47 @@ fn until_seq_ends_with_a_reason_when_the_publisher_is_gone() {
     assert_eq!(s["consistent"], true, "{s}");
     assert!(err.contains("went silent at seq 100"), "{err}");
 }
+
+/// Two publishers on one group, port and stream: the subscriber warns,
+/// keeps following one session, and its JSON lines count the other.
+#[test]
+fn a_second_publisher_on_the_stream_is_reported() {
+    let net = ["--port", "17404", "--stream", "6"];
+    let sub = grapevine()
+        .arg("sub")
+        .args(net)
+        .args(["--json", "--timeout", "4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let publisher = |seed: &str| {
+        grapevine()
+            .arg("pub")
+            .args(net)
+            .args([
+                "--leaves", "100", "--deltas", "10", "--linger", "3.5", "--seed", seed,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (publisher("1"), publisher("2"));
+    let sub = sub.wait_with_output().unwrap();
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+    let err = String::from_utf8_lossy(&sub.stderr);
+    assert_eq!(
+        err.matches("warning: another publisher").count(),
+        1,
+        "{err}"
+    );
+    let lines: Vec<_> = String::from_utf8_lossy(&sub.stdout)
+        .lines()
+        .map(json)
+        .collect();
+    assert!(lines.iter().any(|l| l["other_sessions"] == 1), "{lines:?}");
+    let sessions: std::collections::BTreeSet<_> =
+        lines.iter().filter_map(|l| l["session"].as_str()).collect();
+    assert_eq!(sessions.len(), 1, "one session followed: {lines:?}");
+}
