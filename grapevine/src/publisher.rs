@@ -269,6 +269,12 @@ impl<S> PublisherBuilder<S> {
         // spare).
         shared.turn(None, &mut shared.driver_tx());
         let driver = spawn_publisher(self.driver, &shared)?;
+        tracing::info!(
+            %session,
+            %group,
+            leaves = shared.lock().core.leaf_count(),
+            "publisher started"
+        );
         Ok(Publisher {
             shared,
             driver: Some(driver),

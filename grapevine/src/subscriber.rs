@@ -308,6 +308,7 @@ impl<S> SubscriberBuilder<S> {
         };
         let shared = Arc::new(SubscriberShared::new(engine, io));
         let driver = spawn_subscriber(self.driver, &shared, outputs)?;
+        tracing::info!(%group, "subscriber started");
         Ok(Subscriber {
             shared,
             events: event_rx,

@@ -85,6 +85,7 @@ impl<S: State> SubscriberEngine<S> {
             }
         }
         while let Some(event) = self.core.poll_event() {
+            log(&event);
             if out.events.try_send(event).is_err() {
                 self.stats.events_dropped += 1;
             }
@@ -95,6 +96,47 @@ impl<S: State> SubscriberEngine<S> {
             *old = new;
             changed
         });
+    }
+}
+
+/// Logs a subscriber event through `tracing`: what an operator wants to
+/// see at `info` (the session, sync, restarts, a silent publisher), at
+/// `warn` what needs fixing or costs consistency (a second publisher on the
+/// stream, a gap), and per leaf at `debug`.
+fn log(event: &Event) {
+    match event {
+        Event::SessionStarted { session } => tracing::info!(%session, "publisher session heard"),
+        Event::Synced { seq, elapsed } => {
+            tracing::info!(
+                seq = seq.0,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "synced"
+            );
+        }
+        Event::Consistency { consistent } => tracing::info!(consistent, "consistency changed"),
+        Event::Gap { first, last } => tracing::warn!(
+            first = first.0,
+            last = last.0,
+            "sequence numbers lost; the leaves they touched are repaired from snapshots"
+        ),
+        Event::LeafStale { key } => tracing::debug!(key = ?key, "leaf stale"),
+        Event::LeafRepaired { key } => tracing::debug!(key = ?key, "leaf repaired"),
+        Event::DeltaApplied { seq } => tracing::trace!(seq = seq.0, "delta applied"),
+        Event::ApplyFailed { key, seq, error } => {
+            tracing::warn!(key = ?key, seq = seq.0, %error, "the state could not apply an update");
+        }
+        Event::PublisherRestarted { old, new } => {
+            tracing::info!(%old, %new, "publisher restarted; resynchronising");
+        }
+        Event::OtherPublisher { followed, other } => tracing::warn!(
+            %followed,
+            %other,
+            "another publisher is sending on this stream; following the first heard \
+             (give each publisher its own stream or port)"
+        ),
+        Event::PublisherGone => tracing::info!("publisher gone (no heartbeat)"),
+        Event::PublisherBack => tracing::info!("publisher back"),
+        _ => tracing::debug!(?event, "event"),
     }
 }
 
