@@ -215,9 +215,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                         }
                     }
                 }
-                while let Some(ev) = sub.try_next_event() {
-                    crate::pubsub::warn_other_publisher(&ev);
-                }
+                while sub.try_next_event().is_some() {}
                 show(&bar, &sub.status(), sync);
             }
             Ok::<_, anyhow::Error>(Joined {

@@ -29,6 +29,41 @@ use grapevine::StreamId;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// More log lines on standard error: -v info (sessions, sync,
+    /// restarts), -vv debug, -vvv trace. `RUST_LOG` (e.g.
+    /// `RUST_LOG=grapevine=debug`), when set, decides instead.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Fewer: -q only errors, -qq nothing.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    quiet: u8,
+}
+
+/// Logs go to standard error, at the level the flags ask for: warnings by
+/// default (a second publisher on the stream, lost sequence numbers).
+fn init_logs(verbose: u8, quiet: u8) {
+    use tracing_subscriber::EnvFilter;
+    let level = match (i16::from(verbose) - i16::from(quiet)).clamp(-2, 3) {
+        -2 => "off",
+        -1 => "error",
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(spec).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG is not a valid filter ({e}); using {level}");
+            EnvFilter::new(level)
+        }),
+        _ => EnvFilter::new(level),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +147,7 @@ impl NetArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.verbose, cli.quiet);
     let res = match cli.command {
         Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),

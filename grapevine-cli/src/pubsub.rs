@@ -305,17 +305,6 @@ async fn stop_signal() -> Result<()> {
     }
 }
 
-/// Says on standard error that a second publisher shares the stream.
-pub(crate) fn warn_other_publisher(ev: &Event) {
-    if let Event::OtherPublisher { followed, other } = ev {
-        eprintln!(
-            "warning: another publisher (session {other}) is sending on this stream; \
-             following session {followed}, the first heard. Give each publisher its own \
-             --stream or --port (PROTOCOL.md §8.2)"
-        );
-    }
-}
-
 /// How long `sub --until-seq` waits for a publisher that went silent (or
 /// a restarted one) before it gives up.
 const RESTART_GRACE: Duration = Duration::from_secs(3);
@@ -500,9 +489,7 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                     remaining,
                 )
                 .await;
-            while let Some(ev) = sub.try_next_event() {
-                warn_other_publisher(&ev);
-            }
+            while sub.try_next_event().is_some() {}
             let st = match woke {
                 Ok(st) => st,
                 Err(_) if Instant::now() < deadline => {
@@ -580,7 +567,6 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                     synced_at = None;
                     eprintln!("publisher restarted: session {old} -> {new}; resyncing");
                 }
-                Some(ev @ Event::OtherPublisher { .. }) => warn_other_publisher(&ev),
                 Some(Event::PublisherGone) => eprintln!("publisher gone (no heartbeat)"),
                 Some(Event::PublisherBack) => eprintln!("publisher back"),
                 Some(_) => {}

@@ -626,10 +626,12 @@ fn a_second_publisher_on_the_stream_is_reported() {
     assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
     let err = String::from_utf8_lossy(&sub.stderr);
     assert_eq!(
-        err.matches("warning: another publisher").count(),
+        err.matches("another publisher is sending on this stream")
+            .count(),
         1,
         "{err}"
     );
+    assert!(err.contains("WARN"), "logged as a warning: {err}");
     let lines: Vec<_> = String::from_utf8_lossy(&sub.stdout)
         .lines()
         .map(json)
@@ -638,4 +640,28 @@ fn a_second_publisher_on_the_stream_is_reported() {
     let sessions: std::collections::BTreeSet<_> =
         lines.iter().filter_map(|l| l["session"].as_str()).collect();
     assert_eq!(sessions.len(), 1, "one session followed: {lines:?}");
+}
+
+/// Logs: warnings by default; `-v` adds info lines (here the subscriber's
+/// start), `-q` removes warnings, and `RUST_LOG` decides when set.
+#[test]
+fn verbosity_flags_and_rust_log_choose_the_log_lines() {
+    let run = |args: &[&str], rust_log: Option<&str>| {
+        let mut c = grapevine();
+        c.args(["sub", "--port", "17405", "--timeout", "0.5"])
+            .args(args);
+        c.env_remove("RUST_LOG");
+        if let Some(spec) = rust_log {
+            c.env("RUST_LOG", spec);
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(!run(&[], None).contains("subscriber started"));
+    assert!(run(&["-v"], None).contains("INFO"));
+    assert!(run(&["-v"], None).contains("subscriber started"));
+    assert!(!run(&["-v", "-q"], None).contains("subscriber started"));
+    assert!(run(&[], Some("grapevine=info")).contains("subscriber started"));
+    assert!(!run(&["-v"], Some("off")).contains("subscriber started"));
 }

@@ -213,6 +213,9 @@ impl SubProcess {
         let n = &args.net;
         let mut child = tokio::process::Command::new(exe)
             .arg("bench-sub")
+            // Its losses are the measurement (a search runs trials until it
+            // loses): counted in its report, not logged as warnings.
+            .arg("-q")
             .args(["--group", &n.group.to_string()])
             .args(["--port", &n.port.to_string()])
             .args(["--interface", &n.interface])
