@@ -57,9 +57,16 @@ impl<S: State> SubscriberEngine<S> {
         let reorder = more.is_some();
         let core = &mut self.core;
         let replica = &mut self.replica;
-        handle_batch(batch, more, reorder, &mut self.stats, |from, datagram| {
-            core.handle_datagram(Instant::now().max(now), from, datagram, replica);
-        });
+        handle_batch(
+            now,
+            batch,
+            more,
+            reorder,
+            &mut self.stats,
+            |at, from, datagram| {
+                core.handle_datagram(at, from, datagram, replica);
+            },
+        );
     }
 
     /// Fires due timers, sends NAKs, forwards events and publishes the
@@ -147,13 +154,15 @@ fn log(event: &Event) {
 /// cycle datagram but the last, it receives again into that batch and
 /// hands over at once whatever arrived meanwhile, in order: a delta then
 /// waits for one datagram of snapshots at most, not for the whole batch.
-/// Counts what was received in `stats`.
+/// `handle` gets the time of the receive: `now` for `batch`, a fresh one
+/// for what arrived in between. Counts what was received in `stats`.
 fn handle_batch(
+    now: Instant,
     batch: &mut RecvBatch,
     mut more: Option<(&dyn DatagramIo, &mut RecvBatch)>,
     reorder: bool,
     stats: &mut SubscriberStats,
-    mut handle: impl FnMut(SocketAddr, &mut [u8]),
+    mut handle: impl FnMut(Instant, SocketAddr, &mut [u8]),
 ) {
     fn count(stats: &mut SubscriberStats, batch: &RecvBatch) {
         stats.datagrams_received += batch.len() as u64;
@@ -162,7 +171,7 @@ fn handle_batch(
     }
     count(stats, batch);
     if !reorder {
-        batch.for_each(handle);
+        batch.for_each(|from, datagram| handle(now, from, datagram));
         return;
     }
     let mut cycles = 0;
@@ -170,22 +179,24 @@ fn handle_batch(
         if opens_cycle(datagram) {
             cycles += 1;
         } else {
-            handle(from, datagram);
+            handle(now, from, datagram);
         }
     });
     batch.for_each(|from, datagram| {
         if !opens_cycle(datagram) {
             return;
         }
-        handle(from, datagram);
+        handle(now, from, datagram);
         cycles -= 1;
         let Some((io, extra)) = more.as_mut().filter(|_| cycles > 0) else {
             return;
         };
         match io.try_recv(extra) {
             Ok(()) => {
+                // Received just now: the batch's time is older.
                 count(stats, extra);
-                extra.for_each(&mut handle);
+                let at = Instant::now();
+                extra.for_each(|from, datagram| handle(at, from, datagram));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
             Err(_) => stats.recv_errors += 1,
@@ -319,9 +330,14 @@ mod tests {
                     reorder: bool| {
             let mut stats = SubscriberStats::default();
             let mut order = Vec::new();
-            handle_batch(batch, more, reorder, &mut stats, |_, d| {
-                order.push(d[HEADER_LEN + 3])
-            });
+            handle_batch(
+                Instant::now(),
+                batch,
+                more,
+                reorder,
+                &mut stats,
+                |_, _, d| order.push(d[HEADER_LEN + 3]),
+            );
             (order, stats)
         };
         let (order, _) = tags(&mut fill(), None, false);
