@@ -267,8 +267,9 @@ impl<S> PublisherBuilder<S> {
         // subscriber already listening hears it first (a session's first
         // datagram is only heard, not used; a heartbeat is the one to
         // spare).
-        shared.turn(None, &mut shared.driver_tx());
-        let driver = spawn_publisher(self.driver, &shared)?;
+        let mut tx = shared.driver_tx();
+        shared.turn(None, &mut tx);
+        let driver = spawn_publisher(self.driver, &shared, tx)?;
         tracing::info!(
             %session,
             %group,

@@ -604,7 +604,7 @@ mod tests {
             .build()
             .unwrap();
         let running = rt
-            .block_on(async { spawn_publisher(Driver::Tokio, &task) })
+            .block_on(async { spawn_publisher(Driver::Tokio, &task, task.driver_tx()) })
             .unwrap();
         assert!(!task.is_gone());
         drop(rt);
@@ -612,7 +612,7 @@ mod tests {
         drop(running);
 
         let thread = shared();
-        let running = spawn_publisher(Driver::BusyPoll, &thread).unwrap();
+        let running = spawn_publisher(Driver::BusyPoll, &thread, thread.driver_tx()).unwrap();
         assert!(!thread.is_gone());
         thread.stop.store(true, Ordering::Release);
         let rt = tokio::runtime::Builder::new_current_thread()

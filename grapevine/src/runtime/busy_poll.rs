@@ -9,7 +9,7 @@ use std::time::Instant;
 use grapevine_core::state::State;
 
 use super::stopped;
-use crate::driver::publisher::PublisherShared;
+use crate::driver::publisher::{DriverTx, PublisherShared};
 use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Flush;
 use crate::io::RecvBatch;
@@ -31,9 +31,8 @@ fn due(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
-pub(super) fn publisher<S: State>(shared: &PublisherShared<S>) {
+pub(super) fn publisher<S: State>(shared: &PublisherShared<S>, mut tx: DriverTx) {
     let mut batch = RecvBatch::new();
-    let mut tx = shared.driver_tx();
     let (mut flush, mut deadline, _) = shared.turn(None, &mut tx);
     let mut closing_since = None;
     while !stopped(&shared.stop) {

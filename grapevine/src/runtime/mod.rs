@@ -9,7 +9,7 @@ use grapevine_core::state::State;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::driver::publisher::PublisherShared;
+use crate::driver::publisher::{DriverTx, PublisherShared};
 use crate::driver::subscriber::{Outputs, SubscriberShared};
 use crate::driver::Driver;
 
@@ -49,10 +49,11 @@ impl Running {
     }
 }
 
-/// Starts a publisher's driver.
+/// Starts a publisher's driver, which sends through `tx`.
 pub(crate) fn spawn_publisher<S: State + Send + 'static>(
     driver: Driver,
     shared: &Arc<PublisherShared<S>>,
+    tx: DriverTx,
 ) -> std::io::Result<Running> {
     let shared = Arc::clone(shared);
     // Moved into the task or thread, so dropped with it even if it never
@@ -61,11 +62,11 @@ pub(crate) fn spawn_publisher<S: State + Send + 'static>(
     match driver {
         Driver::Tokio => Ok(Running::Task(tokio::spawn(async move {
             let _gone = gone;
-            tokio_task::publisher(shared).await;
+            tokio_task::publisher(shared, tx).await;
         }))),
         Driver::BusyPoll => spawn_thread("grapevine-pub", move || {
             let _gone = gone;
-            busy_poll::publisher(&shared);
+            busy_poll::publisher(&shared, tx);
         }),
     }
 }

@@ -65,14 +65,13 @@ fn retry<S: State>(ready: &UdpSocket, shared: &PublisherShared<S>, tx: &mut Driv
     }
 }
 
-pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>) {
+pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx: DriverTx) {
     let Ok(ready) = register(&*shared.io) else {
         shared.recv_error();
         return;
     };
     let io = &*shared.io;
     let mut batch = RecvBatch::new();
-    let mut tx = shared.driver_tx();
     let mut got = false;
     loop {
         let (flush, deadline, closing) = shared.turn(got.then_some(&mut batch), &mut tx);
