@@ -359,6 +359,8 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
             bar.set_style(style.progress_chars("=> "));
         }
     }
+    // A bar already full at this length has its synced style: set once.
+    let full = bar.length() == Some(u64::from(total)) && bar.position() == u64::from(total);
     bar.set_length(u64::from(total));
     match sync {
         None => {
@@ -367,10 +369,12 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
             bar.set_message(format!("syncing  seq {}", st.seq.0));
         }
         Some(d) => {
-            if let Ok(style) = ProgressStyle::with_template(
-                "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
+            if !full {
+                if let Ok(style) = ProgressStyle::with_template(
+                    "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves {msg}",
+                ) {
+                    bar.set_style(style.progress_chars("=> "));
+                }
             }
             bar.set_position(u64::from(total));
             bar.set_message(format!(
