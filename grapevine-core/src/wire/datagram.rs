@@ -21,31 +21,47 @@ pub const MAX_BODY_LEN: usize = u16::MAX as usize;
 /// IPv4 or IPv6.
 pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 
-/// Whether `datagram` opens with a CycleBegin: every datagram a snapshot
-/// cycle sends does (PROTOCOL.md §8.1), and no other. Only the kind byte
-/// of the first message is looked at; nothing is validated.
+/// Whether `datagram` carries leaf snapshots: a CycleBegin copy followed
+/// by a LeafSnapshot, as every datagram of snapshots a cycle sends is
+/// (PROTOCOL.md §8.1). Only the kinds of the first two messages are looked
+/// at; nothing is validated.
 ///
-/// A receiver holding several datagrams may handle those that open with a
-/// CycleBegin after the others: snapshots may be handled in any order
-/// relative to deltas (§8.2), so deltas need not wait behind them.
+/// A receiver holding several datagrams may handle those after the
+/// others: a snapshot may be handled in any order relative to deltas
+/// (§8.2), so deltas need not wait behind them. A CycleEnd datagram (a
+/// CycleBegin copy, then the CycleEnd) is not one of them: its `end_seq`
+/// is a claim about the stream's tail, like a heartbeat's, and handled
+/// late it could re-anchor the tail below newer deltas (§8.4).
 ///
 /// ```
-/// use grapevine_core::wire::opens_cycle;
-/// use grapevine_core::wire::{CycleBegin, DatagramHeader, DatagramWriter, Message};
+/// use grapevine_core::wire::carries_snapshots;
+/// use grapevine_core::wire::{CycleBegin, DatagramHeader, DatagramWriter, LeafSnapshot, Message};
 /// use grapevine_core::{CycleId, SeqNum, SessionId, StreamId};
 ///
 /// let header = DatagramHeader { stream: StreamId(1), session: SessionId(2), datagram_seq: 1 };
-/// let mut buf = [0u8; 64];
+/// let mut buf = [0u8; 128];
 /// let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
-/// let begin = CycleBegin { cycle: CycleId(0), start_seq: SeqNum(0), leaf_count: 0 };
+/// let begin = CycleBegin { cycle: CycleId(0), start_seq: SeqNum(0), leaf_count: 1 };
 /// w.push(&Message::CycleBegin(begin)).unwrap();
+/// let leaf = LeafSnapshot { cycle: CycleId(0), position: 0, leaf_seq: SeqNum(0), key: b"k", value: Some(b"v") };
+/// w.push(&Message::LeafSnapshot(leaf)).unwrap();
 /// let n = w.finish();
-/// assert!(opens_cycle(&buf[..n]));
-/// assert!(!opens_cycle(b"GRPV"));
+/// assert!(carries_snapshots(&buf[..n]));
+/// assert!(!carries_snapshots(b"GRPV"));
 /// ```
 #[must_use]
-pub fn opens_cycle(datagram: &[u8]) -> bool {
-    datagram.get(HEADER_LEN) == Some(&(MessageKind::CycleBegin as u8))
+pub fn carries_snapshots(datagram: &[u8]) -> bool {
+    let kind = |at: usize| datagram.get(at).copied();
+    let Some(len) = datagram
+        .get(HEADER_LEN + 2..HEADER_LEN + MESSAGE_HEADER_LEN)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_be_bytes)
+    else {
+        return false;
+    };
+    kind(HEADER_LEN) == Some(MessageKind::CycleBegin as u8)
+        && kind(HEADER_LEN + MESSAGE_HEADER_LEN + usize::from(len))
+            == Some(MessageKind::LeafSnapshot as u8)
 }
 
 /// The fields of a datagram header that vary (PROTOCOL.md §3).

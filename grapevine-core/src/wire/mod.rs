@@ -48,7 +48,7 @@ mod message;
 mod packer;
 
 pub use datagram::{
-    opens_cycle, Datagram, DatagramHeader, DatagramWriter, Decoded, Messages, DECODED_INLINE,
+    carries_snapshots, Datagram, DatagramHeader, DatagramWriter, Decoded, Messages, DECODED_INLINE,
     DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC, MAX_BODY_LEN, MESSAGE_HEADER_LEN, VERSION,
 };
 pub use error::{DecodeError, EncodeError, Malformed};

@@ -3156,45 +3156,60 @@ fn decode_into_agrees_with_decode_at_every_message_count() {
     }
 }
 
-/// `opens_cycle` is true exactly for a datagram whose first message is a
-/// CycleBegin (every datagram of a snapshot cycle), false for any other
-/// first message and for bytes too short to have one.
+/// `carries_snapshots` is true exactly for a datagram that opens with a
+/// CycleBegin followed by a LeafSnapshot (every datagram of snapshots),
+/// false for a CycleEnd datagram, a CycleBegin alone, any other first
+/// message and bytes too short to tell.
 #[test]
-fn opens_cycle_looks_at_the_first_message() {
+fn carries_snapshots_looks_at_the_first_two_messages() {
     let header = DatagramHeader {
         stream: StreamId(1),
         session: SessionId(2),
         datagram_seq: 1,
     };
-    let one = |msg: Message<'_>| {
+    let of = |msgs: &[Message<'_>]| {
         let mut buf = [0u8; 256];
         let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
-        w.push(&msg).unwrap();
+        for m in msgs {
+            w.push(m).unwrap();
+        }
         let n = w.finish();
         buf[..n].to_vec()
     };
-    let begin = CycleBegin {
+    let begin = Message::CycleBegin(CycleBegin {
         cycle: CycleId(3),
         start_seq: SeqNum(4),
         leaf_count: 5,
-    };
-    let cycle = one(Message::CycleBegin(begin));
-    assert!(opens_cycle(&cycle));
-    let heartbeat = one(Message::Heartbeat(Heartbeat {
-        last_seq: SeqNum(4),
-        interval_ms: 100,
-        sent_at_micros: 0,
-    }));
-    assert!(!opens_cycle(&heartbeat));
-    let end = one(Message::CycleEnd(CycleEnd {
+    });
+    let leaf = Message::LeafSnapshot(LeafSnapshot {
+        cycle: CycleId(3),
+        position: 0,
+        leaf_seq: SeqNum(4),
+        key: b"key",
+        value: Some(b"value"),
+    });
+    let end = Message::CycleEnd(CycleEnd {
         cycle: CycleId(3),
         end_seq: SeqNum(4),
         leaf_count: 5,
-    }));
+    });
+    let heartbeat = Message::Heartbeat(Heartbeat {
+        last_seq: SeqNum(4),
+        interval_ms: 100,
+        sent_at_micros: 0,
+    });
+    let snapshots = of(&[begin, leaf, leaf]);
+    assert!(carries_snapshots(&snapshots));
     assert!(
-        !opens_cycle(&end),
-        "a CycleEnd alone is not how cycles open"
+        !carries_snapshots(&of(&[begin, end])),
+        "a CycleEnd datagram"
     );
-    assert!(!opens_cycle(&cycle[..HEADER_LEN]), "no message");
-    assert!(!opens_cycle(&[]));
+    assert!(!carries_snapshots(&of(&[begin])));
+    assert!(!carries_snapshots(&of(&[heartbeat, leaf])));
+    assert!(!carries_snapshots(&of(&[leaf, leaf])));
+    assert!(
+        !carries_snapshots(&snapshots[..HEADER_LEN + 3]),
+        "a cut header"
+    );
+    assert!(!carries_snapshots(&[]));
 }

@@ -7,6 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use grapevine_core::publisher::Publisher as CorePublisher;
 use grapevine_core::state::{encode_into, State, Typed};
+use grapevine_core::wire::carries_snapshots;
 use grapevine_core::{Destination, SeqNum, Transmit};
 use tokio::sync::Notify;
 
@@ -203,9 +204,10 @@ fn destination(t: Transmit, group: SocketAddr) -> SocketAddr {
 const DRIVER_SEGMENTS: usize = 8;
 
 /// The driver's own send buffer. What only the driver sends (snapshots,
-/// cycle markers, repairs) is written into it under the lock and sent
-/// after the lock is released, so a `publish` on another thread never waits
-/// for that system call. Live datagrams are sent under the lock, in order.
+/// cycle markers, repairs) is written into it under the lock; datagrams of
+/// snapshots are sent after the lock is released, so a `publish` on
+/// another thread never waits for that system call. Live datagrams,
+/// CycleEnds and repairs are sent under the lock, in order.
 pub(crate) struct DriverTx {
     buf: Vec<u8>,
     segments: usize,
@@ -338,15 +340,20 @@ impl<S: State> PublisherShared<S> {
                     }
                 }
             };
-            drop(e);
             let contents = tx.buf.get(..t.size).unwrap_or_default();
-            let sent = send(
-                &*self.io,
-                destination(t, self.group),
-                contents,
-                t.segment_size,
-            );
-            e = self.lock();
+            // Snapshots go out after the lock is released: a later delta
+            // may overtake them, which is harmless. A CycleEnd (a claim
+            // on the stream's tail, PROTOCOL.md §8.4), a repair or a cycle
+            // with no leaves goes out under it, in order with the deltas.
+            let to = destination(t, self.group);
+            let sent = if t.datagrams(&tx.buf).all(carries_snapshots) {
+                drop(e);
+                let sent = send(&*self.io, to, contents, t.segment_size);
+                e = self.lock();
+                sent
+            } else {
+                send(&*self.io, to, contents, t.segment_size)
+            };
             if e.record(sent) == Flush::Blocked {
                 tx.unsent = Some(t);
                 flush = Flush::Blocked;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use grapevine_core::state::{State, Typed};
 use grapevine_core::subscriber::{Event, Status, Subscriber as CoreSubscriber};
-use grapevine_core::wire::opens_cycle;
+use grapevine_core::wire::carries_snapshots;
 use grapevine_core::Destination;
 use tokio::sync::{mpsc, watch};
 
@@ -148,7 +148,8 @@ fn log(event: &Event) {
 }
 
 /// Calls `handle` with each datagram of `batch` in arrival order, or with
-/// `reorder` those of snapshot cycles after the others, so that no delta waits behind the snapshots received
+/// `reorder` those carrying snapshots after the others (a CycleEnd keeps
+/// its place: [`carries_snapshots`]), so that no delta waits behind the snapshots received
 /// with it (snapshots may be handled in any order relative to deltas,
 /// PROTOCOL.md §8.2; the others keep their order). With `more`, after each
 /// cycle datagram but the last, it receives again into that batch and
@@ -176,14 +177,14 @@ fn handle_batch(
     }
     let mut cycles = 0;
     batch.for_each(|from, datagram| {
-        if opens_cycle(datagram) {
+        if carries_snapshots(datagram) {
             cycles += 1;
         } else {
             handle(now, from, datagram);
         }
     });
     batch.for_each(|from, datagram| {
-        if !opens_cycle(datagram) {
+        if !carries_snapshots(datagram) {
             return;
         }
         handle(now, from, datagram);
@@ -263,11 +264,14 @@ mod tests {
 
     use super::*;
 
-    /// A datagram whose first message is of `kind`, tagged `tag`.
-    fn datagram(kind: MessageKind, tag: u8) -> Vec<u8> {
-        let mut d = vec![0; HEADER_LEN + 4];
-        d[HEADER_LEN] = kind as u8;
-        d[HEADER_LEN + 3] = tag;
+    /// A datagram of messages of `kinds` (empty bodies), tagged `tag` in
+    /// its last byte.
+    fn datagram(kinds: &[MessageKind], tag: u8) -> Vec<u8> {
+        let mut d = vec![0; HEADER_LEN];
+        for &k in kinds {
+            d.extend([k as u8, 0, 0, 0]);
+        }
+        d.push(tag);
         d
     }
 
@@ -300,16 +304,20 @@ mod tests {
         }
     }
 
-    /// Deltas first, then the snapshot datagrams; with `more`, what
-    /// arrives between two snapshot datagrams is handled before the next
-    /// one, and nothing is received after the last.
+    /// Deltas first, then the datagrams of snapshots (a CycleEnd keeps its
+    /// place among the deltas: its `end_seq` is a claim on the tail); with
+    /// `more`, what arrives between two snapshot datagrams is handled
+    /// before the next one, and nothing is received after the last.
     #[test]
     fn deltas_go_before_the_snapshots_received_with_them() {
-        use MessageKind::{CycleBegin as C, Delta as D, Heartbeat as H};
+        use MessageKind::{CycleBegin, CycleEnd, Delta, Heartbeat, LeafSnapshot};
+        let c: &[MessageKind] = &[CycleBegin, LeafSnapshot];
+        let (d, h): (&[MessageKind], &[MessageKind]) = (&[Delta], &[Heartbeat]);
+        let e: &[MessageKind] = &[CycleBegin, CycleEnd];
         let from = SocketAddr::from(([127, 0, 0, 1], 9));
         let fill = || {
             let mut b = RecvBatch::with_buffers(8);
-            for (k, t) in [(C, 1), (D, 2), (C, 3), (C, 4), (H, 5)] {
+            for (k, t) in [(c, 1), (d, 2), (c, 3), (e, 6), (c, 4), (h, 5)] {
                 assert!(b.push(from, &datagram(k, t)));
             }
             b
@@ -318,9 +326,9 @@ mod tests {
             sock: std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
             groups: Mutex::new(
                 [
-                    vec![datagram(D, 10), datagram(C, 11)],
-                    vec![datagram(D, 12)],
-                    vec![datagram(D, 13)],
+                    vec![datagram(d, 10), datagram(c, 11)],
+                    vec![datagram(d, 12)],
+                    vec![datagram(d, 13)],
                 ]
                 .into(),
             ),
@@ -336,20 +344,20 @@ mod tests {
                 more,
                 reorder,
                 &mut stats,
-                |_, _, d| order.push(d[HEADER_LEN + 3]),
+                |_, _, d| order.push(*d.last().unwrap()),
             );
             (order, stats)
         };
         let (order, _) = tags(&mut fill(), None, false);
-        assert_eq!(order, [1, 2, 3, 4, 5], "in arrival order before sync");
+        assert_eq!(order, [1, 2, 3, 6, 4, 5], "in arrival order before sync");
         let (order, stats) = tags(&mut fill(), None, true);
-        assert_eq!(order, [2, 5, 1, 3, 4]);
-        assert_eq!((stats.datagrams_received, stats.recv_batches), (5, 1));
+        assert_eq!(order, [2, 6, 5, 1, 3, 4]);
+        assert_eq!((stats.datagrams_received, stats.recv_batches), (6, 1));
 
         let mut extra = RecvBatch::with_buffers(2);
         let (order, stats) = tags(&mut fill(), Some((&feed, &mut extra)), true);
-        assert_eq!(order, [2, 5, 1, 10, 11, 3, 12, 4]);
-        assert_eq!((stats.datagrams_received, stats.recv_batches), (8, 3));
+        assert_eq!(order, [2, 6, 5, 1, 10, 11, 3, 12, 4]);
+        assert_eq!((stats.datagrams_received, stats.recv_batches), (9, 3));
         assert_eq!(
             feed.groups.lock().unwrap().len(),
             1,
