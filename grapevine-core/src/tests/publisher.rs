@@ -334,6 +334,94 @@ fn retransmissions_pack_as_densely_as_the_deltas_did() {
     }
 }
 
+/// Repairs are queued one datagram at a time: a delta published while a
+/// NAK of two datagrams' worth is being answered goes out right after the
+/// first retransmission datagram, not behind every retransmission the
+/// budget would allow.
+#[test]
+fn a_live_delta_waits_behind_one_datagram_of_repairs_at_most() {
+    use crate::wire::MessageKind;
+    let t0 = Instant::now();
+    let mut cfg = quiet_config();
+    cfg.max_datagram(crate::wire::HEADER_LEN + 20 * 64)
+        .repair_rate(1 << 30);
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    for i in 0..40u32 {
+        p.publish(&i.to_be_bytes(), &[7; 37], true).unwrap();
+    }
+    while p.poll_transmit(t0, &state, 1, &mut buf).is_some() {}
+    let mut nak = super::repair::nak(1, &[super::repair::range(1, 40)]);
+    let t1 = t0 + Duration::from_millis(50);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    let kinds = |b: &[u8]| -> Vec<u8> { messages_of(b).iter().map(|m| m.0).collect() };
+    let first = p.poll_transmit(t1, &state, 1, &mut buf).unwrap();
+    assert_eq!(
+        kinds(&buf[..first.size]),
+        [MessageKind::Retransmit as u8; 20]
+    );
+    p.publish(&99u32.to_be_bytes(), &[8; 37], true).unwrap();
+    let next = p.poll_transmit(t1, &state, 1, &mut buf).unwrap();
+    assert_eq!(
+        kinds(&buf[..next.size])[0],
+        MessageKind::Delta as u8,
+        "the live delta comes before the second datagram of repairs"
+    );
+    let mut resent = 0;
+    while let Some(t) = p.poll_transmit(t1, &state, 1, &mut buf) {
+        resent += kinds(&buf[..t.size])
+            .iter()
+            .filter(|&&k| k == MessageKind::Retransmit as u8)
+            .count();
+    }
+    assert_eq!(resent, 20, "the rest of the repairs follow");
+}
+
+/// The repair budget is looked at before every datagram: a fragmented
+/// retransmission may overdraw it, but nothing more joins its last
+/// datagram, and the small retransmissions behind it wait for the budget
+/// to refill.
+#[test]
+fn nothing_rides_on_a_fragmented_retransmission_that_overdrew_the_budget() {
+    use crate::wire::MessageKind;
+    let t0 = Instant::now();
+    let mut cfg = quiet_config();
+    cfg.max_datagram(1_500).repair_rate(1_000);
+    let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
+    let state = Typed::new(BTreeMap::<u32, u32>::new());
+    let mut buf = vec![0u8; 65_536];
+    p.publish(&0u32.to_be_bytes(), &[9; 5_000], true).unwrap();
+    for i in 1..11u32 {
+        p.publish(&i.to_be_bytes(), &[7; 37], true).unwrap();
+    }
+    while p.poll_transmit(t0, &state, 1, &mut buf).is_some() {}
+    let mut nak = super::repair::nak(1, &[super::repair::range(1, 11)]);
+    let t1 = t0 + Duration::from_millis(50);
+    p.handle_datagram(t1, "198.51.100.7:6000".parse().unwrap(), &mut nak);
+    let mut kinds = Vec::new();
+    while let Some(t) = p.poll_transmit(t1, &state, 1, &mut buf) {
+        kinds.extend(messages_of(&buf[..t.size]).iter().map(|m| m.0));
+    }
+    let frags = kinds.iter().filter(|&&k| k == MessageKind::Fragment as u8);
+    assert_eq!(frags.count(), 4, "the large retransmission: {kinds:?}");
+    assert!(
+        !kinds.contains(&(MessageKind::Retransmit as u8)),
+        "no small retransmission yet: {kinds:?}"
+    );
+    assert_eq!(p.stats().retransmits, 1);
+    // Ten seconds of budget later, the rest goes out.
+    let t2 = t1 + Duration::from_secs(10);
+    let mut resent = 0;
+    while let Some(t) = p.poll_transmit(t2, &state, 1, &mut buf) {
+        resent += messages_of(&buf[..t.size])
+            .iter()
+            .filter(|m| m.0 == MessageKind::Retransmit as u8)
+            .count();
+    }
+    assert_eq!(resent, 10);
+}
+
 /// The repair rate counts whole datagrams, headers included: with the
 /// smallest datagrams, where a retransmitted 1,000-byte delta goes out in
 /// some thirty fragments and headers are a third of the bytes, one second
