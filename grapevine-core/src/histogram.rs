@@ -95,6 +95,24 @@ impl LatencyHistogram {
         }
         None
     }
+
+    /// What was recorded since `earlier` (an older copy of this
+    /// histogram): for each bucket that grew, its lower end and by how
+    /// many, in increasing order. An exporter feeds these to a histogram of
+    /// its own (Prometheus buckets, say) without keeping every duration.
+    pub fn recorded_since<'a>(
+        &'a self,
+        earlier: &'a LatencyHistogram,
+    ) -> impl Iterator<Item = (Duration, u64)> + 'a {
+        self.counts
+            .iter()
+            .zip(earlier.counts.iter())
+            .enumerate()
+            .filter_map(|(b, (&now, &then))| {
+                let grew = now.saturating_sub(then);
+                (grew > 0).then(|| (Duration::from_micros(lower(b)), grew))
+            })
+    }
 }
 
 #[cfg(test)]
@@ -179,5 +197,27 @@ mod tests {
             h.quantile(1.0),
             Some(Duration::from_micros(lower(BUCKETS - 1)))
         );
+    }
+
+    /// Only what grew since the earlier copy is listed, by bucket, with
+    /// the growth: nothing for an unchanged histogram, everything for a
+    /// copy taken when it was empty.
+    #[test]
+    fn recorded_since_lists_the_growth_by_bucket() {
+        let mut h = LatencyHistogram::default();
+        let empty = h.clone();
+        assert_eq!(h.recorded_since(&empty).count(), 0);
+        h.record(Duration::from_micros(3));
+        h.record(Duration::from_micros(100));
+        let then = h.clone();
+        assert_eq!(h.recorded_since(&then).count(), 0);
+        h.record(Duration::from_micros(100));
+        h.record(Duration::from_micros(101));
+        h.record(Duration::from_millis(5));
+        let us = |d: Duration| d.as_micros();
+        let since: Vec<_> = h.recorded_since(&then).map(|(d, n)| (us(d), n)).collect();
+        assert_eq!(since, [(96, 2), (4608, 1)]);
+        let all: Vec<_> = h.recorded_since(&empty).map(|(d, n)| (us(d), n)).collect();
+        assert_eq!(all, [(3, 1), (96, 3), (4608, 1)]);
     }
 }

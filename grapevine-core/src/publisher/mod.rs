@@ -135,6 +135,12 @@ impl PublisherConfig {
         self
     }
 
+    /// The stream id.
+    #[must_use]
+    pub fn stream_id(&self) -> StreamId {
+        self.stream
+    }
+
     /// Maximum datagram size in bytes (default 1452: fits a 1500-byte MTU
     /// over IPv4 and IPv6).
     pub fn max_datagram(&mut self, bytes: usize) -> &mut Self {

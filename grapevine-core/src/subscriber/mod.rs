@@ -161,6 +161,12 @@ impl SubscriberConfig {
         self
     }
 
+    /// The stream followed.
+    #[must_use]
+    pub fn stream_id(&self) -> StreamId {
+        self.stream
+    }
+
     /// Most out-of-order deltas held while waiting for a missing one
     /// (default 4096). Beyond it the missing ones are declared lost.
     pub fn reorder_window(&mut self, n: usize) -> &mut Self {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::publisher::{PublisherConfig, SnapshotRate};
 use crate::subscriber::SubscriberConfig;
 use crate::wire::HEADER_LEN;
-use crate::{ConfigError, ReassemblyConfig};
+use crate::{ConfigError, ReassemblyConfig, StreamId};
 
 /// The field a rejected config names.
 fn field(res: Result<(), ConfigError>) -> Option<&'static str> {
@@ -296,4 +296,16 @@ fn reassembly_config_bounds() {
         &[NS],
         &[Duration::ZERO],
     );
+}
+
+/// The stream id set is the one read back, on both sides.
+#[test]
+fn the_stream_id_reads_back() {
+    let mut p = PublisherConfig::default();
+    let mut s = SubscriberConfig::default();
+    assert_eq!((p.stream_id(), s.stream_id()), (StreamId(1), StreamId(1)));
+    p.stream(StreamId(70_000));
+    s.stream(StreamId(70_001));
+    assert_eq!(p.stream_id(), StreamId(70_000));
+    assert_eq!(s.stream_id(), StreamId(70_001));
 }
