@@ -22,6 +22,8 @@ use crate::NetArgs;
 pub(crate) struct DemoArgs {
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
     /// Price levels (leaves) in the published order book.
     #[arg(long, default_value_t = 100_000)]
     leaves: usize,
@@ -151,8 +153,10 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     check_args(&args)?;
     let book = OrderBook::generate(args.leaves, args.seed);
     let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));
+    args.metrics.start().await?;
     let publisher = Arc::new(
         Publisher::builder()
+            .name("publisher")
             .multicast(args.net.multicast())
             .stream(args.net.stream())
             .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
@@ -193,6 +197,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((start + join_at).into()).await;
             let mut builder = Subscriber::<OrderBook>::builder()
+                .name(format!("subscriber-{}", i + 1))
                 .multicast(net.multicast())
                 .stream(net.stream());
             if loss > 0.0 {

@@ -14,6 +14,7 @@ macro_rules! outln {
 mod bench;
 mod decode;
 mod demo;
+mod metrics;
 mod pubsub;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -84,6 +84,8 @@ fn check_seconds(flag: &str, v: f64) -> Result<()> {
 pub(crate) struct PubArgs {
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
     /// Price levels (leaves) of the initial order book.
     #[arg(long, default_value_t = 10_000)]
     leaves: usize,
@@ -206,6 +208,7 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
 async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
     let book = S::build(args.leaves, args.seed, args.value_size);
     let mut gen = book.deltas(args.seed.wrapping_add(0x9e37), args.value_size);
+    args.metrics.start().await?;
     let publisher = Publisher::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
@@ -314,6 +317,8 @@ const RESTART_GRACE: Duration = Duration::from_secs(3);
 pub(crate) struct SubArgs {
     #[command(flatten)]
     net: NetArgs,
+    #[command(flatten)]
+    metrics: crate::metrics::MetricsArgs,
     /// Exit 0 once consistent through this sequence number of the current
     /// publisher session (a restarted publisher is followed). Exit 1 at the
     /// timeout, or 3 seconds after the publisher went silent below it with
@@ -439,6 +444,7 @@ pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
 
 async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     let timeout = args.timeout.unwrap_or(60.0);
+    args.metrics.start().await?;
     let mut builder = Subscriber::<S>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream());

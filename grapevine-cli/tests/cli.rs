@@ -665,3 +665,165 @@ fn verbosity_flags_and_rust_log_choose_the_log_lines() {
     assert!(run(&[], Some("grapevine=info")).contains("subscriber started"));
     assert!(!run(&["-v"], Some("off")).contains("subscriber started"));
 }
+
+mod metrics {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    use std::net::TcpStream;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::grapevine;
+
+    /// Starts `grapevine ARGS --metrics 127.0.0.1:0` and returns it with
+    /// the address it serves metrics on (its first line on stderr).
+    fn with_metrics(args: &[&str]) -> (Child, String) {
+        let mut child = grapevine()
+            .args(args)
+            .args(["--metrics", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        err.read_line(&mut line).unwrap();
+        // The rest is drained, so the child never writes to a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+        let addr = line
+            .trim()
+            .strip_prefix("metrics: http://")
+            .and_then(|a| a.strip_suffix("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics address: {line:?}"))
+            .to_owned();
+        (child, addr)
+    }
+
+    /// One scrape: the status line and the body.
+    fn scrape(addr: &str, path: &str) -> (String, String) {
+        let mut conn = TcpStream::connect(addr).unwrap();
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).unwrap();
+        let (head, body) = reply.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), body.to_owned())
+    }
+
+    /// The value of the sample `name` (labels included, as rendered).
+    fn sample(page: &str, name: &str) -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Scrapes until `name` reads `want` (metrics are recorded once a
+    /// second) or 15 s have passed; returns the last page.
+    fn scrape_until(addr: &str, name: &str, want: f64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (status, page) = scrape(addr, "/metrics");
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            if sample(&page, name) == Some(want) || Instant::now() > deadline {
+                return page;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `pub` and `sub` with `--metrics` serve Prometheus text at /metrics:
+    /// every name prefixed `grapevine_`, counters and gauges that match
+    /// what was published, drops by reason, and the sync-time histogram.
+    #[test]
+    fn pub_and_sub_serve_their_counters_to_a_scrape() {
+        let net = ["--port", "17430", "--stream", "11"];
+        let (mut sub, sub_addr) =
+            with_metrics(&[&["sub"][..], &net, &["--timeout", "30"]].concat());
+        let (mut publisher, pub_addr) = with_metrics(
+            &[
+                &["pub"][..],
+                &net,
+                &[
+                    "--leaves", "100", "--deltas", "200", "--rate", "1000", "--linger", "30",
+                ],
+            ]
+            .concat(),
+        );
+        let s = |name: &str| format!("grapevine_subscriber_{name}{{stream=\"11\"}}");
+        let page = scrape_until(&sub_addr, &s("deltas_applied_total"), 200.0);
+        let pub_page = scrape_until(
+            &pub_addr,
+            "grapevine_publisher_messages_total{stream=\"11\",kind=\"delta\"}",
+            200.0,
+        );
+        let not_found = scrape(&sub_addr, "/").0;
+        let _ = (sub.kill(), publisher.kill(), sub.wait(), publisher.wait());
+        assert_eq!(not_found, "HTTP/1.1 404 Not Found");
+
+        assert_eq!(
+            sample(&page, &s("deltas_applied_total")),
+            Some(200.0),
+            "{page}"
+        );
+        assert_eq!(sample(&page, &s("seq")), Some(200.0), "{page}");
+        assert_eq!(sample(&page, &s("consistent")), Some(1.0), "{page}");
+        assert_eq!(sample(&page, &s("publisher_alive")), Some(1.0), "{page}");
+        assert_eq!(sample(&page, &s("syncs_total")), Some(1.0), "{page}");
+        assert_eq!(sample(&page, &s("sync_seconds_count")), Some(1.0), "{page}");
+        assert!(sample(&page, &s("datagrams_total")).unwrap() > 0.0);
+        assert_eq!(
+            sample(
+                &page,
+                "grapevine_subscriber_dropped_total{stream=\"11\",reason=\"foreign_stream\"}"
+            ),
+            Some(0.0),
+            "{page}"
+        );
+        assert!(page.contains("# TYPE grapevine_subscriber_sync_seconds histogram"));
+        assert_eq!(
+            sample(&pub_page, "grapevine_publisher_seq{stream=\"11\"}"),
+            Some(200.0),
+            "{pub_page}"
+        );
+        for p in [&page, &pub_page] {
+            for l in p.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
+                assert!(l.starts_with("grapevine_"), "{l}");
+            }
+            // Every metric is described.
+            for family in p.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+                let name = family.split(' ').next().unwrap();
+                assert!(p.contains(&format!("# HELP {name} ")), "no help for {name}");
+            }
+        }
+    }
+
+    /// A `--metrics` address that cannot be listened on is refused at
+    /// start, naming the flag.
+    #[test]
+    fn a_metrics_address_in_use_is_refused() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let out = grapevine()
+            .args([
+                "sub",
+                "--port",
+                "17431",
+                "--timeout",
+                "1",
+                "--metrics",
+                &addr,
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("--metrics {addr}: cannot listen")),
+            "{err}"
+        );
+        let out = grapevine()
+            .args(["sub", "--metrics", "localhost"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics"));
+    }
+}

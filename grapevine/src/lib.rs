@@ -115,6 +115,8 @@ pub use grapevine_core as core;
 mod driver;
 mod error;
 pub mod io;
+#[cfg(feature = "runtime-tokio")]
+pub mod metrics;
 pub mod order_book;
 #[cfg(feature = "runtime-tokio")]
 pub mod publisher;

@@ -110,6 +110,7 @@ pub struct PublisherBuilder<S> {
     multicast: MulticastConfig,
     session: Option<u64>,
     driver: Driver,
+    name: Option<String>,
     state: PhantomData<fn() -> S>,
 }
 
@@ -120,6 +121,7 @@ impl<S> Default for PublisherBuilder<S> {
             multicast: MulticastConfig::default(),
             session: None,
             driver: Driver::default(),
+            name: None,
             state: PhantomData,
         }
     }
@@ -132,6 +134,7 @@ impl<S> Clone for PublisherBuilder<S> {
             multicast: self.multicast.clone(),
             session: self.session,
             driver: self.driver,
+            name: self.name.clone(),
             state: PhantomData,
         }
     }
@@ -144,6 +147,7 @@ impl<S> fmt::Debug for PublisherBuilder<S> {
             .field("multicast", &self.multicast)
             .field("session", &self.session)
             .field("driver", &self.driver)
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -211,6 +215,14 @@ impl<S> PublisherBuilder<S> {
         self
     }
 
+    /// A name for this publisher, in its log lines (the `publisher` span)
+    /// and as the `name` label of its [metrics](crate::metrics) (default:
+    /// none).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Replaces the whole protocol configuration, including the stream,
     /// snapshot rate, heartbeat interval and datagram size set before.
     pub fn protocol(mut self, config: PublisherConfig) -> Self {
@@ -261,7 +273,11 @@ impl<S> PublisherBuilder<S> {
         let local_addr = socket.local_addr()?;
         let io: Arc<dyn DatagramIo> = Arc::new(UdpIo::new(socket)?);
         let segments = segments_for(&*io, max_datagram);
-        let engine = PublisherEngine::new(core, Typed::new(initial), segments);
+        let stream = self.protocol.stream_id();
+        let mut engine = PublisherEngine::new(core, Typed::new(initial), segments);
+        if let Some(name) = &self.name {
+            engine.set_name(name);
+        }
         let shared = Arc::new(PublisherShared::new(engine, io, group));
         // The first heartbeat goes out now, before any delta can: a
         // subscriber already listening hears it first (a session's first
@@ -269,13 +285,17 @@ impl<S> PublisherBuilder<S> {
         // spare).
         let mut tx = shared.driver_tx();
         shared.turn(None, &mut tx);
-        let driver = spawn_publisher(self.driver, &shared, tx)?;
-        tracing::info!(
-            %session,
-            %group,
-            leaves = shared.lock().core.leaf_count(),
-            "publisher started"
-        );
+        let name = self.name.as_deref();
+        let span = tracing::info_span!("publisher", stream = stream.0, name);
+        let driver = spawn_publisher(self.driver, &shared, tx, span.clone())?;
+        span.in_scope(|| {
+            tracing::info!(
+                %session,
+                %group,
+                leaves = shared.lock().core.leaf_count(),
+                "publisher started"
+            );
+        });
         Ok(Publisher {
             shared,
             driver: Some(driver),
@@ -463,11 +483,7 @@ impl<S: State + Send + 'static> Publisher<S> {
 
     /// The counters.
     pub fn stats(&self) -> PublisherStats {
-        let engine = self.shared.lock();
-        PublisherStats {
-            protocol: engine.core.stats(),
-            ..engine.stats
-        }
+        self.shared.lock().all_stats()
     }
 
     /// The number of leaves in the state.

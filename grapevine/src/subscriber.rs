@@ -70,6 +70,7 @@ use crate::driver::subscriber::{Outputs, SubscriberEngine, SubscriberShared};
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::io::{DatagramIo, Loss, Lossy, UdpIo};
+use crate::metrics::SubscriberMetrics;
 use crate::runtime::{spawn_subscriber, Running};
 use crate::socket::{bind_receiver, Interface, MulticastConfig};
 
@@ -120,6 +121,7 @@ pub struct SubscriberBuilder<S> {
     loss: Option<Loss>,
     event_capacity: usize,
     driver: Driver,
+    name: Option<String>,
     state: PhantomData<fn() -> S>,
 }
 
@@ -131,6 +133,7 @@ impl<S> Default for SubscriberBuilder<S> {
             loss: None,
             event_capacity: DEFAULT_EVENT_CAPACITY,
             driver: Driver::default(),
+            name: None,
             state: PhantomData,
         }
     }
@@ -144,6 +147,7 @@ impl<S> Clone for SubscriberBuilder<S> {
             loss: self.loss,
             event_capacity: self.event_capacity,
             driver: self.driver,
+            name: self.name.clone(),
             state: PhantomData,
         }
     }
@@ -157,6 +161,7 @@ impl<S> fmt::Debug for SubscriberBuilder<S> {
             .field("loss", &self.loss)
             .field("event_capacity", &self.event_capacity)
             .field("driver", &self.driver)
+            .field("name", &self.name)
             .finish()
     }
 }
@@ -249,6 +254,15 @@ impl<S> SubscriberBuilder<S> {
         self
     }
 
+    /// A name for this subscriber, in its log lines (the `subscriber`
+    /// span) and as the `name` label of its [metrics](crate::metrics)
+    /// (default: none). Give one to each of several subscribers of a
+    /// stream in one process, or their metrics are one.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
     /// Checks the configuration, joins the group and starts the background
     /// task, with an empty replica (`S::default()`).
     ///
@@ -289,6 +303,7 @@ impl<S> SubscriberBuilder<S> {
             // Different NAK delays and requester ids on every subscriber.
             protocol.rng_seed(crate::random::random_u64());
         }
+        let stream = protocol.stream_id();
         let core = CoreSubscriber::new(protocol)?;
         let socket = bind_receiver(&self.multicast)?;
         let group = socket.group_addr();
@@ -301,14 +316,17 @@ impl<S> SubscriberBuilder<S> {
         empty.clear();
         let (event_tx, event_rx) = mpsc::channel(self.event_capacity);
         let (status_tx, status_rx) = watch::channel(Status::default());
-        let engine = SubscriberEngine::new(core, Typed::new(empty));
+        let name = self.name.as_deref();
+        let metrics = SubscriberMetrics::new(stream, name, crate::metrics::inode_of(io.fd()));
+        let engine = SubscriberEngine::new(core, Typed::new(empty), metrics);
         let outputs = Outputs {
             events: event_tx,
             status: status_tx,
         };
         let shared = Arc::new(SubscriberShared::new(engine, io));
-        let driver = spawn_subscriber(self.driver, &shared, outputs)?;
-        tracing::info!(%group, "subscriber started");
+        let span = tracing::info_span!("subscriber", stream = stream.0, name);
+        let driver = spawn_subscriber(self.driver, &shared, outputs, span.clone())?;
+        span.in_scope(|| tracing::info!(%group, "subscriber started"));
         Ok(Subscriber {
             shared,
             events: event_rx,
@@ -377,12 +395,7 @@ impl<S: State + Send + 'static> Subscriber<S> {
 
     /// The counters.
     pub fn stats(&self) -> SubscriberStats {
-        let engine = self.shared.lock();
-        SubscriberStats {
-            protocol: engine.core.stats().clone(),
-            simulated_drops: self.shared.io.simulated_drops(),
-            ..engine.stats.clone()
-        }
+        self.shared.lock().all_stats(&*self.shared.io)
     }
 
     /// The [`Digest`] of the replica, equal to the publisher's

@@ -14,7 +14,12 @@ use tokio::sync::Notify;
 use super::{send, Flush, Sent};
 use crate::error::Error;
 use crate::io::{DatagramIo, RecvBatch};
+use crate::metrics::{PublisherGauges, PublisherMetrics};
 use crate::publisher::PublisherStats;
+
+fn core_stream(core: &CorePublisher) -> crate::StreamId {
+    core.config().stream_id()
+}
 
 /// The publisher's core, its state and its send buffer.
 pub(crate) struct PublisherEngine<S> {
@@ -36,11 +41,13 @@ pub(crate) struct PublisherEngine<S> {
     /// (`None`: only when woken); a publish that moves the core's deadline
     /// earlier wakes it.
     pub(crate) driver_deadline: Option<Instant>,
+    metrics: PublisherMetrics,
 }
 
 impl<S: State> PublisherEngine<S> {
     pub(crate) fn new(core: CorePublisher, typed: Typed<S>, segments: usize) -> Self {
         let segments = segments.max(1);
+        let metrics = PublisherMetrics::new(core_stream(&core), None);
         Self {
             buf: vec![0; segments * core.config().max_datagram_size()],
             core,
@@ -52,6 +59,33 @@ impl<S: State> PublisherEngine<S> {
             stats: PublisherStats::default(),
             closing: false,
             driver_deadline: None,
+            metrics,
+        }
+    }
+
+    /// Names the publisher in its metrics (the `name` label).
+    pub(crate) fn set_name(&mut self, name: &str) {
+        self.metrics = PublisherMetrics::new(core_stream(&self.core), Some(name));
+    }
+
+    /// The counters: the driver's and the core's.
+    pub(crate) fn all_stats(&self) -> PublisherStats {
+        PublisherStats {
+            protocol: self.core.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Records the metrics if due at `now`.
+    fn record_metrics(&mut self, now: Instant) {
+        if now >= self.metrics.next() {
+            let stats = self.all_stats();
+            let gauges = PublisherGauges {
+                seq: self.core.last_seq().0,
+                leaves: self.core.leaf_count(),
+                queued_bytes: self.core.queued_bytes(),
+            };
+            self.metrics.record_if_due(now, &stats, &gauges);
         }
     }
 
@@ -308,7 +342,8 @@ impl<S: State> PublisherShared<S> {
     /// timers, sends the live datagrams queued, then the snapshots and
     /// repairs due (each transmit encoded under the lock and sent outside
     /// it), and notes when the driver will look again. Returns the flush
-    /// outcome, the core's next deadline and whether the handle asked to
+    /// outcome, when the next turn is due (the core's deadline, or the
+    /// metrics') and whether the handle asked to
     /// close.
     pub(crate) fn turn(
         &self,
@@ -363,7 +398,9 @@ impl<S: State> PublisherShared<S> {
                 flush = e.flush_live(&*self.io, self.group, now);
             }
         }
-        let deadline = e.core.poll_timeout();
+        e.record_metrics(now);
+        let metrics = e.metrics.next();
+        let deadline = Some(e.core.poll_timeout().map_or(metrics, |t| t.min(metrics)));
         e.driver_deadline = match flush {
             Flush::Done => deadline,
             Flush::Blocked => None,
@@ -611,7 +648,14 @@ mod tests {
             .build()
             .unwrap();
         let running = rt
-            .block_on(async { spawn_publisher(Driver::Tokio, &task, task.driver_tx()) })
+            .block_on(async {
+                spawn_publisher(
+                    Driver::Tokio,
+                    &task,
+                    task.driver_tx(),
+                    tracing::Span::none(),
+                )
+            })
             .unwrap();
         assert!(!task.is_gone());
         drop(rt);
@@ -619,7 +663,13 @@ mod tests {
         drop(running);
 
         let thread = shared();
-        let running = spawn_publisher(Driver::BusyPoll, &thread, thread.driver_tx()).unwrap();
+        let running = spawn_publisher(
+            Driver::BusyPoll,
+            &thread,
+            thread.driver_tx(),
+            tracing::Span::none(),
+        )
+        .unwrap();
         assert!(!thread.is_gone());
         thread.stop.store(true, Ordering::Release);
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{send, Sent};
 use crate::io::{DatagramIo, RecvBatch};
+use crate::metrics::SubscriberMetrics;
 use crate::subscriber::SubscriberStats;
 
 /// The subscriber's core, its replica and where its output goes.
@@ -21,6 +22,7 @@ pub(crate) struct SubscriberEngine<S> {
     pub(crate) replica: Typed<S>,
     nak_buf: Vec<u8>,
     pub(crate) stats: SubscriberStats,
+    metrics: SubscriberMetrics,
 }
 
 /// Where a subscriber's events and status go. Owned by the driver (task or
@@ -33,13 +35,30 @@ pub(crate) struct Outputs {
 }
 
 impl<S: State> SubscriberEngine<S> {
-    pub(crate) fn new(core: CoreSubscriber, replica: Typed<S>) -> Self {
+    pub(crate) fn new(core: CoreSubscriber, replica: Typed<S>, metrics: SubscriberMetrics) -> Self {
         Self {
             nak_buf: vec![0; core.config().max_datagram_size()],
             core,
             replica,
             stats: SubscriberStats::default(),
+            metrics,
         }
+    }
+
+    /// The counters: the driver's, the core's and the socket layer's.
+    pub(crate) fn all_stats(&self, io: &dyn DatagramIo) -> SubscriberStats {
+        SubscriberStats {
+            protocol: self.core.stats().clone(),
+            simulated_drops: io.simulated_drops(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// When the driver must next take a turn: the core's deadline, or the
+    /// next recording of the metrics.
+    pub(crate) fn deadline(&self) -> Instant {
+        let metrics = self.metrics.next();
+        self.core.poll_timeout().map_or(metrics, |t| t.min(metrics))
     }
 
     /// Hands a received batch to the core, in the order of
@@ -93,6 +112,9 @@ impl<S: State> SubscriberEngine<S> {
         }
         while let Some(event) = self.core.poll_event() {
             log(&event);
+            if let Event::Synced { elapsed, .. } = event {
+                self.metrics.synced(elapsed);
+            }
             if out.events.try_send(event).is_err() {
                 self.stats.events_dropped += 1;
             }
@@ -103,6 +125,10 @@ impl<S: State> SubscriberEngine<S> {
             *old = new;
             changed
         });
+        if now >= self.metrics.next() {
+            let stats = self.all_stats(io);
+            self.metrics.record_if_due(now, &stats, &new);
+        }
     }
 }
 
@@ -230,8 +256,8 @@ impl<S: State> SubscriberShared<S> {
 
     /// The driver's turn: hands `batch` (if any) to the core (receiving
     /// more into `more` between its snapshot datagrams, if given), fires
-    /// timers, sends NAKs, forwards events and status. Returns the core's
-    /// next deadline.
+    /// timers, sends NAKs, forwards events and status. Returns when the
+    /// next turn is due (the core's deadline, or the metrics').
     pub(crate) fn turn(
         &self,
         batch: Option<&mut RecvBatch>,
@@ -244,7 +270,7 @@ impl<S: State> SubscriberShared<S> {
             e.receive(now, batch, more.map(|m| (&*self.io, m)));
         }
         e.finish(now, &*self.io, out);
-        e.core.poll_timeout()
+        Some(e.deadline())
     }
 
     /// Counts a receive error.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use grapevine_core::state::State;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::{Instrument as _, Span};
 
 use crate::driver::publisher::{DriverTx, PublisherShared};
 use crate::driver::subscriber::{Outputs, SubscriberShared};
@@ -49,24 +50,29 @@ impl Running {
     }
 }
 
-/// Starts a publisher's driver, which sends through `tx`.
+/// Starts a publisher's driver, which sends through `tx`; its log lines
+/// are in `span`.
 pub(crate) fn spawn_publisher<S: State + Send + 'static>(
     driver: Driver,
     shared: &Arc<PublisherShared<S>>,
     tx: DriverTx,
+    span: Span,
 ) -> std::io::Result<Running> {
     let shared = Arc::clone(shared);
     // Moved into the task or thread, so dropped with it even if it never
     // ran.
     let gone = Gone(Arc::clone(&shared));
     match driver {
-        Driver::Tokio => Ok(Running::Task(tokio::spawn(async move {
-            let _gone = gone;
-            tokio_task::publisher(shared, tx).await;
-        }))),
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(
+            async move {
+                let _gone = gone;
+                tokio_task::publisher(shared, tx).await;
+            }
+            .instrument(span),
+        ))),
         Driver::BusyPoll => spawn_thread("grapevine-pub", move || {
             let _gone = gone;
-            busy_poll::publisher(&shared, tx);
+            span.in_scope(|| busy_poll::publisher(&shared, tx));
         }),
     }
 }
@@ -82,18 +88,20 @@ impl<S: State> Drop for Gone<S> {
 }
 
 /// Starts a subscriber's driver, which owns `out` (see [`Outputs`]).
+/// Its log lines are in `span`.
 pub(crate) fn spawn_subscriber<S: State + Send + 'static>(
     driver: Driver,
     shared: &Arc<SubscriberShared<S>>,
     out: Outputs,
+    span: Span,
 ) -> std::io::Result<Running> {
     let shared = Arc::clone(shared);
     match driver {
-        Driver::Tokio => Ok(Running::Task(tokio::spawn(tokio_task::subscriber(
-            shared, out,
-        )))),
+        Driver::Tokio => Ok(Running::Task(tokio::spawn(
+            tokio_task::subscriber(shared, out).instrument(span),
+        ))),
         Driver::BusyPoll => spawn_thread("grapevine-sub", move || {
-            busy_poll::subscriber(&shared, &out);
+            span.in_scope(|| busy_poll::subscriber(&shared, &out));
         }),
     }
 }

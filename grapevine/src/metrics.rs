@@ -1,0 +1,495 @@
+//! Counters, gauges and histograms through the [`metrics`] facade.
+//!
+//! Publishers and subscribers record what they count into whatever
+//! recorder the application installed (`metrics-exporter-prometheus`,
+//! StatsD, ...); without one, recording costs a few lookups a second. The
+//! drivers record at most once every [`INTERVAL`] (so a value is at most
+//! that old), whether or not anything arrives: counters are set to the
+//! totals of [`SubscriberStats`] and [`PublisherStats`], gauges to the
+//! [`Status`], and histograms get what was measured since the last time.
+//!
+//! Every name starts with `grapevine_`. Every metric carries the label
+//! `stream` (the stream id) and, when the builder was given one
+//! ([`SubscriberBuilder::name`](crate::SubscriberBuilder::name),
+//! [`PublisherBuilder::name`](crate::PublisherBuilder::name)), `name`, so
+//! that several publishers or subscribers in one process stay apart.
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `grapevine_subscriber_datagrams_total`, `_bytes_total` | counter | received from the socket |
+//! | `grapevine_subscriber_messages_total{kind}` | counter | `delta`, `retransmit`, `snapshot`, `cycle_begin` |
+//! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss` |
+//! | `grapevine_subscriber_kernel_drops_total` | counter | datagrams the kernel dropped because the socket's receive queue was full (Linux: `/proc/net/udp`) |
+//! | `grapevine_subscriber_{deltas_applied, snapshots_applied, syncs, restarts, gaps, lost_seqs, naks_sent, nak_ranges_sent, frag_naks_sent, repaired_by_nak, filled_late, apply_errors, ghosts_removed, events_dropped, recv_errors, send_errors}_total` | counter | as [`SubscriberStats`] |
+//! | `grapevine_subscriber_{synced, consistent, publisher_alive}` | gauge | 0 or 1 |
+//! | `grapevine_subscriber_{seq, known_seq, missing_seqs, stale_leaves, leaves, other_sessions}` | gauge | as [`Status`] |
+//! | `grapevine_subscriber_sync_seconds` | histogram | from a session's first datagram to sync |
+//! | `grapevine_subscriber_repair_seconds` | histogram | from a sequence number known missing to its repair by NAK |
+//! | `grapevine_publisher_datagrams_total`, `_bytes_total`, `_send_calls_total` | counter | handed to the socket |
+//! | `grapevine_publisher_messages_total{kind}` | counter | `delta`, `snapshot`, `tombstone`, `heartbeat`, `retransmit`, `fragment_resent` |
+//! | `grapevine_publisher_{snapshot_bytes, repair_bytes, cycles, naks_received, nak_seqs_requested, nak_seqs_unavailable, repairs_coalesced, shed_datagrams, shed_bytes, send_errors, send_blocked, recv_errors}_total` | counter | as [`PublisherStats`] |
+//! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message` |
+//! | `grapevine_publisher_{seq, leaves, queued_bytes}` | gauge | the last sequence number, the state's leaves, bytes waiting for the socket |
+//!
+//! [`SubscriberStats`]: crate::SubscriberStats
+//! [`PublisherStats`]: crate::PublisherStats
+//! [`Status`]: crate::Status
+
+use std::time::{Duration, Instant};
+
+use grapevine_core::subscriber::Status;
+use grapevine_core::LatencyHistogram;
+use metrics::Label;
+
+use crate::publisher::PublisherStats;
+use crate::subscriber::SubscriberStats;
+use crate::StreamId;
+
+/// Describes every metric to the installed recorder (the `# HELP` lines
+/// of a Prometheus page). Call it once, after installing the recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Seconds => describe_histogram!(name, Unit::Seconds, help),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Seconds,
+}
+
+const DESCRIPTIONS: &[(&str, Kind, &str)] = {
+    use Kind::{Counter as C, Gauge as G, Seconds as S};
+    &[
+        ("grapevine_subscriber_datagrams_total", C, "Datagrams received from the socket."),
+        ("grapevine_subscriber_bytes_total", C, "Bytes received from the socket."),
+        ("grapevine_subscriber_messages_total", C, "Messages received, by kind."),
+        ("grapevine_subscriber_dropped_total", C, "Datagrams or messages dropped, by reason (the malformed codes of PROTOCOL.md section 7 among them)."),
+        ("grapevine_subscriber_kernel_drops_total", C, "Datagrams the kernel dropped because the socket's receive queue was full."),
+        ("grapevine_subscriber_deltas_applied_total", C, "Deltas applied to the replica."),
+        ("grapevine_subscriber_snapshots_applied_total", C, "Leaf snapshots installed."),
+        ("grapevine_subscriber_syncs_total", C, "Times the replica became synced (once per publisher session)."),
+        ("grapevine_subscriber_restarts_total", C, "Publisher restarts seen."),
+        ("grapevine_subscriber_gaps_total", C, "Gaps declared: sequence numbers given up to snapshot repair."),
+        ("grapevine_subscriber_lost_seqs_total", C, "Sequence numbers declared lost (repaired by snapshots)."),
+        ("grapevine_subscriber_naks_sent_total", C, "NAK datagrams sent."),
+        ("grapevine_subscriber_nak_ranges_sent_total", C, "Sequence ranges named by the NAKs sent."),
+        ("grapevine_subscriber_frag_naks_sent_total", C, "FragNak datagrams sent."),
+        ("grapevine_subscriber_repaired_by_nak_total", C, "Missing sequence numbers filled by a retransmission."),
+        ("grapevine_subscriber_filled_late_total", C, "Missing sequence numbers filled late by the original delta."),
+        ("grapevine_subscriber_apply_errors_total", C, "Deltas or leaves the state could not decode."),
+        ("grapevine_subscriber_ghosts_removed_total", C, "Leaves removed as ghosts of missed deletions."),
+        ("grapevine_subscriber_events_dropped_total", C, "Events dropped because the application fell behind."),
+        ("grapevine_subscriber_recv_errors_total", C, "Receive errors reported by the socket."),
+        ("grapevine_subscriber_send_errors_total", C, "NAK datagrams the socket refused."),
+        ("grapevine_subscriber_synced", G, "1 once snapshot cycles have verified the whole key space in this session."),
+        ("grapevine_subscriber_consistent", G, "1 while the replica equals the publisher's state as of grapevine_subscriber_seq."),
+        ("grapevine_subscriber_publisher_alive", G, "1 while the publisher is heard within the liveness limit."),
+        ("grapevine_subscriber_seq", G, "Every delta up to this sequence number has been processed."),
+        ("grapevine_subscriber_known_seq", G, "Highest sequence number known to exist."),
+        ("grapevine_subscriber_missing_seqs", G, "Sequence numbers known to exist, not yet received nor given up on."),
+        ("grapevine_subscriber_stale_leaves", G, "Leaves whose chain is broken, waiting for a snapshot."),
+        ("grapevine_subscriber_leaves", G, "Present leaves held."),
+        ("grapevine_subscriber_other_sessions", G, "Other publisher sessions alive on the stream (0 unless two publishers share it)."),
+        ("grapevine_subscriber_sync_seconds", S, "Time from a session's first datagram to sync."),
+        ("grapevine_subscriber_repair_seconds", S, "Time from a sequence number known missing to its repair by NAK."),
+        ("grapevine_publisher_datagrams_total", C, "Datagrams handed to the socket."),
+        ("grapevine_publisher_bytes_total", C, "Bytes handed to the socket."),
+        ("grapevine_publisher_send_calls_total", C, "Send calls (several datagrams per call with segmentation offload)."),
+        ("grapevine_publisher_messages_total", C, "Messages sent, by kind."),
+        ("grapevine_publisher_dropped_total", C, "Received datagrams dropped, by reason."),
+        ("grapevine_publisher_snapshot_bytes_total", C, "Bytes of snapshot and cycle messages."),
+        ("grapevine_publisher_repair_bytes_total", C, "Bytes of repair messages (retransmissions and fragments resent)."),
+        ("grapevine_publisher_cycles_total", C, "Snapshot cycles completed."),
+        ("grapevine_publisher_naks_received_total", C, "NAK messages received for this session."),
+        ("grapevine_publisher_nak_seqs_requested_total", C, "Distinct sequence numbers NAKs asked for that the history held."),
+        ("grapevine_publisher_nak_seqs_unavailable_total", C, "Sequence numbers asked for that the history no longer held."),
+        ("grapevine_publisher_repairs_coalesced_total", C, "Requests for a delta retransmitted within the hold-off."),
+        ("grapevine_publisher_shed_datagrams_total", C, "Datagrams dropped unsent because the send queue was over its bound."),
+        ("grapevine_publisher_shed_bytes_total", C, "Bytes of the datagrams shed."),
+        ("grapevine_publisher_send_errors_total", C, "Datagrams the operating system refused."),
+        ("grapevine_publisher_send_blocked_total", C, "Times the socket's send buffer was full."),
+        ("grapevine_publisher_recv_errors_total", C, "Receive errors on the publisher's socket."),
+        ("grapevine_publisher_seq", G, "The last sequence number published."),
+        ("grapevine_publisher_leaves", G, "Leaves in the published state."),
+        ("grapevine_publisher_queued_bytes", G, "Bytes of datagrams waiting for the socket."),
+    ]
+};
+
+/// How often a driver records its metrics.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The labels of one publisher or subscriber.
+fn labels(stream: StreamId, name: Option<&str>) -> Vec<Label> {
+    let mut l = vec![Label::new("stream", stream.0.to_string())];
+    if let Some(name) = name {
+        l.push(Label::new("name", name.to_owned()));
+    }
+    l
+}
+
+/// When the next recording is due.
+#[derive(Debug)]
+struct Pace {
+    next: Instant,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Self { next: now }
+    }
+
+    /// Whether a recording is due at `now`; if so, the next one is set.
+    fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + INTERVAL;
+        true
+    }
+}
+
+fn counter(name: &'static str, labels: &[Label], value: u64) {
+    metrics::counter!(name, labels.iter()).absolute(value);
+}
+
+fn counter_with(name: &'static str, labels: &[Label], key: &'static str, v: &str, value: u64) {
+    let mut l = labels.to_vec();
+    l.push(Label::new(key, v.to_owned()));
+    metrics::counter!(name, l.iter()).absolute(value);
+}
+
+fn gauge(name: &'static str, labels: &[Label], value: f64) {
+    metrics::gauge!(name, labels.iter()).set(value);
+}
+
+/// Feeds what `h` recorded since `seen` to the histogram `name`, in
+/// seconds, and remembers `h` as seen.
+fn histogram_since(
+    name: &'static str,
+    labels: &[Label],
+    h: &LatencyHistogram,
+    seen: &mut LatencyHistogram,
+) {
+    if h.count() == seen.count() {
+        return;
+    }
+    let hist = metrics::histogram!(name, labels.iter());
+    for (at, n) in h.recorded_since(seen) {
+        hist.record_many(at.as_secs_f64(), usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    seen.clone_from(h);
+}
+
+/// The inode of a socket, which names it in `/proc/net/udp`.
+pub(crate) fn inode_of(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let file = std::fs::File::from(fd.try_clone_to_owned().ok()?);
+    file.metadata().ok().map(|m| m.ino())
+}
+
+/// Linux: the datagrams the kernel dropped for the UDP socket with inode
+/// `inode` (the `drops` column of `/proc/net/udp` and `udp6`).
+pub(crate) fn kernel_drops(inode: u64) -> Option<u64> {
+    ["/proc/self/net/udp", "/proc/self/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .find_map(|table| drops_in(&table, inode))
+}
+
+/// The `drops` column of the row of `inode` in a `/proc/net/udp` table.
+fn drops_in(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let row_inode = cols.get(9)?.parse::<u64>().ok()?;
+        (row_inode == inode).then(|| cols.last()?.parse().ok())?
+    })
+}
+
+/// A subscriber's metrics.
+#[derive(Debug)]
+pub(crate) struct SubscriberMetrics {
+    labels: Vec<Label>,
+    pace: Pace,
+    repair_seen: LatencyHistogram,
+    /// The socket's inode, to find its kernel drops.
+    inode: Option<u64>,
+}
+
+impl SubscriberMetrics {
+    pub(crate) fn new(stream: StreamId, name: Option<&str>, inode: Option<u64>) -> Self {
+        Self {
+            labels: labels(stream, name),
+            pace: Pace::new(Instant::now()),
+            repair_seen: LatencyHistogram::default(),
+            inode,
+        }
+    }
+
+    /// When the next recording is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.pace.next
+    }
+
+    /// A session synced after `elapsed`.
+    pub(crate) fn synced(&self, elapsed: Duration) {
+        metrics::histogram!("grapevine_subscriber_sync_seconds", self.labels.iter())
+            .record(elapsed.as_secs_f64());
+    }
+
+    /// Records everything if due at `now`.
+    pub(crate) fn record_if_due(&mut self, now: Instant, stats: &SubscriberStats, status: &Status) {
+        if self.pace.due(now) {
+            self.record(stats, status);
+        }
+    }
+
+    fn record(&mut self, s: &SubscriberStats, status: &Status) {
+        let l = &self.labels;
+        let p = &s.protocol;
+        counter(
+            "grapevine_subscriber_datagrams_total",
+            l,
+            s.datagrams_received,
+        );
+        counter("grapevine_subscriber_bytes_total", l, s.bytes_received);
+        let messages = "grapevine_subscriber_messages_total";
+        let fresh = p.deltas_received.saturating_sub(p.retransmits_received);
+        counter_with(messages, l, "kind", "delta", fresh);
+        counter_with(messages, l, "kind", "retransmit", p.retransmits_received);
+        counter_with(messages, l, "kind", "snapshot", p.snapshots_received);
+        counter_with(messages, l, "kind", "cycle_begin", p.cycles_begun);
+        let dropped = "grapevine_subscriber_dropped_total";
+        for (code, n) in &p.malformed {
+            counter_with(dropped, l, "reason", code, *n);
+        }
+        for (reason, n) in [
+            ("foreign_stream", p.foreign_stream),
+            ("other_session", p.other_session),
+            ("unknown_message", p.unknown_messages),
+            ("fragment_rejected", p.fragments_rejected),
+            ("duplicate", p.duplicates),
+            ("unbelieved", p.unbelieved),
+            ("bad_position", p.bad_positions),
+            ("stale_snapshot", p.stale_snapshots),
+            ("oversized_cycle", p.oversized_cycles),
+            ("pending_full", p.pending_dropped),
+            ("simulated_loss", s.simulated_drops),
+        ] {
+            counter_with(dropped, l, "reason", reason, n);
+        }
+        if let Some(drops) = self.inode.and_then(kernel_drops) {
+            counter("grapevine_subscriber_kernel_drops_total", l, drops);
+        }
+        for (name, n) in [
+            (
+                "grapevine_subscriber_deltas_applied_total",
+                p.deltas_applied,
+            ),
+            (
+                "grapevine_subscriber_snapshots_applied_total",
+                p.snapshots_applied,
+            ),
+            ("grapevine_subscriber_syncs_total", p.syncs),
+            ("grapevine_subscriber_restarts_total", p.restarts),
+            ("grapevine_subscriber_gaps_total", p.gaps),
+            ("grapevine_subscriber_lost_seqs_total", p.lost),
+            ("grapevine_subscriber_naks_sent_total", s.naks_sent),
+            (
+                "grapevine_subscriber_nak_ranges_sent_total",
+                p.nak_ranges_sent,
+            ),
+            (
+                "grapevine_subscriber_frag_naks_sent_total",
+                p.frag_naks_sent,
+            ),
+            (
+                "grapevine_subscriber_repaired_by_nak_total",
+                p.repaired_by_nak,
+            ),
+            ("grapevine_subscriber_filled_late_total", p.filled_late),
+            ("grapevine_subscriber_apply_errors_total", p.apply_errors),
+            (
+                "grapevine_subscriber_ghosts_removed_total",
+                p.ghosts_removed,
+            ),
+            (
+                "grapevine_subscriber_events_dropped_total",
+                s.events_dropped + p.events_dropped,
+            ),
+            ("grapevine_subscriber_recv_errors_total", s.recv_errors),
+            ("grapevine_subscriber_send_errors_total", s.send_errors),
+        ] {
+            counter(name, l, n);
+        }
+        let flag = |b: bool| if b { 1.0 } else { 0.0 };
+        gauge("grapevine_subscriber_synced", l, flag(status.synced));
+        gauge(
+            "grapevine_subscriber_consistent",
+            l,
+            flag(status.consistent),
+        );
+        gauge(
+            "grapevine_subscriber_publisher_alive",
+            l,
+            flag(status.publisher_alive),
+        );
+        gauge("grapevine_subscriber_seq", l, status.seq.0 as f64);
+        gauge(
+            "grapevine_subscriber_known_seq",
+            l,
+            status.known_seq.0 as f64,
+        );
+        gauge(
+            "grapevine_subscriber_missing_seqs",
+            l,
+            status.missing as f64,
+        );
+        gauge(
+            "grapevine_subscriber_stale_leaves",
+            l,
+            status.stale_leaves as f64,
+        );
+        gauge("grapevine_subscriber_leaves", l, status.leaves as f64);
+        gauge(
+            "grapevine_subscriber_other_sessions",
+            l,
+            f64::from(status.other_sessions),
+        );
+        histogram_since(
+            "grapevine_subscriber_repair_seconds",
+            &self.labels,
+            &p.repair_latency,
+            &mut self.repair_seen,
+        );
+    }
+}
+
+/// A publisher's metrics.
+#[derive(Debug)]
+pub(crate) struct PublisherMetrics {
+    labels: Vec<Label>,
+    pace: Pace,
+}
+
+/// What a publisher's gauges show.
+pub(crate) struct PublisherGauges {
+    pub(crate) seq: u64,
+    pub(crate) leaves: usize,
+    pub(crate) queued_bytes: usize,
+}
+
+impl PublisherMetrics {
+    pub(crate) fn new(stream: StreamId, name: Option<&str>) -> Self {
+        Self {
+            labels: labels(stream, name),
+            pace: Pace::new(Instant::now()),
+        }
+    }
+
+    /// When the next recording is due.
+    pub(crate) fn next(&self) -> Instant {
+        self.pace.next
+    }
+
+    /// Records everything if due at `now`.
+    pub(crate) fn record_if_due(
+        &mut self,
+        now: Instant,
+        stats: &PublisherStats,
+        g: &PublisherGauges,
+    ) {
+        if self.pace.due(now) {
+            self.record(stats, g);
+        }
+    }
+
+    fn record(&self, s: &PublisherStats, g: &PublisherGauges) {
+        let l = &self.labels;
+        let p = &s.protocol;
+        counter("grapevine_publisher_datagrams_total", l, s.datagrams_sent);
+        counter("grapevine_publisher_bytes_total", l, s.bytes_sent);
+        counter("grapevine_publisher_send_calls_total", l, s.send_calls);
+        let messages = "grapevine_publisher_messages_total";
+        for (kind, n) in [
+            ("delta", p.deltas),
+            ("snapshot", p.snapshots.saturating_sub(p.tombstones)),
+            ("tombstone", p.tombstones),
+            ("heartbeat", p.heartbeats),
+            ("retransmit", p.retransmits),
+            ("fragment_resent", p.fragments_resent),
+        ] {
+            counter_with(messages, l, "kind", kind, n);
+        }
+        let dropped = "grapevine_publisher_dropped_total";
+        for (reason, n) in [
+            ("malformed", p.malformed_received),
+            ("foreign_stream", p.foreign_received),
+            ("other_session", p.other_session_naks),
+            ("unexpected_message", p.unexpected_messages),
+        ] {
+            counter_with(dropped, l, "reason", reason, n);
+        }
+        for (name, n) in [
+            ("grapevine_publisher_snapshot_bytes_total", p.snapshot_bytes),
+            ("grapevine_publisher_repair_bytes_total", p.repair_bytes),
+            ("grapevine_publisher_cycles_total", p.cycles),
+            ("grapevine_publisher_naks_received_total", p.naks_received),
+            (
+                "grapevine_publisher_nak_seqs_requested_total",
+                p.nak_seqs_requested,
+            ),
+            (
+                "grapevine_publisher_nak_seqs_unavailable_total",
+                p.nak_seqs_unavailable,
+            ),
+            (
+                "grapevine_publisher_repairs_coalesced_total",
+                p.repairs_coalesced,
+            ),
+            ("grapevine_publisher_shed_datagrams_total", p.datagrams_shed),
+            ("grapevine_publisher_shed_bytes_total", p.bytes_shed),
+            ("grapevine_publisher_send_errors_total", s.send_errors),
+            ("grapevine_publisher_send_blocked_total", s.send_blocked),
+            ("grapevine_publisher_recv_errors_total", s.recv_errors),
+        ] {
+            counter(name, l, n);
+        }
+        gauge("grapevine_publisher_seq", l, g.seq as f64);
+        gauge("grapevine_publisher_leaves", l, g.leaves as f64);
+        gauge("grapevine_publisher_queued_bytes", l, g.queued_bytes as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_read_from_the_row_of_the_socket() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1: 00000000:1E61 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n\
+            2: 00000000:1E61 00000000:0000 07 00000000:00000D00 00:00000000 00000000     0        0 4243 2 0000000000000000 17\n";
+        assert_eq!(drops_in(table, 4243), Some(17));
+        assert_eq!(drops_in(table, 4242), Some(0));
+        assert_eq!(drops_in(table, 99), None);
+        assert_eq!(drops_in("", 4242), None);
+    }
+
+    #[test]
+    fn recordings_are_paced_by_the_interval() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(pace.due(t0), "the first is due at once");
+        assert!(!pace.due(t0 + INTERVAL / 2));
+        assert!(pace.due(t0 + INTERVAL));
+        assert_eq!(pace.next, t0 + 2 * INTERVAL);
+    }
+}
