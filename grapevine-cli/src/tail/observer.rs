@@ -148,7 +148,7 @@ impl Seqs {
 
     fn delta(&mut self, seq: u64) {
         self.latest = self.latest.max(seq);
-        let base = *self.base.get_or_insert(seq - 1);
+        let base = *self.base.get_or_insert(seq.saturating_sub(1));
         if self.high < base {
             self.high = base;
         }
