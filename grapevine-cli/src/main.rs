@@ -16,6 +16,7 @@ mod decode;
 mod demo;
 mod metrics;
 mod pubsub;
+mod tail;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::ExitCode;
@@ -92,6 +93,12 @@ enum Command {
         /// them from standard input, one per line, if none is given.
         datagrams: Vec<String>,
     },
+    /// Watch a group and port: every stream and session heard, publishers
+    /// alive, message rates by kind, latest sequence numbers, gaps and
+    /// snapshot cycle progress, as a table refreshed every `--interval`
+    /// (or JSON lines with `--json`). What it shows is what this host
+    /// hears.
+    Tail(tail::TailArgs),
 }
 
 /// Where the stream is: flags shared by `demo`, `pub` and `sub`.
@@ -121,14 +128,7 @@ pub(crate) struct NetArgs {
 
 impl NetArgs {
     pub(crate) fn interface(&self) -> Interface {
-        match self.interface.as_str() {
-            "loopback" => Interface::Loopback,
-            other => match (other.parse::<u32>(), other.parse::<Ipv4Addr>()) {
-                (Ok(index), _) => Interface::Index(index),
-                (_, Ok(ip)) => Interface::Ipv4(ip),
-                _ => Interface::name(other),
-            },
-        }
+        parse_interface(&self.interface)
     }
 
     pub(crate) fn stream(&self) -> StreamId {
@@ -146,6 +146,18 @@ impl NetArgs {
     }
 }
 
+/// An `--interface` value: `loopback`, an index, an IPv4 address or a name.
+pub(crate) fn parse_interface(text: &str) -> Interface {
+    match text {
+        "loopback" => Interface::Loopback,
+        other => match (other.parse::<u32>(), other.parse::<Ipv4Addr>()) {
+            (Ok(index), _) => Interface::Index(index),
+            (_, Ok(ip)) => Interface::Ipv4(ip),
+            _ => Interface::name(other),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.quiet);
@@ -155,6 +167,7 @@ fn main() -> ExitCode {
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args))),
         // One thread: the driver task never migrates nor waits for a
         // sibling worker to wake it.
         Command::BenchSub(args) => tokio::runtime::Builder::new_current_thread()

@@ -291,7 +291,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
 }
 
 /// Resolves on SIGINT or (on Unix) SIGTERM.
-async fn stop_signal() -> Result<()> {
+pub(crate) async fn stop_signal() -> Result<()> {
     #[cfg(unix)]
     {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -827,3 +827,242 @@ mod metrics {
         assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics"));
     }
 }
+
+// ---------------------------------------------------------------------------
+// `grapevine tail` (ports 17410-17419).
+// ---------------------------------------------------------------------------
+
+mod tail {
+    use super::*;
+
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Child, ChildStderr, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A child process that is killed if the test fails before it ends.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    impl Reaped {
+        /// Waits at most `limit` for the process to end; kills it and
+        /// fails the test if it does not.
+        fn wait_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+            let deadline = Instant::now() + limit;
+            loop {
+                if let Some(status) = self.0.try_wait().unwrap() {
+                    return status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "still running after {limit:?}: killed"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        fn read_all(r: Option<impl Read>) -> String {
+            let mut s = String::new();
+            if let Some(mut r) = r {
+                r.read_to_string(&mut s).unwrap();
+            }
+            s
+        }
+    }
+
+    /// Starts `grapevine tail` and returns once it listens (its first line
+    /// on standard error says so), with that standard error.
+    fn start(args: &[&str]) -> (Reaped, BufReader<ChildStderr>) {
+        let mut child = Reaped(
+            grapevine()
+                .arg("tail")
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut err = BufReader::new(child.0.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        assert!(first.ends_with(": listening\n"), "{first:?}");
+        (child, err)
+    }
+
+    /// Sends `bytes` to the group on `port` from this process (loopback,
+    /// TTL 0, like every test here).
+    fn send_to_group(port: u16, bytes: &[u8]) {
+        let mut config = grapevine::socket::MulticastConfig::default();
+        config.port(port);
+        let sender = grapevine::socket::bind_sender(&config).unwrap();
+        sender.socket().send_to(bytes, config.group_addr()).unwrap();
+    }
+
+    /// A publisher's whole run as `tail --json` sees it: its stream and
+    /// session, every delta once and the latest seq, no gap, complete
+    /// snapshot cycles of its leaves, its heartbeat interval, alive while
+    /// it runs; and a foreign datagram counted as undecodable.
+    #[test]
+    fn tail_json_shows_a_publishers_stream_session_deltas_and_cycles() {
+        let (mut tail, _err) = start(&["--port", "17410", "--json", "--duration", "3"]);
+        let publisher = grapevine()
+            .arg("pub")
+            .args(["--port", "17410", "--stream", "9"])
+            .args([
+                "--leaves", "100", "--deltas", "200", "--rate", "1000", "--linger", "1",
+            ])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(publisher.status.success(), "{publisher:?}");
+        let pub_line = json(
+            String::from_utf8_lossy(&publisher.stdout)
+                .lines()
+                .next()
+                .unwrap(),
+        );
+        send_to_group(17410, b"not a grapevine datagram, only bytes");
+
+        let status = tail.wait_within(Duration::from_secs(20));
+        let out = Reaped::read_all(tail.0.stdout.take());
+        assert!(status.success(), "{status:?} {out}");
+        let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+        assert!(lines.len() >= 2, "{out}");
+        let (last, before) = lines.split_last().unwrap();
+        assert_eq!(last["final"], true, "{last}");
+        assert!(before.iter().all(|l| l["final"] == false), "{out}");
+
+        let streams = last["streams"].as_array().unwrap();
+        assert_eq!(streams.len(), 1, "one stream, one session: {last}");
+        let s = &streams[0];
+        assert_eq!(s["stream"], 9);
+        assert_eq!(s["session"], pub_line["session"]);
+        assert!(s["from"].as_str().unwrap().starts_with("127.0.0.1:"), "{s}");
+        assert_eq!(s["latest_seq"], 200, "{s}");
+        assert_eq!(s["announced_seq"], 200, "{s}");
+        assert_eq!(s["counts"]["delta"], 200, "{s}");
+        assert_eq!(s["counts"]["retransmit"], 0, "nobody NAKed: {s}");
+        assert_eq!(s["gaps"], 0, "{s}");
+        assert_eq!(s["duplicates"], 0, "{s}");
+        assert_eq!(s["heartbeat_ms"], 100, "{s}");
+        assert!(s["counts"]["heartbeat"].as_u64().unwrap() >= 1, "{s}");
+        let leaves = &pub_line["leaves"];
+        assert!(leaves.as_u64().unwrap() > 50, "{pub_line}");
+        assert!(
+            s["counts"]["snapshot"].as_u64().unwrap() >= leaves.as_u64().unwrap(),
+            "{s}"
+        );
+        assert!(s["cycles_complete"].as_u64().unwrap() >= 1, "{s}");
+        assert_eq!(&s["cycle"]["leaves"], leaves, "{s}");
+        assert_eq!(s["datagrams_missed"], 0, "{s}");
+        assert!(
+            lines.iter().any(|l| l["streams"][0]["alive"] == true),
+            "alive while it published: {out}"
+        );
+        assert_eq!(last["undecodable"]["bad_magic"], 1, "{last}");
+        assert_eq!(
+            last["datagrams"].as_u64().unwrap(),
+            s["datagrams"].as_u64().unwrap() + 1,
+            "{last}"
+        );
+    }
+
+    /// `tail --json | head -1`: once the reader has gone, the next report
+    /// meets a closed pipe and tail ends quietly with exit 0.
+    #[test]
+    fn tail_stops_quietly_when_its_reader_goes_away() {
+        let (mut tail, mut err) = start(&[
+            "--port",
+            "17411",
+            "--json",
+            "--interval",
+            "0.1",
+            "--duration",
+            "60",
+        ]);
+        let mut first = String::new();
+        BufReader::new(tail.0.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(json(&first)["final"], false, "{first}");
+        // The reader is dropped here: the pipe is closed.
+        let status = tail.wait_within(Duration::from_secs(10));
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).unwrap();
+        assert!(!rest.contains("panicked"), "{rest}");
+        assert_eq!(status.code(), Some(0), "{rest}");
+    }
+
+    /// Without `--json` and not on a terminal: a plain table per report,
+    /// with no escape sequences, the last one marked final.
+    #[test]
+    fn tail_prints_plain_tables_when_not_on_a_terminal() {
+        let (mut tail, _err) =
+            start(&["--port", "17412", "--interval", "0.2", "--duration", "0.5"]);
+        send_to_group(17412, b"GRPV");
+        let status = tail.wait_within(Duration::from_secs(10));
+        let out = Reaped::read_all(tail.0.stdout.take());
+        assert!(status.success(), "{out}");
+        assert!(!out.contains('\x1b'), "{out:?}");
+        let headings: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("grapevine tail 239.255.77.77:17412 on lo | "))
+            .collect();
+        assert!(headings.len() >= 2, "{out}");
+        assert!(headings.last().unwrap().ends_with(" | final"), "{out}");
+        assert!(out.contains("STREAM  SESSION"), "{out}");
+        assert!(out.contains("undecodable: short_header 1"), "{out}");
+    }
+
+    /// Out-of-range numbers are refused at once, naming the flag, without
+    /// a panic.
+    #[test]
+    fn tail_refuses_bad_flags_with_a_reason() {
+        for args in [
+            &["--interval", "0"][..],
+            &["--interval", "nan"][..],
+            &["--interval", "1e300"][..],
+            &["--interval", "-1"][..],
+            &["--interval", "3601"][..],
+            &["--duration", "-1"][..],
+            &["--duration", "0"][..],
+            &["--duration", "inf"][..],
+            &["--duration", "1e300"][..],
+            &["--interval", "soon"][..],
+        ] {
+            let start = Instant::now();
+            let out = grapevine()
+                .arg("tail")
+                .args(["--port", "17413"])
+                .args(args)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                matches!(out.status.code(), Some(1 | 2)),
+                "{args:?}: {:?} {err}",
+                out.status
+            );
+            assert!(err.starts_with("error: "), "{args:?}: {err}");
+            assert!(err.contains(args[0]), "{args:?}: {err}");
+            assert!(!err.contains("panicked"), "{args:?}: {err}");
+            assert!(start.elapsed() < Duration::from_secs(5), "{args:?}");
+        }
+        let out = grapevine()
+            .args(["tail", "--port", "17413", "--interface", "nosuch0"])
+            .args(["--duration", "1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("nosuch0") && !err.contains("Interface::"),
+            "{err}"
+        );
+    }
+}
