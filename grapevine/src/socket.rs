@@ -62,8 +62,11 @@
 //! * **IPv6 over `lo` does not work.** `lo` has no `MULTICAST` flag and no
 //!   `ff00::/8` route, so a send fails with `ENETUNREACH`; adding the route
 //!   by hand (as root) does not help either, the datagram is dropped on
-//!   output. Binding an IPv6 group on an interface without the `MULTICAST`
-//!   flag is therefore refused with
+//!   output; nor does setting the flag (`ip link set lo multicast on`):
+//!   checked again on 2026-11-30 in a network namespace, the publisher sent
+//!   114 datagrams with both and the subscriber heard none. Binding an IPv6
+//!   group on a loopback interface, or on any without the `MULTICAST` flag,
+//!   is therefore refused with
 //!   [`SocketError::Ipv6MulticastUnsupported`]. IPv6 multicast works on a
 //!   multicast-capable interface, such as a veth pair inside a network
 //!   namespace, with hop limit 0 or an interface-local `ff01::/16` group: both
@@ -411,12 +414,13 @@ pub enum SocketError {
         group: IpAddr,
     },
 
-    /// IPv6 multicast was asked for on an interface without the `MULTICAST`
-    /// flag. On Linux this includes `lo`: the kernel does not route IPv6
-    /// multicast over loopback.
+    /// IPv6 multicast was asked for on a loopback interface, or on one
+    /// without the `MULTICAST` flag: Linux does not deliver IPv6 multicast
+    /// over loopback, even with the flag set by hand.
     #[error(
-        "interface {name} cannot carry IPv6 multicast (no MULTICAST flag; Linux \
-         never routes IPv6 multicast over `lo`): use an IPv4 group on loopback, \
+        "interface {name} cannot carry IPv6 multicast (a loopback interface, or \
+         no MULTICAST flag; Linux never delivers IPv6 multicast over `lo`, even \
+         with the flag set): use an IPv4 group on loopback, \
          or a multicast-capable interface such as a veth pair in a network \
          namespace, with ttl 0 or an ff01:: group so nothing leaves the host"
     )]
@@ -779,7 +783,9 @@ impl Plan {
                 )
             }
             IpAddr::V6(group) => {
-                if !found.flags.contains(InterfaceFlags::IFF_MULTICAST) {
+                if !found.flags.contains(InterfaceFlags::IFF_MULTICAST)
+                    || found.flags.contains(InterfaceFlags::IFF_LOOPBACK)
+                {
                     return Err(SocketError::Ipv6MulticastUnsupported {
                         name: found.name.clone(),
                     });
