@@ -795,6 +795,46 @@ mod metrics {
         }
     }
 
+    /// Malformed datagrams are logged as a warning by reason, one line per
+    /// second at most however many arrive, with their count; NAK repair is
+    /// logged at debug (`-vv`).
+    #[test]
+    fn malformed_datagrams_are_logged_by_reason_at_most_once_a_second() {
+        let mut sub = grapevine()
+            .args(["-v", "sub", "--port", "17432", "--timeout", "2.5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(sub.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("subscriber started"), "{line}");
+        for _ in 0..50 {
+            super::tail::send_to_group(17432, b"not grapevine");
+        }
+        let mut rest = String::new();
+        err.read_to_string(&mut rest).unwrap();
+        assert!(sub.wait().unwrap().success());
+        let lines: Vec<&str> = rest
+            .lines()
+            .filter(|l| l.contains("malformed datagrams dropped"))
+            .collect();
+        assert!((1..=2).contains(&lines.len()), "{rest}");
+        let counted: u64 = lines
+            .iter()
+            .map(|l| {
+                assert!(
+                    l.contains("WARN") && l.contains("reason=\"bad_magic\""),
+                    "{l}"
+                );
+                let n = l.split("count=").nth(1).unwrap().split(' ').next().unwrap();
+                n.parse::<u64>().unwrap()
+            })
+            .sum();
+        assert_eq!(counted, 50, "{rest}");
+    }
+
     /// A `--metrics` address that cannot be listened on is refused at
     /// start, naming the flag.
     #[test]
@@ -896,7 +936,7 @@ mod tail {
 
     /// Sends `bytes` to the group on `port` from this process (loopback,
     /// TTL 0, like every test here).
-    fn send_to_group(port: u16, bytes: &[u8]) {
+    pub(super) fn send_to_group(port: u16, bytes: &[u8]) {
         let mut config = grapevine::socket::MulticastConfig::default();
         config.port(port);
         let sender = grapevine::socket::bind_sender(&config).unwrap();

@@ -213,6 +213,20 @@ fn drops_in(table: &str, inode: u64) -> Option<u64> {
     })
 }
 
+/// The totals last logged, to log what grew since: drops and repairs are
+/// logged as one line per reason per [`INTERVAL`] at most, never one per
+/// datagram (a flood of hostile datagrams cannot flood the logs).
+#[derive(Debug, Default)]
+struct Seen(std::collections::BTreeMap<&'static str, u64>);
+
+impl Seen {
+    /// How much `total` grew since the last call for `key`.
+    fn grew(&mut self, key: &'static str, total: u64) -> u64 {
+        let last = self.0.insert(key, total).unwrap_or(0);
+        total.saturating_sub(last)
+    }
+}
+
 /// A subscriber's metrics.
 #[derive(Debug)]
 pub(crate) struct SubscriberMetrics {
@@ -221,6 +235,7 @@ pub(crate) struct SubscriberMetrics {
     repair_seen: LatencyHistogram,
     /// The socket's inode, to find its kernel drops.
     inode: Option<u64>,
+    seen: Seen,
 }
 
 impl SubscriberMetrics {
@@ -230,6 +245,7 @@ impl SubscriberMetrics {
             pace: Pace::new(Instant::now()),
             repair_seen: LatencyHistogram::default(),
             inode,
+            seen: Seen::default(),
         }
     }
 
@@ -267,8 +283,17 @@ impl SubscriberMetrics {
         counter_with(messages, l, "kind", "snapshot", p.snapshots_received);
         counter_with(messages, l, "kind", "cycle_begin", p.cycles_begun);
         let dropped = "grapevine_subscriber_dropped_total";
-        for (code, n) in &p.malformed {
-            counter_with(dropped, l, "reason", code, *n);
+        for (&code, &n) in &p.malformed {
+            counter_with(dropped, l, "reason", code, n);
+            let grew = self.seen.grew(code, n);
+            if grew > 0 {
+                tracing::warn!(
+                    reason = code,
+                    count = grew,
+                    total = n,
+                    "malformed datagrams dropped (PROTOCOL.md section 7)"
+                );
+            }
         }
         for (reason, n) in [
             ("foreign_stream", p.foreign_stream),
@@ -284,9 +309,41 @@ impl SubscriberMetrics {
             ("simulated_loss", s.simulated_drops),
         ] {
             counter_with(dropped, l, "reason", reason, n);
+            let grew = self.seen.grew(reason, n);
+            if grew > 0 {
+                tracing::debug!(reason, count = grew, total = n, "dropped");
+            }
         }
         if let Some(drops) = self.inode.and_then(kernel_drops) {
             counter("grapevine_subscriber_kernel_drops_total", l, drops);
+            let grew = self.seen.grew("kernel", drops);
+            if grew > 0 {
+                tracing::warn!(
+                    count = grew,
+                    total = drops,
+                    "the kernel dropped datagrams: the socket's receive queue overflowed \
+                     (raise net.core.rmem_max and the receive buffer, or keep the receiver \
+                     from falling behind)"
+                );
+            }
+        }
+        let repair = [
+            ("naks_sent", s.naks_sent),
+            ("nak_ranges_sent", p.nak_ranges_sent),
+            ("repaired_by_nak", p.repaired_by_nak),
+            ("filled_late", p.filled_late),
+            ("lost", p.lost),
+        ];
+        let grew = repair.map(|(k, n)| self.seen.grew(k, n));
+        if grew.iter().any(|&g| g > 0) {
+            tracing::debug!(
+                naks_sent = grew[0],
+                nak_ranges = grew[1],
+                repaired_by_nak = grew[2],
+                filled_late = grew[3],
+                lost = grew[4],
+                "repair since the last report"
+            );
         }
         for (name, n) in [
             (
@@ -377,6 +434,7 @@ impl SubscriberMetrics {
 pub(crate) struct PublisherMetrics {
     labels: Vec<Label>,
     pace: Pace,
+    seen: Seen,
 }
 
 /// What a publisher's gauges show.
@@ -391,6 +449,7 @@ impl PublisherMetrics {
         Self {
             labels: labels(stream, name),
             pace: Pace::new(Instant::now()),
+            seen: Seen::default(),
         }
     }
 
@@ -411,7 +470,8 @@ impl PublisherMetrics {
         }
     }
 
-    fn record(&self, s: &PublisherStats, g: &PublisherGauges) {
+    fn record(&mut self, s: &PublisherStats, g: &PublisherGauges) {
+        self.log(s);
         let l = &self.labels;
         let p = &s.protocol;
         counter("grapevine_publisher_datagrams_total", l, s.datagrams_sent);
@@ -468,6 +528,63 @@ impl PublisherMetrics {
     }
 }
 
+impl PublisherMetrics {
+    /// Logs what grew since the last report: shedding and refused sends as
+    /// warnings, repairs and drops at debug.
+    fn log(&mut self, s: &PublisherStats) {
+        let p = &s.protocol;
+        let shed = self.seen.grew("shed", p.datagrams_shed);
+        if shed > 0 {
+            tracing::warn!(
+                count = shed,
+                total = p.datagrams_shed,
+                "datagrams shed: more than the send queue's bound waited for the socket \
+                 (subscribers repair them from snapshots)"
+            );
+        }
+        let refused = self.seen.grew("send_errors", s.send_errors);
+        if refused > 0 {
+            tracing::warn!(
+                count = refused,
+                total = s.send_errors,
+                "the socket refused datagrams"
+            );
+        }
+        let repair = [
+            ("naks_received", p.naks_received),
+            ("retransmits", p.retransmits),
+            ("nak_seqs_unavailable", p.nak_seqs_unavailable),
+            ("fragments_resent", p.fragments_resent),
+        ];
+        let grew = repair.map(|(k, n)| self.seen.grew(k, n));
+        if grew.iter().any(|&g| g > 0) {
+            tracing::debug!(
+                naks_received = grew[0],
+                retransmits = grew[1],
+                unavailable = grew[2],
+                fragments_resent = grew[3],
+                "repairs since the last report"
+            );
+        }
+        for (reason, n) in [
+            ("malformed", p.malformed_received),
+            ("foreign_stream", p.foreign_received),
+            ("other_session", p.other_session_naks),
+            ("unexpected_message", p.unexpected_messages),
+        ] {
+            let grew = self.seen.grew(reason, n);
+            if grew > 0 {
+                tracing::debug!(
+                    reason,
+                    count = grew,
+                    total = n,
+                    "received datagrams dropped"
+                );
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +598,20 @@ mod tests {
         assert_eq!(drops_in(table, 4242), Some(0));
         assert_eq!(drops_in(table, 99), None);
         assert_eq!(drops_in("", 4242), None);
+    }
+
+    #[test]
+    fn what_grew_is_told_once() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.grew("a", 5), 5);
+        assert_eq!(seen.grew("a", 5), 0);
+        assert_eq!(seen.grew("a", 9), 4);
+        assert_eq!(seen.grew("b", 1), 1);
+        assert_eq!(
+            seen.grew("a", 2),
+            0,
+            "a total that fell (a new session) grows by nothing"
+        );
     }
 
     #[test]
