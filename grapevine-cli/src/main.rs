@@ -14,6 +14,7 @@ macro_rules! outln {
 mod bench;
 mod decode;
 mod demo;
+mod doctor;
 mod pubsub;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -91,6 +92,15 @@ enum Command {
         /// them from standard input, one per line, if none is given.
         datagrams: Vec<String>,
     },
+    /// Check this host for a group, a port and an interface, and say what
+    /// is wrong and how to fix it: the interface (up, MULTICAST flag,
+    /// address), the route for the group, rp_filter, net.core.rmem_max and
+    /// wmem_max, the firewall, the IGMP/MLD join, and a probe that sends one
+    /// datagram to the group with TTL 0 (it never leaves this host) and hears
+    /// it back. The probe starts with `grapevine-doctor`, not Grapevine's
+    /// magic: subscribers on the port drop it and count it as `bad_magic`.
+    /// Exits 0 when no check failed (warnings allowed), 1 otherwise.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Where the stream is: flags shared by `demo`, `pub` and `sub`.
@@ -120,14 +130,7 @@ pub(crate) struct NetArgs {
 
 impl NetArgs {
     pub(crate) fn interface(&self) -> Interface {
-        match self.interface.as_str() {
-            "loopback" => Interface::Loopback,
-            other => match (other.parse::<u32>(), other.parse::<Ipv4Addr>()) {
-                (Ok(index), _) => Interface::Index(index),
-                (_, Ok(ip)) => Interface::Ipv4(ip),
-                _ => Interface::name(other),
-            },
-        }
+        parse_interface(&self.interface)
     }
 
     pub(crate) fn stream(&self) -> StreamId {
@@ -145,11 +148,25 @@ impl NetArgs {
     }
 }
 
+/// `--interface` as `demo`, `pub`, `sub` and `doctor` take it: `loopback`,
+/// an index, an IPv4 address, or a name.
+pub(crate) fn parse_interface(text: &str) -> Interface {
+    match text {
+        "loopback" => Interface::Loopback,
+        other => match (other.parse::<u32>(), other.parse::<Ipv4Addr>()) {
+            (Ok(index), _) => Interface::Index(index),
+            (_, Ok(ip)) => Interface::Ipv4(ip),
+            _ => Interface::name(other),
+        },
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.quiet);
     let res = match cli.command {
         Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
