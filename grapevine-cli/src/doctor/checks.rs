@@ -247,7 +247,7 @@ pub(crate) fn interface(req: &Request, links: &io::Result<Vec<Link>>) -> (Check,
         let mut fix = fixes.join("; then ");
         if link.loopback && !link.up {
             fix.push_str(" (as root; lo gets 127.0.0.1 when it comes up)");
-        } else if !fix.is_empty() {
+        } else if fix.starts_with("ip ") {
             fix.push_str(" (as root)");
         }
         let check = Check::new(
@@ -350,6 +350,18 @@ fn route4(group: Ipv4Addr, link: &Link, routes: &[procfs::Route4]) -> Check {
 
 fn route6(group: Ipv6Addr, link: &Link, routes: &[procfs::Route6]) -> Check {
     const NAME: &str = "route";
+    if link.loopback {
+        return Check::new(
+            NAME,
+            Outcome::Fail,
+            format!(
+                "no route helps {group} on {}: Linux drops IPv6 multicast on loopback even through \
+                 an ff00::/8 route",
+                link.name
+            ),
+        )
+        .fix("see interface above");
+    }
     match procfs::routes6_through(routes, group, &link.name).first() {
         Some(r) => Check::new(
             NAME,
@@ -627,13 +639,14 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
 /// 6. After joining: whether the kernel lists the membership.
 pub(crate) fn membership(
     req: &Request,
+    link: Option<&Link>,
     joined: &Result<(String, u32), SocketError>,
     host: &dyn Host,
 ) -> Check {
     const NAME: &str = "join";
     let (name, index) = match joined {
         Ok(at) => at,
-        Err(e) => return join_failed(req, e),
+        Err(e) => return join_failed(req, link, e),
     };
     let (path, parsed) = if req.group.is_ipv6() {
         (
@@ -675,7 +688,14 @@ pub(crate) fn membership(
             let wire = if name == "lo" {
                 "loopback sends no reports".to_owned()
             } else {
-                format!("the kernel announces it on {name} with{version} reports")
+                format!(
+                    "the kernel announces it on {name} with {} reports",
+                    if version.is_empty() {
+                        proto
+                    } else {
+                        version.trim()
+                    }
+                )
             };
             Check::new(
                 NAME,
@@ -701,7 +721,7 @@ pub(crate) fn membership(
     }
 }
 
-fn join_failed(req: &Request, e: &SocketError) -> Check {
+fn join_failed(req: &Request, link: Option<&Link>, e: &SocketError) -> Check {
     let mut detail = format!("cannot join {}: {e}", req.group);
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
@@ -709,6 +729,7 @@ fn join_failed(req: &Request, e: &SocketError) -> Check {
         source = s.source();
     }
     let fix = match e {
+        _ if link.is_some_and(|l| !l.up) => "see interface above: it is down".to_owned(),
         SocketError::UnknownInterface { .. } => "see interface above".to_owned(),
         SocketError::Ipv6MulticastUnsupported { .. } => {
             "use an IPv4 group on loopback, or IPv6 on a multicast-capable interface".to_owned()
@@ -810,8 +831,10 @@ pub(crate) fn probe(req: &Request, link: Option<&Link>, seen: Probe, earlier: &[
         } => {
             let suspects: Vec<&str> = earlier
                 .iter()
-                .filter(|c| {
-                    c.outcome != Outcome::Ok && matches!(c.name, "firewall" | "interface" | "route")
+                .filter(|c| match c.name {
+                    "firewall" => matches!(c.outcome, Outcome::Fail | Outcome::Warn),
+                    "interface" | "route" => c.outcome == Outcome::Fail,
+                    _ => false,
                 })
                 .map(|c| c.name)
                 .collect();
@@ -833,10 +856,15 @@ pub(crate) fn probe(req: &Request, link: Option<&Link>, seen: Probe, earlier: &[
                     others(n)
                 ),
             )
-            .fix(format!(
-                "allow udp port {} on {iface} in the firewall (e.g. `nft insert rule inet filter input udp dport {} accept`)",
-                req.port, req.port
-            ))
+            .fix(if suspects.contains(&"firewall") {
+                "see the firewall fix above".to_owned()
+            } else {
+                format!(
+                    "allow udp port {} on {iface} in the firewall (e.g. `nft insert rule inet \
+                     filter input udp dport {} accept`)",
+                    req.port, req.port
+                )
+            })
         }
     }
 }
@@ -1255,7 +1283,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
 ";
         let host = with(&[("/proc/net/igmp", igmp)]);
         let joined = Ok(("lo".to_owned(), 1));
-        let c = membership(&req(Interface::Loopback), &joined, &host);
+        let c = membership(&req(Interface::Loopback), Some(&lo()), &joined, &host);
         assert_eq!(c.outcome, Outcome::Ok, "{c:?}");
         assert_eq!(
             c.detail,
@@ -1264,6 +1292,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         // Listed on another interface only: not confirmed.
         let c = membership(
             &req(Interface::name("eth0")),
+            None,
             &Ok(("eth0".to_owned(), 4)),
             &host,
         );
@@ -1273,6 +1302,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         let host = with(&[("/proc/net/igmp6", igmp6)]);
         let c = membership(
             &v6(req(Interface::name("eth0"))),
+            None,
             &Ok(("eth0".to_owned(), 4)),
             &host,
         );
@@ -1280,12 +1310,13 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         assert!(c.detail.contains("/proc/net/igmp6"));
         let c = membership(
             &v6(req(Interface::name("eth0"))),
+            None,
             &Ok(("eth0".to_owned(), 4)),
             &with(&[]),
         );
         assert_eq!(c.outcome, Outcome::Warn);
         let err = Err(SocketError::Ipv6MulticastUnsupported { name: "lo".into() });
-        let c = membership(&v6(req(Interface::Loopback)), &err, &host);
+        let c = membership(&v6(req(Interface::Loopback)), Some(&lo()), &err, &host);
         assert_eq!(c.outcome, Outcome::Fail);
         assert!(c
             .detail
@@ -1328,6 +1359,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         let fw = Check::new("firewall", Outcome::Fail, "x");
         let c = probe(&r, Some(&lo()), silent(), &[fw]);
         assert!(c.detail.ends_with("see firewall above"), "{}", c.detail);
+        assert_eq!(c.fix.as_deref(), Some("see the firewall fix above"));
         let unreach = io::Error::from_raw_os_error(nix::errno::Errno::ENETUNREACH as i32);
         let c = probe(
             &r,

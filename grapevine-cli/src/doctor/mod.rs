@@ -222,7 +222,7 @@ fn diagnose(req: &Request, host: &dyn Host) -> Vec<Check> {
         .map(|r| (r.interface_name().to_owned(), r.interface_index()))
         .map_err(clone_error);
     let join = if link.is_some() {
-        checks::membership(req, &joined, host)
+        checks::membership(req, link, &joined, host)
     } else {
         Check {
             name: "join",
