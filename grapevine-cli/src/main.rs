@@ -92,13 +92,17 @@ enum Command {
         /// them from standard input, one per line, if none is given.
         datagrams: Vec<String>,
     },
-    /// Check this host for a group, a port and an interface, and say what
-    /// is wrong and how to fix it: the interface (up, MULTICAST flag,
+    /// Check this host for a group and an interface, and say what is wrong
+    /// and how to fix it.
+    ///
+    /// Checks, in order: the interface (exists, up, MULTICAST flag,
     /// address), the route for the group, rp_filter, net.core.rmem_max and
-    /// wmem_max, the firewall, the IGMP/MLD join, and a probe that sends one
-    /// datagram to the group with TTL 0 (it never leaves this host) and hears
-    /// it back. The probe starts with `grapevine-doctor`, not Grapevine's
-    /// magic: subscribers on the port drop it and count it as `bad_magic`.
+    /// wmem_max, the firewall rules (nft, iptables-save; root only), the
+    /// IGMP/MLD join (in /proc/net/igmp or igmp6), and a probe: one datagram
+    /// sent to the group with TTL 0, so it never leaves this host, and heard
+    /// back within 1 s. The probe starts with `grapevine-doctor`, not
+    /// Grapevine's magic: subscribers on the port drop it and count it as
+    /// `bad_magic`. On a real interface the join is announced on its link.
     /// Exits 0 when no check failed (warnings allowed), 1 otherwise.
     Doctor(doctor::DoctorArgs),
 }

@@ -41,11 +41,11 @@ pub(crate) struct DoctorArgs {
     #[arg(long, default_value = "loopback", value_parser = parse_interface_flag)]
     interface: String,
     /// Receive buffer the subscriber asks for, checked against
-    /// `net.core.rmem_max` (default: the library's 4 MiB).
+    /// `net.core.rmem_max` (the library's default: 4 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RECV_BUFFER, value_parser = parse_bytes)]
     recv_buffer: usize,
     /// Send buffer the publisher asks for, checked against
-    /// `net.core.wmem_max` (default: the library's 1 MiB).
+    /// `net.core.wmem_max` (the library's default: 1 MiB).
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SEND_BUFFER, value_parser = parse_bytes)]
     send_buffer: usize,
     /// Print one JSON object (the checks and a summary) instead of text.
