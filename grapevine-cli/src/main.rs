@@ -14,6 +14,7 @@ macro_rules! outln {
 mod bench;
 mod decode;
 mod demo;
+mod doctor;
 mod metrics;
 mod pubsub;
 mod tail;
@@ -99,6 +100,19 @@ enum Command {
     /// (or JSON lines with `--json`). What it shows is what this host
     /// hears.
     Tail(tail::TailArgs),
+    /// Check this host for a group and an interface, and say what is wrong
+    /// and how to fix it.
+    ///
+    /// Checks, in order: the interface (exists, up, MULTICAST flag,
+    /// address), the route for the group, rp_filter, net.core.rmem_max and
+    /// wmem_max, the firewall rules (nft, iptables-save; root only), the
+    /// IGMP/MLD join (in /proc/net/igmp or igmp6), and a probe: one datagram
+    /// sent to the group with TTL 0, so it never leaves this host, and heard
+    /// back within 1 s. The probe starts with `grapevine-doctor`, not
+    /// Grapevine's magic: subscribers on the port drop it and count it as
+    /// `bad_magic`. On a real interface the join is announced on its link.
+    /// Exits 0 when no check failed (warnings allowed), 1 otherwise.
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Where the stream is: flags shared by `demo`, `pub` and `sub`.
@@ -146,7 +160,8 @@ impl NetArgs {
     }
 }
 
-/// An `--interface` value: `loopback`, an index, an IPv4 address or a name.
+/// `--interface` as every command takes it: `loopback`, an index, an IPv4
+/// address, or a name.
 pub(crate) fn parse_interface(text: &str) -> Interface {
     match text {
         "loopback" => Interface::Loopback,
@@ -163,6 +178,7 @@ fn main() -> ExitCode {
     init_logs(cli.verbose, cli.quiet);
     let res = match cli.command {
         Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
+        Command::Doctor(args) => doctor::run(args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),

@@ -1106,3 +1106,196 @@ mod tail {
         );
     }
 }
+
+mod doctor {
+    use super::*;
+
+    fn doctor(args: &[&str]) -> std::process::Output {
+        grapevine().arg("doctor").args(args).output().unwrap()
+    }
+
+    fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))
+    }
+
+    /// On loopback this host passes: the join is listed and the probe is
+    /// heard. Warnings (a route through another interface) are allowed.
+    #[test]
+    fn doctor_on_loopback_passes_with_the_probe_heard() {
+        let out = doctor(&["--port", "17420", "--group", "239.255.74.20", "--json"]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(stdout.lines().count(), 1, "one JSON object: {stdout}");
+        let r = json(&stdout);
+        assert_eq!(r["group"], "239.255.74.20");
+        assert_eq!(r["port"], 17420);
+        assert_eq!(r["interface"], "loopback");
+        assert_eq!(r["resolved"], "lo");
+        assert_eq!(r["ok"], true);
+        assert_eq!(r["failed"], 0);
+        let names: Vec<&str> = r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "interface",
+                "route",
+                "rp_filter",
+                "rmem_max",
+                "wmem_max",
+                "firewall",
+                "join",
+                "probe"
+            ]
+        );
+        let counted: u64 = ["passed", "warnings", "failed", "skipped"]
+            .iter()
+            .map(|k| r[k].as_u64().unwrap())
+            .sum();
+        assert_eq!(counted, 8);
+        for c in r["checks"].as_array().unwrap() {
+            let outcome = c["outcome"].as_str().unwrap();
+            assert!(["ok", "warn", "skipped"].contains(&outcome), "{c}");
+            assert!(!c["detail"].as_str().unwrap().is_empty(), "{c}");
+            // A warning says how to fix it; an ok needs no fix.
+            assert_eq!(outcome == "warn", c["fix"].is_string(), "{c}");
+        }
+        let interface = check(&r, "interface");
+        assert_eq!(interface["outcome"], "ok");
+        assert!(
+            interface["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("lo (index "),
+            "{interface}"
+        );
+        assert_eq!(check(&r, "rp_filter")["outcome"], "ok");
+        let join = check(&r, "join");
+        assert_eq!(join["outcome"], "ok");
+        assert!(
+            join["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("joined 239.255.74.20 on lo: listed in /proc/net/igmp"),
+            "{join}"
+        );
+        let probe = check(&r, "probe");
+        assert_eq!(probe["outcome"], "ok");
+        let detail = probe["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("to 239.255.74.20:17420 on lo with TTL 0 and heard them back"),
+            "{probe}"
+        );
+        assert!(
+            detail.starts_with("sent ") && detail.contains(" from 127.0.0.1:"),
+            "{probe}"
+        );
+    }
+
+    /// The text form: one line per check, then a summary.
+    #[test]
+    fn doctor_text_has_a_line_per_check_and_a_summary() {
+        let out = doctor(&["--port", "17421", "--group", "239.255.74.21"]);
+        assert!(out.status.success(), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = stdout.lines().collect();
+        let tagged: Vec<&str> = lines
+            .iter()
+            .filter(|l| {
+                ["ok ", "warn ", "FAIL ", "skip "]
+                    .iter()
+                    .any(|t| l.starts_with(t))
+            })
+            .copied()
+            .collect();
+        assert_eq!(tagged.len(), 8, "{stdout}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("ok    probe      sent ")),
+            "{stdout}"
+        );
+        // Every fix line follows a warning or failure.
+        for (i, l) in lines.iter().enumerate() {
+            if l.trim_start().starts_with("fix: ") {
+                assert!(lines[i - 1].starts_with("warn") || lines[i - 1].starts_with("FAIL"));
+            }
+        }
+        let last = lines.last().unwrap();
+        assert!(
+            last.starts_with("doctor: 239.255.74.21:17421 on lo: usable on this host ("),
+            "{last}"
+        );
+    }
+
+    #[test]
+    fn doctor_names_a_missing_interface_and_exits_1() {
+        let out = doctor(&["--port", "17422", "--interface", "nosuchif0"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            stdout.contains("FAIL  interface  no interface is named \"nosuchif0\""),
+            "{stdout}"
+        );
+        assert!(stdout.contains("fix: give --interface a name"), "{stdout}");
+        assert!(stdout.contains("NOT usable"), "{stdout}");
+        let out = doctor(&["--port", "17422", "--interface", "nosuchif0", "--json"]);
+        assert_eq!(out.status.code(), Some(1));
+        let r = json(String::from_utf8(out.stdout).unwrap().trim());
+        assert_eq!(r["ok"], false);
+        assert_eq!(r["resolved"], serde_json::Value::Null);
+        let c = check(&r, "interface");
+        assert_eq!(c["outcome"], "fail");
+        assert!(c["detail"].as_str().unwrap().contains("nosuchif0"), "{c}");
+        assert!(c["fix"].as_str().unwrap().contains("--interface"), "{c}");
+        assert_eq!(check(&r, "probe")["outcome"], "skipped");
+    }
+
+    /// IPv6 multicast never works over `lo` on Linux: the doctor says so.
+    #[test]
+    fn doctor_refuses_ipv6_on_loopback_with_the_reason() {
+        let out = doctor(&["--port", "17423", "--group", "ff15::7423", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let r = json(String::from_utf8(out.stdout).unwrap().trim());
+        let c = check(&r, "interface");
+        assert_eq!(c["outcome"], "fail");
+        assert!(
+            c["detail"].as_str().unwrap().contains("MULTICAST flag"),
+            "{c}"
+        );
+        assert!(c["fix"].as_str().unwrap().contains("IPv4 group"), "{c}");
+        assert_eq!(check(&r, "join")["outcome"], "fail");
+    }
+
+    #[test]
+    fn doctor_refuses_bad_flags_with_a_reason() {
+        for (args, why) in [
+            (&["--group", "10.0.0.1"][..], "is not a multicast group"),
+            (&["--group", "nonsense"][..], "is not an IP address"),
+            (&["--port", "0"][..], "--port"),
+            (&["--port", "70000"][..], "--port"),
+            (&["--interface", ""][..], "empty"),
+            (&["--recv-buffer", "0"][..], "0 bytes"),
+            (&["--send-buffer", "lots"][..], "not a number of bytes"),
+            (
+                &["--group", "ff15::1", "--interface", "127.0.0.1"][..],
+                "is an IPv4 address",
+            ),
+        ] {
+            let out = doctor(args);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(why), "{args:?}: {err}");
+            assert!(out.stdout.is_empty(), "{args:?}");
+        }
+    }
+}
