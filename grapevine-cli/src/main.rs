@@ -128,7 +128,7 @@ pub(crate) struct NetArgs {
     /// only), an interface name such as `eth0`, an interface index (as `ip
     /// link` numbers them), or an IPv4 address. With `--ttl` above 0, any
     /// interface but loopback puts the stream on that network.
-    #[arg(long, default_value = "loopback")]
+    #[arg(long, default_value = "loopback", value_parser = interface_flag)]
     pub(crate) interface: String,
     /// Stream id: which state on the group.
     #[arg(long, default_value_t = 1)]
@@ -157,6 +157,17 @@ impl NetArgs {
             .interface(self.interface())
             .ttl(self.ttl);
         c
+    }
+}
+
+/// Checks an `--interface` value is not empty (what it names is checked
+/// when the socket is bound).
+pub(crate) fn interface_flag(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        Err("empty: give `loopback`, a name such as eth0, an index or an IPv4 address".to_owned())
+    } else {
+        Ok(s.to_owned())
     }
 }
 

@@ -1299,3 +1299,155 @@ mod doctor {
         }
     }
 }
+
+/// Every flag that takes a value, fed values no flag accepts: each run
+/// ends at once with exit code 1 or 2 and a message naming the flag or
+/// the value, and never panics or hangs. The per-flag limits (a rate of
+/// u64::MAX, 1e300 seconds, ...) are checked by the earlier tests; here
+/// the point is that no flag was forgotten.
+mod every_flag {
+    use std::io::Read as _;
+    use std::process::{Child, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::grapevine;
+
+    /// Waits at most `limit` for `child`; kills it and fails if it is
+    /// still running.
+    fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> (Option<i32>, String) {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                // What it said, on either stream (`doctor` reports on
+                // standard output).
+                let mut said = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    e.read_to_string(&mut said).unwrap();
+                }
+                if let Some(mut o) = child.stdout.take() {
+                    o.read_to_string(&mut said).unwrap();
+                }
+                return (status.code(), said);
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what}: still running after {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The flags that take a value, by command, read from `--help`.
+    fn value_flags(command: &str) -> Vec<String> {
+        let out = grapevine().args([command, "--help"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let l = l.trim_start();
+                let l = l.split_once(", ").map_or(l, |(_, rest)| rest);
+                let (flag, rest) = l.split_once(' ')?;
+                (flag.starts_with("--") && rest.starts_with('<')).then(|| flag.to_owned())
+            })
+            .collect()
+    }
+
+    /// Every command that prints, its standard output closed by the
+    /// reader before it prints (`| head -0`): it ends quietly, exit 0,
+    /// without a panic or a "Broken pipe" message.
+    #[test]
+    fn every_command_stops_quietly_when_its_reader_is_gone() {
+        let runs: [&[&str]; 6] = [
+            &[
+                "pub", "--port", "17441", "--leaves", "10", "--deltas", "10", "--linger", "0.2",
+            ],
+            &["sub", "--port", "17442", "--timeout", "1"],
+            &["sub", "--port", "17442", "--timeout", "1", "--json"],
+            &[
+                "demo",
+                "--port",
+                "17443",
+                "--duration",
+                "1",
+                "--leaves",
+                "100",
+                "--rate",
+                "100",
+                "--json",
+            ],
+            &["doctor", "--port", "17444", "--json"],
+            &[
+                "tail",
+                "--port",
+                "17444",
+                "--interval",
+                "0.1",
+                "--duration",
+                "1",
+            ],
+        ];
+        for args in runs {
+            let mut child = grapevine()
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stdout.take());
+            let what = args.join(" ");
+            let (code, err) = wait_bounded(child, Duration::from_secs(20), &what);
+            assert_eq!(code, Some(0), "{what}: {err}");
+            assert!(
+                !err.contains("panicked") && !err.contains("Broken pipe"),
+                "{what}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_flag_takes_an_absurd_value_and_none_panics() {
+        let absurd = [
+            "-1",
+            "nan",
+            "inf",
+            "-inf",
+            "1e300",
+            "18446744073709551616",
+            "340282366920938463463374607431768211456",
+            "",
+            "x",
+            "\u{1F4A5}",
+        ];
+        let mut checked = 0;
+        for command in ["demo", "pub", "sub", "bench", "tail", "doctor"] {
+            let flags = value_flags(command);
+            assert!(flags.len() >= 3, "{command}: {flags:?}");
+            for flag in &flags {
+                for value in absurd {
+                    // `--interface` takes any name: "x" would be an
+                    // interface that does not exist (refused at bind).
+                    let child = grapevine()
+                        .args([command, &format!("{flag}={value}")])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    let what = format!("{command} {flag}={value:?}");
+                    let (code, err) = wait_bounded(child, Duration::from_secs(10), &what);
+                    assert!(
+                        matches!(code, Some(1 | 2)),
+                        "{what}: exit {code:?}, stderr: {err}"
+                    );
+                    assert!(!err.contains("panicked"), "{what}: {err}");
+                    let named =
+                        err.contains(flag.as_str()) || (!value.is_empty() && err.contains(value));
+                    assert!(named, "{what}: the message names neither: {err}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
+    }
+}

@@ -218,7 +218,7 @@ impl SubProcess {
             .arg("-q")
             .args(["--group", &n.group.to_string()])
             .args(["--port", &n.port.to_string()])
-            .args(["--interface", &n.interface])
+            .arg(format!("--interface={}", n.interface))
             .args(["--stream", &n.stream.to_string()])
             .args(["--driver", args.driver.flag()])
             .args((args.mode == Mode::FanoutRaw).then_some("--raw"))

@@ -38,7 +38,7 @@ pub(crate) struct DoctorArgs {
     port: u16,
     /// Interface to check, as `pub` and `sub` take it: `loopback` (the
     /// default), a name such as `eth0`, an index, or an IPv4 address.
-    #[arg(long, default_value = "loopback", value_parser = parse_interface_flag)]
+    #[arg(long, default_value = "loopback", value_parser = crate::interface_flag)]
     interface: String,
     /// Receive buffer the subscriber asks for, checked against
     /// `net.core.rmem_max` (the library's default: 4 MiB).
@@ -63,15 +63,6 @@ fn parse_group(s: &str) -> Result<IpAddr, String> {
         Err(format!(
             "{ip} is not a multicast group: use 224.0.0.0/4 or ff00::/8, e.g. 239.255.77.77"
         ))
-    }
-}
-
-fn parse_interface_flag(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        Err("empty: give `loopback`, a name such as eth0, an index or an IPv4 address".to_owned())
-    } else {
-        Ok(s.to_owned())
     }
 }
 

@@ -34,7 +34,7 @@ pub(crate) struct TailArgs {
     port: u16,
     /// Interface to join on: `loopback` (the default), an interface name
     /// such as `eth0`, an interface index, or an IPv4 address.
-    #[arg(long, default_value = "loopback")]
+    #[arg(long, default_value = "loopback", value_parser = crate::interface_flag)]
     interface: String,
     /// Print one JSON object per interval (a line each) instead of a
     /// table; `--help` lists its fields.
