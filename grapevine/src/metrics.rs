@@ -17,7 +17,7 @@
 //! | metric | kind | what |
 //! |---|---|---|
 //! | `grapevine_subscriber_datagrams_total`, `_bytes_total` | counter | received from the socket |
-//! | `grapevine_subscriber_messages_total{kind}` | counter | `delta`, `retransmit`, `snapshot`, `cycle_begin` |
+//! | `grapevine_subscriber_messages_total{kind}`, `_message_bytes_total{kind}` | counter | messages of the stream received, and their bytes, by kind (`delta`, `retransmit`, `leaf_snapshot`, `cycle_begin`, `cycle_end`, `heartbeat`, `fragment`, ..., `unknown`) |
 //! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss` |
 //! | `grapevine_subscriber_kernel_drops_total` | counter | datagrams the kernel dropped because the socket's receive queue was full (Linux: `/proc/net/udp`) |
 //! | `grapevine_subscriber_{deltas_applied, snapshots_applied, syncs, restarts, gaps, lost_seqs, naks_sent, nak_ranges_sent, frag_naks_sent, repaired_by_nak, filled_late, apply_errors, ghosts_removed, events_dropped, recv_errors, send_errors}_total` | counter | as [`SubscriberStats`] |
@@ -26,8 +26,8 @@
 //! | `grapevine_subscriber_sync_seconds` | histogram | from a session's first datagram to sync |
 //! | `grapevine_subscriber_repair_seconds` | histogram | from a sequence number known missing to its repair by NAK |
 //! | `grapevine_publisher_datagrams_total`, `_bytes_total`, `_send_calls_total` | counter | handed to the socket |
-//! | `grapevine_publisher_messages_total{kind}` | counter | `delta`, `snapshot`, `tombstone`, `heartbeat`, `retransmit`, `fragment_resent` |
-//! | `grapevine_publisher_{snapshot_bytes, repair_bytes, cycles, naks_received, nak_seqs_requested, nak_seqs_unavailable, repairs_coalesced, shed_datagrams, shed_bytes, send_errors, send_blocked, recv_errors}_total` | counter | as [`PublisherStats`] |
+//! | `grapevine_publisher_messages_total{kind}`, `_message_bytes_total{kind}` | counter | messages sent and their bytes, by kind, as for subscribers |
+//! | `grapevine_publisher_{tombstones, fragments_resent, snapshot_bytes, repair_bytes, cycles, naks_received, nak_seqs_requested, nak_seqs_unavailable, repairs_coalesced, shed_datagrams, shed_bytes, send_errors, send_blocked, recv_errors}_total` | counter | as [`PublisherStats`] |
 //! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message` |
 //! | `grapevine_publisher_{seq, leaves, queued_bytes}` | gauge | the last sequence number, the state's leaves, bytes waiting for the socket |
 //!
@@ -38,6 +38,7 @@
 use std::time::{Duration, Instant};
 
 use grapevine_core::subscriber::Status;
+use grapevine_core::wire::KindCounts;
 use grapevine_core::LatencyHistogram;
 use metrics::Label;
 
@@ -70,7 +71,8 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = {
     &[
         ("grapevine_subscriber_datagrams_total", C, "Datagrams received from the socket."),
         ("grapevine_subscriber_bytes_total", C, "Bytes received from the socket."),
-        ("grapevine_subscriber_messages_total", C, "Messages received, by kind."),
+        ("grapevine_subscriber_messages_total", C, "Messages of the stream received, by kind."),
+        ("grapevine_subscriber_message_bytes_total", C, "Bytes of the messages of the stream received (message headers included), by kind."),
         ("grapevine_subscriber_dropped_total", C, "Datagrams or messages dropped, by reason (the malformed codes of PROTOCOL.md section 7 among them)."),
         ("grapevine_subscriber_kernel_drops_total", C, "Datagrams the kernel dropped because the socket's receive queue was full."),
         ("grapevine_subscriber_deltas_applied_total", C, "Deltas applied to the replica."),
@@ -104,6 +106,9 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = {
         ("grapevine_publisher_bytes_total", C, "Bytes handed to the socket."),
         ("grapevine_publisher_send_calls_total", C, "Send calls (several datagrams per call with segmentation offload)."),
         ("grapevine_publisher_messages_total", C, "Messages sent, by kind."),
+        ("grapevine_publisher_message_bytes_total", C, "Bytes of the messages sent (message headers included), by kind."),
+        ("grapevine_publisher_tombstones_total", C, "Tombstones sent in snapshot cycles."),
+        ("grapevine_publisher_fragments_resent_total", C, "Fragments resent in answer to FragNaks."),
         ("grapevine_publisher_dropped_total", C, "Received datagrams dropped, by reason."),
         ("grapevine_publisher_snapshot_bytes_total", C, "Bytes of snapshot and cycle messages."),
         ("grapevine_publisher_repair_bytes_total", C, "Bytes of repair messages (retransmissions and fragments resent)."),
@@ -164,6 +169,17 @@ fn counter_with(name: &'static str, labels: &[Label], key: &'static str, v: &str
     let mut l = labels.to_vec();
     l.push(Label::new(key, v.to_owned()));
     metrics::counter!(name, l.iter()).absolute(value);
+}
+
+/// Messages and bytes by kind, as two counters labelled `kind`.
+fn by_kind(messages: &'static str, bytes: &'static str, labels: &[Label], c: &KindCounts) {
+    for (kind, n, b) in c.iter() {
+        counter_with(messages, labels, "kind", kind.name(), n);
+        counter_with(bytes, labels, "kind", kind.name(), b);
+    }
+    let (n, b) = c.unknown();
+    counter_with(messages, labels, "kind", "unknown", n);
+    counter_with(bytes, labels, "kind", "unknown", b);
 }
 
 fn gauge(name: &'static str, labels: &[Label], value: f64) {
@@ -276,12 +292,12 @@ impl SubscriberMetrics {
             s.datagrams_received,
         );
         counter("grapevine_subscriber_bytes_total", l, s.bytes_received);
-        let messages = "grapevine_subscriber_messages_total";
-        let fresh = p.deltas_received.saturating_sub(p.retransmits_received);
-        counter_with(messages, l, "kind", "delta", fresh);
-        counter_with(messages, l, "kind", "retransmit", p.retransmits_received);
-        counter_with(messages, l, "kind", "snapshot", p.snapshots_received);
-        counter_with(messages, l, "kind", "cycle_begin", p.cycles_begun);
+        by_kind(
+            "grapevine_subscriber_messages_total",
+            "grapevine_subscriber_message_bytes_total",
+            l,
+            &p.received,
+        );
         let dropped = "grapevine_subscriber_dropped_total";
         for (&code, &n) in &p.malformed {
             counter_with(dropped, l, "reason", code, n);
@@ -477,17 +493,18 @@ impl PublisherMetrics {
         counter("grapevine_publisher_datagrams_total", l, s.datagrams_sent);
         counter("grapevine_publisher_bytes_total", l, s.bytes_sent);
         counter("grapevine_publisher_send_calls_total", l, s.send_calls);
-        let messages = "grapevine_publisher_messages_total";
-        for (kind, n) in [
-            ("delta", p.deltas),
-            ("snapshot", p.snapshots.saturating_sub(p.tombstones)),
-            ("tombstone", p.tombstones),
-            ("heartbeat", p.heartbeats),
-            ("retransmit", p.retransmits),
-            ("fragment_resent", p.fragments_resent),
-        ] {
-            counter_with(messages, l, "kind", kind, n);
-        }
+        by_kind(
+            "grapevine_publisher_messages_total",
+            "grapevine_publisher_message_bytes_total",
+            l,
+            &p.messages,
+        );
+        counter("grapevine_publisher_tombstones_total", l, p.tombstones);
+        counter(
+            "grapevine_publisher_fragments_resent_total",
+            l,
+            p.fragments_resent,
+        );
         let dropped = "grapevine_publisher_dropped_total";
         for (reason, n) in [
             ("malformed", p.malformed_received),

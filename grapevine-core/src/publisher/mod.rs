@@ -73,7 +73,7 @@ use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
     check_key, fragment_capacity, Datagram, Decoded, Delta, EncodeError, FragNak, Fragment,
-    Heartbeat, Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN,
+    Heartbeat, KindCounts, Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN,
     MESSAGE_HEADER_LEN,
 };
 use crate::{ConfigError, SeqNum, SessionId, StreamId};
@@ -338,6 +338,9 @@ pub enum PublishError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct PublisherStats {
+    /// Messages written into datagrams and their bytes, by kind (each piece
+    /// of a fragmented message counts as a fragment).
+    pub messages: KindCounts,
     /// Deltas published.
     pub deltas: u64,
     /// Leaf snapshots sent (tombstones included).
@@ -516,7 +519,10 @@ impl Publisher {
     /// The counters.
     #[must_use]
     pub fn stats(&self) -> PublisherStats {
-        self.stats
+        PublisherStats {
+            messages: *self.packer.counts(),
+            ..self.stats
+        }
     }
 
     /// Deltas and bytes held by the repair history, and bytes of

@@ -86,7 +86,7 @@ use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
     CycleBegin, Datagram, DatagramHeader, DatagramWriter, Decoded, Delta, FragNak, FragRanges,
-    Message, Nak, NakRanges, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
+    KindCounts, Message, Nak, NakRanges, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MESSAGE_HEADER_LEN,
 };
 use crate::{
     ConfigError, CycleId, Missing, Reassembler, ReassemblyConfig, SeqNum, SessionId, StreamId,
@@ -488,6 +488,9 @@ pub struct SubscriberStats {
     pub bytes: u64,
     /// Datagrams dropped as malformed, by [`crate::wire::DecodeError::code`].
     pub malformed: BTreeMap<&'static str, u64>,
+    /// Messages of the followed stream's datagrams (any session, used or
+    /// not) and their bytes, by kind.
+    pub received: KindCounts,
     /// Datagrams of another stream.
     pub foreign_stream: u64,
     /// Datagrams of another session that were not followed: a late datagram
@@ -1402,6 +1405,9 @@ impl Subscriber {
         if header.stream != self.cfg.stream {
             self.stats.foreign_stream += 1;
             return;
+        }
+        for m in decoded.iter() {
+            self.stats.received.add(m.kind_byte(), m.encoded_len());
         }
         if !self.enter_session(now, remote, header.session, header.datagram_seq, replica) {
             return;

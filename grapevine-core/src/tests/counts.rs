@@ -6,7 +6,9 @@ use super::rig::{leaves, messages, ms, rig_sub_config, sub_cfg, Rig};
 use super::sim::{craft, subscriber_addr, Op, Pad, Rng, Val};
 use crate::publisher::{PublisherStats, SnapshotRate};
 use crate::state::encode;
-use crate::wire::{Datagram, Delta, FragNak, FragRanges, Heartbeat, LeafSnapshot, Message};
+use crate::wire::{
+    Datagram, Delta, FragNak, FragRanges, Heartbeat, KindCounts, LeafSnapshot, Message,
+};
 use crate::{CycleId, SeqNum, SessionId, StreamId};
 
 /// What `sent` carried, counted the way `PublisherStats` counts it (an
@@ -31,6 +33,20 @@ fn tally(sent: &[Vec<u8>]) -> PublisherStats {
         }
     }
     s
+}
+
+/// The messages of the datagrams `sent` of `stream` that decode, with
+/// their bytes, by kind.
+fn kinds_of(sent: &[Vec<u8>], stream: StreamId) -> KindCounts {
+    let mut c = KindCounts::default();
+    for d in sent.iter().filter_map(|d| Datagram::decode(d).ok()) {
+        if d.header().stream == stream {
+            for m in d.messages() {
+                c.add(m.kind_byte(), m.encoded_len());
+            }
+        }
+    }
+    c
 }
 
 /// Half a second of changes, removals among them, while cycles run: the
@@ -74,6 +90,13 @@ fn what_the_publisher_counts_is_what_it_sent() {
     assert_eq!(delta(|s| s.datagrams), wire.datagrams);
     assert_eq!(delta(|s| s.bytes), wire.bytes);
     assert_eq!(after.unencodable, 0);
+    // By kind, messages and bytes.
+    let kinds = kinds_of(&sent, r.publisher.core.config().stream_id());
+    for (k, n, b) in after.messages.iter() {
+        let (n0, b0) = before.messages.get(k);
+        assert_eq!((n - n0, b - b0), kinds.get(k), "{k:?}");
+    }
+    assert_eq!(kinds.get(crate::wire::MessageKind::Delta).0, 500);
     r.assert_equal();
 }
 
@@ -236,7 +259,13 @@ fn what_the_subscriber_counts_is_what_it_was_sent() {
     assert!(unread.len() <= 2, "{} datagrams unread", unread.len());
     assert_eq!(s.unbelieved, unread.len() as u64);
     let wire = tally(&delivered);
-    let all = tally(&[delivered.clone(), unread].concat());
+    let everything = [delivered.clone(), unread].concat();
+    let all = tally(&everything);
+    // By kind: every message of the stream's datagrams, the unknown one
+    // among them.
+    assert_eq!(s.received, kinds_of(&everything, StreamId(3)));
+    assert_eq!(s.received.unknown().0, 1);
+    assert!(s.received.get(crate::wire::MessageKind::Retransmit).0 > 0);
     assert_eq!(s.datagrams, all.datagrams);
     assert_eq!(s.bytes, all.bytes);
     assert_eq!(s.deltas_received, wire.deltas + wire.retransmits);

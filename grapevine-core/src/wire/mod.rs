@@ -44,6 +44,7 @@ mod cursor;
 mod datagram;
 mod error;
 mod fragment;
+mod kinds;
 mod message;
 mod packer;
 
@@ -53,6 +54,7 @@ pub use datagram::{
 };
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
+pub use kinds::KindCounts;
 pub use message::{
     check_key, CycleBegin, CycleEnd, Delta, FragNak, FragRanges, Fragment, Heartbeat, LeafSnapshot,
     Message, MessageKind, Nak, NakRanges, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES, FRAGMENT_FIXED,

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 
 use super::datagram::DatagramWriter;
 use super::{
-    fragment_capacity, DatagramHeader, EncodeError, Fragments, Message, MessageKind, HEADER_LEN,
-    MAX_BODY_LEN,
+    fragment_capacity, DatagramHeader, EncodeError, Fragments, KindCounts, Message, MessageKind,
+    HEADER_LEN, MAX_BODY_LEN,
 };
 use crate::{SessionId, StreamId};
 
@@ -45,6 +45,7 @@ pub struct Packer {
     next_datagram_seq: u64,
     /// Bytes of the datagrams finished so far, headers included.
     finished_bytes: u64,
+    counts: KindCounts,
     next_frag_id: u32,
     cur: Vec<u8>,
     cur_len: usize,
@@ -72,6 +73,7 @@ impl Packer {
             max_datagram,
             next_datagram_seq: 0,
             finished_bytes: 0,
+            counts: KindCounts::default(),
             next_frag_id: 0,
             cur: Vec::new(),
             cur_len: 0,
@@ -118,6 +120,13 @@ impl Packer {
     #[must_use]
     pub fn bytes(&self) -> u64 {
         self.finished_bytes
+    }
+
+    /// The messages pushed so far and their bytes, by kind (a fragmented
+    /// message as its fragments).
+    #[must_use]
+    pub fn counts(&self) -> &KindCounts {
+        &self.counts
     }
 
     /// The maximum datagram size.
@@ -202,6 +211,7 @@ impl Packer {
         w.push(msg)?;
         self.cur_msgs = w.message_count();
         self.cur_len = w.finish();
+        self.counts.add(msg.kind_byte(), msg.encoded_len());
         Ok(())
     }
 
