@@ -102,6 +102,7 @@ mod tests {
         }
         c.add(0x0a, 5);
         c.add(0xff, 6);
+        assert_eq!(c.iter().count(), KINDS.len());
         for (i, (k, n, b)) in c.iter().enumerate() {
             assert_eq!(k, KINDS[i]);
             assert_eq!((n, b), ((i + 1) as u64, ((i + 1) * 10 * (i + 1)) as u64));
