@@ -996,11 +996,19 @@ struct Other {
     reported: bool,
 }
 
+/// The longest an other session must be heard, and the longest it counts
+/// after it was last heard (twice this): the followed session's heartbeat
+/// interval, but at most this, so that a followed session announcing a
+/// long interval (up to an hour; two forged heartbeats can) cannot hide a
+/// second publisher for as long.
+const OTHER_PROOF_MAX: Duration = Duration::from_secs(1);
+
 impl Other {
-    /// Heard with increasing `datagram_seq` over a heartbeat interval: a
-    /// live publisher, not one late or forged datagram.
+    /// Heard with increasing `datagram_seq` over a heartbeat interval (at
+    /// most [`OTHER_PROOF_MAX`]): a live publisher, not one late or forged
+    /// datagram.
     fn proven(&self, interval: Duration) -> bool {
-        self.heard >= 2 && self.last_heard >= self.first_heard + interval
+        self.heard >= 2 && self.last_heard >= self.first_heard + interval.min(OTHER_PROOF_MAX)
     }
 }
 
@@ -1046,12 +1054,14 @@ impl Others {
         Some(id)
     }
 
-    /// Sessions proven alive and heard within the last two intervals.
+    /// Sessions proven alive and heard within the last two intervals (at
+    /// most [`OTHER_PROOF_MAX`] each).
     fn live(&self, now: Instant, interval: Duration) -> u32 {
+        let window = interval.min(OTHER_PROOF_MAX) * 2;
         let n = self
             .list
             .iter()
-            .filter(|o| o.proven(interval) && now < o.last_heard + interval * 2)
+            .filter(|o| o.proven(interval) && now < o.last_heard + window)
             .count();
         u32::try_from(n).unwrap_or(u32::MAX)
     }
@@ -1510,11 +1520,15 @@ impl Subscriber {
                 if !silent || !alive {
                     self.stats.other_session += 1;
                     let followed = s.id;
-                    if let Some(other) =
-                        self.others
-                            .note(now, id, datagram_seq, self.heartbeat_interval)
-                    {
-                        self.events.push(Event::OtherPublisher { followed, other });
+                    // While the followed session is silent, another one is
+                    // a restart being proven, not a second publisher.
+                    if !silent {
+                        if let Some(other) =
+                            self.others
+                                .note(now, id, datagram_seq, self.heartbeat_interval)
+                        {
+                            self.events.push(Event::OtherPublisher { followed, other });
+                        }
                     }
                     return false;
                 }

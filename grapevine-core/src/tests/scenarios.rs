@@ -407,3 +407,81 @@ fn a_second_publisher_on_the_stream_is_reported_not_followed() {
     assert_eq!(p.sub.status().other_sessions, 0);
     assert!(p.converged(), "{:?}", p.sub.status());
 }
+
+/// A session that announced an hour-long heartbeat interval (two forged
+/// heartbeats can) and fell quiet is followed for up to two hours, but it
+/// cannot hide the real publisher: once the real one has been heard for a
+/// second it is reported as another publisher and counted, and it stops
+/// counting two seconds after it goes quiet.
+#[test]
+fn a_long_announced_interval_does_not_hide_a_second_publisher() {
+    use super::rig::heartbeat;
+    let mut p = Rig::new(&leaves(5), rig_sub_config());
+    let forger = std::net::SocketAddr::from(([10, 0, 0, 66], 4000));
+    for dseq in 1..=3 {
+        p.deliver_from(forger, &heartbeat(0xbeef, dseq, 0, 3_600_000));
+        p.now += Duration::from_millis(100);
+    }
+    assert_eq!(p.sub.status().session, Some(SessionId(0xbeef)));
+    let mut reported_at = None;
+    for ms in 0..1500u64 {
+        p.run(Duration::from_millis(1));
+        if reported_at.is_none() && p.sub.status().other_sessions == 1 {
+            reported_at = Some(ms);
+        }
+    }
+    let at = reported_at.expect("the real publisher is counted");
+    assert!((1000..=1100).contains(&at), "counted after {at} ms");
+    let reported: Vec<_> = p
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::OtherPublisher { .. }))
+        .collect();
+    assert_eq!(
+        reported,
+        [&Event::OtherPublisher {
+            followed: SessionId(0xbeef),
+            other: SessionId(1)
+        }]
+    );
+    assert_eq!(p.sub.status().session, Some(SessionId(0xbeef)));
+    // The real publisher quiet (not driven) for 1.9 s: still counted; 2.1 s:
+    // no longer.
+    p.now += Duration::from_millis(1900);
+    p.tick();
+    assert_eq!(p.sub.status().other_sessions, 1);
+    p.now += Duration::from_millis(200);
+    p.tick();
+    assert_eq!(p.sub.status().other_sessions, 0);
+}
+
+/// A publisher that restarts after the followed session fell silent is a
+/// restart, not a second publisher: no `OtherPublisher` event, even when
+/// the new session's datagrams arrive out of `datagram_seq` order (which
+/// restarts the proof of a new session, not of a second publisher).
+#[test]
+fn a_restart_after_silence_is_not_reported_as_a_second_publisher() {
+    use super::rig::heartbeat;
+    let mut p = Rig::new(&leaves(5), rig_sub_config());
+    p.run(Duration::from_millis(30));
+    assert!(p.converged(), "{:?}", p.sub.status());
+    p.now += Duration::from_millis(100);
+    p.tick();
+    let new = std::net::SocketAddr::from(([10, 0, 0, 9], 4000));
+    for (i, dseq) in [1u64, 3, 2, 4, 6, 5, 7, 8, 9, 10].iter().enumerate() {
+        p.deliver_from(new, &heartbeat(77, *dseq, 0, 10));
+        p.now += Duration::from_millis(4);
+        assert!(
+            !p.events
+                .iter()
+                .any(|e| matches!(e, Event::OtherPublisher { .. })),
+            "after datagram {i}: {:?}",
+            p.events
+        );
+    }
+    assert_eq!(p.sub.status().session, Some(SessionId(77)));
+    assert!(p
+        .events
+        .iter()
+        .any(|e| matches!(e, Event::PublisherRestarted { .. })));
+}
