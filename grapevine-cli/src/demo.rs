@@ -165,7 +165,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             .context("starting the publisher")?,
     );
     let session = publisher.session();
-    let bars = MultiProgress::with_draw_target(if args.json {
+    let bars = MultiProgress::with_draw_target(if args.json || crate::silent() {
         ProgressDrawTarget::hidden()
     } else {
         ProgressDrawTarget::stderr()

@@ -11,6 +11,16 @@ macro_rules! outln {
     }};
 }
 
+/// `eprintln!` unless `-qq` asked for nothing on standard error: the
+/// command's own notes (progress, the metrics address, what it is doing).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        if !crate::silent() {
+            eprintln!($($arg)*);
+        }
+    }};
+}
+
 mod bench;
 mod decode;
 mod demo;
@@ -37,9 +47,18 @@ struct Cli {
     /// `RUST_LOG=grapevine=debug`), when set, decides instead.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Fewer: -q only errors, -qq nothing.
+    /// Fewer: -q only errors, -qq nothing at all on standard error (the
+    /// exit code still tells).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     quiet: u8,
+}
+
+/// `-qq`: nothing on standard error, not even the command's own notes.
+static SILENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether `-qq` asked for nothing on standard error.
+pub(crate) fn silent() -> bool {
+    SILENT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Logs go to standard error, at the level the flags ask for: warnings by
@@ -187,6 +206,9 @@ pub(crate) fn parse_interface(text: &str) -> Interface {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.quiet);
+    if i16::from(cli.verbose) - i16::from(cli.quiet) <= -2 {
+        SILENT.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let res = match cli.command {
         Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => doctor::run(args),
@@ -209,7 +231,7 @@ fn main() -> ExitCode {
         // more to say, and nobody to say it to.
         Err(e) if stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -3,7 +3,9 @@
 //!
 //! The page is served here rather than by the exporter's own listener,
 //! which would bring hyper for one GET: a request is read (at most 8 KiB,
-//! within 5 s), answered and the connection closed, at most 16 at a time.
+//! within 2 s), answered and the connection closed, at most 64 at a time
+//! (more are closed unanswered: idle connections cannot hold the page for
+//! longer than 2 s).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +23,8 @@ const BUCKETS: &[f64] = &[
     10.0, 30.0, 60.0,
 ];
 const MAX_REQUEST: usize = 8 * 1024;
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CONNECTIONS: usize = 16;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+const MAX_CONNECTIONS: usize = 64;
 
 /// The `--metrics` flag of `pub`, `sub` and `demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,7 +61,7 @@ pub(crate) async fn serve(addr: SocketAddr) -> Result<SocketAddr> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     grapevine::metrics::describe();
-    eprintln!("metrics: http://{bound}/metrics");
+    say!("metrics: http://{bound}/metrics");
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -93,36 +95,49 @@ pub(crate) async fn serve(addr: SocketAddr) -> Result<SocketAddr> {
 async fn answer(mut conn: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    while !ends_head(&buf) {
         let n = conn.read(&mut chunk).await?;
         if n == 0 || buf.len() + n > MAX_REQUEST {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let (status, body) = respond(&buf, || handle.render());
+    let head_only = buf.starts_with(b"HEAD ");
+    let (status, mut body) = respond(&buf, || handle.render());
+    let len = body.len();
+    if head_only {
+        body.clear();
+    }
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
     );
     conn.write_all(head.as_bytes()).await?;
     conn.write_all(body.as_bytes()).await?;
     conn.shutdown().await
 }
 
+/// Whether `buf` holds a whole request head (lines ending in CRLF, or LF
+/// alone as lenient clients send).
+fn ends_head(buf: &[u8]) -> bool {
+    buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n")
+}
+
 /// The status line and body for a request.
 fn respond(request: &[u8], render: impl FnOnce() -> String) -> (&'static str, String) {
-    let line = request.split(|&b| b == b'\r').next().unwrap_or_default();
+    let line = request
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
     let mut parts = line.split(|&b| b == b' ');
     let (method, path) = (parts.next(), parts.next());
     let path = path.map(|p| p.split(|&b| b == b'?').next().unwrap_or_default());
     match (method, path) {
-        (Some(b"GET"), Some(b"/metrics")) => ("200 OK", render()),
-        (Some(b"GET"), Some(_)) => ("404 Not Found", "not found: try /metrics\n".into()),
+        (Some(b"GET" | b"HEAD"), Some(b"/metrics")) => ("200 OK", render()),
+        (Some(b"GET" | b"HEAD"), Some(_)) => ("404 Not Found", "not found: try /metrics\n".into()),
         _ => (
             "405 Method Not Allowed",
-            "only GET /metrics is served\n".into(),
+            "only GET (or HEAD) /metrics is served\n".into(),
         ),
     }
 }
@@ -149,5 +164,15 @@ mod tests {
         );
         assert_eq!(respond(b"", page).0, "405 Method Not Allowed");
         assert_eq!(respond(&[0xff; 40], page).0, "405 Method Not Allowed");
+        assert_eq!(respond(b"HEAD /metrics HTTP/1.1\r\n\r\n", page).0, "200 OK");
+        assert_eq!(respond(b"GET /metrics HTTP/1.0\n\n", page).0, "200 OK");
+    }
+
+    #[test]
+    fn a_head_ends_at_a_blank_line_with_or_without_carriage_returns() {
+        assert!(ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(ends_head(b"GET / HTTP/1.1\nHost: x\n\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\r\nHost: x\r\n"));
+        assert!(!ends_head(b"GET / HTTP/1.1\n"));
     }
 }

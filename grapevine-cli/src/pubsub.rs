@@ -217,7 +217,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         .bind(book)
         .await
         .context("starting the publisher")?;
-    eprintln!(
+    say!(
         "publishing {} levels on {} stream {} session {}",
         publisher.leaf_count(),
         publisher.group_addr(),
@@ -253,7 +253,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         }
     }
     if stopped {
-        eprintln!("interrupted after {sent} deltas");
+        say!("interrupted after {sent} deltas");
     } else {
         let line = PubLine {
             seq: publisher.last_seq().0,
@@ -264,7 +264,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
         outln!("{}", serde_json::to_string(&line)?)?;
         match args.linger {
             Some(secs) => {
-                eprintln!(
+                say!(
                     "published {} deltas in {:.2}s; serving {secs}s more",
                     sent,
                     start.elapsed().as_secs_f64()
@@ -275,7 +275,7 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
                 }
             }
             None => {
-                eprintln!(
+                say!(
                     "published {} deltas in {:.2}s; cycling snapshots until interrupted",
                     sent,
                     start.elapsed().as_secs_f64()
@@ -290,21 +290,27 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or (on Unix) SIGTERM.
-pub(crate) async fn stop_signal() -> Result<()> {
+/// Resolves on SIGINT or (on Unix) SIGTERM. The handlers are installed
+/// when this is called, not when the future is first polled: a signal
+/// that arrives in between is not lost (nor does it kill the process).
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = Result<()>> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("listening for SIGTERM")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
-            _ = term.recv() => {}
+        use tokio::signal::unix::{signal, SignalKind};
+        let int = signal(SignalKind::interrupt()).context("listening for SIGINT");
+        let term = signal(SignalKind::terminate()).context("listening for SIGTERM");
+        async move {
+            let (mut int, mut term) = (int?, term?);
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            Ok(())
         }
-        Ok(())
     }
     #[cfg(not(unix))]
     {
-        tokio::signal::ctrl_c().await.context("waiting for ctrl-c")
+        async { tokio::signal::ctrl_c().await.context("waiting for ctrl-c") }
     }
 }
 
@@ -322,7 +328,9 @@ pub(crate) struct SubArgs {
     /// Exit 0 once consistent through this sequence number of the current
     /// publisher session (a restarted publisher is followed). Exit 1 at the
     /// timeout, or 3 seconds after the publisher went silent below it with
-    /// no publisher heard again; the last line says which (`outcome`).
+    /// no publisher heard again, or on SIGINT/SIGTERM; the last line says
+    /// which (`outcome`). Without it, SIGINT/SIGTERM end the run with a last
+    /// line (`outcome: interrupted`) and exit 0.
     #[arg(long)]
     until_seq: Option<u64>,
     /// Print JSON: the final line with `--until-seq`, one status line per
@@ -351,6 +359,7 @@ struct SubLine {
     digest: String,
     synced: bool,
     consistent: bool,
+    /// Time to sync, from joining or from the publisher's restart.
     sync_ms: Option<u64>,
     session: Option<String>,
     stale_leaves: usize,
@@ -362,8 +371,8 @@ struct SubLine {
     /// Other publisher sessions alive on the stream: 0 unless a second
     /// publisher wrongly shares it (it is not followed).
     other_sessions: u32,
-    /// With `--until-seq`, how the wait ended: `reached`, `timeout` or
-    /// `publisher_gone`.
+    /// How the run ended, on its last line: with `--until-seq`, `reached`,
+    /// `timeout`, `publisher_gone` or `interrupted`; without, `interrupted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
     #[serde(flatten)]
@@ -452,10 +461,15 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     if loss.probability() > 0.0 {
         builder = builder.simulate_loss(loss);
     }
+    // SIGINT or SIGTERM ends the run with a last line (`outcome`:
+    // `interrupted`); handled from before the subscriber starts.
+    let mut stop = Box::pin(stop_signal());
     let mut sub = builder.bind().await.context("starting the subscriber")?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut synced_at: Option<Duration> = None;
+    // What the sync time counts from: joining, or the publisher's restart.
+    let mut epoch = start;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let line = sub_line::<S>;
     if let Some(target) = args.until_seq {
@@ -466,7 +480,7 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
         let give_up = |sub: &Subscriber<S>, synced_at, outcome: &'static str, why: String| {
             let mut l = line(sub, synced_at);
             l.outcome = Some(outcome);
-            eprintln!("{why}");
+            say!("{why}");
             if args.json {
                 outln!("{}", serde_json::to_string(&l)?)?;
             } else {
@@ -484,8 +498,8 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             let remaining = until.saturating_duration_since(Instant::now());
             // Wake on the goal, on sync, on a change of publisher session
             // and on the publisher going silent.
-            let woke = sub
-                .wait_until(
+            let woke = tokio::select! {
+                woke = sub.wait_until(
                     |s| {
                         reached(s)
                             || s.synced != before.synced
@@ -493,8 +507,13 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                             || s.publisher_alive != before.publisher_alive
                     },
                     remaining,
-                )
-                .await;
+                ) => woke,
+                r = &mut stop => {
+                    r?;
+                    let why = format!("interrupted at seq {}, below --until-seq {target}", sub.status().seq.0);
+                    return give_up(&sub, synced_at, "interrupted", why);
+                }
+            };
             while sub.try_next_event().is_some() {}
             let st = match woke {
                 Ok(st) => st,
@@ -514,16 +533,17 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             };
             if st.session != before.session && before.session.is_some() {
                 synced_at = None;
-                eprintln!(
+                epoch = Instant::now();
+                say!(
                     "publisher restarted: session {} -> {}; resyncing",
                     before.session.map_or("-".into(), |s| s.to_string()),
                     st.session.map_or("-".into(), |s| s.to_string())
                 );
             }
             if st.synced && !before.synced {
-                let at = start.elapsed();
+                let at = epoch.elapsed();
                 synced_at.get_or_insert(at);
-                eprintln!(
+                say!(
                     "synced session={} seq={} after {} ms",
                     st.session.map_or("-".into(), |s| s.to_string()),
                     st.seq.0,
@@ -549,7 +569,7 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             match (st.session.is_some() && !st.publisher_alive, gone_since) {
                 (true, None) => {
                     gone_since = Some(Instant::now());
-                    eprintln!(
+                    say!(
                         "publisher gone (no heartbeat) at seq {}; waiting {:.1}s for it or a restarted one",
                         st.seq.0,
                         RESTART_GRACE.as_secs_f64()
@@ -565,16 +585,17 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
         tokio::select! {
             ev = sub.next_event() => match ev {
                 Some(Event::Synced { seq, .. }) => {
-                    let at = start.elapsed();
+                    let at = epoch.elapsed();
                     synced_at.get_or_insert(at);
-                    eprintln!("synced seq={} after {} ms", seq.0, at.as_millis());
+                    say!("synced seq={} after {} ms", seq.0, at.as_millis());
                 }
                 Some(Event::PublisherRestarted { old, new }) => {
                     synced_at = None;
-                    eprintln!("publisher restarted: session {old} -> {new}; resyncing");
+                    epoch = Instant::now();
+                    say!("publisher restarted: session {old} -> {new}; resyncing");
                 }
-                Some(Event::PublisherGone) => eprintln!("publisher gone (no heartbeat)"),
-                Some(Event::PublisherBack) => eprintln!("publisher back"),
+                Some(Event::PublisherGone) => say!("publisher gone (no heartbeat)"),
+                Some(Event::PublisherBack) => say!("publisher back"),
                 Some(_) => {}
                 None => bail!("the subscriber stopped"),
             },
@@ -590,6 +611,18 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()), if args.timeout.is_some() => {
+                return Ok(ExitCode::SUCCESS);
+            }
+            r = &mut stop => {
+                r?;
+                let mut l = line(&sub, synced_at);
+                l.outcome = Some("interrupted");
+                if args.json {
+                    outln!("{}", serde_json::to_string(&l)?)?;
+                } else {
+                    outln!("interrupted at seq {}, digest {}", l.seq, l.digest)?;
+                }
+                sub.shutdown().await;
                 return Ok(ExitCode::SUCCESS);
             }
         }

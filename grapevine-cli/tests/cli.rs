@@ -596,6 +596,41 @@ fn until_seq_ends_with_a_reason_when_the_publisher_is_gone() {
     assert!(err.contains("went silent at seq 100"), "{err}");
 }
 
+/// SIGINT or SIGTERM ends `sub` with a last line, `outcome: interrupted`:
+/// exit 1 below `--until-seq` (the target was not reached), 0 when
+/// following.
+#[test]
+fn sub_ends_with_a_last_line_on_sigint_and_sigterm() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    for (signal, until, code) in [("INT", true, 1), ("TERM", false, 0)] {
+        let mut c = grapevine();
+        c.args(["-v", "sub", "--port", "17406", "--json", "--timeout", "30"]);
+        if until {
+            c.args(["--until-seq", "1000"]);
+        }
+        let mut sub = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = BufReader::new(sub.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).unwrap();
+        assert!(line.contains("subscriber started"), "{line}");
+        let killed = Command::new("kill")
+            .args([format!("-{signal}"), sub.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let mut out = String::new();
+        sub.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let status = sub.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "SIG{signal}: {out}");
+        let last = json(out.lines().last().unwrap_or_default());
+        assert_eq!(last["outcome"], "interrupted", "SIG{signal}: {out}");
+    }
+}
+
 /// Two publishers on one group, port and stream: the subscriber warns,
 /// keeps following one session, and its JSON lines count the other.
 #[test]
@@ -632,6 +667,10 @@ fn a_second_publisher_on_the_stream_is_reported() {
         "{err}"
     );
     assert!(err.contains("WARN"), "logged as a warning: {err}");
+    assert!(
+        err.contains("subscriber{stream=6}: another publisher"),
+        "the line names its subscriber: {err}"
+    );
     let lines: Vec<_> = String::from_utf8_lossy(&sub.stdout)
         .lines()
         .map(json)
@@ -664,6 +703,28 @@ fn verbosity_flags_and_rust_log_choose_the_log_lines() {
     assert!(!run(&["-v", "-q"], None).contains("subscriber started"));
     assert!(run(&[], Some("grapevine=info")).contains("subscriber started"));
     assert!(!run(&["-v"], Some("off")).contains("subscriber started"));
+    // -qq: nothing at all on standard error, not even the reason of a
+    // failure (the exit code tells); -q keeps that reason.
+    let quiet = |flag: &str| {
+        let out = grapevine()
+            .args([
+                flag,
+                "sub",
+                "--port",
+                "17405",
+                "--until-seq",
+                "5",
+                "--timeout",
+                "0.3",
+            ])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(quiet("-q").contains("timed out"));
+    assert_eq!(quiet("-qq"), "");
 }
 
 mod metrics {

@@ -286,7 +286,8 @@ impl<S> PublisherBuilder<S> {
         let mut tx = shared.driver_tx();
         shared.turn(None, &mut tx);
         let name = self.name.as_deref();
-        let span = tracing::info_span!("publisher", stream = stream.0, name);
+        // At error level, so that it names the lines of every level shown.
+        let span = tracing::error_span!("publisher", stream = stream.0, name);
         let driver = spawn_publisher(self.driver, &shared, tx, span.clone())?;
         span.in_scope(|| {
             tracing::info!(

@@ -324,7 +324,8 @@ impl<S> SubscriberBuilder<S> {
             status: status_tx,
         };
         let shared = Arc::new(SubscriberShared::new(engine, io));
-        let span = tracing::info_span!("subscriber", stream = stream.0, name);
+        // At error level, so that it names the lines of every level shown.
+        let span = tracing::error_span!("subscriber", stream = stream.0, name);
         let driver = spawn_subscriber(self.driver, &shared, outputs, span.clone())?;
         span.in_scope(|| tracing::info!(%group, "subscriber started"));
         Ok(Subscriber {

@@ -361,7 +361,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     Ok(if report.all_consistent {
         ExitCode::SUCCESS
     } else {
-        eprintln!("error: a subscriber did not end consistent");
+        say!("error: a subscriber did not end consistent");
         ExitCode::FAILURE
     })
 }

@@ -124,7 +124,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
     } else {
         Output::Plain
     };
-    eprintln!("{heading}: listening");
+    say!("{heading}: listening");
 
     let start = Instant::now();
     let mut observer = Observer::new(start);
