@@ -150,6 +150,7 @@ struct Joined {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
+    args.net.warn_ttl();
     check_args(&args)?;
     let book = OrderBook::generate(args.leaves, args.seed);
     let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));

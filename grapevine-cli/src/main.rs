@@ -154,7 +154,8 @@ pub(crate) struct NetArgs {
     pub(crate) stream: u32,
     /// Multicast TTL (IPv4) or hop limit (IPv6): 0 (the default) keeps
     /// datagrams on this host; 1 reaches the local network of `--interface`
-    /// and no further.
+    /// and no further; above 1 crosses routers (warned: anyone on those
+    /// networks can read the stream). NAKs, unicast, get at least 1.
     #[arg(long, default_value_t = 0)]
     pub(crate) ttl: u32,
 }
@@ -166,6 +167,20 @@ impl NetArgs {
 
     pub(crate) fn stream(&self) -> StreamId {
         StreamId(self.stream)
+    }
+
+    /// Warns (once per command) about a TTL that lets datagrams cross
+    /// routers.
+    pub(crate) fn warn_ttl(&self) {
+        if self.ttl > 1 {
+            tracing::warn!(
+                ttl = self.ttl,
+                "--ttl {} lets the stream cross up to {} router(s): anyone on those \
+                 networks can read it; 1 keeps it on the local network",
+                self.ttl,
+                self.ttl - 1
+            );
+        }
     }
 
     /// Group, port, interface and TTL as a socket configuration.

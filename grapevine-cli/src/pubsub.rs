@@ -171,6 +171,7 @@ impl PubFinal {
 }
 
 pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
+    args.net.warn_ttl();
     if args.leaves > crate::demo::MAX_LEAVES {
         bail!(
             "--leaves {} is out of range: use at most {}",
@@ -440,6 +441,7 @@ fn sub_line<S: State + Send + 'static>(
 }
 
 pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
+    args.net.warn_ttl();
     if let Some(t) = args.timeout {
         check_seconds("--timeout", t)?;
     }

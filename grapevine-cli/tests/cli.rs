@@ -725,6 +725,17 @@ fn verbosity_flags_and_rust_log_choose_the_log_lines() {
     };
     assert!(quiet("-q").contains("timed out"));
     assert_eq!(quiet("-qq"), "");
+    // A TTL that crosses routers is warned about; 1 is not.
+    let ttl = |t: &str| {
+        let out = grapevine()
+            .args(["sub", "--port", "17405", "--ttl", t, "--timeout", "0.2"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(ttl("2").contains("--ttl 2 lets the stream cross up to 1 router(s)"));
+    assert!(!ttl("1").contains("--ttl"));
 }
 
 mod metrics {

@@ -252,7 +252,8 @@ impl MulticastConfig {
         self
     }
 
-    /// Sets the multicast TTL / hop limit (0..=255).
+    /// Sets the multicast TTL / hop limit (0..=255). Unicast datagrams (a
+    /// subscriber's NAKs) get the same, but at least 1.
     pub fn ttl(&mut self, ttl: u32) -> &mut Self {
         self.ttl = ttl;
         self
@@ -821,10 +822,15 @@ impl Plan {
         Ok(socket)
     }
 
-    /// Pins outgoing multicast to the interface; sets TTL and loop.
+    /// Pins outgoing multicast to the interface; sets TTL and loop. The
+    /// unicast TTL (of a subscriber's NAKs) follows the multicast one, but
+    /// is at least 1, the least a unicast datagram can have: with TTL 0 or
+    /// 1, NAKs do not cross a router either.
     fn pin_outgoing(&self, socket: &Socket, config: &MulticastConfig) -> Result<(), SocketError> {
+        let unicast = config.ttl.max(1);
         match self.target {
             Target::V4 { interface, .. } => {
+                step(socket.set_ttl_v4(unicast), "setting IP_TTL")?;
                 step(
                     socket.set_multicast_if_v4(&interface),
                     "setting IP_MULTICAST_IF",
@@ -839,6 +845,10 @@ impl Plan {
                 )?;
             }
             Target::V6 { .. } => {
+                step(
+                    socket.set_unicast_hops_v6(unicast),
+                    "setting IPV6_UNICAST_HOPS",
+                )?;
                 step(
                     socket.set_multicast_if_v6(self.index),
                     "setting IPV6_MULTICAST_IF",

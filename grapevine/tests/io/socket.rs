@@ -133,8 +133,14 @@ fn every_socket_is_pinned_to_loopback() {
         let sock = SockRef::from(socket.socket());
         assert_eq!(sock.multicast_if_v4().unwrap(), Ipv4Addr::LOCALHOST);
         assert_eq!(sock.multicast_ttl_v4().unwrap(), 0);
+        // Unicast (NAKs): the least a unicast datagram can have.
+        assert_eq!(sock.ttl_v4().unwrap(), 1);
         assert!(sock.multicast_loop_v4().unwrap());
     }
+    let mut five = config.clone();
+    five.ttl(5);
+    let sock = bind_receiver(&five).unwrap();
+    assert_eq!(SockRef::from(sock.socket()).ttl_v4().unwrap(), 5);
     let sock = SockRef::from(receiver.socket());
     assert!(sock.reuse_address().unwrap());
     assert!(sock.reuse_port().unwrap());
