@@ -222,7 +222,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                     }
                 }
                 while sub.try_next_event().is_some() {}
-                show(&bar, &sub.status(), sync);
+                show(&bar, &sub.status(), sync, joined);
             }
             Ok::<_, anyhow::Error>(Joined {
                 sub,
@@ -315,7 +315,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     // The bars end on where each subscriber ended, above the summary.
     for (bar, j) in shown.iter().zip(&subs) {
-        show(bar, &j.sub.status(), j.sync);
+        show(bar, &j.sub.status(), j.sync, start + j.joined_at);
         bar.abandon();
     }
     let elapsed = start.elapsed().as_secs_f64().max(1e-3);
@@ -350,18 +350,26 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
 /// Updates a subscriber's bar: while syncing, the leaves of its replica
 /// against the cycle's (never moving backwards, with an ETA); once
 /// synced, full, with where the replica stands.
-fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
+/// Shows a subscriber that joined at `joined`: a bar of the leaves held
+/// against the cycle's leaf count once a cycle is heard, with the rate and
+/// an estimate of the time left once there is progress to go by.
+fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>, joined: Instant) {
     let Some((_, total)) = st.cycle_progress else {
         if sync.is_none() {
-            bar.set_message(format!("waiting for a snapshot cycle  seq {}", st.seq.0));
+            let what = if bar.length().unwrap_or(0) > 0 {
+                "syncing, between cycles"
+            } else {
+                "waiting for a snapshot cycle"
+            };
+            bar.set_message(format!("{what}  seq {}", st.seq.0));
         }
         return;
     };
     if bar.length() == Some(0) {
         // The first cycle heard: from now on a bar.
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves  eta {eta:>3} {msg}",
-        ) {
+        if let Ok(style) =
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos:>9}/{len:9} leaves  {msg}")
+        {
             bar.set_style(style.progress_chars("=> "));
         }
     }
@@ -370,9 +378,21 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
     bar.set_length(u64::from(total));
     match sync {
         None => {
+            // Never past the length (a later cycle may count fewer leaves).
             let have = (st.leaves as u64).min(u64::from(total));
-            bar.set_position(bar.position().max(have));
-            bar.set_message(format!("syncing  seq {}", st.seq.0));
+            let pos = bar.position().max(have).min(u64::from(total));
+            bar.set_position(pos);
+            let secs = joined.elapsed().as_secs_f64();
+            let rate = pos as f64 / secs.max(1e-3);
+            let eta = if pos > 0 && rate > 0.0 {
+                format!(
+                    "  {rate:.0} leaves/s  eta {:.0}s",
+                    (u64::from(total) - pos) as f64 / rate
+                )
+            } else {
+                String::new()
+            };
+            bar.set_message(format!("syncing  seq {}{eta}", st.seq.0));
         }
         Some(d) => {
             if !full {
@@ -400,7 +420,10 @@ fn show(bar: &ProgressBar, st: &Status, sync: Option<Duration>) {
 
 fn print_summary(s: &Summary, ok: bool) -> std::io::Result<()> {
     let p = &s.publisher;
-    outln!()?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        // Apart from the bars above it.
+        outln!()?;
+    }
     outln!(
         "publisher: seq {}, {} levels, digest {}, {:.0} deltas/s, snapshots {:.1} MB/s",
         p.seq,
