@@ -38,7 +38,15 @@ use grapevine::StreamId;
 
 /// Replicate application state over UDP multicast.
 #[derive(Debug, Parser)]
-#[command(name = "grapevine", version, about, long_about = None)]
+#[command(
+    name = "grapevine",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 done; 1 failed (a value out of range, a goal not reached, \
+                  a replica not consistent, a doctor check failed); 2 flags that do not \
+                  parse. Logs and notes go to standard error, results to standard output."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
