@@ -1175,6 +1175,7 @@ mod doctor {
         assert_eq!(
             names,
             [
+                "group",
                 "interface",
                 "route",
                 "rp_filter",
@@ -1189,7 +1190,7 @@ mod doctor {
             .iter()
             .map(|k| r[k].as_u64().unwrap())
             .sum();
-        assert_eq!(counted, 8);
+        assert_eq!(counted, 9);
         for c in r["checks"].as_array().unwrap() {
             let outcome = c["outcome"].as_str().unwrap();
             assert!(["ok", "warn", "skipped"].contains(&outcome), "{c}");
@@ -1245,7 +1246,12 @@ mod doctor {
             })
             .copied()
             .collect();
-        assert_eq!(tagged.len(), 8, "{stdout}");
+        assert_eq!(tagged.len(), 9, "{stdout}");
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("ok    group      239.255.74.21 is administratively scoped")),
+            "{stdout}"
+        );
         assert!(
             lines
                 .iter()
