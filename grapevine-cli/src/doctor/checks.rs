@@ -729,11 +729,17 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
             "nft insert rule {family} {table} {chain} udp dport {} accept",
             req.port
         ),
-        (_, Some(chain)) => format!(
-            "{} -I {chain} -p udp --dport {} -j ACCEPT",
-            if ipv6 { "ip6tables" } else { "iptables" },
-            req.port
-        ),
+        // `-t TABLE CHAIN`: the table goes before `-I`, which takes the
+        // chain as its argument.
+        (_, Some(chain)) => {
+            let (table, chain) = chain.rsplit_once(' ').unwrap_or(("", chain));
+            format!(
+                "{}{}{table} -I {chain} -p udp --dport {} -j ACCEPT",
+                if ipv6 { "ip6tables" } else { "iptables" },
+                if table.is_empty() { "" } else { " " },
+                req.port
+            )
+        }
         _ => "allow it before that rule".to_owned(),
     };
     let others = findings.len() - 1;
@@ -1498,7 +1504,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         }];
         let c = firewall(&req(Interface::Loopback), Some(&lo()), &host);
         assert_eq!(c.outcome, Outcome::Fail);
-        assert_eq!(c.fix.as_deref(), Some("iptables -I -t filter INPUT -p udp --dport 7777 -j ACCEPT (as root), or remove that rule"));
+        assert_eq!(c.fix.as_deref(), Some("iptables -t filter -I INPUT -p udp --dport 7777 -j ACCEPT (as root), or remove that rule"));
     }
 
     #[test]
