@@ -1131,6 +1131,34 @@ mod tail {
         assert!(out.contains("undecodable: short_header 1"), "{out}");
     }
 
+    /// `--duration` a multiple of `--interval`: the report due at the end is
+    /// the final one; no report has rates over a window of ~0 s.
+    #[test]
+    fn tail_ending_on_an_interval_gives_one_final_report_over_a_real_window() {
+        let (mut tail, _err) = start(&[
+            "--port",
+            "17500",
+            "--json",
+            "--interval",
+            "0.25",
+            "--duration",
+            "0.75",
+        ]);
+        let status = tail.wait_within(Duration::from_secs(10));
+        let out = Reaped::read_all(tail.0.stdout.take());
+        assert!(status.success(), "{out}");
+        let lines: Vec<serde_json::Value> = out.lines().map(json).collect();
+        assert!((1..=3).contains(&lines.len()), "{out}");
+        let (last, before) = lines.split_last().unwrap();
+        assert_eq!(last["final"], true, "{out}");
+        assert!(before.iter().all(|l| l["final"] == false), "{out}");
+        assert!(last["elapsed_s"].as_f64().unwrap() >= 0.7, "{out}");
+        for l in &lines {
+            let w = l["window_s"].as_f64().unwrap();
+            assert!(w >= 0.025 - 1e-6, "a window of {w} s: {out}");
+        }
+    }
+
     /// Out-of-range numbers are refused at once, naming the flag, without
     /// a panic.
     #[test]
@@ -1219,6 +1247,7 @@ mod doctor {
         assert_eq!(
             names,
             [
+                "group",
                 "interface",
                 "route",
                 "rp_filter",
@@ -1233,7 +1262,7 @@ mod doctor {
             .iter()
             .map(|k| r[k].as_u64().unwrap())
             .sum();
-        assert_eq!(counted, 8);
+        assert_eq!(counted, 9);
         for c in r["checks"].as_array().unwrap() {
             let outcome = c["outcome"].as_str().unwrap();
             assert!(["ok", "warn", "skipped"].contains(&outcome), "{c}");
@@ -1289,7 +1318,12 @@ mod doctor {
             })
             .copied()
             .collect();
-        assert_eq!(tagged.len(), 8, "{stdout}");
+        assert_eq!(tagged.len(), 9, "{stdout}");
+        assert!(
+            lines.iter().any(|l| l
+                .starts_with("ok    group      239.255.74.21 is administratively scoped")),
+            "{stdout}"
+        );
         assert!(
             lines
                 .iter()

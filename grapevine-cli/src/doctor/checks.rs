@@ -126,6 +126,115 @@ fn describe_wanted(want: &Interface) -> String {
     }
 }
 
+/// 0. The group itself: a group in a block reserved for routing or
+///    well-known protocols works on this host, but shares its traffic
+///    with them (and routers may treat it specially): a warning.
+pub(crate) fn group(req: &Request) -> Check {
+    match req.group {
+        IpAddr::V4(g) => group4(g),
+        IpAddr::V6(g) => group6(g),
+    }
+}
+
+const GROUP: &str = "group";
+
+fn group4(g: Ipv4Addr) -> Check {
+    let o = g.octets();
+    let reserved = |block: &str| {
+        Check::new(
+            GROUP,
+            Outcome::Warn,
+            format!("{g} is in {block}"),
+        )
+        .fix("use an administratively scoped group in 239.0.0.0/8, such as 239.255.77.77 (the default)")
+    };
+    match o {
+        [224, 0, 0, _] => reserved(
+            "224.0.0.0/24, the Local Network Control Block reserved for routing and discovery \
+             protocols (224.0.0.1 all hosts, 224.0.0.2 all routers, 224.0.0.251 mDNS): routers \
+             never forward it, and every IPv4 host is a member of 224.0.0.1",
+        ),
+        [224, 0, 1, _] => reserved(
+            "224.0.1.0/24, the Internetwork Control Block assigned to protocols such as NTP \
+             (224.0.1.1) and PTP (224.0.1.129), whose traffic would mix with grapevine's",
+        ),
+        [232, ..] => reserved(
+            "232.0.0.0/8, reserved for source-specific multicast: routers forward it only to \
+             receivers that join a (source, group) pair, which grapevine does not",
+        ),
+        [239, ..] => Check::new(
+            GROUP,
+            Outcome::Ok,
+            format!("{g} is administratively scoped (239.0.0.0/8), for use inside an organisation"),
+        ),
+        _ => Check::new(
+            GROUP,
+            Outcome::Ok,
+            format!(
+                "{g} is globally scoped (assigned by IANA, or GLOP in 233.0.0.0/8): not reserved \
+                 for a protocol, though 239.0.0.0/8 is the block meant for private use"
+            ),
+        ),
+    }
+}
+
+fn group6(g: Ipv6Addr) -> Check {
+    let s = g.segments();
+    let flags = (s[0] >> 4) & 0xf;
+    let scope = s[0] & 0xf;
+    let scope_name = match scope {
+        1 => "interface-local",
+        2 => "link-local",
+        3 => "realm-local",
+        4 => "admin-local",
+        5 => "site-local",
+        8 => "organization-local",
+        0xe => "global",
+        0 | 0xf => "reserved",
+        _ => "unassigned",
+    };
+    let warn = |why: String| {
+        Check::new(GROUP, Outcome::Warn, why).fix(
+            "use a transient group (flags 1): ff15::7777 (site-local), ff12::7777 (link-local) \
+             or ff18::7777 (organization-local)",
+        )
+    };
+    if matches!(scope, 0 | 0xf) {
+        return warn(format!(
+            "{g} has scope {scope:x}, which is reserved: hosts and routers may refuse it"
+        ));
+    }
+    if scope == 1 {
+        return warn(format!(
+            "{g} is interface-local (scope 1): it never leaves this host, even on a real \
+             interface"
+        ));
+    }
+    if flags & 1 == 0 {
+        let id = &s[1..];
+        let what = if id == [0, 0, 0, 0, 0, 0, 1] {
+            format!("the {scope_name} all-nodes group")
+        } else if id == [0, 0, 0, 0, 0, 0, 2] {
+            format!("the {scope_name} all-routers group")
+        } else if id == [0; 7] {
+            "a reserved address (group id 0)".to_owned()
+        } else if scope == 2 && s[5] == 1 && s[6] >> 8 == 0xff {
+            "a solicited-node group of neighbour discovery (ff02::1:ff00:0/104)".to_owned()
+        } else {
+            format!("a {scope_name} well-known group")
+        };
+        return warn(format!(
+            "{g} is {what}: flags 0 mark permanent groups that IANA assigns to protocols \
+             (ff0X::1 all nodes, ff0X::2 all routers, ff02::fb mDNS)"
+        ));
+    }
+    Check::new(
+        GROUP,
+        Outcome::Ok,
+        format!("{g} is a transient {scope_name} group (flags {flags:x}, scope {scope:x})"),
+    )
+}
+
 /// 1. The interface exists, is up, has a carrier, the `MULTICAST` flag and
 ///    an address of the group's family. Returns the link for the other
 ///    checks when it exists.
@@ -559,25 +668,32 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
     let mut read = Vec::new();
     let mut unreadable = Vec::new();
     let mut findings = Vec::new();
+    let mut unfollowed = Vec::new();
     for set in &rulesets {
         match &set.text {
             Err(why) => unreadable.push(format!("{}: {why}", set.tool)),
             Ok(text) => {
                 let Reading {
                     chains,
+                    jumped_to,
+                    unfollowed: u,
                     findings: f,
                 } = if set.tool == "nft" {
                     firewall::read_nft(text, &target)
                 } else {
                     firewall::read_iptables(text, &target, set.tool)
                 };
-                let chains = match chains {
+                let mut chains = match chains {
                     0 => "no chain hooked on the path".to_owned(),
                     1 => "1 chain on the path".to_owned(),
                     n => format!("{n} chains on the path"),
                 };
+                if jumped_to > 0 {
+                    chains.push_str(&format!(" and {jumped_to} reached by jump"));
+                }
                 read.push(format!("{} ({chains})", set.tool));
                 findings.extend(f);
+                unfollowed.extend(u);
             }
         }
     }
@@ -593,11 +709,19 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
         );
     }
     let what = format!("udp port {} on {}", req.port, link.name);
+    let not_read = if unfollowed.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; rules in chains reached by jump were not read ({}): the probe below is the proof",
+            unfollowed.join(", ")
+        )
+    };
     let Some(first) = findings.iter().find(|f| f.sure).or(findings.first()) else {
         return Check::new(
             NAME,
             Outcome::Ok,
-            format!("no rule drops {what}: read {}", read.join(", ")),
+            format!("no rule drops {what}: read {}{not_read}", read.join(", ")),
         );
     };
     let accept = match (&first.nft, &first.iptables_chain) {
@@ -605,11 +729,17 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
             "nft insert rule {family} {table} {chain} udp dport {} accept",
             req.port
         ),
-        (_, Some(chain)) => format!(
-            "{} -I {chain} -p udp --dport {} -j ACCEPT",
-            if ipv6 { "ip6tables" } else { "iptables" },
-            req.port
-        ),
+        // `-t TABLE CHAIN`: the table goes before `-I`, which takes the
+        // chain as its argument.
+        (_, Some(chain)) => {
+            let (table, chain) = chain.rsplit_once(' ').unwrap_or(("", chain));
+            format!(
+                "{}{}{table} -I {chain} -p udp --dport {} -j ACCEPT",
+                if ipv6 { "ip6tables" } else { "iptables" },
+                if table.is_empty() { "" } else { " " },
+                req.port
+            )
+        }
         _ => "allow it before that rule".to_owned(),
     };
     let others = findings.len() - 1;
@@ -622,7 +752,10 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
         Check::new(
             NAME,
             Outcome::Fail,
-            format!("{}: `{}` drops {what}{more}", first.chain, first.rule),
+            format!(
+                "{}: `{}` drops {what}{more}{not_read}",
+                first.chain, first.rule
+            ),
         )
         .fix(format!("{accept} (as root), or remove that rule"))
     } else {
@@ -630,7 +763,7 @@ pub(crate) fn firewall(req: &Request, link: Option<&Link>, host: &dyn Host) -> C
             NAME,
             Outcome::Warn,
             format!(
-                "{}: `{}` may drop {what} (it tests what the doctor cannot know){more}",
+                "{}: `{}` may drop {what} (it tests what the doctor cannot know){more}{not_read}",
                 first.chain, first.rule
             ),
         )
@@ -954,6 +1087,69 @@ mod tests {
         c.0.outcome
     }
 
+    /// Reserved blocks warn with a fix naming a group that is not;
+    /// administratively scoped and transient groups are ok.
+    #[test]
+    fn group_in_a_reserved_block_warns() {
+        let verdict = |g: &str| {
+            let mut r = req(Interface::Loopback);
+            r.group = g.parse().unwrap();
+            group(&r)
+        };
+        for (g, says) in [
+            ("224.0.0.1", "Local Network Control Block"),
+            ("224.0.0.0", "224.0.0.0/24"),
+            ("224.0.0.251", "224.0.0.0/24"),
+            ("224.0.1.129", "Internetwork Control Block"),
+            ("232.1.2.3", "source-specific"),
+        ] {
+            let c = verdict(g);
+            assert_eq!(c.name, "group");
+            assert_eq!(c.outcome, Outcome::Warn, "{g}: {c:?}");
+            assert!(c.detail.starts_with(g) && c.detail.contains(says), "{c:?}");
+            assert!(c.fix.as_deref().unwrap().contains("239.0.0.0/8"), "{c:?}");
+        }
+        for (g, says) in [
+            ("239.255.77.77", "administratively scoped"),
+            ("239.0.0.1", "administratively scoped"),
+            ("224.0.2.1", "globally scoped"),
+            ("233.252.0.1", "globally scoped"),
+            ("238.255.255.255", "globally scoped"),
+        ] {
+            let c = verdict(g);
+            assert_eq!(c.outcome, Outcome::Ok, "{g}: {c:?}");
+            assert!(c.detail.contains(says) && c.fix.is_none(), "{c:?}");
+        }
+        for (g, says) in [
+            ("ff02::1", "link-local all-nodes group"),
+            ("ff05::1", "site-local all-nodes group"),
+            ("ff02::2", "link-local all-routers group"),
+            ("ff0e::2", "global all-routers group"),
+            ("ff05::", "reserved address"),
+            ("ff02::1:ff00:1234", "solicited-node"),
+            ("ff02::fb", "link-local well-known group"),
+            ("ff05::7777", "site-local well-known group"),
+            ("ff11::7777", "interface-local"),
+            ("ff10::7777", "reserved"),
+            ("ff1f::7777", "reserved"),
+        ] {
+            let c = verdict(g);
+            assert_eq!(c.outcome, Outcome::Warn, "{g}: {c:?}");
+            assert!(c.detail.starts_with(g) && c.detail.contains(says), "{c:?}");
+            assert!(c.fix.as_deref().unwrap().contains("ff15::7777"), "{c:?}");
+        }
+        for (g, says) in [
+            ("ff15::7777", "transient site-local"),
+            ("ff12::1", "transient link-local"),
+            ("ff18::1:2", "transient organization-local"),
+            ("ff3e:30:2001:db8::1", "transient global"),
+        ] {
+            let c = verdict(g);
+            assert_eq!(c.outcome, Outcome::Ok, "{g}: {c:?}");
+            assert!(c.detail.contains(says), "{c:?}");
+        }
+    }
+
     #[test]
     fn interface_resolves_like_the_library() {
         let links = vec![lo(), eth0()];
@@ -1263,6 +1459,33 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
                 "no rule drops udp port 7777 on lo: read nft (1 chain on the path)"
             )
         );
+        // A drop in a chain reached by jump is found there; a jump that
+        // cannot be followed is said.
+        let jumped = "table inet f {\n\tchain input {\n\t\ttype filter hook input priority 0; policy accept;\n\t\tjump more\n\t}\n\tchain more {\n\t\tudp dport 7777 drop\n\t}\n}\n";
+        host.rulesets = vec![set(jumped)];
+        let c = firewall(&req(Interface::Loopback), Some(&lo()), &host);
+        assert_eq!(c.outcome, Outcome::Fail);
+        assert_eq!(
+            c.detail,
+            "table inet f, chain more: `udp dport 7777 drop` drops udp port 7777 on lo"
+        );
+        host.rulesets = vec![set(&jumped.replace("jump more", "jump gone"))];
+        let c = firewall(&req(Interface::Loopback), Some(&lo()), &host);
+        assert_eq!(
+            (c.outcome, c.detail.as_str()),
+            (
+                Outcome::Ok,
+                "no rule drops udp port 7777 on lo: read nft (1 chain on the path); rules in \
+                 chains reached by jump were not read (table inet f, chain input -> gone (no \
+                 such chain)): the probe below is the proof"
+            )
+        );
+        host.rulesets = vec![set(&jumped.replace("udp dport 7777 drop", "counter"))];
+        let c = firewall(&req(Interface::Loopback), Some(&lo()), &host);
+        assert_eq!(
+            c.detail,
+            "no rule drops udp port 7777 on lo: read nft (1 chain on the path and 1 reached by jump)"
+        );
         host.rulesets = vec![Ruleset {
             tool: "nft",
             text: Err("Operation not permitted".into()),
@@ -1281,7 +1504,7 @@ eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0
         }];
         let c = firewall(&req(Interface::Loopback), Some(&lo()), &host);
         assert_eq!(c.outcome, Outcome::Fail);
-        assert_eq!(c.fix.as_deref(), Some("iptables -I -t filter INPUT -p udp --dport 7777 -j ACCEPT (as root), or remove that rule"));
+        assert_eq!(c.fix.as_deref(), Some("iptables -t filter -I INPUT -p udp --dport 7777 -j ACCEPT (as root), or remove that rule"));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! `iptables-save`): does a rule on the path of this host's multicast drop
 //! UDP to the port?
 //!
-//! Only base chains are read (those hooked into input, output, prerouting,
-//! postrouting), rule by rule in order, as the kernel walks them; a jump to
-//! another chain is not followed. A rule is judged against the interface, the
+//! The walk starts at the base chains (those hooked into input, output,
+//! prerouting, postrouting), rule by rule in order, as the kernel walks
+//! them, and follows `jump` and `goto` (`-j CHAIN`, `-g CHAIN`) into other
+//! chains of the same table, [`MAX_JUMP_DEPTH`] deep at most; a `return`
+//! goes back. A rule is judged against the interface, the
 //! address family and the UDP port: it matches them surely (`udp dport 7777
 //! drop`), perhaps (anything it tests that the doctor cannot know: source
 //! addresses, random numbers, rate limits, named sets), or not at all (TCP,
@@ -27,13 +29,26 @@ enum Match {
     Yes,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Verdict {
     Accept,
     Drop,
-    /// Counters, logs, jumps, marks: the walk goes on.
+    /// Back to the calling chain (or the policy, in a base chain).
+    Return,
+    /// Into another chain of the table, then back.
+    Jump(String),
+    /// Into another chain of the table, not back.
+    Goto(String),
+    /// Counters, logs, marks: the walk goes on.
     Other,
 }
+
+/// How deep jumps are followed (the kernel's own limit is deeper; a loop
+/// stops here).
+pub(crate) const MAX_JUMP_DEPTH: usize = 16;
+
+/// Chains entered per ruleset at most, whatever the jumps.
+const MAX_CHAIN_VISITS: usize = 1000;
 
 /// A rule (or a chain policy) that drops the datagrams.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +70,18 @@ pub(crate) struct Finding {
 pub(crate) struct Reading {
     /// Base chains on the path that were read.
     pub(crate) chains: usize,
+    /// Other chains read because a rule on the path jumps to them.
+    pub(crate) jumped_to: usize,
+    /// Jumps not followed: the target chain is missing, or too deep.
+    pub(crate) unfollowed: Vec<String>,
     pub(crate) findings: Vec<Finding>,
 }
 
 #[derive(Debug)]
 struct Chain {
+    /// The table (nft: `family name`), and the chain's name in it.
+    table: String,
+    name: String,
     label: String,
     nft: Option<(String, String, String)>,
     iptables_chain: Option<String>,
@@ -68,41 +90,144 @@ struct Chain {
     rules: Vec<(String, Match, Verdict)>,
 }
 
-impl Chain {
-    /// Walks the rules in order: the first sure accept ends the walk; drops
-    /// that surely or perhaps match are findings; the policy applies to
-    /// what reaches the end.
-    fn walk(self, out: &mut Reading) {
-        if !self.on_path {
+enum Flow {
+    /// A sure accept or drop: nothing after it is reached.
+    Stop,
+    /// The end of the chain, or a `return`.
+    Fell,
+}
+
+/// A walk from one base chain.
+struct Walk<'a> {
+    chains: &'a [Chain],
+    out: &'a mut Reading,
+    jumped_to: &'a mut Vec<(String, String)>,
+    visits: usize,
+    maybe_accepted: bool,
+}
+
+impl Walk<'_> {
+    fn finding(&mut self, c: &Chain, rule: &str, sure: bool) {
+        if let Some(f) = self
+            .out
+            .findings
+            .iter_mut()
+            .find(|f| f.chain == c.label && f.rule == rule)
+        {
+            f.sure |= sure;
             return;
         }
-        out.chains += 1;
-        let mut maybe_accepted = false;
-        let finding = |rule: &str, sure: bool| Finding {
-            chain: self.label.clone(),
+        self.out.findings.push(Finding {
+            chain: c.label.clone(),
             rule: rule.to_owned(),
             sure,
-            nft: self.nft.clone(),
-            iptables_chain: self.iptables_chain.clone(),
-        };
-        for (text, m, verdict) in &self.rules {
-            match (m, verdict) {
-                (Match::Yes, Verdict::Accept) => return,
-                (Match::Maybe, Verdict::Accept) => maybe_accepted = true,
-                (Match::Yes | Match::Maybe, Verdict::Drop) => {
-                    let sure = *m == Match::Yes && !maybe_accepted;
-                    out.findings.push(finding(text, sure));
+            nft: c.nft.clone(),
+            iptables_chain: c.iptables_chain.clone(),
+        });
+    }
+
+    /// Walks `c`'s rules in order, each matching at most as surely as
+    /// `reached` (how surely the datagrams got here): the first sure
+    /// accept or drop stops the walk; drops that surely or perhaps match
+    /// are findings.
+    fn chain(&mut self, c: &Chain, reached: Match, depth: usize) -> Flow {
+        let mut reached = reached;
+        for (text, m, verdict) in &c.rules {
+            let m = (*m).min(reached);
+            if m == Match::No {
+                continue;
+            }
+            match verdict {
+                Verdict::Accept if m == Match::Yes => return Flow::Stop,
+                Verdict::Accept => self.maybe_accepted = true,
+                Verdict::Drop => {
+                    let sure = m == Match::Yes && !self.maybe_accepted;
+                    self.finding(c, text, sure);
                     if sure {
-                        return;
+                        return Flow::Stop;
                     }
                 }
-                _ => {}
+                Verdict::Return if m == Match::Yes => return Flow::Fell,
+                // What follows a return that may match may not be reached.
+                Verdict::Return => reached = Match::Maybe,
+                Verdict::Jump(to) | Verdict::Goto(to) => {
+                    let goto = matches!(verdict, Verdict::Goto(_));
+                    let target = self
+                        .chains
+                        .iter()
+                        .find(|t| t.table == c.table && &t.name == to);
+                    let Some(target) = target else {
+                        // iptables: `-j LOG` and other targets that are
+                        // not chains. nft: a chain that is not there.
+                        if c.nft.is_some() {
+                            self.unfollowed(c, to, "no such chain");
+                        }
+                        continue;
+                    };
+                    if depth >= MAX_JUMP_DEPTH || self.visits >= MAX_CHAIN_VISITS {
+                        self.unfollowed(c, to, "too deep");
+                        // It may accept or drop there.
+                        self.maybe_accepted = true;
+                        reached = Match::Maybe;
+                        continue;
+                    }
+                    self.visits += 1;
+                    let key = (target.table.clone(), target.name.clone());
+                    if !self.jumped_to.contains(&key) {
+                        self.jumped_to.push(key);
+                    }
+                    let flow = self.chain(target, m, depth + 1);
+                    match (m, flow) {
+                        (Match::Yes, Flow::Stop) => return Flow::Stop,
+                        (Match::Yes, Flow::Fell) if goto => return Flow::Fell,
+                        (Match::Yes, Flow::Fell) => {}
+                        // Only some datagrams may have gone there.
+                        _ if goto => reached = Match::Maybe,
+                        _ => {}
+                    }
+                }
+                Verdict::Other => {}
             }
         }
-        if self.policy_drop {
-            out.findings.push(finding("policy drop", !maybe_accepted));
+        Flow::Fell
+    }
+
+    fn unfollowed(&mut self, c: &Chain, to: &str, why: &str) {
+        let text = format!("{} -> {to} ({why})", c.label);
+        if !self.out.unfollowed.contains(&text) {
+            self.out.unfollowed.push(text);
         }
     }
+}
+
+/// Walks every base chain on the path of `chains` (one table or several),
+/// following jumps; the policy applies to what reaches a base chain's end.
+fn walk_all(chains: &[Chain], out: &mut Reading) {
+    let mut jumped_to = Vec::new();
+    for base in chains.iter().filter(|c| c.on_path) {
+        out.chains += 1;
+        let mut walk = Walk {
+            chains,
+            out: &mut *out,
+            jumped_to: &mut jumped_to,
+            visits: 0,
+            maybe_accepted: false,
+        };
+        if let Flow::Fell = walk.chain(base, Match::Yes, 0) {
+            if base.policy_drop {
+                let sure = !walk.maybe_accepted;
+                walk.finding(base, "policy drop", sure);
+            }
+        }
+    }
+    out.jumped_to += jumped_to
+        .iter()
+        .filter(|(table, name)| {
+            !chains
+                .iter()
+                .any(|c| c.on_path && &c.table == table && &c.name == name)
+        })
+        .count();
 }
 
 fn unquote(s: &str) -> &str {
@@ -174,7 +299,20 @@ fn nft_rule(text: &str, t: &Target<'_>) -> (Match, Verdict) {
                 verdict = Verdict::Drop;
                 break;
             }
-            "comment" | "log" | "jump" | "goto" => break,
+            "jump" | "goto" => {
+                let to = unquote(tokens.get(i).copied().unwrap_or("")).to_owned();
+                verdict = if tok == "jump" {
+                    Verdict::Jump(to)
+                } else {
+                    Verdict::Goto(to)
+                };
+                break;
+            }
+            "return" => {
+                verdict = Verdict::Return;
+                break;
+            }
+            "comment" | "log" => break,
             "iif" | "iifname" | "oif" | "oifname" => {
                 let neg = tokens.get(i) == Some(&"!=");
                 if neg {
@@ -277,15 +415,14 @@ fn nft_rule(text: &str, t: &Target<'_>) -> (Match, Verdict) {
 /// Reads `nft list ruleset`.
 pub(crate) fn read_nft(text: &str, t: &Target<'_>) -> Reading {
     let mut out = Reading::default();
+    let mut chains: Vec<Chain> = Vec::new();
     let mut table: Option<(String, String)> = None;
     let mut chain: Option<Chain> = None;
     for raw in text.lines() {
         let line = raw.trim();
         if let Some(current) = chain.as_mut() {
             if line == "}" {
-                if let Some(done) = chain.take() {
-                    done.walk(&mut out);
-                }
+                chains.extend(chain.take());
             } else if let Some(rest) = line.strip_prefix("type ") {
                 let words: Vec<&str> = rest
                     .split(|c: char| c.is_whitespace() || c == ';')
@@ -324,6 +461,10 @@ pub(crate) fn read_nft(text: &str, t: &Target<'_>) -> Reading {
                 // A chain of a table of another family is read and ignored:
                 // without `nft` it never gets on the path.
                 chain = Some(Chain {
+                    table: table
+                        .as_ref()
+                        .map_or_else(String::new, |(f, tn)| format!("{f} {tn}")),
+                    name: (*name).to_owned(),
                     label: table.as_ref().map_or_else(String::new, |(f, tn)| {
                         format!("table {f} {tn}, chain {name}")
                     }),
@@ -337,6 +478,9 @@ pub(crate) fn read_nft(text: &str, t: &Target<'_>) -> Reading {
             _ => {}
         }
     }
+    // Chains of tables of another family have no `nft` and are never
+    // jumped to from a chain on the path (jumps stay in their table).
+    walk_all(&chains, &mut out);
     out
 }
 
@@ -400,9 +544,13 @@ fn iptables_rule(args: &[&str], t: &Target<'_>) -> (Match, Verdict) {
                 verdict = match value {
                     "ACCEPT" => Verdict::Accept,
                     "DROP" | "REJECT" => Verdict::Drop,
-                    _ => Verdict::Other,
+                    "RETURN" => Verdict::Return,
+                    // A user chain, or a target such as LOG (not a chain:
+                    // the walk goes on).
+                    _ => Verdict::Jump(value.to_owned()),
                 };
             }
+            "-g" | "--goto" => verdict = Verdict::Goto(value.to_owned()),
             _ => m = m.min(Match::Maybe),
         }
         neg = false;
@@ -436,9 +584,8 @@ pub(crate) fn read_iptables(text: &str, t: &Target<'_>, tool: &str) -> Reading {
     let mut chains: Vec<Chain> = Vec::new();
     let mut table = String::new();
     let finish = |chains: &mut Vec<Chain>, out: &mut Reading| {
-        for c in chains.drain(..) {
-            c.walk(out);
-        }
+        walk_all(chains, out);
+        chains.clear();
     };
     for line in text.lines() {
         let line = line.trim();
@@ -453,6 +600,8 @@ pub(crate) fn read_iptables(text: &str, t: &Target<'_>, tool: &str) -> Reading {
                 continue;
             };
             chains.push(Chain {
+                table: table.clone(),
+                name: name.to_owned(),
                 label: format!("{tool} table {table}, chain {name}"),
                 nft: None,
                 iptables_chain: Some(format!("-t {table} {name}")),
@@ -466,11 +615,7 @@ pub(crate) fn read_iptables(text: &str, t: &Target<'_>, tool: &str) -> Reading {
                 continue;
             };
             let (m, v) = iptables_rule(args, t);
-            if let Some(c) = chains.iter_mut().find(|c| {
-                c.iptables_chain
-                    .as_deref()
-                    .is_some_and(|n| n.ends_with(&format!(" {name}")))
-            }) {
+            if let Some(c) = chains.iter_mut().find(|c| c.name == *name) {
                 c.rules.push((line.to_owned(), m, v));
             }
         }
@@ -612,6 +757,149 @@ mod tests {
         let r = read_nft(text, &Target { ipv6: true, ..LO });
         assert_eq!(r.chains, 1);
         assert_eq!(sure(&r), ["policy drop"]);
+    }
+
+    /// An nft table with a base chain `input` whose rules are `rules`, and
+    /// other chains as (name, rules).
+    fn nft_chains(rules: &str, others: &[(&str, &str)]) -> String {
+        let mut t = format!(
+            "table inet filter {{\n\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n{rules}\n\t}}\n"
+        );
+        for (name, body) in others {
+            t.push_str(&format!("\tchain {name} {{\n{body}\n\t}}\n"));
+        }
+        t.push_str("}\n");
+        t
+    }
+
+    /// A drop in a chain that the path jumps (or goes) to is found there;
+    /// a `return` before it, an accept before the jump or a jump that
+    /// does not match hides it.
+    #[test]
+    fn nft_jumps_and_gotos_are_followed_into_their_chains() {
+        let helper = [(
+            "helper",
+            "\t\tudp dport 7777 counter packets 0 bytes 0 drop",
+        )];
+        for jump in ["jump helper", "goto helper", "meta l4proto udp jump helper"] {
+            let r = read_nft(&nft_chains(&format!("\t\t{jump}"), &helper), &LO);
+            assert_eq!(r.chains, 1);
+            assert_eq!(r.jumped_to, 1, "{jump}");
+            assert!(r.unfollowed.is_empty());
+            assert_eq!(
+                sure(&r),
+                ["udp dport 7777 counter packets 0 bytes 0 drop"],
+                "{jump}"
+            );
+            let f = &r.findings[0];
+            assert_eq!(f.chain, "table inet filter, chain helper");
+            assert_eq!(
+                f.nft,
+                Some(("inet".into(), "filter".into(), "helper".into()))
+            );
+        }
+        for (rules, helper) in [
+            ("\t\tudp dport 7777 accept\n\t\tjump helper", helper[0].1),
+            ("\t\ttcp dport 22 jump helper", helper[0].1),
+            ("\t\tjump helper", "\t\treturn\n\t\tudp dport 7777 drop"),
+            ("\t\tjump helper", "\t\tudp dport 7777 accept\n\t\tdrop"),
+        ] {
+            let r = read_nft(&nft_chains(rules, &[("helper", helper)]), &LO);
+            assert!(r.findings.is_empty(), "{rules} / {helper}: {r:?}");
+        }
+        // After a jump that returns, the base chain goes on; after a goto
+        // that ends, it does not (the policy applies).
+        let r = read_nft(
+            &nft_chains(
+                "\t\tjump helper\n\t\tudp dport 7777 drop",
+                &[("helper", "\t\tcounter")],
+            ),
+            &LO,
+        );
+        assert_eq!(sure(&r), ["udp dport 7777 drop"]);
+        let r = read_nft(
+            &nft_chains(
+                "\t\tgoto helper\n\t\tudp dport 7777 drop",
+                &[("helper", "\t\tcounter")],
+            ),
+            &LO,
+        );
+        assert!(r.findings.is_empty(), "{r:?}");
+        // A jump that may match: what it leads to may drop.
+        let r = read_nft(
+            &nft_chains("\t\tip saddr 10.0.0.0/8 jump helper", &helper),
+            &LO,
+        );
+        assert_eq!(maybe(&r), ["udp dport 7777 counter packets 0 bytes 0 drop"]);
+        // Two levels deep.
+        let r = read_nft(
+            &nft_chains(
+                "\t\tjump a",
+                &[("a", "\t\tjump b"), ("b", "\t\tudp dport 7777 drop")],
+            ),
+            &LO,
+        );
+        assert_eq!((r.jumped_to, sure(&r)), (2, vec!["udp dport 7777 drop"]));
+    }
+
+    /// Loops stop at the depth bound and say so; a missing chain is named.
+    #[test]
+    fn nft_jump_loops_are_bounded_and_missing_chains_named() {
+        let r = read_nft(
+            &nft_chains(
+                "\t\tjump a",
+                &[("a", "\t\tjump b\n\t\tjump b"), ("b", "\t\tjump a")],
+            ),
+            &LO,
+        );
+        assert_eq!(r.jumped_to, 2);
+        assert!(
+            r.unfollowed
+                .iter()
+                .any(|u| u.ends_with("-> a (too deep)") || u.ends_with("-> b (too deep)")),
+            "{r:?}"
+        );
+        let r = read_nft(&nft_chains("\t\tjump nowhere", &[]), &LO);
+        assert_eq!(
+            r.unfollowed,
+            ["table inet filter, chain input -> nowhere (no such chain)"]
+        );
+    }
+
+    #[test]
+    fn iptables_jumps_to_user_chains_are_followed() {
+        let text = "*filter
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:mine - [0:0]
+:early - [0:0]
+-A INPUT -j LOG --log-prefix x
+-A INPUT -p udp -j early
+-A INPUT -p udp -j mine
+-A early -p tcp -j DROP
+-A early -j RETURN
+-A early -j DROP
+-A mine -p udp --dport 7777 -j DROP
+COMMIT
+";
+        let r = read_iptables(text, &LO, "iptables-save");
+        assert_eq!((r.chains, r.jumped_to), (2, 2));
+        assert!(r.unfollowed.is_empty(), "{r:?}");
+        assert_eq!(sure(&r), ["-A mine -p udp --dport 7777 -j DROP"]);
+        assert_eq!(
+            r.findings[0].iptables_chain.as_deref(),
+            Some("-t filter mine")
+        );
+        assert_eq!(
+            r.findings[0].chain,
+            "iptables-save table filter, chain mine"
+        );
+        let r = read_iptables(
+            &text.replace("-j RETURN", "-p udp -j ACCEPT"),
+            &LO,
+            "iptables-save",
+        );
+        assert!(r.findings.is_empty(), "{r:?}");
     }
 
     #[test]

@@ -193,6 +193,7 @@ fn diagnose(req: &Request, host: &dyn Host) -> Vec<Check> {
     let (first, link) = checks::interface(req, &links);
     let link = link.as_ref();
     let mut out = vec![
+        checks::group(req),
         first,
         checks::route(req, link, host),
         checks::rp_filter(req, link, host),

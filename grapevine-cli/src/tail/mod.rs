@@ -42,7 +42,8 @@ pub(crate) struct TailArgs {
     /// The object's fields: `elapsed_s`,
     /// `window_s`, `final`, `datagrams`, `bytes`, `undecodable` (datagrams
     /// dropped, by reason), `fragments_rejected`, `evicted`, and `streams`,
-    /// an array with one object per (stream, session): `stream`,
+    /// an array with one object per (stream, session), alive ones first,
+    /// then by stream, then the most recently heard first: `stream`,
     /// `session`, `from`, `alive`, `alive_window_s`, `heartbeat_ms`,
     /// `first_heard_s` and `last_heard_s` (ages), `datagrams`, `bytes`,
     /// `datagram_rate`, `byte_rate`, `datagrams_missed`, `counts` and
@@ -57,6 +58,8 @@ pub(crate) struct TailArgs {
     interval: f64,
     /// Stop after this many seconds and print a final report (default: run
     /// until interrupted; Ctrl-C or SIGTERM also prints the final report).
+    /// A final report due at, or just after, a periodic one takes its
+    /// place, with the rates of the last full window.
     #[arg(long, allow_negative_numbers = true)]
     duration: Option<f64>,
 }
@@ -86,6 +89,18 @@ enum Output {
     /// Print a table per report, one after the other.
     Plain,
     Json,
+}
+
+/// A final report is not given a rate window shorter than this: it
+/// extends the previous window instead (see [`Observer::final_report`]).
+fn min_window(interval: Duration) -> Duration {
+    interval / 10
+}
+
+/// Whether a periodic report due at `now` should be the final one instead:
+/// the run ends within [`min_window`] of it.
+fn ends_at_this_tick(now: Instant, end: Option<Instant>, interval: Duration) -> bool {
+    end.is_some_and(|end| end.saturating_duration_since(now) < min_window(interval))
 }
 
 fn print(out: Output, heading: &str, r: &Report) -> Result<()> {
@@ -127,11 +142,16 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
     say!("{heading}: listening");
 
     let start = Instant::now();
+    let end_at = duration.map(|d| start + d);
     let mut observer = Observer::new(start);
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval_at((start + interval).into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let end = tokio::time::sleep(duration.unwrap_or(Duration::from_secs(365 * 86_400)));
+    let end = tokio::time::sleep_until(
+        end_at
+            .unwrap_or(start + Duration::from_secs(365 * 86_400))
+            .into(),
+    );
     tokio::pin!(end);
     let mut stop = Box::pin(crate::pubsub::stop_signal());
     loop {
@@ -145,7 +165,13 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
                 ) => {}
                 Err(e) => return Err(e).context("receiving"),
             },
-            _ = tick.tick() => print(out, &heading, &observer.report(Instant::now()))?,
+            _ = tick.tick() => {
+                let now = Instant::now();
+                if ends_at_this_tick(now, end_at, interval) {
+                    break;
+                }
+                print(out, &heading, &observer.report(now))?;
+            }
             () = &mut end, if duration.is_some() => break,
             r = &mut stop => {
                 r?;
@@ -153,8 +179,7 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
             }
         }
     }
-    let mut last = observer.report(Instant::now());
-    last.final_report = true;
+    let last = observer.final_report(Instant::now(), min_window(interval));
     print(out, &heading, &last)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -162,6 +187,25 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--duration 3 --interval 1`: the tick due at 3 s is the final
+    /// report, not a periodic one followed by a final one over ~0 s.
+    #[test]
+    fn a_tick_at_the_end_of_the_duration_is_the_final_report() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let interval = s(1);
+        let end = Some(t0 + s(3));
+        assert!(!ends_at_this_tick(t0 + s(1), end, interval));
+        assert!(!ends_at_this_tick(t0 + s(2), end, interval));
+        assert!(!ends_at_this_tick(t0 + ms(2900), end, interval));
+        assert!(ends_at_this_tick(t0 + ms(2901), end, interval));
+        assert!(ends_at_this_tick(t0 + s(3), end, interval));
+        // A tick that fires late, after the end.
+        assert!(ends_at_this_tick(t0 + ms(3005), end, interval));
+        assert!(!ends_at_this_tick(t0 + s(1_000_000), None, interval));
+    }
 
     #[test]
     fn seconds_must_be_finite_positive_and_bounded() {

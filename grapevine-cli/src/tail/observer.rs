@@ -238,6 +238,9 @@ struct Entry {
     counts: [u64; KINDS],
     /// `counts`, `datagrams` and `bytes` when the rate window began.
     window: ([u64; KINDS], u64, u64),
+    /// The same when the previous window began (see
+    /// [`Observer::final_report`]).
+    prev_window: ([u64; KINDS], u64, u64),
     /// Publisher datagrams and their lowest and highest `datagram_seq`.
     published: u64,
     datagram_seqs: Option<(u64, u64)>,
@@ -262,6 +265,7 @@ impl Entry {
             bytes: 0,
             counts: [0; KINDS],
             window: ([0; KINDS], 0, 0),
+            prev_window: ([0; KINDS], 0, 0),
             published: 0,
             datagram_seqs: None,
             seqs: Seqs::default(),
@@ -347,6 +351,8 @@ pub(crate) struct Observer {
     fragments_rejected: u64,
     started: Instant,
     window_start: Instant,
+    /// When the previous rate window began, once a report was made.
+    prev_window_start: Option<Instant>,
 }
 
 impl Observer {
@@ -369,6 +375,7 @@ impl Observer {
             fragments_rejected: 0,
             started: now,
             window_start: now,
+            prev_window_start: None,
         }
     }
 
@@ -483,8 +490,17 @@ impl Observer {
                 cycles_begun: e.cycles_begun,
                 cycles_complete: e.cycles_complete,
             });
+            e.prev_window = e.window;
             e.window = (e.counts, e.datagrams, e.bytes);
         }
+        streams.sort_by(|a, b| {
+            b.alive
+                .cmp(&a.alive)
+                .then(a.stream.cmp(&b.stream))
+                .then(a.last_heard_s.total_cmp(&b.last_heard_s))
+                .then_with(|| a.session.cmp(&b.session))
+        });
+        self.prev_window_start = Some(self.window_start);
         self.window_start = now;
         Report {
             elapsed_s: age(self.started),
@@ -501,6 +517,28 @@ impl Observer {
             evicted: self.evicted,
             streams,
         }
+    }
+}
+
+impl Observer {
+    /// The last report, marked final. When the window since the previous
+    /// report is shorter than `min_window` (the run ended at, or just
+    /// after, a report), its rates would be noise or 0: the previous
+    /// window is extended to `now` instead, so the final report has the
+    /// rates of the last real window (and `window_s` says how long that
+    /// was).
+    pub(crate) fn final_report(&mut self, now: Instant, min_window: Duration) -> Report {
+        if let Some(prev) = self.prev_window_start {
+            if now.saturating_duration_since(self.window_start) < min_window {
+                self.window_start = prev;
+                for e in self.entries.values_mut() {
+                    e.window = e.prev_window;
+                }
+            }
+        }
+        let mut r = self.report(now);
+        r.final_report = true;
+        r
     }
 }
 
@@ -525,7 +563,8 @@ pub(crate) struct Report {
     pub(crate) fragments_rejected: u64,
     /// (stream, session) entries dropped to stay within the bound.
     pub(crate) evicted: u64,
-    /// One per (stream, session), by stream then session.
+    /// One per (stream, session): alive ones first, then by stream, then
+    /// the most recently heard first (then by session).
     pub(crate) streams: Vec<StreamReport>,
 }
 
@@ -811,6 +850,88 @@ mod tests {
         assert_eq!(s.counts.delta, 11);
         let r = o.report(t0 + ms(1500));
         assert_eq!(only(&r).rates.delta, 0.0, "an empty window has no rate");
+    }
+
+    /// A final report right after a periodic one (the duration ended on an
+    /// interval boundary, or Ctrl-C just then) has the rates of the last
+    /// real window, not rates over ~0 s; a longer last window keeps its
+    /// own rates.
+    #[test]
+    fn a_final_report_just_after_a_report_keeps_the_last_real_window() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        for i in 0..10 {
+            let d = dg(1, 7, i, &[Message::Delta(delta(i + 1))]);
+            o.observe(t0 + ms(100 * i), from(), &d);
+        }
+        let periodic = o.report(t0 + ms(1000));
+        assert!((only(&periodic).rates.delta - 10.0).abs() < 1e-9);
+        // A session first heard in the short tail still has its rate.
+        o.observe(
+            t0 + ms(1001),
+            from(),
+            &dg(2, 8, 0, &[Message::Delta(delta(1))]),
+        );
+        let last = o.final_report(t0 + ms(1002), ms(100));
+        assert!(last.final_report);
+        assert!((last.window_s - 1.002).abs() < 1e-9, "{}", last.window_s);
+        let s = &last.streams[0];
+        assert_eq!(s.stream, 1);
+        assert!((s.rates.delta - 10.0 / 1.002).abs() < 1e-9, "{:?}", s.rates);
+        assert!(s.datagram_rate > 9.0, "{}", s.datagram_rate);
+        assert!((last.streams[1].rates.delta - 1.0 / 1.002).abs() < 1e-9);
+
+        // A final report well after the previous one: its own window.
+        let mut o = Observer::new(t0);
+        o.observe(t0, from(), &dg(1, 7, 0, &[Message::Delta(delta(1))]));
+        o.report(t0 + ms(1000));
+        o.observe(
+            t0 + ms(1100),
+            from(),
+            &dg(1, 7, 1, &[Message::Delta(delta(2))]),
+        );
+        let last = o.final_report(t0 + ms(1500), ms(100));
+        assert!((last.window_s - 0.5).abs() < 1e-9);
+        assert!((only(&last).rates.delta - 2.0).abs() < 1e-9);
+        // No report before: the whole run is the window.
+        let mut o = Observer::new(t0);
+        o.observe(t0, from(), &dg(1, 7, 0, &[Message::Delta(delta(1))]));
+        let last = o.final_report(t0 + ms(50), ms(100));
+        assert!((last.window_s - 0.05).abs() < 1e-9);
+        assert!((only(&last).rates.delta - 20.0).abs() < 1e-9);
+    }
+
+    /// Rows: alive sessions first, then by stream, then the most recently
+    /// heard first, whatever their session ids.
+    #[test]
+    fn sessions_are_sorted_alive_first_then_stream_then_most_recent() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        let d = |session: u64| [Message::Delta(delta(session))];
+        // Dead by the report (heard 4 s before it, no heartbeat: 3 s).
+        o.observe(t0, from(), &dg(1, 1, 0, &d(1)));
+        o.observe(t0, from(), &dg(3, 2, 0, &d(1)));
+        // Alive: stream 5 (session 9, then session 3 heard later), stream 4.
+        o.observe(t0 + ms(3000), from(), &dg(5, 9, 0, &d(1)));
+        o.observe(t0 + ms(3500), from(), &dg(5, 3, 0, &d(1)));
+        o.observe(t0 + ms(3100), from(), &dg(4, 0xffff, 0, &d(1)));
+        let r = o.report(t0 + ms(4000));
+        let got: Vec<(bool, u32, String)> = r
+            .streams
+            .iter()
+            .map(|s| (s.alive, s.stream, s.session.clone()))
+            .collect();
+        let sid = |n: u64| SessionId(n).to_string();
+        assert_eq!(
+            got,
+            [
+                (true, 4, sid(0xffff)),
+                (true, 5, sid(3)),
+                (true, 5, sid(9)),
+                (false, 1, sid(1)),
+                (false, 3, sid(2)),
+            ]
+        );
     }
 
     /// Alive: heard within 3 heartbeat intervals (as the heartbeats say),

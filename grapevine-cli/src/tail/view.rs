@@ -8,29 +8,85 @@ use super::observer::{Report, StreamReport};
 /// Clears a terminal and moves the cursor home (ANSI).
 pub(crate) const CLEAR: &str = "\x1b[2J\x1b[H";
 
-/// Column headers and, for each, whether it is right-aligned (numbers).
-const COLUMNS: [(&str, bool); 14] = [
-    ("STREAM", true),
-    ("SESSION", false),
-    ("FROM", false),
-    ("ALIVE", false),
-    ("LAST", true),
-    ("DGRAM/S", true),
-    ("DELTA/S", true),
-    ("RETX/S", true),
-    ("SNAP/S", true),
-    ("HB/S", true),
-    ("DELTAS", true),
-    ("SEQ", true),
-    ("GAPS", true),
-    ("CYCLE", false),
+/// Column headers, their fixed widths (in characters) and whether each is
+/// right-aligned (numbers). The widths never change between redraws: a
+/// value that would not fit is abbreviated (`12M`, `3.5h`) or cut with
+/// `…`; `--json` has every value whole.
+const COLUMNS: [(&str, usize, bool); 14] = [
+    ("STREAM", 10, true),
+    ("SESSION", 18, false),
+    ("FROM", 21, false),
+    ("ALIVE", 5, false),
+    ("LAST", 6, true),
+    ("DGRAM/S", 7, true),
+    ("DELTA/S", 7, true),
+    ("RETX/S", 6, true),
+    ("SNAP/S", 6, true),
+    ("HB/S", 6, true),
+    ("DELTAS", 8, true),
+    ("SEQ", 10, true),
+    ("GAPS", 16, true),
+    ("CYCLE", 24, false),
 ];
 
+/// `s` in at most `w` characters: cut in the middle with `…` (the end of
+/// an address is its port, the end of a number its last digits).
+fn fit(s: String, w: usize) -> String {
+    let n = s.chars().count();
+    if n <= w {
+        return s;
+    }
+    let tail = (w - 1) / 2;
+    let head = w - 1 - tail;
+    let chars: Vec<char> = s.chars().collect();
+    let mut out: String = chars[..head].iter().collect();
+    out.push('…');
+    out.extend(&chars[n - tail..]);
+    out
+}
+
+/// A count in at most `w` characters: whole if it fits, else in
+/// thousands, millions... (`12k`, `340M`, `18E`).
+fn count(n: u64, w: usize) -> String {
+    let whole = n.to_string();
+    if whole.len() <= w {
+        return whole;
+    }
+    let mut div = 1u64;
+    for suffix in ["k", "M", "G", "T", "P", "E"] {
+        div *= 1000;
+        let s = format!("{}{suffix}", n / div);
+        if s.len() <= w {
+            return s;
+        }
+    }
+    fit(whole, w)
+}
+
+/// A rate per second in at most 6 characters.
 fn rate(r: f64) -> String {
-    if r >= 100.0 {
+    if !r.is_finite() || r < 0.0 {
+        "?".to_owned()
+    } else if r < 99.95 {
+        format!("{r:.1}")
+    } else if r < 999_999.5 {
         format!("{r:.0}")
     } else {
-        format!("{r:.1}")
+        count(r as u64, 6)
+    }
+}
+
+/// An age in seconds in at most 6 characters: `12.3s`, then minutes,
+/// hours, days.
+fn age(s: f64) -> String {
+    if s < 999.95 {
+        format!("{s:.1}s")
+    } else if s < 99.5 * 60.0 {
+        format!("{:.0}m", s / 60.0)
+    } else if s < 99.5 * 3600.0 {
+        format!("{:.1}h", s / 3600.0)
+    } else {
+        format!("{}d", count((s / 86_400.0) as u64, 5))
     }
 }
 
@@ -38,34 +94,47 @@ fn row(s: &StreamReport) -> [String; 14] {
     let cycle = match s.cycle {
         Some(c) => format!(
             "#{} {}/{}{}",
-            c.id,
-            c.seen,
-            c.leaves,
+            count(u64::from(c.id), 7),
+            count(u64::from(c.seen), 5),
+            count(u64::from(c.leaves), 5),
             if c.ended { " end" } else { "" }
         ),
         None => "-".to_owned(),
     };
+    let gaps_w = COLUMNS[12].1;
     let gaps = if s.gaps_filled > 0 {
-        format!("{} (+{} filled)", s.gaps, s.gaps_filled)
+        let (g, f) = (count(s.gaps, 5), count(s.gaps_filled, 5));
+        let long = format!("{g} (+{f} filled)");
+        if long.len() <= gaps_w {
+            long
+        } else {
+            format!("{g} (+{f})")
+        }
     } else {
-        s.gaps.to_string()
+        count(s.gaps, gaps_w)
     };
-    [
+    let cells = [
         s.stream.to_string(),
         s.session.clone(),
         s.from.clone().unwrap_or_else(|| "-".to_owned()),
         if s.alive { "yes" } else { "no" }.to_owned(),
-        format!("{:.1}s", s.last_heard_s),
+        age(s.last_heard_s),
         rate(s.datagram_rate),
         rate(s.rates.delta),
         rate(s.rates.retransmit),
         rate(s.rates.snapshot),
         rate(s.rates.heartbeat),
-        s.counts.delta.to_string(),
-        s.latest_seq.to_string(),
+        count(s.counts.delta, COLUMNS[10].1),
+        count(s.latest_seq, COLUMNS[11].1),
         gaps,
         cycle,
-    ]
+    ];
+    let mut i = 0;
+    cells.map(|c| {
+        let w = COLUMNS[i].1;
+        i += 1;
+        fit(c, w)
+    })
 }
 
 /// The report as a table: a summary line, one row per (stream, session),
@@ -83,17 +152,10 @@ pub(crate) fn table(r: &Report, heading: &str) -> String {
         alive,
         if r.final_report { " | final" } else { "" }
     );
-    let rows: Vec<[String; 14]> = r.streams.iter().map(row).collect();
-    let mut widths = COLUMNS.map(|(h, _)| h.len());
-    for cells in &rows {
-        for (w, c) in widths.iter_mut().zip(cells) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
     let mut line = |cells: [&str; 14]| {
         let mut l = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            let (w, right) = (widths[i], COLUMNS[i].1);
+            let (_, w, right) = COLUMNS[i];
             if i > 0 {
                 l.push_str("  ");
             }
@@ -105,8 +167,9 @@ pub(crate) fn table(r: &Report, heading: &str) -> String {
         }
         let _ = writeln!(out, "{}", l.trim_end());
     };
-    line(COLUMNS.map(|(h, _)| h));
-    for cells in &rows {
+    line(COLUMNS.map(|(h, _, _)| h));
+    for s in &r.streams {
+        let cells = row(s);
         line(std::array::from_fn(|i| cells[i].as_str()));
     }
     if r.streams.is_empty() {
@@ -200,7 +263,7 @@ mod tests {
         );
         assert!(lines[0].ends_with("1 sessions, 1 alive"), "{}", lines[0]);
         let header: Vec<&str> = lines[1].split_whitespace().collect();
-        assert_eq!(header, COLUMNS.map(|(h, _)| h));
+        assert_eq!(header, COLUMNS.map(|(h, _, _)| h));
         let row: Vec<&str> = lines[2].split_whitespace().collect();
         assert_eq!(
             row,
@@ -232,6 +295,89 @@ mod tests {
             "undecodable: bad_magic 1 | fragments rejected: 0 | sessions evicted: 0"
         );
         assert!(!text.contains('\x1b'));
+    }
+
+    /// The columns stay where they are from one redraw to the next, however
+    /// small or large the values: extreme ones are abbreviated or cut.
+    #[test]
+    fn column_widths_do_not_change_with_the_values() {
+        let small = report();
+        let mut big = report();
+        {
+            let s = &mut big.streams[0];
+            s.stream = u32::MAX;
+            s.from = Some("[fe80::1234:5678:9abc:def0%4294967295]:65535".to_owned());
+            s.last_heard_s = 1e7;
+            s.datagram_rate = 12_345_678.9;
+            s.rates.delta = 99.97;
+            s.rates.retransmit = 1e12;
+            s.counts.delta = u64::MAX;
+            s.latest_seq = u64::MAX;
+            s.gaps = 123_456_789;
+            s.gaps_filled = 99_999;
+            let c = s.cycle.as_mut().unwrap();
+            (c.id, c.leaves, c.seen, c.ended) = (u32::MAX, u32::MAX, 1_000_000, true);
+        }
+        let (a, b) = (table(&small, "h"), table(&big, "h"));
+        let (a, b): (Vec<&str>, Vec<&str>) = (a.lines().collect(), b.lines().collect());
+        assert_eq!(a[1], b[1], "the same header");
+        // Every column but the last (left-aligned) starts at the same
+        // place in the header and in both rows: two spaces before it.
+        let mut at = 0;
+        for (i, (h, w, right)) in COLUMNS.iter().enumerate() {
+            for line in [a[1], a[2], b[2]] {
+                let chars: Vec<char> = line.chars().collect();
+                if i > 0 {
+                    assert_eq!(&chars[at - 2..at], [' ', ' '], "{h} in {line:?}");
+                }
+                if *right {
+                    assert_ne!(chars[at + w - 1], ' ', "{h} in {line:?}");
+                }
+            }
+            at += w + 2;
+        }
+        let cells: Vec<&str> = b[2].split_whitespace().collect();
+        assert_eq!(cells[0], "4294967295");
+        assert_eq!(cells[2], "[fe80::123…295]:65535");
+        assert_eq!(
+            &cells[4..12],
+            [
+                "115d",
+                "12345k",
+                "100",
+                "1000G",
+                "0.0",
+                "5.0",
+                "18446P",
+                "18446744T"
+            ]
+        );
+        assert_eq!(&cells[12..14], ["123M", "(+99999)"]);
+        assert_eq!(&cells[14..], ["#4294M", "1000k/4294M", "end"]);
+        assert!(
+            b[2].chars().count() <= a[2].chars().count() + 24,
+            "{}",
+            b[2]
+        );
+    }
+
+    #[test]
+    fn compact_values_fit_their_width() {
+        assert_eq!(count(1234, 8), "1234");
+        assert_eq!(count(123_456_789, 8), "123456k");
+        assert_eq!(count(123_456_789, 5), "123M");
+        assert_eq!(rate(0.04), "0.0");
+        assert_eq!(rate(99.94), "99.9");
+        assert_eq!(rate(99.96), "100");
+        assert_eq!(rate(999_999.0), "999999");
+        assert_eq!(rate(f64::NAN), "?");
+        assert_eq!(age(0.25), "0.2s");
+        assert_eq!(age(999.9), "999.9s");
+        assert_eq!(age(1000.0), "17m");
+        assert_eq!(age(7200.0), "2.0h");
+        assert_eq!(age(1e12), "11Md");
+        assert_eq!(fit("abcdefgh".to_owned(), 5), "ab…gh");
+        assert_eq!(fit("abc".to_owned(), 5), "abc");
     }
 
     #[test]
