@@ -748,8 +748,11 @@ mod metrics {
 
     /// Starts `grapevine ARGS --metrics 127.0.0.1:0` and returns it with
     /// the address it serves metrics on (its first line on stderr).
+    /// With `-v`, it returns once the command logged that it started (a
+    /// subscriber has joined the group then).
     fn with_metrics(args: &[&str]) -> (Child, String) {
         let mut child = grapevine()
+            .arg("-v")
             .args(args)
             .args(["--metrics", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -759,6 +762,11 @@ mod metrics {
         let mut line = String::new();
         let mut err = BufReader::new(child.stderr.take().unwrap());
         err.read_line(&mut line).unwrap();
+        let mut started = String::new();
+        while !started.contains(" started") {
+            started.clear();
+            assert!(err.read_line(&mut started).unwrap() > 0, "it never started");
+        }
         // The rest is drained, so the child never writes to a closed pipe.
         std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
         let addr = line
