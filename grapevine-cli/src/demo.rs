@@ -461,3 +461,49 @@ fn print_summary(s: &Summary, ok: bool) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(progress: Option<(u32, u32)>, leaves: usize) -> Status {
+        let mut st = Status::default();
+        st.cycle_progress = progress;
+        st.leaves = leaves;
+        st.seq = grapevine::SeqNum(42);
+        st
+    }
+
+    /// The bars tell the truth: no bar before a cycle is heard; no time
+    /// left before any progress; never past the cycle's length, even when
+    /// a later cycle counts fewer leaves; "between cycles" once one was
+    /// heard; full once synced.
+    #[test]
+    fn the_bar_shows_only_what_is_known() {
+        let bar = ProgressBar::hidden();
+        bar.set_length(0);
+        let joined = Instant::now() - Duration::from_secs(2);
+        show(&bar, &status(None, 0), None, joined);
+        assert_eq!(bar.length(), Some(0));
+        assert!(bar.message().starts_with("waiting for a snapshot cycle"));
+        show(&bar, &status(Some((0, 1000)), 0), None, joined);
+        assert_eq!((bar.position(), bar.length()), (0, Some(1000)));
+        assert!(!bar.message().contains("eta"), "{}", bar.message());
+        show(&bar, &status(Some((400, 1000)), 500), None, joined);
+        assert_eq!(bar.position(), 500);
+        let m = bar.message();
+        assert!(m.contains("250 leaves/s") && m.contains("eta 2s"), "{m}");
+        show(&bar, &status(None, 500), None, joined);
+        assert!(bar.message().starts_with("syncing, between cycles"));
+        show(&bar, &status(Some((10, 400)), 500), None, joined);
+        assert_eq!((bar.position(), bar.length()), (400, Some(400)));
+        show(
+            &bar,
+            &status(Some((10, 400)), 400),
+            Some(Duration::from_millis(1500)),
+            joined,
+        );
+        assert_eq!(bar.position(), 400);
+        assert!(bar.message().starts_with("synced in 1.50s"));
+    }
+}
