@@ -52,6 +52,7 @@
 )]
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod config;
 mod histogram;
 pub mod publisher;
