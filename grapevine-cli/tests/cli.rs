@@ -912,7 +912,8 @@ mod metrics {
             .lines()
             .filter(|l| l.contains("malformed datagrams dropped"))
             .collect();
-        assert!((1..=2).contains(&lines.len()), "{rest}");
+        // A run of 2.5 s: three summaries at most, however many datagrams.
+        assert!((1..=3).contains(&lines.len()), "{rest}");
         let counted: u64 = lines
             .iter()
             .map(|l| {

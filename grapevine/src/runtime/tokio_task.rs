@@ -231,13 +231,19 @@ mod tests {
             .build()
             .unwrap();
         rt.spawn(subscriber(Arc::clone(&shared), Outputs { events, status }));
+        let errors = || shared.lock().stats.recv_errors;
+        // The first error (however late a loaded machine runs the task),
+        // then 300 ms of them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while errors() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let first = errors();
         std::thread::sleep(Duration::from_millis(300));
+        let more = errors() - first;
         rt.shutdown_background();
-        let errors = shared.lock().stats.recv_errors;
-        assert!(
-            (3..=30).contains(&errors),
-            "{errors} receive errors in 300 ms"
-        );
+        assert!(first >= 1, "the socket was never tried");
+        assert!(more <= 30, "{more} receive errors in 300 ms");
     }
 
     #[test]
