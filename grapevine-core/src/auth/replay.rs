@@ -29,7 +29,9 @@ pub enum Verdict {
 /// subscriber's `max_seq_jump`), so that one datagram far ahead, sealed by
 /// a key holder, cannot make every later real one look too old. A second
 /// authenticated datagram beyond the first far one, within `jump` of it,
-/// corroborates it and moves the window there (after a partition, say).
+/// corroborates it and moves the window there (after a partition, say);
+/// the first, dropped as too far, is not marked seen. A copy of the first
+/// does not corroborate it.
 ///
 /// ```
 /// use grapevine_core::auth::{ReplayWindow, Verdict};
@@ -39,6 +41,7 @@ pub enum Verdict {
 /// assert_eq!(w.check(7), Verdict::Replayed);
 /// assert_eq!(w.accept(5, 100), Verdict::Fresh, "late but not seen");
 /// assert_eq!(w.accept(1_000_000, 100), Verdict::TooFar);
+/// assert_eq!(w.accept(1_000_000, 100), Verdict::TooFar, "a copy proves nothing");
 /// assert_eq!(w.accept(1_000_001, 100), Verdict::Fresh, "corroborated");
 /// assert_eq!(w.check(8), Verdict::TooOld);
 /// ```
@@ -113,13 +116,11 @@ impl ReplayWindow {
             self.claim = Some(seq);
             return Verdict::TooFar;
         }
-        let claim = self.claim.take();
+        // The far datagram held as a claim was dropped, not handled: it is
+        // not marked, and a copy of it may still be accepted.
+        self.claim = None;
         self.advance(top, seq);
         self.set(seq);
-        if let Some(c) = claim.filter(|&c| c < seq && seq - c < WINDOW && c > top) {
-            // The claim that this datagram confirms was authentic too.
-            self.set(c);
-        }
         Verdict::Fresh
     }
 
@@ -202,11 +203,7 @@ mod tests {
                 self.claim = Some(seq);
                 return Verdict::TooFar;
             }
-            if let Some(c) = self.claim.take() {
-                if c < seq && c > top {
-                    self.seen.insert(c);
-                }
-            }
+            self.claim = None;
             self.top = Some(seq);
             self.seen.insert(seq);
             Verdict::Fresh
@@ -268,13 +265,22 @@ mod tests {
         assert_eq!(w.accept(WINDOW + 15, 5), Verdict::Fresh);
         assert_eq!(w.accept(WINDOW + 21, 5), Verdict::TooFar);
         assert_eq!(w.top(), Some(WINDOW + 15));
-        // A second far one within `jump` of the claim confirms both.
+        // The same far datagram again (a replay of it) confirms nothing.
+        assert_eq!(w.accept(WINDOW + 21, 5), Verdict::TooFar);
+        assert_eq!(w.top(), Some(WINDOW + 15));
+        // A second far one within `jump` of the claim moves the window
+        // there; the first, dropped, is not marked as seen.
         assert_eq!(w.accept(WINDOW + 26, 5), Verdict::Fresh);
+        assert_eq!(w.accept(WINDOW + 21, 5), Verdict::Fresh);
         assert_eq!(w.accept(WINDOW + 21, 5), Verdict::Replayed);
         // Moving by the whole window forgets everything below.
         assert_eq!(w.accept(3 * WINDOW, 1 << 20), Verdict::Fresh);
         assert_eq!(w.check(2 * WINDOW + 1), Verdict::Fresh);
         assert_eq!(w.check(2 * WINDOW), Verdict::TooOld);
+        // A jump of half the number space, corroborated, at once.
+        assert_eq!(w.accept(u64::MAX / 2, u64::MAX), Verdict::Fresh);
+        assert_eq!(w.check(u64::MAX / 2 - 1), Verdict::Fresh);
+        assert_eq!(w.check(u64::MAX / 2 - WINDOW), Verdict::TooOld);
         // A seq the ring reuses (same slot, one window apart) is not seen.
         let mut w = ReplayWindow::default();
         assert_eq!(w.accept(5, 1 << 20), Verdict::Fresh);
