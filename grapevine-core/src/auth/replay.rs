@@ -281,6 +281,9 @@ mod tests {
         assert_eq!(w.accept(u64::MAX / 2, u64::MAX), Verdict::Fresh);
         assert_eq!(w.check(u64::MAX / 2 - 1), Verdict::Fresh);
         assert_eq!(w.check(u64::MAX / 2 - WINDOW), Verdict::TooOld);
+        // And again, to twice as far: the window is cleared, not walked.
+        assert_eq!(w.accept(u64::MAX - 1, u64::MAX), Verdict::Fresh);
+        assert_eq!(w.check(u64::MAX / 2), Verdict::TooOld);
         // A seq the ring reuses (same slot, one window apart) is not seen.
         let mut w = ReplayWindow::default();
         assert_eq!(w.accept(5, 1 << 20), Verdict::Fresh);
