@@ -115,6 +115,7 @@ pub use grapevine_core as core;
 mod driver;
 mod error;
 pub mod io;
+pub mod keys;
 #[cfg(feature = "runtime-tokio")]
 pub mod metrics;
 pub mod order_book;

@@ -3,6 +3,8 @@
 //! PROTOCOL.md does not specify authenticated datagrams until the engines
 //! seal and open them.
 
+mod key;
 mod replay;
 
+pub use key::{KeyId, StreamKey, KEY_LEN};
 pub use replay::{ReplayWindow, Verdict, WINDOW};
