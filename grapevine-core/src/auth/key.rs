@@ -106,6 +106,14 @@ mod tests {
     }
 
     #[test]
+    fn keys_are_equal_when_their_bytes_are() {
+        let a = StreamKey::from_bytes([1; 32]);
+        assert_eq!(a, StreamKey::from_bytes([1; 32]));
+        assert_ne!(a, StreamKey::from_bytes([2; 32]));
+        assert_eq!(a.clone(), a);
+    }
+
+    #[test]
     fn debug_shows_the_id_never_the_bytes() {
         let key = StreamKey::from_bytes([0xab; 32]);
         let shown = format!("{key:?} {key:#?}");
