@@ -276,14 +276,14 @@ impl SubscriberMetrics {
             .record(elapsed.as_secs_f64());
     }
 
-    /// Records everything if due at `now`.
-    pub(crate) fn record_if_due(&mut self, now: Instant, stats: &SubscriberStats, status: &Status) {
-        if self.pace.due(now) {
-            self.record(stats, status);
-        }
+    /// Whether a recording is due at `now` (the next one is then set):
+    /// the caller gathers the figures and calls [`Self::record`] only then.
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        self.pace.due(now)
     }
 
-    fn record(&mut self, s: &SubscriberStats, status: &Status) {
+    /// Records everything.
+    pub(crate) fn record(&mut self, s: &SubscriberStats, status: &Status) {
         let l = &self.labels;
         let p = &s.protocol;
         counter(
@@ -474,19 +474,13 @@ impl PublisherMetrics {
         self.pace.next
     }
 
-    /// Records everything if due at `now`.
-    pub(crate) fn record_if_due(
-        &mut self,
-        now: Instant,
-        stats: &PublisherStats,
-        g: &PublisherGauges,
-    ) {
-        if self.pace.due(now) {
-            self.record(stats, g);
-        }
+    /// Whether a recording is due at `now` (the next one is then set).
+    pub(crate) fn due(&mut self, now: Instant) -> bool {
+        self.pace.due(now)
     }
 
-    fn record(&mut self, s: &PublisherStats, g: &PublisherGauges) {
+    /// Records everything.
+    pub(crate) fn record(&mut self, s: &PublisherStats, g: &PublisherGauges) {
         self.log(s);
         let l = &self.labels;
         let p = &s.protocol;

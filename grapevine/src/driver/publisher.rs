@@ -78,14 +78,14 @@ impl<S: State> PublisherEngine<S> {
 
     /// Records the metrics if due at `now`.
     fn record_metrics(&mut self, now: Instant) {
-        if now >= self.metrics.next() {
+        if self.metrics.due(now) {
             let stats = self.all_stats();
             let gauges = PublisherGauges {
                 seq: self.core.last_seq().0,
                 leaves: self.core.leaf_count(),
                 queued_bytes: self.core.queued_bytes(),
             };
-            self.metrics.record_if_due(now, &stats, &gauges);
+            self.metrics.record(&stats, &gauges);
         }
     }
 

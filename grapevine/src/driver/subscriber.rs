@@ -125,9 +125,9 @@ impl<S: State> SubscriberEngine<S> {
             *old = new;
             changed
         });
-        if now >= self.metrics.next() {
+        if self.metrics.due(now) {
             let stats = self.all_stats(io);
-            self.metrics.record_if_due(now, &stats, &new);
+            self.metrics.record(&stats, &new);
         }
     }
 }
