@@ -15,6 +15,12 @@ pub enum ConfigError {
         /// What would be accepted.
         hint: &'static str,
     },
+    /// Something the configuration needs could not be had.
+    #[error("{what} failed; nothing is sent without it")]
+    Unavailable {
+        /// What failed.
+        what: &'static str,
+    },
 }
 
 impl ConfigError {

@@ -1600,7 +1600,9 @@ mod tests {
             let err = cfg.validate().unwrap_err();
             assert_eq!(Reassembler::new(cfg).unwrap_err(), err);
             assert!(!err.to_string().is_empty());
-            let ConfigError::OutOfRange { field, .. } = err;
+            let ConfigError::OutOfRange { field, .. } = err else {
+                panic!("{err}");
+            };
             field
         };
         assert_eq!(

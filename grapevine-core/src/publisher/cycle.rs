@@ -350,7 +350,7 @@ impl Cycler {
 
     /// [`Cycler::datagram_cost`] with `left` leaves left in the cycle.
     fn cost_of_datagram(&self, cfg: &PublisherConfig, left: usize) -> f64 {
-        let room = (cfg.max_datagram - HEADER_LEN) as f64;
+        let room = (cfg.plain_datagram() - HEADER_LEN) as f64;
         match cfg.snapshot_rate {
             SnapshotRate::LeavesPerSec(n) => {
                 let fit = (room / self.mean_len).floor();

@@ -68,6 +68,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Opener, Refused, Role, Sealer, Security, OVERHEAD};
 use crate::state::LeafSource;
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
@@ -80,6 +81,13 @@ use crate::{ConfigError, SeqNum, SessionId, StreamId};
 use cycle::Cycler;
 use history::{FragHistory, History, Lookup};
 use repair::{Next, RepairQueue};
+
+/// Subscribers whose replay windows a publisher with authentication on
+/// keeps (512 bytes each); the least recently heard is forgotten.
+const SUBSCRIBER_WINDOWS: usize = 1024;
+/// How far one authenticated NAK datagram may move its sender's replay
+/// window (a subscriber's NAKs are numbered one by one).
+const NAK_SEQ_JUMP: u64 = 1 << 16;
 
 /// How fast the snapshot cycle goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +115,7 @@ pub struct PublisherConfig {
     pub(crate) repair_rate: u64,
     pub(crate) repair_holdoff: Duration,
     pub(crate) max_queued_bytes: usize,
+    pub(crate) security: Option<Security>,
 }
 
 impl Default for PublisherConfig {
@@ -124,6 +133,7 @@ impl Default for PublisherConfig {
             repair_rate: 16_000_000,
             repair_holdoff: Duration::from_millis(10),
             max_queued_bytes: 4 << 20,
+            security: None,
         }
     }
 }
@@ -146,6 +156,27 @@ impl PublisherConfig {
     pub fn max_datagram(&mut self, bytes: usize) -> &mut Self {
         self.max_datagram = bytes;
         self
+    }
+
+    /// Seal every datagram (PROTOCOL.md §11) and open the NAKs received
+    /// with these keys, refusing any that do not open (default: none, plain
+    /// datagrams). Sealing costs [`OVERHEAD`] bytes of every datagram.
+    pub fn security(&mut self, security: Option<Security>) -> &mut Self {
+        self.security = security;
+        self
+    }
+
+    /// The security settings, if any.
+    #[must_use]
+    pub fn security_settings(&self) -> Option<&Security> {
+        self.security.as_ref()
+    }
+
+    /// The largest plain datagram: the maximum datagram size less what
+    /// sealing adds.
+    pub(crate) fn plain_datagram(&self) -> usize {
+        let overhead = if self.security.is_some() { OVERHEAD } else { 0 };
+        self.max_datagram.saturating_sub(overhead)
     }
 
     /// Snapshot cycle rate (default 100,000 leaves per second).
@@ -244,6 +275,13 @@ impl PublisherConfig {
                 "max_datagram",
                 self.max_datagram,
                 "use 92 ..= 65507 bytes; 1452 fits a 1500-byte MTU",
+            ));
+        }
+        if self.plain_datagram() < HEADER_LEN + 64 {
+            return Err(ConfigError::out_of_range(
+                "max_datagram",
+                self.max_datagram,
+                "use at least 128 bytes with authentication (it adds 36)",
             ));
         }
         match self.snapshot_rate {
@@ -398,6 +436,16 @@ pub struct PublisherStats {
     pub fragments_resent: u64,
     /// Fragment requests for messages no longer held.
     pub frag_unavailable: u64,
+    /// Received datagrams refused by authentication (PROTOCOL.md §11.4):
+    /// unauthenticated, forged, replayed, of the wrong role or key.
+    pub auth_refused: u64,
+    /// Of `auth_refused`: the tag did not verify.
+    pub auth_bad_tag: u64,
+    /// Of `auth_refused`: replayed, or too old to tell.
+    pub auth_replayed: u64,
+    /// Datagrams not sent because sealing refused them (a `datagram_seq`
+    /// that would have reused a nonce; never expected).
+    pub seal_refused: u64,
 }
 
 type Key = Arc<[u8]>;
@@ -443,6 +491,10 @@ pub struct Publisher {
     last_prompt: Option<Instant>,
     body_buf: Vec<u8>,
     stats: PublisherStats,
+    /// Seals what is sent, with authentication on.
+    sealer: Option<Sealer>,
+    /// Opens the NAKs received, with authentication on.
+    opener: Option<Opener>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -471,7 +523,15 @@ impl Publisher {
         cfg.validate()?;
         let mut timers = Timers::default();
         timers.set(Timer::Heartbeat, now);
-        let mut packer = Packer::new(cfg.stream, session, cfg.max_datagram);
+        let sealer = match &cfg.security {
+            Some(s) => Some(s.sealer(Role::Publisher, cfg.stream)?),
+            None => None,
+        };
+        let opener = cfg
+            .security
+            .as_ref()
+            .map(|s| s.opener(Role::Subscriber, cfg.stream, SUBSCRIBER_WINDOWS));
+        let mut packer = Packer::new(cfg.stream, session, cfg.plain_datagram());
         packer.keep_fragmented(cfg.fragment_history_bytes > 0);
         Ok(Self {
             packer,
@@ -489,6 +549,8 @@ impl Publisher {
             last_prompt: None,
             body_buf: Vec::new(),
             stats: PublisherStats::default(),
+            sealer,
+            opener,
         })
     }
 
@@ -644,6 +706,28 @@ impl Publisher {
     pub fn handle_datagram(&mut self, now: Instant, remote: SocketAddr, datagram: &mut [u8]) {
         let _ = remote;
         self.stats.datagrams_received += 1;
+        let datagram = match self.opener.as_mut() {
+            None => &*datagram,
+            Some(opener) => match opener.open(now, datagram, NAK_SEQ_JUMP) {
+                Ok(o) => match datagram.get(o.plain) {
+                    Some(plain) => plain,
+                    None => return,
+                },
+                Err(Refused::Malformed(_)) => {
+                    self.stats.malformed_received += 1;
+                    return;
+                }
+                Err(e) => {
+                    self.stats.auth_refused += 1;
+                    match e {
+                        Refused::BadTag => self.stats.auth_bad_tag += 1,
+                        Refused::Replayed | Refused::TooOld => self.stats.auth_replayed += 1,
+                        _ => {}
+                    }
+                    return;
+                }
+            },
+        };
         let mut decoded = Decoded::new();
         let d = match Datagram::decode_into(datagram, &mut decoded) {
             Ok(d) => d,
@@ -844,36 +928,58 @@ impl Publisher {
     }
 
     /// Copies up to `max_segments` finished datagrams into `buf`, each but
-    /// the last padded to the size of the first.
+    /// the last padded to the size of the first, and seals each (after its
+    /// padding: the padding is part of what the tag covers) when
+    /// authentication is on.
     fn pop_batch(&mut self, max_segments: usize, buf: &mut [u8]) -> Option<Transmit> {
-        let seg = self.packer.next_len()?;
+        let overhead = if self.sealer.is_some() { OVERHEAD } else { 0 };
+        let first = self.packer.next_len()?;
+        let seg = first + overhead;
         let mut size = 0;
         let mut count = 0;
-        while count < max_segments {
-            let Some(len) = self.packer.next_len() else {
-                break;
-            };
+        // Whether a datagram of `len` goes into the batch as number `n`.
+        // The first always: one too large for `buf` is dropped below.
+        let fits = |n: usize, len: usize, buf: &[u8]| {
+            n == 0 || (n < max_segments && len <= first && buf.len() >= n * seg + len + overhead)
+        };
+        while let Some(len) = self.packer.next_len().filter(|&l| fits(count, l, buf)) {
             let at = count * seg;
-            if count > 0 && (len > seg || buf.len() < at + len) {
-                break;
-            }
-            // Pad the previous datagram to the segment size: one follows.
-            if let Some(pad) = buf.get_mut(size..at) {
-                pad.fill(0);
-            }
-            let Some(n) = buf
+            let Some(mut n) = buf
                 .get_mut(at..)
                 .and_then(|slot| self.packer.pop_into(slot))
             else {
                 // Dropped: the buffer cannot hold even one datagram.
                 return None;
             };
+            // Padded to the size of the first when another follows.
+            let padded = self
+                .packer
+                .next_len()
+                .is_some_and(|next| fits(count + 1, next, buf));
+            if padded {
+                if let Some(pad) = buf.get_mut(at + len..at + first) {
+                    pad.fill(0);
+                    n = first;
+                }
+            }
+            if let Some(sealer) = self.sealer.as_mut() {
+                let sealed = buf.get_mut(at..at + seg).map(|slot| sealer.seal(slot, n));
+                match sealed {
+                    Some(Ok(sealed)) => n = sealed,
+                    _ => {
+                        // Never expected: the packer numbers datagrams in
+                        // order. Not sent, and the batch ends here.
+                        self.stats.seal_refused += 1;
+                        break;
+                    }
+                }
+            }
             self.stats.datagrams += 1;
             self.stats.bytes += n as u64;
             size = at + n;
             count += 1;
         }
-        Some(Transmit {
+        (count > 0).then_some(Transmit {
             destination: Destination::Group,
             size,
             segment_size: (count > 1).then_some(seg),
@@ -972,7 +1078,7 @@ impl Publisher {
             self.stats.frag_unavailable += 1;
             return None;
         };
-        let cap = fragment_capacity(self.cfg.max_datagram).max(1);
+        let cap = fragment_capacity(self.cfg.plain_datagram()).max(1);
         let total = u32::try_from(body.len()).unwrap_or(u32::MAX);
         let off = (start as usize / cap) * cap;
         let stop = (off + cap).min(body.len());
@@ -1009,6 +1115,6 @@ impl Publisher {
     /// Largest message body that fits in one datagram unfragmented.
     #[must_use]
     pub fn max_unfragmented_body(&self) -> usize {
-        self.cfg.max_datagram - HEADER_LEN - MESSAGE_HEADER_LEN
+        self.cfg.plain_datagram() - HEADER_LEN - MESSAGE_HEADER_LEN
     }
 }

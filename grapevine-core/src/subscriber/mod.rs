@@ -79,6 +79,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::auth::{Opener, Refused, Role, Salt, Sealer, Security, OVERHEAD};
 use crate::histogram::LatencyHistogram;
 use crate::rng::Rng;
 use crate::state::{ApplyError, Replica};
@@ -104,6 +105,9 @@ const MAX_CYCLE_WAIT: Duration = Duration::from_millis(250);
 const MAX_FRAG_RANGES: usize = 64;
 /// Most fragment requests waiting to be sent.
 const MAX_QUEUED_FRAG_NAKS: usize = 256;
+/// Publisher sessions whose replay windows a subscriber with
+/// authentication on keeps: the followed one (pinned) and others heard.
+const PUBLISHER_WINDOWS: usize = 16;
 
 /// Configuration of a [`Subscriber`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -126,6 +130,7 @@ pub struct SubscriberConfig {
     max_seq_jump: u64,
     catch_up: u64,
     rng_seed: Option<u64>,
+    security: Option<Security>,
 }
 
 impl Default for SubscriberConfig {
@@ -149,6 +154,7 @@ impl Default for SubscriberConfig {
             max_seq_jump: 8192,
             catch_up: 16_384,
             rng_seed: None,
+            security: None,
         }
     }
 }
@@ -301,6 +307,21 @@ impl SubscriberConfig {
         self
     }
 
+    /// Accept only datagrams sealed with these keys (PROTOCOL.md §11), and
+    /// seal the NAKs sent (default: none, plain datagrams). Anything that
+    /// does not open is dropped and counted in
+    /// [`SubscriberStats::refused`].
+    pub fn security(&mut self, security: Option<Security>) -> &mut Self {
+        self.security = security;
+        self
+    }
+
+    /// The security settings, if any.
+    #[must_use]
+    pub fn security_settings(&self) -> Option<&Security> {
+        self.security.as_ref()
+    }
+
     /// Seed of the random NAK delays and requester id (default: none, and
     /// the caller should give one from the OS; the same seed gives the same
     /// behaviour, for simulations).
@@ -344,6 +365,13 @@ impl SubscriberConfig {
                 "max_datagram",
                 self.max_datagram,
                 "use 92 ..= 65507 bytes; 1452 fits a 1500-byte MTU",
+            ));
+        }
+        if self.security.is_some() && self.max_datagram < HEADER_LEN + 64 + OVERHEAD {
+            return Err(ConfigError::out_of_range(
+                "max_datagram",
+                self.max_datagram,
+                "use at least 128 bytes with authentication (it adds 36)",
             ));
         }
         if self.nak_delay > Duration::from_secs(10) {
@@ -488,6 +516,10 @@ pub struct SubscriberStats {
     pub bytes: u64,
     /// Datagrams dropped as malformed, by [`crate::wire::DecodeError::code`].
     pub malformed: BTreeMap<&'static str, u64>,
+    /// Datagrams refused by authentication, by
+    /// [`crate::auth::Refused::code`] (and `salt_conflict`: a sender other
+    /// than the followed session's, using its session id).
+    pub refused: BTreeMap<&'static str, u64>,
     /// Messages of the followed stream's datagrams (any session, used or
     /// not) and their bytes, by kind.
     pub received: KindCounts,
@@ -637,6 +669,9 @@ struct Session {
     synced_at: Option<Instant>,
     /// `None` until a message tells where the stream stands.
     seq: Option<Sequencer>,
+    /// The salt its datagrams are sealed with (authentication on): one
+    /// per session.
+    salt: Option<Salt>,
     leaves: LeafTable,
     cycle: Option<CycleTracker>,
     /// The cycle before it, for snapshots completed after it ended.
@@ -677,6 +712,7 @@ impl Session {
             pending_begin: None,
             synced_at: None,
             seq: None,
+            salt: None,
             leaves: LeafTable::default(),
             cycle: None,
             prev_cycle: None,
@@ -1102,6 +1138,10 @@ pub struct Subscriber {
     interval_claim: Option<(Duration, u64)>,
     gone: bool,
     was_consistent: bool,
+    /// Seals the NAKs sent, with authentication on.
+    sealer: Option<Sealer>,
+    /// Opens what is received, with authentication on.
+    opener: Option<Opener>,
 }
 
 impl Subscriber {
@@ -1112,6 +1152,14 @@ impl Subscriber {
     /// [`ConfigError`] if the configuration is invalid.
     pub fn new(cfg: SubscriberConfig) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        let sealer = match &cfg.security {
+            Some(s) => Some(s.sealer(Role::Subscriber, cfg.stream)?),
+            None => None,
+        };
+        let opener = cfg
+            .security
+            .as_ref()
+            .map(|s| s.opener(Role::Publisher, cfg.stream, PUBLISHER_WINDOWS));
         let mut rng = Rng::new(cfg.rng_seed.unwrap_or(0x6772_6170_6576_696e));
         let requester = (rng.next_u64() >> 32) as u32;
         Ok(Self {
@@ -1140,6 +1188,8 @@ impl Subscriber {
             interval_claim: None,
             gone: false,
             was_consistent: false,
+            sealer,
+            opener,
         })
     }
 
@@ -1311,7 +1361,12 @@ impl Subscriber {
             session,
             datagram_seq: self.next_datagram_seq,
         };
-        let room = self.cfg.max_datagram.min(buf.len());
+        let overhead = if self.sealer.is_some() { OVERHEAD } else { 0 };
+        let room = self
+            .cfg
+            .max_datagram
+            .min(buf.len())
+            .saturating_sub(overhead);
         let max_ranges = room.saturating_sub(HEADER_LEN + MESSAGE_HEADER_LEN + 6) / 16;
         let ranges = self
             .session
@@ -1361,8 +1416,15 @@ impl Subscriber {
             }
         }
         self.update_timers();
-        let size = out?;
+        let mut size = out?;
         self.next_datagram_seq += 1;
+        if let Some(sealer) = self.sealer.as_mut() {
+            // Sealing cannot fail here: `room` left space for it and the
+            // datagram_seq only grows. Should it, nothing is sent.
+            size = buf
+                .get_mut(..room + overhead)
+                .and_then(|b| sealer.seal(b, size).ok())?;
+        }
         Some(Transmit {
             destination: Destination::Unicast(source),
             size,
@@ -1398,10 +1460,27 @@ impl Subscriber {
         datagram: &mut [u8],
         replica: &mut (impl Replica + ?Sized),
     ) {
-        let datagram: &[u8] = datagram;
         self.last_now = Some(now);
         self.stats.datagrams += 1;
         self.stats.bytes += datagram.len() as u64;
+        let jump = self.cfg.max_seq_jump;
+        let (datagram, salt): (&[u8], _) = match self.opener.as_mut() {
+            None => (datagram, None),
+            Some(opener) => match opener.open(now, datagram, jump) {
+                Ok(o) => match datagram.get(o.plain) {
+                    Some(plain) => (plain, Some(o.salt)),
+                    None => return,
+                },
+                Err(Refused::Malformed(e)) => {
+                    *self.stats.malformed.entry(e.code()).or_default() += 1;
+                    return;
+                }
+                Err(e) => {
+                    *self.stats.refused.entry(e.code()).or_default() += 1;
+                    return;
+                }
+            },
+        };
         // Each message is parsed once, here, and kept on the stack.
         let mut decoded = Decoded::new();
         let d = match Datagram::decode_into(datagram, &mut decoded) {
@@ -1422,6 +1501,10 @@ impl Subscriber {
         if !self.enter_session(now, remote, header.session, header.datagram_seq, replica) {
             return;
         }
+        if !self.bind_salt(salt) {
+            *self.stats.refused.entry("salt_conflict").or_default() += 1;
+            return;
+        }
         self.last_heard = Some(now);
         if self.gone {
             self.gone = false;
@@ -1429,7 +1512,6 @@ impl Subscriber {
         }
         self.cur_datagram_seq = header.datagram_seq;
         let claim = decoded.iter().filter_map(|m| claim_of(&m)).max();
-        let jump = self.cfg.max_seq_jump;
         let Some(limit) = self
             .session
             .as_mut()
@@ -1460,6 +1542,26 @@ impl Subscriber {
             }
         }
         self.settle(now, replica);
+    }
+
+    /// With authentication on: whether `salt` is the followed session's
+    /// (the first salt heard in it becomes the session's, and its replay
+    /// window is never forgotten). One sender per session: a datagram of
+    /// the session sealed by another sender is refused.
+    fn bind_salt(&mut self, salt: Option<Salt>) -> bool {
+        let (Some(salt), Some(session)) = (salt, self.session.as_mut()) else {
+            return true;
+        };
+        match session.salt {
+            Some(bound) => bound == salt,
+            None => {
+                session.salt = Some(salt);
+                if let Some(o) = self.opener.as_mut() {
+                    o.pin(Some(salt));
+                }
+                true
+            }
+        }
     }
 
     /// Whether datagrams of session `id` are to be used now, switching to it

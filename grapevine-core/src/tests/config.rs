@@ -17,6 +17,7 @@ fn field(res: Result<(), ConfigError>) -> Option<&'static str> {
             assert!(!value.is_empty() && !hint.is_empty(), "{field}: empty text");
             Some(field)
         }
+        Err(e) => panic!("not a range error: {e}"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! lossy, reordering, duplicating network, in both directions, and
 //! hand-driven tests of single rules.
 
+mod auth;
 mod config;
 mod counts;
 mod cycle;

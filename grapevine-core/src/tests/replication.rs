@@ -140,7 +140,11 @@ fn assert_exercised(s: &Sweep, n: u64) {
             p.name()
         );
     }
-    let checks: [(&str, bool); 24] = [
+    let checks: [(&str, bool); 25] = [
+        (
+            "sealed runs, with datagrams refused",
+            t.sealed_runs > n / 10 && t.refused > 0,
+        ),
         ("consistency claimed and checked", t.claims > n * 10),
         ("every subscriber synced", t.synced_events >= t.runs),
         ("NAKs sent", t.naks_sent > n),

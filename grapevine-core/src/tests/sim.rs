@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Keyring, Security, StreamKey};
 use crate::publisher::{Publisher, PublisherConfig, PublisherStats, SnapshotRate};
 use crate::state::{encode, ApplyError, Digest, Replica, State, Typed};
 use crate::subscriber::{Event, Subscriber, SubscriberConfig, SubscriberStats};
@@ -1098,8 +1099,41 @@ impl Scenario {
             ),
         };
         sc.lean(&mut r);
+        sc.secure(seed);
         sc.forgeries.sort_by_key(|f| f.0);
         sc
+    }
+
+    /// Seals every datagram in about a third of the runs, and encrypts in
+    /// a third of those (PROTOCOL.md §11). A draw of its own, so the rest
+    /// of each scenario is what its seed gave before authentication
+    /// existed. Forgeries are then unauthenticated and refused.
+    fn secure(&mut self, seed: u64) {
+        let mut r = Rng::new(seed ^ 0x5ea1_5ea1_5ea1_5ea1);
+        if !r.chance(0.3) {
+            return;
+        }
+        // A datagram size too small to seal grows by what sealing adds:
+        // the room for messages stays what was drawn.
+        let fit = |n: usize| {
+            if n < crate::wire::HEADER_LEN + 64 + crate::auth::OVERHEAD {
+                n + crate::auth::OVERHEAD
+            } else {
+                n
+            }
+        };
+        self.pub_cfg.max_datagram = fit(self.pub_cfg.max_datagram);
+        for (c, _) in &mut self.sub_cfgs {
+            c.max_datagram(fit(c.max_datagram_size()));
+        }
+        let key =
+            StreamKey::from_bytes(std::array::from_fn(|i| (seed as u8).wrapping_add(i as u8)));
+        let mut s = Security::new(Keyring::new(vec![key]).expect("one key"));
+        s.encrypt(r.chance(0.33));
+        self.pub_cfg.security(Some(s.clone()));
+        for (c, _) in &mut self.sub_cfgs {
+            c.security(Some(s.clone()));
+        }
     }
 
     /// A quiet scenario for scripted tests: `subs` subscribers with `sub_cfg`
@@ -1153,7 +1187,8 @@ impl Scenario {
             "seed {} {:?}: {} subs joining {:?}, leaves {}/{}, gap {:?} burst {} churn {} fat {:?}, \
              down {:?}, up {:?}, repair loss {}, partitions {:?}, stalls {:?}, restarts {:?}, \
              sub restarts {:?}, forgeries {:?}, run {:?}; publisher: datagram {} history {}/{} \
-             frag history {} repair {} B/s holdoff {:?} heartbeat {:?} cycles >= {:?}",
+             frag history {} repair {} B/s holdoff {:?} heartbeat {:?} cycles >= {:?} \
+             security {:?}",
             self.seed,
             self.profile,
             self.sub_cfgs.len(),
@@ -1181,6 +1216,10 @@ impl Scenario {
             self.pub_cfg.repair_holdoff,
             self.pub_cfg.heartbeat_interval,
             self.pub_cfg.min_cycle_interval,
+            self.pub_cfg
+                .security
+                .as_ref()
+                .map(|s| if s.encrypt { "encrypt" } else { "authenticate" }),
         )
     }
 
@@ -1331,6 +1370,10 @@ impl Scenario {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tally {
     pub(crate) runs: u64,
+    /// Runs whose datagrams were sealed, and datagrams their subscribers
+    /// refused (forgeries, network duplicates).
+    pub(crate) sealed_runs: u64,
+    pub(crate) refused: u64,
     pub(crate) claims: u64,
     pub(crate) synced_events: u64,
     // Subscribers.
@@ -1379,6 +1422,8 @@ impl Tally {
         }
         sum!(
             runs,
+            sealed_runs,
+            refused,
             claims,
             synced_events,
             naks_sent,
@@ -1432,6 +1477,7 @@ impl Tally {
         self.reanchors += s.reanchors;
         self.ghosts_removed += s.ghosts_removed;
         self.publisher_restarts_seen += s.restarts;
+        self.refused += s.refused.values().sum::<u64>();
     }
 
     fn absorb_pub(&mut self, s: &PublisherStats) {
@@ -1921,6 +1967,12 @@ impl World {
     /// Whether a publisher datagram carries a repair (a Retransmit, or a
     /// fragment sent before); notes the current cycle id.
     fn classify(&mut self, d: &[u8]) -> bool {
+        let mut view = Vec::new();
+        let d = if crate::auth::unverified_plain(d, &mut view) {
+            &view[..]
+        } else {
+            d
+        };
         let Ok(dg) = Datagram::decode(d) else {
             return false;
         };
@@ -2114,6 +2166,7 @@ impl World {
     pub(crate) fn finish(mut self) -> Tally {
         let mut t = std::mem::take(&mut self.tally);
         t.runs += 1;
+        t.sealed_runs += u64::from(self.sc.pub_cfg.security.is_some());
         t.absorb_pub(&self.publisher.core.stats());
         t.partitions += self.sc.partitions.len() as u64;
         t.stalls += self.sc.stalls.len() as u64;

@@ -4,6 +4,7 @@ use core::fmt;
 
 use super::cursor::{Reader, Writer};
 use super::{DecodeError, EncodeError, Message, MessageKind};
+use crate::auth::{FLAG_AUTH, KNOWN_FLAGS};
 use crate::{SessionId, StreamId};
 
 /// The four magic bytes that open every datagram: ASCII `GRPV`.
@@ -62,6 +63,32 @@ pub fn carries_snapshots(datagram: &[u8]) -> bool {
     kind(HEADER_LEN) == Some(MessageKind::CycleBegin as u8)
         && kind(HEADER_LEN + MESSAGE_HEADER_LEN + usize::from(len))
             == Some(MessageKind::LeafSnapshot as u8)
+}
+
+/// Checks what every datagram must have, sealed or not: the magic, a
+/// whole header and the version, and returns its `flags`, unchecked.
+pub(crate) fn check_header(buf: &[u8]) -> Result<u8, DecodeError> {
+    // Check the magic before the length so that short foreign datagrams
+    // are reported as foreign: bytes that are not a prefix of `GRPV` are
+    // foreign even when fewer than four (missing bytes show as 0).
+    let mut magic = [0u8; 4];
+    for (dst, src) in magic.iter_mut().zip(buf) {
+        *dst = *src;
+    }
+    let present = buf.len().min(MAGIC.len());
+    if magic.get(..present) != MAGIC.get(..present) {
+        return Err(DecodeError::BadMagic { found: magic });
+    }
+    let (Some(&version), Some(&flags)) = (buf.get(4), buf.get(5)) else {
+        return Err(DecodeError::ShortHeader { len: buf.len() });
+    };
+    if buf.len() < HEADER_LEN {
+        return Err(DecodeError::ShortHeader { len: buf.len() });
+    }
+    if version != VERSION {
+        return Err(DecodeError::UnsupportedVersion { version });
+    }
+    Ok(flags)
 }
 
 /// The fields of a datagram header that vary (PROTOCOL.md §3).
@@ -170,31 +197,17 @@ impl<'a> Datagram<'a> {
     /// The one walk over a datagram: validates the header and every
     /// message, handing each message to `each` as it goes.
     fn decode_with(buf: &'a [u8], mut each: impl FnMut(Message<'a>)) -> Result<Self, DecodeError> {
+        let flags = check_header(buf)?;
+        if flags != 0 {
+            return Err(if flags & FLAG_AUTH != 0 && flags & !KNOWN_FLAGS == 0 {
+                DecodeError::NoKey { flags }
+            } else {
+                DecodeError::UnsupportedFlags { flags }
+            });
+        }
         let mut r = Reader::new(buf);
         let short = |_| DecodeError::ShortHeader { len: buf.len() };
-        // Check the magic before the length so that short foreign datagrams
-        // are reported as foreign: bytes that are not a prefix of `GRPV` are
-        // foreign even when fewer than four (missing bytes show as 0).
-        let mut magic = [0u8; 4];
-        for (dst, src) in magic.iter_mut().zip(buf) {
-            *dst = *src;
-        }
-        let present = buf.len().min(MAGIC.len());
-        if magic.get(..present) != MAGIC.get(..present) {
-            return Err(DecodeError::BadMagic { found: magic });
-        }
-        if buf.len() < HEADER_LEN {
-            return Err(DecodeError::ShortHeader { len: buf.len() });
-        }
-        let _magic = r.bytes(MAGIC.len()).map_err(short)?;
-        let version = r.u8().map_err(short)?;
-        if version != VERSION {
-            return Err(DecodeError::UnsupportedVersion { version });
-        }
-        let flags = r.u8().map_err(short)?;
-        if flags != 0 {
-            return Err(DecodeError::UnsupportedFlags { flags });
-        }
+        let _magic_version_flags = r.bytes(MAGIC.len() + 2).map_err(short)?;
         let _reserved = r.u16().map_err(short)?;
         let header = DatagramHeader {
             stream: StreamId(r.u32().map_err(short)?),

@@ -38,6 +38,13 @@ pub enum DecodeError {
         /// The flags byte found.
         flags: u8,
     },
+    /// An authenticated datagram (`flags` bit 0, PROTOCOL.md §11) at a
+    /// receiver that holds no key: it cannot be checked, so it is not used.
+    #[error("authenticated datagram (flags {flags:#04x}) and no key to open it: give the stream's key file")]
+    NoKey {
+        /// The flags byte found.
+        flags: u8,
+    },
     /// The datagram holds a header but no message.
     #[error("datagram carries no message")]
     Empty,
@@ -89,6 +96,7 @@ impl DecodeError {
             DecodeError::BadMagic { .. } => "bad_magic",
             DecodeError::UnsupportedVersion { .. } => "unsupported_version",
             DecodeError::UnsupportedFlags { .. } => "unsupported_flags",
+            DecodeError::NoKey { .. } => "no_key",
             DecodeError::Empty => "empty",
             DecodeError::TruncatedMessageHeader { .. } => "truncated_message_header",
             DecodeError::MessageOverrun { .. } => "message_overrun",

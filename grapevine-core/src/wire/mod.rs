@@ -48,6 +48,7 @@ mod kinds;
 mod message;
 mod packer;
 
+pub(crate) use datagram::check_header;
 pub use datagram::{
     carries_snapshots, Datagram, DatagramHeader, DatagramWriter, Decoded, Messages, DECODED_INLINE,
     DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC, MAX_BODY_LEN, MESSAGE_HEADER_LEN, VERSION,

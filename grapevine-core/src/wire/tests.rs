@@ -821,6 +821,7 @@ proptest! {
                     | DecodeError::BadMagic { .. }
                     | DecodeError::UnsupportedVersion { .. }
                     | DecodeError::UnsupportedFlags { .. }
+                    | DecodeError::NoKey { .. }
             ), "{e:?}");
         }
         check_consistent(&bytes);
@@ -1226,6 +1227,11 @@ fn spec_decode(b: &[u8]) -> Result<(DatagramHeader, Vec<Owned>), DecodeError> {
     }
     if b[4] != 1 {
         return Err(DecodeError::UnsupportedVersion { version: b[4] });
+    }
+    // §11: bit 0 (AUTH), with only bits 1 and 2 beside it, is a sealed
+    // datagram; anything else non-zero is unsupported.
+    if b[5] & 0x01 != 0 && b[5] & !0x07 == 0 {
+        return Err(DecodeError::NoKey { flags: b[5] });
     }
     if b[5] != 0 {
         return Err(DecodeError::UnsupportedFlags { flags: b[5] });
@@ -1698,7 +1704,7 @@ fn unsupported_version() {
 
 #[test]
 fn unsupported_flags() {
-    for flags in [0x01, 0x02, 0x80] {
+    for flags in [0x02, 0x04, 0x06, 0x08, 0x09, 0x80, 0x81] {
         let mut b = header_bytes(VERSION, flags);
         b.extend(msg_bytes(0x06, &heartbeat_body(2)));
         assert_rejects(
@@ -1706,6 +1712,15 @@ fn unsupported_flags() {
             DecodeError::UnsupportedFlags { flags },
             "unsupported_flags",
         );
+    }
+}
+
+#[test]
+fn sealed_datagrams_need_a_key() {
+    for flags in [0x01, 0x03, 0x05, 0x07] {
+        let mut b = header_bytes(VERSION, flags);
+        b.extend(msg_bytes(0x06, &heartbeat_body(2)));
+        assert_rejects(&b, DecodeError::NoKey { flags }, "no_key");
     }
 }
 
@@ -2938,7 +2953,8 @@ fn fragmented_message_reassembles_through_datagrams() {
 
 #[test]
 fn error_codes_are_stable() {
-    let cases: [(DecodeError, &str); 8] = [
+    let cases: [(DecodeError, &str); 9] = [
+        (DecodeError::NoKey { flags: 1 }, "no_key"),
         (DecodeError::ShortHeader { len: 0 }, "short_header"),
         (DecodeError::BadMagic { found: [0; 4] }, "bad_magic"),
         (

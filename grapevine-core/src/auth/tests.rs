@@ -1,0 +1,308 @@
+//! Sealing and opening: what opens, what is refused and why, and that a
+//! refused datagram changes nothing.
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::wire::{
+    Datagram, DatagramHeader, DatagramWriter, Delta, Heartbeat, Message, HEADER_LEN,
+};
+use crate::{SeqNum, SessionId, StreamId};
+
+const STREAM: StreamId = StreamId(5);
+
+fn ring(byte: u8) -> Keyring {
+    Keyring::new(vec![StreamKey::from_bytes([byte; 32])]).unwrap()
+}
+
+/// A plain datagram of `STREAM`, session 9, with a heartbeat and a delta
+/// whose payload is `payload`, in a buffer with room to seal it.
+fn plain(datagram_seq: u64, payload: &[u8]) -> (Vec<u8>, usize) {
+    let header = DatagramHeader {
+        stream: STREAM,
+        session: SessionId(9),
+        datagram_seq,
+    };
+    let mut buf = vec![0u8; 512];
+    let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+    w.push(&Message::Heartbeat(Heartbeat {
+        last_seq: SeqNum(3),
+        sent_at_micros: 77,
+        interval_ms: 100,
+    }))
+    .unwrap();
+    w.push(&Message::Delta(Delta {
+        seq: SeqNum(3),
+        prev_leaf_seq: SeqNum::NONE,
+        creates: true,
+        removes: false,
+        key: b"key",
+        payload,
+    }))
+    .unwrap();
+    let len = w.finish();
+    (buf, len)
+}
+
+fn sealer(role: Role, salt: u8, encrypt: bool) -> Sealer {
+    Sealer::new(&ring(7), role, STREAM, Salt([salt; 16]), encrypt).unwrap()
+}
+
+fn sealed(s: &mut Sealer, datagram_seq: u64) -> Vec<u8> {
+    let (mut buf, len) = plain(datagram_seq, b"secret payload");
+    let n = s.seal(&mut buf, len).unwrap();
+    buf.truncate(n);
+    buf
+}
+
+fn opener() -> Opener {
+    Opener::new(ring(7), Role::Publisher, STREAM, 16)
+}
+
+fn open(o: &mut Opener, d: &[u8]) -> Result<Vec<u8>, Refused> {
+    let mut b = d.to_vec();
+    let opened = o.open(Instant::now(), &mut b, 100)?;
+    Ok(b[opened.plain].to_vec())
+}
+
+#[test]
+fn a_sealed_datagram_opens_to_the_plain_one_in_both_modes() {
+    for encrypt in [false, true] {
+        let mut s = sealer(Role::Publisher, 1, encrypt);
+        let (buf, len) = plain(0, b"secret payload");
+        let want = buf[..len].to_vec();
+        let d = sealed(&mut s, 0);
+        assert_eq!(d.len(), len + OVERHEAD);
+        let flags = FLAG_AUTH | if encrypt { FLAG_ENCRYPT } else { 0 };
+        assert_eq!(d[5], flags);
+        assert_eq!(&d[28..32], &ring(7).sealing_key().id().0.to_be_bytes());
+        assert_eq!(&d[32..48], &[1; 16]);
+        let shows = d.windows(14).any(|w| w == b"secret payload");
+        assert_eq!(shows, !encrypt, "the payload is readable only unencrypted");
+        let got = open(&mut opener(), &d).unwrap();
+        assert_eq!(got, want);
+        assert!(Datagram::decode(&got).is_ok());
+        // A tool without the key reads an authenticated-only datagram.
+        let mut view = Vec::new();
+        assert_eq!(unverified_plain(&d, &mut view), !encrypt);
+        if !encrypt {
+            assert_eq!(view, want);
+        }
+    }
+}
+
+#[test]
+fn replays_old_and_far_datagrams_are_refused() {
+    let mut s = sealer(Role::Publisher, 1, false);
+    let mut o = opener();
+    let first = sealed(&mut s, 10);
+    assert!(open(&mut o, &first).is_ok());
+    assert_eq!(open(&mut o, &first), Err(Refused::Replayed));
+    // Far ahead (beyond the jump of 100): refused, then corroborated.
+    let far = sealed(&mut s, 10 + WINDOW + 500);
+    assert_eq!(open(&mut o, &far), Err(Refused::TooFar));
+    assert_eq!(
+        open(&mut o, &far),
+        Err(Refused::TooFar),
+        "a copy proves nothing"
+    );
+    let next = sealed(&mut s, 10 + WINDOW + 501);
+    assert!(open(&mut o, &next).is_ok());
+    // The first is now out of the window.
+    let mut s2 = sealer(Role::Publisher, 1, false);
+    let old = sealed(&mut s2, 11);
+    assert_eq!(open(&mut o, &old), Err(Refused::TooOld));
+    assert_eq!(o.senders(), 1);
+}
+
+#[test]
+fn each_check_refuses_what_it_should() {
+    let mut o = opener();
+    let (buf, len) = plain(0, b"x");
+    assert_eq!(open(&mut o, &buf[..len]), Err(Refused::Unauthenticated));
+    assert!(matches!(
+        open(&mut o, b"GRPV"),
+        Err(Refused::Malformed(
+            crate::wire::DecodeError::ShortHeader { .. }
+        ))
+    ));
+    let d = sealed(&mut sealer(Role::Publisher, 1, false), 0);
+    assert_eq!(
+        open(&mut o, &d[..HEADER_LEN + OVERHEAD - 1]),
+        Err(Refused::ShortAuth(HEADER_LEN + OVERHEAD - 1))
+    );
+    // A subscriber's NAK reflected to a subscriber.
+    let nak = sealed(&mut sealer(Role::Subscriber, 2, false), 0);
+    assert_eq!(nak[5], FLAG_AUTH | FLAG_FROM_SUBSCRIBER);
+    assert_eq!(open(&mut o, &nak), Err(Refused::WrongRole));
+    // ... with the role bit cleared: the key differs, so the tag fails.
+    let mut flipped = nak.clone();
+    flipped[5] = FLAG_AUTH;
+    assert_eq!(open(&mut o, &flipped), Err(Refused::BadTag));
+    // The publisher's opener takes the NAK, and refuses the publisher's.
+    let mut at_pub = Opener::new(ring(7), Role::Subscriber, STREAM, 16);
+    assert!(open(&mut at_pub, &nak).is_ok());
+    assert_eq!(open(&mut at_pub, &d), Err(Refused::WrongRole));
+    // Another stream's opener.
+    let mut other = Opener::new(ring(7), Role::Publisher, StreamId(6), 16);
+    assert_eq!(open(&mut other, &d), Err(Refused::ForeignStream));
+    // Another key.
+    let mut stranger = Opener::new(ring(8), Role::Publisher, STREAM, 16);
+    assert_eq!(
+        open(&mut stranger, &d),
+        Err(Refused::UnknownKey(ring(7).sealing_key().id()))
+    );
+    // Authenticated only where encryption is required.
+    let mut strict = opener();
+    strict.require_encrypt(true);
+    assert_eq!(open(&mut strict, &d), Err(Refused::PlaintextRefused));
+    let e = sealed(&mut sealer(Role::Publisher, 3, true), 0);
+    assert!(open(&mut strict, &e).is_ok());
+    // A known sender's salt under another key id.
+    let mut both = Opener::new(
+        Keyring::new(vec![
+            StreamKey::from_bytes([7; 32]),
+            StreamKey::from_bytes([8; 32]),
+        ])
+        .unwrap(),
+        Role::Publisher,
+        STREAM,
+        16,
+    );
+    assert!(open(&mut both, &d).is_ok());
+    let other_key = {
+        let mut s = Sealer::new(&ring(8), Role::Publisher, STREAM, Salt([1; 16]), false).unwrap();
+        sealed(&mut s, 1)
+    };
+    assert_eq!(open(&mut both, &other_key), Err(Refused::KeyChanged));
+}
+
+#[test]
+fn a_rotated_key_opens_beside_the_old_one() {
+    let old = StreamKey::from_bytes([7; 32]);
+    let new = StreamKey::from_bytes([9; 32]);
+    let mut o = Opener::new(
+        Keyring::new(vec![old, new.clone()]).unwrap(),
+        Role::Publisher,
+        STREAM,
+        16,
+    );
+    let by_new = Keyring::new(vec![new]).unwrap();
+    let mut s = Sealer::new(&by_new, Role::Publisher, STREAM, Salt([4; 16]), false).unwrap();
+    assert!(open(&mut o, &sealed(&mut s, 0)).is_ok());
+    assert!(open(&mut o, &sealed(&mut sealer(Role::Publisher, 5, false), 0)).is_ok());
+}
+
+#[test]
+fn sealing_never_reuses_a_nonce_and_needs_room() {
+    let mut s = sealer(Role::Publisher, 1, true);
+    let _ = sealed(&mut s, 5);
+    let (mut buf, len) = plain(5, b"p");
+    assert_eq!(s.seal(&mut buf, len), Err(SealError::NonceReuse(5)));
+    let (mut buf, len) = plain(4, b"p");
+    assert_eq!(s.seal(&mut buf, len), Err(SealError::NonceReuse(4)));
+    let (mut buf, len) = plain(6, b"p");
+    let room = len + OVERHEAD - 1;
+    assert_eq!(
+        s.seal(&mut buf[..room], len),
+        Err(SealError::NoRoom { len, room })
+    );
+    assert_eq!(s.seal(&mut buf, len), Ok(len + OVERHEAD), "6 was not used");
+}
+
+#[test]
+fn new_senders_cost_a_bounded_number_of_derivations() {
+    let mut o = opener();
+    let t0 = Instant::now();
+    let forged = |salt: u16| {
+        let mut d = sealed(&mut sealer(Role::Publisher, 1, false), 0);
+        d[32..34].copy_from_slice(&salt.to_be_bytes());
+        d
+    };
+    let mut refused = Vec::new();
+    for i in 0..DERIVE_BURST + 10 {
+        let mut d = forged(i as u16 + 1);
+        refused.push(o.open(t0, &mut d, 100).unwrap_err());
+    }
+    assert!(refused[..DERIVE_BURST as usize]
+        .iter()
+        .all(|r| *r == Refused::BadTag));
+    assert!(refused[DERIVE_BURST as usize..]
+        .iter()
+        .all(|r| *r == Refused::DeriveLimited));
+    assert_eq!(o.senders(), 0, "nothing cached from a bad tag");
+    // The budget refills at DERIVE_PER_SEC: a real sender gets through.
+    let mut real = sealed(&mut sealer(Role::Publisher, 0x33, false), 0);
+    let later = t0 + Duration::from_secs(1) / DERIVE_PER_SEC;
+    assert!(o.open(later, &mut real, 100).is_ok());
+}
+
+#[test]
+fn the_pinned_sender_outlives_any_number_of_others() {
+    let mut o = Opener::new(ring(7), Role::Publisher, STREAM, 4);
+    let mut pinned = sealer(Role::Publisher, 100, false);
+    let first = sealed(&mut pinned, 0);
+    assert!(open(&mut o, &first).is_ok());
+    o.pin(Some(Salt([100; 16])));
+    for salt in 1..20u8 {
+        assert!(open(
+            &mut o,
+            &sealed(&mut sealer(Role::Publisher, salt, false), 0)
+        )
+        .is_ok());
+        assert!(o.senders() <= 4);
+    }
+    // Its window was kept: the old datagram is still a replay.
+    assert_eq!(open(&mut o, &first), Err(Refused::Replayed));
+    // An unpinned sender forgotten: its window with it.
+    let mut again = sealer(Role::Publisher, 1, false);
+    assert!(open(&mut o, &sealed(&mut again, 0)).is_ok());
+}
+
+proptest! {
+    /// Any change to a sealed datagram (bit flips, truncation, extension)
+    /// is refused, and a refused datagram leaves the receiver as it was:
+    /// the genuine datagram still opens afterwards.
+    #[test]
+    fn no_modified_datagram_opens(
+        encrypt in any::<bool>(),
+        flips in prop::collection::vec((0usize..200, 0u8..8), 1..4),
+        cut in prop::option::of(0usize..120),
+        extra in prop::collection::vec(any::<u8>(), 0..3),
+    ) {
+        let mut s = sealer(Role::Publisher, 1, encrypt);
+        let genuine = sealed(&mut s, 42);
+        let mut d = genuine.clone();
+        for (at, bit) in &flips {
+            let i = at % d.len();
+            d[i] ^= 1 << bit;
+        }
+        if let Some(c) = cut {
+            d.truncate(d.len().saturating_sub(c));
+        }
+        d.extend(&extra);
+        prop_assume!(d != genuine);
+        let mut o = opener();
+        prop_assert!(open(&mut o, &d).is_err());
+        prop_assert_eq!(o.senders(), 0);
+        prop_assert!(open(&mut o, &genuine).is_ok());
+    }
+}
+
+#[test]
+fn keyrings_refuse_nothing_and_clashing_ids() {
+    assert_eq!(Keyring::new(vec![]), Err(KeyringError::Empty));
+    let a = StreamKey::from_bytes([1; 32]);
+    let ring = Keyring::new(vec![a.clone(), a.clone()]).unwrap();
+    assert_eq!(ring.keys().count(), 1, "the same key twice is kept once");
+    assert_eq!(ring.get(a.id()), Some(&a));
+    assert_eq!(ring.get(KeyId(a.id().0 ^ 1)), None);
+    assert!(KeyringError::Empty.to_string().contains("keygen"));
+    assert_eq!(
+        Refused::BadTag.code(),
+        "bad_tag",
+        "codes are what metrics show"
+    );
+}
