@@ -1,5 +1,4 @@
-//! Key files for authenticated frames (coming: see
-//! `docs/design/authenticated-frames.md`; nothing is sealed with them yet).
+//! Key files for authenticated streams (PROTOCOL.md §11).
 //!
 //! A key file holds one key per line, `grapevine-key 1 <id> <key>`: the
 //! format version, the key's [`KeyId`] (8 hex digits, which checks the key),
@@ -15,11 +14,14 @@
 //! assert_eq!(keys::parse_keys(&text)?, vec![key]);
 //! # Ok::<(), keys::KeyError>(())
 //! ```
+//!
+//! [`read_keyring`] reads a file into the [`Keyring`] that
+//! [`Security`](grapevine_core::auth::Security) takes.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use grapevine_core::auth::{KeyId, StreamKey, KEY_LEN};
+use grapevine_core::auth::{KeyId, Keyring, KeyringError, StreamKey, KEY_LEN};
 
 /// What is wrong with a key or a key file.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +81,19 @@ pub enum KeyError {
     /// No key in the file.
     #[error("no key in it: make one with `grapevine keygen`")]
     Empty,
+    /// The keys cannot make a keyring (two different keys with one id).
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+}
+
+/// The keys of the key file at `path`, as a [`Keyring`] (the first seals):
+/// [`read_key_file`], then [`Keyring::new`].
+///
+/// # Errors
+///
+/// As [`read_key_file`], and [`KeyError::Keyring`].
+pub fn read_keyring(path: &Path) -> Result<Keyring, KeyError> {
+    Ok(Keyring::new(read_key_file(path)?)?)
 }
 
 /// A new key from the operating system's random generator (never a

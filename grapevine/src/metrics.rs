@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `grapevine_subscriber_datagrams_total`, `_bytes_total` | counter | received from the socket |
 //! | `grapevine_subscriber_messages_total{kind}`, `_message_bytes_total{kind}` | counter | messages of the stream received, and their bytes, by kind (`delta`, `retransmit`, `leaf_snapshot`, `cycle_begin`, `cycle_end`, `heartbeat`, `fragment`, ..., `unknown`) |
-//! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss` |
+//! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, each authentication refusal of §11.4 (`unauthenticated`, `bad_tag`, `replayed`, ...), `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss` |
 //! | `grapevine_subscriber_kernel_drops_total` | counter | datagrams the kernel dropped because the socket's receive queue was full (Linux: `/proc/net/udp`) |
 //! | `grapevine_subscriber_{deltas_applied, snapshots_applied, syncs, restarts, gaps, lost_seqs, naks_sent, nak_ranges_sent, frag_naks_sent, repaired_by_nak, filled_late, apply_errors, ghosts_removed, events_dropped, recv_errors, send_errors}_total` | counter | as [`SubscriberStats`] |
 //! | `grapevine_subscriber_{synced, consistent, publisher_alive}` | gauge | 0 or 1 |
@@ -28,7 +28,8 @@
 //! | `grapevine_publisher_datagrams_total`, `_bytes_total`, `_send_calls_total` | counter | handed to the socket |
 //! | `grapevine_publisher_messages_total{kind}`, `_message_bytes_total{kind}` | counter | messages sent and their bytes, by kind, as for subscribers |
 //! | `grapevine_publisher_{tombstones, fragments_resent, snapshot_bytes, repair_bytes, cycles, naks_received, nak_seqs_requested, nak_seqs_unavailable, repairs_coalesced, shed_datagrams, shed_bytes, send_errors, send_blocked, recv_errors}_total` | counter | as [`PublisherStats`] |
-//! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message` |
+//! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message`, and refused by authentication: `auth_bad_tag`, `auth_replayed`, `auth_refused_other` |
+//! | `grapevine_publisher_seal_refused_total` | counter | datagrams not sent because sealing them would have reused a nonce (never expected) |
 //! | `grapevine_publisher_{seq, leaves, queued_bytes}` | gauge | the last sequence number, the state's leaves, bytes waiting for the socket |
 //!
 //! [`SubscriberStats`]: crate::SubscriberStats
@@ -110,6 +111,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = {
         ("grapevine_publisher_tombstones_total", C, "Tombstones sent in snapshot cycles."),
         ("grapevine_publisher_fragments_resent_total", C, "Fragments resent in answer to FragNaks."),
         ("grapevine_publisher_dropped_total", C, "Received datagrams dropped, by reason."),
+        ("grapevine_publisher_seal_refused_total", C, "Datagrams not sent because sealing them would have reused a nonce (never expected)."),
         ("grapevine_publisher_snapshot_bytes_total", C, "Bytes of snapshot and cycle messages."),
         ("grapevine_publisher_repair_bytes_total", C, "Bytes of repair messages (retransmissions and fragments resent)."),
         ("grapevine_publisher_cycles_total", C, "Snapshot cycles completed."),
@@ -229,6 +231,23 @@ fn drops_in(table: &str, inode: u64) -> Option<u64> {
     })
 }
 
+/// A publisher's received datagrams dropped, by reason.
+fn publisher_drops(p: &grapevine_core::publisher::PublisherStats) -> [(&'static str, u64); 7] {
+    let auth_other = p
+        .auth_refused
+        .saturating_sub(p.auth_bad_tag)
+        .saturating_sub(p.auth_replayed);
+    [
+        ("malformed", p.malformed_received),
+        ("foreign_stream", p.foreign_received),
+        ("other_session", p.other_session_naks),
+        ("unexpected_message", p.unexpected_messages),
+        ("auth_bad_tag", p.auth_bad_tag),
+        ("auth_replayed", p.auth_replayed),
+        ("auth_refused_other", auth_other),
+    ]
+}
+
 /// The totals last logged, to log what grew since: drops and repairs are
 /// logged as one line per reason per [`INTERVAL`] at most, never one per
 /// datagram (a flood of hostile datagrams cannot flood the logs).
@@ -308,6 +327,18 @@ impl SubscriberMetrics {
                     count = grew,
                     total = n,
                     "malformed datagrams dropped (PROTOCOL.md section 7)"
+                );
+            }
+        }
+        for (&code, &n) in &p.refused {
+            counter_with(dropped, l, "reason", code, n);
+            let grew = self.seen.grew(code, n);
+            if grew > 0 {
+                tracing::warn!(
+                    reason = code,
+                    count = grew,
+                    total = n,
+                    "datagrams refused by authentication (PROTOCOL.md section 11)"
                 );
             }
         }
@@ -500,14 +531,10 @@ impl PublisherMetrics {
             p.fragments_resent,
         );
         let dropped = "grapevine_publisher_dropped_total";
-        for (reason, n) in [
-            ("malformed", p.malformed_received),
-            ("foreign_stream", p.foreign_received),
-            ("other_session", p.other_session_naks),
-            ("unexpected_message", p.unexpected_messages),
-        ] {
+        for (reason, n) in publisher_drops(p) {
             counter_with(dropped, l, "reason", reason, n);
         }
+        counter("grapevine_publisher_seal_refused_total", l, p.seal_refused);
         for (name, n) in [
             ("grapevine_publisher_snapshot_bytes_total", p.snapshot_bytes),
             ("grapevine_publisher_repair_bytes_total", p.repair_bytes),
@@ -577,14 +604,16 @@ impl PublisherMetrics {
                 "repairs since the last report"
             );
         }
-        for (reason, n) in [
-            ("malformed", p.malformed_received),
-            ("foreign_stream", p.foreign_received),
-            ("other_session", p.other_session_naks),
-            ("unexpected_message", p.unexpected_messages),
-        ] {
+        for (reason, n) in publisher_drops(p) {
             let grew = self.seen.grew(reason, n);
-            if grew > 0 {
+            if grew > 0 && reason.starts_with("auth") {
+                tracing::warn!(
+                    reason,
+                    count = grew,
+                    total = n,
+                    "received datagrams refused by authentication (PROTOCOL.md section 11)"
+                );
+            } else if grew > 0 {
                 tracing::debug!(
                     reason,
                     count = grew,

@@ -59,6 +59,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use grapevine_core::auth::Security;
 use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
     Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
@@ -167,6 +168,27 @@ impl<S> fmt::Debug for SubscriberBuilder<S> {
 }
 
 impl<S> SubscriberBuilder<S> {
+    /// Authenticate every datagram, both ways, with these keys
+    /// (PROTOCOL.md §11), and encrypt if it says so. Every publisher and
+    /// subscriber of the stream needs the same keys; datagrams that do not
+    /// open are dropped and counted. Set it after
+    /// [`protocol`](Self::protocol), which replaces it.
+    ///
+    /// ```
+    /// use grapevine::core::auth::{Keyring, Security};
+    /// use grapevine::keys;
+    ///
+    /// let ring = Keyring::new(vec![keys::generate()?])?;
+    /// let builder = grapevine::Subscriber::<std::collections::BTreeMap<u32, u32>>::builder()
+    ///     .security(Security::new(ring));
+    /// # drop(builder);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn security(mut self, security: Security) -> Self {
+        self.protocol.security(Some(security));
+        self
+    }
+
     /// The multicast group (default 239.255.77.77).
     pub fn group(mut self, group: IpAddr) -> Self {
         self.multicast.group(group);

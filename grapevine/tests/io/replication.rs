@@ -486,3 +486,78 @@ async fn forged_huge_sequence_numbers_do_not_wedge_a_live_subscriber() {
     assert!(stats.protocol.unbelieved >= 4, "{stats:?}");
     assert_eq!(sub.status().known_seq, publ.last_seq());
 }
+
+/// An encrypted stream with loss converges over real sockets; NAKs are
+/// sealed too. A subscriber without the key, and one with another key,
+/// take nothing from it and count every datagram refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_stream_converges_and_refuses_strangers() {
+    use grapevine::core::auth::{Keyring, Security};
+    use grapevine::keys;
+
+    let id = 14;
+    let ring = Keyring::new(vec![keys::generate().unwrap()]).unwrap();
+    let mut security = Security::new(ring);
+    security.encrypt(true).require_encrypt(true);
+    let stranger = Security::new(Keyring::new(vec![keys::generate().unwrap()]).unwrap());
+
+    let lossy = subscriber::<Map>(id)
+        .security(security.clone())
+        .simulate_loss(Loss::new(0.05, 7).unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let keyless = subscriber::<Map>(id).bind().await.unwrap();
+    let wrong = subscriber::<Map>(id)
+        .security(stranger)
+        .bind()
+        .await
+        .unwrap();
+    let publ = publisher(id)
+        .security(security)
+        .bind(Map::new())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        publ.publish(entry(i)).unwrap();
+    }
+    lossy.wait_until(|s| s.synced, TIMEOUT).await.unwrap();
+    // Live traffic once synced, so that losses are repaired by NAK.
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    for i in 0..2_000 {
+        if i % 10 == 0 {
+            pace.tick().await;
+        }
+        publ.publish(entry(i % 300)).unwrap();
+    }
+    let status = converged(&lossy, publ.session(), publ.last_seq()).await;
+    assert_eq!(status.leaves, 300);
+    assert_eq!(lossy.digest(), publ.digest());
+    let s = lossy.stats();
+    assert!(s.simulated_drops > 0 && s.protocol.naks_sent > 0, "{s:?}");
+    assert!(publ.stats().protocol.retransmits > 0, "{:?}", publ.stats());
+    assert_eq!(publ.stats().protocol.auth_refused, 0, "{:?}", publ.stats());
+    assert!(s.protocol.refused.is_empty(), "{:?}", s.protocol.refused);
+
+    // The others heard the same datagrams and used none.
+    let heard = |sub: &Subscriber<Map>| sub.stats().protocol.datagrams;
+    for (name, sub, code) in [
+        ("keyless", &keyless, "no_key"),
+        ("wrong key", &wrong, "unknown_key"),
+    ] {
+        let st = sub.stats().protocol;
+        let counted = st
+            .malformed
+            .get(code)
+            .or_else(|| st.refused.get(code))
+            .copied()
+            .unwrap_or(0);
+        assert!(heard(sub) > 100, "{name}: {st:?}");
+        assert_eq!(
+            counted, st.datagrams,
+            "{name}: every datagram refused as {code}: {st:?}"
+        );
+        assert_eq!(sub.status().session, None, "{name}");
+        assert_eq!(sub.status().leaves, 0, "{name}");
+    }
+}
