@@ -306,3 +306,43 @@ fn keyrings_refuse_nothing_and_clashing_ids() {
         "codes are what metrics show"
     );
 }
+
+#[test]
+fn snapshot_datagrams_are_recognised_through_an_auth_header_only_in_the_clear() {
+    use crate::wire::{carries_snapshots, CycleBegin, LeafSnapshot};
+    use crate::CycleId;
+    for encrypt in [false, true] {
+        let header = DatagramHeader {
+            stream: STREAM,
+            session: SessionId(9),
+            datagram_seq: 1,
+        };
+        let mut buf = vec![0u8; 300];
+        let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+        w.push(&Message::CycleBegin(CycleBegin {
+            cycle: CycleId(0),
+            start_seq: SeqNum(0),
+            leaf_count: 1,
+        }))
+        .unwrap();
+        w.push(&Message::LeafSnapshot(LeafSnapshot {
+            cycle: CycleId(0),
+            position: 0,
+            leaf_seq: SeqNum(0),
+            key: b"k",
+            value: Some(b"v"),
+        }))
+        .unwrap();
+        let len = w.finish();
+        assert!(carries_snapshots(&buf[..len]));
+        let n = sealer(Role::Publisher, 1, encrypt)
+            .seal(&mut buf, len)
+            .unwrap();
+        assert_eq!(carries_snapshots(&buf[..n]), !encrypt);
+    }
+    let (mut buf, len) = plain(0, b"p");
+    let n = sealer(Role::Publisher, 1, false)
+        .seal(&mut buf, len)
+        .unwrap();
+    assert!(!carries_snapshots(&buf[..n]), "a heartbeat and a delta");
+}

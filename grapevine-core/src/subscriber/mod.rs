@@ -108,6 +108,11 @@ const MAX_QUEUED_FRAG_NAKS: usize = 256;
 /// Publisher sessions whose replay windows a subscriber with
 /// authentication on keeps: the followed one (pinned) and others heard.
 const PUBLISHER_WINDOWS: usize = 16;
+/// With authentication on, a new session is entered only after one of its
+/// Heartbeats stamped within this of the local wall clock (PROTOCOL.md
+/// §11.4): a recording of an old session cannot be replayed to a
+/// starting subscriber.
+pub const MAX_SKEW: Duration = Duration::from_secs(30);
 
 /// Configuration of a [`Subscriber`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1138,6 +1143,12 @@ pub struct Subscriber {
     interval_claim: Option<(Duration, u64)>,
     gone: bool,
     was_consistent: bool,
+    /// The wall clock (microseconds since the Unix epoch) at an instant:
+    /// to judge the freshness of a new session's heartbeats.
+    wall: Option<(Instant, u64)>,
+    /// The latest session whose authenticated Heartbeat was fresh: the
+    /// only new session that may be entered (authentication on).
+    fresh: Option<SessionId>,
     /// Seals the NAKs sent, with authentication on.
     sealer: Option<Sealer>,
     /// Opens what is received, with authentication on.
@@ -1188,6 +1199,8 @@ impl Subscriber {
             interval_claim: None,
             gone: false,
             was_consistent: false,
+            wall: None,
+            fresh: None,
             sealer,
             opener,
         })
@@ -1432,6 +1445,48 @@ impl Subscriber {
         })
     }
 
+    /// Tells the wall clock: `wall_micros` (microseconds since the Unix
+    /// epoch) at `now`. With authentication on, a new session is entered
+    /// only after a Heartbeat of it stamped within [`MAX_SKEW`] of this
+    /// clock, so a driver sets it before handing datagrams over (the
+    /// library's drivers do, per received batch); without it no new session
+    /// is entered.
+    pub fn set_wall_clock(&mut self, now: Instant, wall_micros: u64) {
+        self.wall = Some((now, wall_micros));
+    }
+
+    /// The wall clock at `now`, from the last [`Subscriber::set_wall_clock`].
+    fn wall_at(&self, now: Instant) -> Option<u64> {
+        let (at, micros) = self.wall?;
+        let ahead = now.saturating_duration_since(at).as_micros();
+        let behind = at.saturating_duration_since(now).as_micros();
+        let ahead = u64::try_from(ahead).unwrap_or(u64::MAX);
+        let behind = u64::try_from(behind).unwrap_or(u64::MAX);
+        Some(micros.saturating_add(ahead).saturating_sub(behind))
+    }
+
+    /// With authentication on: whether datagrams of `session` may be used,
+    /// given the messages of one of them. The followed session and the
+    /// latest proven fresh may; another is proven fresh by a Heartbeat
+    /// stamped within [`MAX_SKEW`] of the wall clock.
+    fn is_fresh(&mut self, now: Instant, session: SessionId, decoded: &Decoded<'_>) -> bool {
+        let followed = self.session.as_ref().map(|s| s.id);
+        if followed == Some(session) || self.fresh == Some(session) {
+            return true;
+        }
+        let Some(wall) = self.wall_at(now) else {
+            return false;
+        };
+        let skew = u64::try_from(MAX_SKEW.as_micros()).unwrap_or(u64::MAX);
+        let fresh = decoded
+            .iter()
+            .any(|m| matches!(m, Message::Heartbeat(h) if h.sent_at_micros.abs_diff(wall) <= skew));
+        if fresh {
+            self.fresh = Some(session);
+        }
+        fresh
+    }
+
     /// The share of the time since this session first synced during which
     /// the replica was consistent, at `now` (`None` before sync).
     #[must_use]
@@ -1497,6 +1552,10 @@ impl Subscriber {
         }
         for m in decoded.iter() {
             self.stats.received.add(m.kind_byte(), m.encoded_len());
+        }
+        if salt.is_some() && !self.is_fresh(now, header.session, &decoded) {
+            *self.stats.refused.entry("stale_session").or_default() += 1;
+            return;
         }
         if !self.enter_session(now, remote, header.session, header.datagram_seq, replica) {
             return;

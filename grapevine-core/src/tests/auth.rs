@@ -232,3 +232,43 @@ fn the_publisher_refuses_unsealed_replayed_and_reflected_naks() {
         "{s:?}"
     );
 }
+
+#[test]
+fn a_recording_of_an_old_session_is_not_followed() {
+    use super::sim::{wall_micros, DigestReplica};
+    use crate::subscriber::{Subscriber, MAX_SKEW};
+
+    let mut r = secure_rig(false);
+    let start = r.now;
+    let sent = r.run(ms(300));
+    assert!(r.converged());
+    let mut cfg = sub_cfg();
+    cfg.security(Some(security(7, false)));
+    let replay = |wall: Option<u64>| {
+        let mut sub = Subscriber::new(cfg.clone()).unwrap();
+        if let Some(w) = wall {
+            sub.set_wall_clock(r.now, w);
+        }
+        let mut replica = DigestReplica::default();
+        for d in &sent {
+            sub.handle_datagram(r.now, r.pub_addr, &mut d.clone(), &mut replica);
+        }
+        sub
+    };
+    // An hour later: every datagram is of a stale session.
+    let late = wall_micros(r.now - start + std::time::Duration::from_secs(3600));
+    let sub = replay(Some(late));
+    assert_eq!(sub.status().session, None);
+    assert_eq!(
+        sub.stats().refused.get("stale_session").copied(),
+        Some(sent.len() as u64)
+    );
+    // No wall clock: no new session either.
+    assert_eq!(replay(None).status().session, None);
+    // Within the skew, the same recording is followed: the check is what
+    // refused it.
+    let near = wall_micros(r.now - start + MAX_SKEW / 2);
+    let sub = replay(Some(near));
+    assert_eq!(sub.status().session, Some(SessionId(1)));
+    assert!(sub.stats().refused.is_empty(), "{:?}", sub.stats().refused);
+}

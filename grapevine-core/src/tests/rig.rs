@@ -158,10 +158,13 @@ impl Rig {
         sub_cfg: SubscriberConfig,
     ) -> Self {
         let now = Instant::now();
+        let mut sub = Subscriber::new(sub_cfg).unwrap();
+        // The publisher's heartbeats are stamped from this wall clock.
+        sub.set_wall_clock(now, super::sim::wall_micros(Duration::ZERO));
         Self {
             now,
             publisher: SimPublisher::new(pub_cfg, SessionId(1), now, initial, Default::default()),
-            sub: Subscriber::new(sub_cfg).unwrap(),
+            sub,
             replica: DigestReplica::default(),
             buf: vec![0; 1452],
             pub_addr: publisher_addr(0),

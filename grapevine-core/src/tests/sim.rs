@@ -1764,7 +1764,9 @@ impl World {
             if self.trace == Some(i) {
                 self.trace_datagram(i, &p);
             }
+            let wall = wall_micros(now.saturating_duration_since(self.start));
             let s = &mut self.subs[i];
+            s.core.set_wall_clock(now, wall);
             s.core
                 .handle_datagram(now, p.from, &mut p.bytes, &mut s.replica);
             if self.trace == Some(i) {

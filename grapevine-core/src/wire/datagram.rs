@@ -4,7 +4,7 @@ use core::fmt;
 
 use super::cursor::{Reader, Writer};
 use super::{DecodeError, EncodeError, Message, MessageKind};
-use crate::auth::{FLAG_AUTH, KNOWN_FLAGS};
+use crate::auth::{AUTH_HEADER_LEN, FLAG_AUTH, FLAG_ENCRYPT, KNOWN_FLAGS};
 use crate::{SessionId, StreamId};
 
 /// The four magic bytes that open every datagram: ASCII `GRPV`.
@@ -25,7 +25,8 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 /// Whether `datagram` carries leaf snapshots: a CycleBegin copy followed
 /// by a LeafSnapshot, as every datagram of snapshots a cycle sends is
 /// (PROTOCOL.md §8.1). Only the kinds of the first two messages are looked
-/// at; nothing is validated.
+/// at; nothing is validated. An authenticated-only datagram is looked
+/// into the same way (unverified); an encrypted one is never said to.
 ///
 /// A receiver holding several datagrams may handle those after the
 /// others: a snapshot may be handled in any order relative to deltas
@@ -52,16 +53,24 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 /// ```
 #[must_use]
 pub fn carries_snapshots(datagram: &[u8]) -> bool {
+    // Messages start after the header, or after the auth header of an
+    // authenticated-only datagram (PROTOCOL.md §11); an encrypted one
+    // cannot tell.
+    let start = match datagram.get(5).copied() {
+        Some(0) => HEADER_LEN,
+        Some(f) if f & (FLAG_AUTH | FLAG_ENCRYPT) == FLAG_AUTH => HEADER_LEN + AUTH_HEADER_LEN,
+        _ => return false,
+    };
     let kind = |at: usize| datagram.get(at).copied();
     let Some(len) = datagram
-        .get(HEADER_LEN + 2..HEADER_LEN + MESSAGE_HEADER_LEN)
+        .get(start + 2..start + MESSAGE_HEADER_LEN)
         .and_then(|b| b.try_into().ok())
         .map(u16::from_be_bytes)
     else {
         return false;
     };
-    kind(HEADER_LEN) == Some(MessageKind::CycleBegin as u8)
-        && kind(HEADER_LEN + MESSAGE_HEADER_LEN + usize::from(len))
+    kind(start) == Some(MessageKind::CycleBegin as u8)
+        && kind(start + MESSAGE_HEADER_LEN + usize::from(len))
             == Some(MessageKind::LeafSnapshot as u8)
 }
 

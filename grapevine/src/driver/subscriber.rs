@@ -74,6 +74,10 @@ impl<S: State> SubscriberEngine<S> {
         // datagram is the one to spare, not a delta.
         let more = more.filter(|_| self.core.is_synced());
         let reorder = more.is_some();
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        self.core.set_wall_clock(now, wall);
         let core = &mut self.core;
         let replica = &mut self.replica;
         handle_batch(
