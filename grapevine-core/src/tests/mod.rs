@@ -13,5 +13,6 @@ mod replication;
 mod review;
 mod rig;
 mod scenarios;
+mod schema;
 mod sim;
 mod subscriber;
