@@ -72,6 +72,20 @@ fn check_value_size(v: u32) -> Result<()> {
     Ok(())
 }
 
+/// A schema name for `--schema`: 1 to 255 bytes, no whitespace or
+/// control characters, not starting with `-` (a mistyped flag).
+fn check_schema(name: Option<&str>) -> Result<()> {
+    let Some(name) = name else { return Ok(()) };
+    let printable = !name.chars().any(|c| c.is_whitespace() || c.is_control());
+    if name.is_empty() || name.len() > 255 || name.starts_with('-') || !printable {
+        bail!(
+            "--schema {name:?} is not a schema name: use 1 ..= 255 bytes without spaces, \
+             not starting with '-', e.g. acme.prices/2"
+        );
+    }
+    Ok(())
+}
+
 fn check_seconds(flag: &str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0 && v <= 1e6) {
         bail!("{flag} must be a number of seconds in (0, 1000000], not {v}");
@@ -118,6 +132,11 @@ pub(crate) struct PubArgs {
     /// Without it, run until interrupted (SIGINT or SIGTERM).
     #[arg(long)]
     linger: Option<f64>,
+    /// Announce this schema name instead of the book's own
+    /// (`grapevine.demo.order_book/1`): subscribers expecting another one
+    /// refuse the stream.
+    #[arg(long)]
+    schema: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -199,6 +218,7 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
     if let Some(l) = args.linger {
         check_seconds("--linger", l)?;
     }
+    check_schema(args.schema.as_deref())?;
     if args.value_size > 0 {
         pub_with::<PaddedBook>(args).await
     } else {
@@ -210,7 +230,11 @@ async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
     let book = S::build(args.leaves, args.seed, args.value_size);
     let mut gen = book.deltas(args.seed.wrapping_add(0x9e37), args.value_size);
     args.metrics.start().await?;
-    let publisher = Publisher::builder()
+    let mut builder = Publisher::builder();
+    if let Some(name) = &args.schema {
+        builder = builder.schema(name.clone());
+    }
+    let publisher = builder
         .multicast(args.net.multicast())
         .stream(args.net.stream())
         .snapshot_rate(snapshot_rate(&args)?)
@@ -352,6 +376,11 @@ pub(crate) struct SubArgs {
     /// selects the padded book.
     #[arg(long, default_value_t = 0)]
     value_size: u32,
+    /// Expect this schema name instead of the book's own
+    /// (`grapevine.demo.order_book/1`). A publisher announcing another one
+    /// is refused: one line on standard error names both, exit 1.
+    #[arg(long)]
+    schema: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -373,7 +402,8 @@ struct SubLine {
     /// publisher wrongly shares it (it is not followed).
     other_sessions: u32,
     /// How the run ended, on its last line: with `--until-seq`, `reached`,
-    /// `timeout`, `publisher_gone` or `interrupted`; without, `interrupted`.
+    /// `timeout`, `publisher_gone`, `schema_mismatch` or `interrupted`;
+    /// without, `interrupted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
     #[serde(flatten)]
@@ -446,6 +476,7 @@ pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
         check_seconds("--timeout", t)?;
     }
     check_value_size(args.value_size)?;
+    check_schema(args.schema.as_deref())?;
     if args.value_size > 0 {
         sub_with::<PaddedBook>(args).await
     } else {
@@ -462,6 +493,9 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
     let loss = Loss::new(args.loss, args.seed).map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
     if loss.probability() > 0.0 {
         builder = builder.simulate_loss(loss);
+    }
+    if let Some(name) = &args.schema {
+        builder = builder.schema(name.clone());
     }
     // SIGINT or SIGTERM ends the run with a last line (`outcome`:
     // `interrupted`); handled from before the subscriber starts.
@@ -519,6 +553,9 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             while sub.try_next_event().is_some() {}
             let st = match woke {
                 Ok(st) => st,
+                Err(e @ grapevine::Error::SchemaMismatch { .. }) => {
+                    return give_up(&sub, synced_at, "schema_mismatch", e.to_string());
+                }
                 Err(_) if Instant::now() < deadline => {
                     let why = format!(
                         "the publisher went silent at seq {} (no heartbeat for {:.1}s), \
@@ -598,6 +635,11 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                 }
                 Some(Event::PublisherGone) => say!("publisher gone (no heartbeat)"),
                 Some(Event::PublisherBack) => say!("publisher back"),
+                Some(Event::SchemaMismatch { expected, found, .. }) => {
+                    say!("{}", grapevine::Error::SchemaMismatch { expected, found });
+                    sub.shutdown().await;
+                    return Ok(ExitCode::FAILURE);
+                }
                 Some(_) => {}
                 None => bail!("the subscriber stopped"),
             },

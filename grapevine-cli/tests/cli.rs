@@ -312,6 +312,52 @@ fn protocol_md_digest_vectors_match_the_library() {
     assert_eq!(Digest::default().to_string(), "0".repeat(32));
 }
 
+/// The ```schema-vector blocks of PROTOCOL.md §4.8: each schema name's
+/// fingerprint, and the demo book's and a string map's names as the
+/// library derives them.
+#[test]
+fn protocol_md_schema_vectors_match_the_library() {
+    use grapevine::core::schema::{Schema, SchemaFingerprint};
+    let blocks = blocks("schema-vector");
+    assert!(blocks.len() >= 3, "found {} schema vectors", blocks.len());
+    let mut names = Vec::new();
+    for lines in &blocks {
+        let name = block_name(lines);
+        let [schema, fingerprint] = &lines[1..] else {
+            panic!("{name}: expected a schema and a fingerprint line: {lines:?}");
+        };
+        let schema = schema.strip_prefix("schema: ").expect("a schema line");
+        let fingerprint = fingerprint
+            .strip_prefix("fingerprint: ")
+            .expect("a fingerprint line");
+        let schema = String::from_utf8(bytes_of(schema)).unwrap();
+        assert_eq!(
+            SchemaFingerprint::of(&schema).to_string(),
+            fingerprint,
+            "{name}"
+        );
+        names.push((name.to_owned(), schema));
+    }
+    let of = |vector: &str| {
+        names
+            .iter()
+            .find(|(n, _)| n == vector)
+            .map(|(_, s)| s.clone())
+    };
+    assert_eq!(
+        of("order-book"),
+        Some(Schema::of::<OrderBook>().name().to_owned())
+    );
+    assert_eq!(
+        of("map-of-strings-to-u64"),
+        Some(
+            Schema::of::<std::collections::BTreeMap<String, u64>>()
+                .name()
+                .to_owned()
+        )
+    );
+}
+
 fn side_of(text: &str) -> Side {
     match text {
         "bid" => Side::Bid,
@@ -594,6 +640,65 @@ fn until_seq_ends_with_a_reason_when_the_publisher_is_gone() {
     assert_eq!(s["seq"], 100, "{s}");
     assert_eq!(s["consistent"], true, "{s}");
     assert!(err.contains("went silent at seq 100"), "{err}");
+}
+
+/// A publisher announcing another schema (`pub --schema`): `sub` does not
+/// decode its stream as an order book but says so in one line naming both
+/// schemas and their fingerprints, and exits 1: with `--until-seq` at once
+/// (`outcome: schema_mismatch`, not a timeout), and when following too.
+#[test]
+fn sub_of_another_schema_names_both_and_exits_1() {
+    for (port, until) in [("17530", true), ("17531", false)] {
+        let net = ["--port", port, "--stream", "7"];
+        let mut c = grapevine();
+        c.arg("sub").args(net).args(["--json", "--timeout", "60"]);
+        if until {
+            // Beyond what the publisher reaches in its run: a subscriber
+            // uses the stream until the second StreamInfo proves the
+            // mismatch (about two heartbeat intervals, PROTOCOL.md §8.2),
+            // and could otherwise reach a low target meanwhile.
+            c.args(["--until-seq", "1000000"]);
+        }
+        let sub = c
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut publisher = grapevine()
+            .arg("pub")
+            .args(net)
+            .args(["--schema", "acme.prices/2", "--leaves", "100"])
+            .args(["--deltas", "1000000", "--rate", "1000"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let sub = sub.wait_with_output().unwrap();
+        let _ = publisher.kill();
+        let _ = publisher.wait();
+        let err = String::from_utf8_lossy(&sub.stderr);
+        assert_eq!(sub.status.code(), Some(1), "{err}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "not a timeout: {err}"
+        );
+        let mismatch: Vec<_> = err
+            .lines()
+            .filter(|l| l.contains("schema mismatch"))
+            .collect();
+        assert_eq!(mismatch.len(), 1, "{err}");
+        assert!(
+            mismatch[0].contains("expects grapevine.demo.order_book/1 (66bd64a5d7082228)")
+                && mismatch[0].contains("sends acme.prices/2 ("),
+            "{err}"
+        );
+        if until {
+            let s = json(String::from_utf8_lossy(&sub.stdout).trim());
+            assert_eq!(s["outcome"], "schema_mismatch", "{s}");
+            assert_eq!(s["leaves"], 0, "{s}");
+        }
+    }
 }
 
 /// SIGINT or SIGTERM ends `sub` with a last line, `outcome: interrupted`:
@@ -1554,6 +1659,15 @@ mod every_flag {
                 for value in absurd {
                     // `--interface` takes any name: "x" would be an
                     // interface that does not exist (refused at bind).
+                    // `--schema` takes any name without spaces that does
+                    // not start with '-' (so "nan" or "x" run); the
+                    // others are refused like any absurd value.
+                    let any_name = !value.is_empty()
+                        && !value.starts_with('-')
+                        && !value.contains(char::is_whitespace);
+                    if flag == "--schema" && any_name {
+                        continue;
+                    }
                     let child = grapevine()
                         .args([command, &format!("{flag}={value}")])
                         .stdin(Stdio::null())

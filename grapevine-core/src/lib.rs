@@ -29,6 +29,8 @@
 //!   send, and where (the group, or one host by unicast).
 //! * [`state`]: the [`state::State`] trait for replicated states, the keyed
 //!   map mode, and the order-independent [`state::Digest`].
+//! * [`schema`]: schema names and their fingerprints, announced by
+//!   publishers and checked by subscribers.
 //! * [`Reassembler`]: puts fragmented messages back together within
 //!   configured memory bounds.
 //! * Protocol numbers as newtypes: [`SeqNum`], [`StreamId`], [`SessionId`],
@@ -58,6 +60,7 @@ mod histogram;
 pub mod publisher;
 mod reassembly;
 mod rng;
+pub mod schema;
 mod seq;
 pub mod state;
 pub mod subscriber;

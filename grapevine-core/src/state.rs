@@ -64,6 +64,23 @@ pub trait State {
     fn leaf_count(&self) -> usize;
     /// Removes every leaf.
     fn clear(&mut self);
+
+    /// The name of this state's schema: what a publisher announces and a
+    /// subscriber expects (PROTOCOL.md §4.8), fingerprinted by
+    /// [`crate::schema::SchemaFingerprint::of`].
+    ///
+    /// The default, [`crate::schema::default_name`], is derived from the
+    /// serde shapes of [`State::Key`], [`State::Leaf`] and [`State::Delta`]:
+    /// types that encode differently get different names, while renaming
+    /// a field or a type keeps the name. It looks no deeper than the first
+    /// variant of an enum, nor than one element of a sequence, so two
+    /// states that differ only beyond that share it: override it with a
+    /// name of your own (a name and a version, such as
+    /// `"acme.prices/2"`) to be sure, and change the name when the
+    /// encoding changes.
+    fn schema_name() -> String {
+        crate::schema::default_name::<Self::Key, Self::Leaf, Self::Delta>()
+    }
 }
 
 /// The delta of the keyed-map mode: set or remove one entry.
@@ -128,6 +145,17 @@ where
 
     fn clear(&mut self) {
         BTreeMap::clear(self);
+    }
+
+    /// `map<K,V>` with the serde shapes of `K` and `V`
+    /// ([`crate::schema::shape_of`]), for example `map<str,u64>` for
+    /// `BTreeMap<String, u64>`.
+    fn schema_name() -> String {
+        format!(
+            "map<{},{}>",
+            crate::schema::shape_of::<K>(),
+            crate::schema::shape_of::<V>()
+        )
     }
 }
 

@@ -4,6 +4,7 @@ use std::io;
 use std::time::Duration;
 
 use grapevine_core::publisher::PublishError;
+use grapevine_core::schema::Schema;
 use grapevine_core::subscriber::Status;
 use grapevine_core::ConfigError;
 
@@ -71,6 +72,23 @@ pub enum Error {
          bind a new publisher or subscriber inside a running runtime"
     )]
     Closed,
+
+    /// The publisher followed announces another schema than the
+    /// subscriber's state type: its datagrams are dropped, not decoded as
+    /// the wrong type (PROTOCOL.md §8.2, "Schema"). Run the subscriber
+    /// with the publisher's state type, or give both the same schema name
+    /// (`schema` on both builders) if their encodings agree.
+    #[error(
+        "schema mismatch: the subscriber expects {expected}, the publisher \
+         sends {found}: subscribe with the publisher's state type, or give \
+         both sides the same schema name if their encodings agree"
+    )]
+    SchemaMismatch {
+        /// The schema the subscriber expects.
+        expected: Schema,
+        /// The schema the publisher announces.
+        found: Schema,
+    },
 }
 
 // The errors wrapped by `Config`, `Publish` and `Io` are part of their
@@ -102,6 +120,7 @@ impl From<Error> for io::Error {
             Error::Timeout { .. } => io::ErrorKind::TimedOut,
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::Config(_) | Error::Publish(_) => io::ErrorKind::InvalidInput,
+            Error::SchemaMismatch { .. } => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, err)
     }

@@ -167,6 +167,17 @@ pub struct OrderBook {
 }
 
 impl OrderBook {
+    /// The book's schema name, announced by its publishers and expected by
+    /// its subscribers (PROTOCOL.md §4.8 and Appendix A): the encoding of
+    /// Appendix A, version 1.
+    ///
+    /// ```
+    /// use grapevine::core::schema::Schema;
+    /// use grapevine::order_book::OrderBook;
+    /// assert_eq!(Schema::of::<OrderBook>().fingerprint().to_string(), "66bd64a5d7082228");
+    /// ```
+    pub const SCHEMA: &'static str = "grapevine.demo.order_book/1";
+
     /// An empty book.
     #[must_use]
     pub fn new() -> Self {
@@ -341,6 +352,11 @@ impl State for OrderBook {
     fn clear(&mut self) {
         self.bids.clear();
         self.asks.clear();
+    }
+
+    /// [`OrderBook::SCHEMA`].
+    fn schema_name() -> String {
+        Self::SCHEMA.to_owned()
     }
 }
 
@@ -635,6 +651,11 @@ impl State for PaddedBook {
 
     fn clear(&mut self) {
         self.levels.clear();
+    }
+
+    /// `grapevine.demo.padded_book/1`.
+    fn schema_name() -> String {
+        "grapevine.demo.padded_book/1".to_owned()
     }
 }
 

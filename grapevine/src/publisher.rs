@@ -62,6 +62,7 @@ use grapevine_core::auth::Security;
 use grapevine_core::publisher::{
     Publisher as CorePublisher, PublisherConfig, PublisherStats as CoreStats, SnapshotRate,
 };
+use grapevine_core::schema::Schema;
 use grapevine_core::state::{digest_of, encode, Digest, State, Typed};
 use grapevine_core::{SeqNum, SessionId, StreamId};
 
@@ -259,6 +260,16 @@ impl<S> PublisherBuilder<S> {
         self
     }
 
+    /// The schema name announced to subscribers (PROTOCOL.md §4.8), whose
+    /// fingerprint they compare with the one they expect. Default: the
+    /// state's [`State::schema_name`]. Give the same name on the
+    /// [`SubscriberBuilder::schema`](crate::SubscriberBuilder::schema) of
+    /// subscribers that use another type with the same encoding.
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.protocol.schema(Schema::named(name));
+        self
+    }
+
     /// Checks the configuration, binds the sending socket and starts the
     /// background task. `initial` is the state at start; every leaf in it is
     /// sent in snapshots.
@@ -277,11 +288,15 @@ impl<S> PublisherBuilder<S> {
     where
         S: State + Send + 'static,
     {
-        self.protocol.validate()?;
+        let mut protocol = self.protocol;
+        if protocol.schema_info().is_none() {
+            protocol.schema(Schema::of::<S>());
+        }
+        protocol.validate()?;
         self.multicast.validate()?;
         let session = SessionId(self.session.unwrap_or_else(crate::random::random_u64));
-        let max_datagram = self.protocol.max_datagram_size();
-        let mut core = CorePublisher::new(self.protocol.clone(), session, Instant::now())?;
+        let max_datagram = protocol.max_datagram_size();
+        let mut core = CorePublisher::new(protocol.clone(), session, Instant::now())?;
         let mut tracked = Ok(());
         initial.for_each_leaf(&mut |key, _| {
             if tracked.is_ok() {
@@ -295,7 +310,7 @@ impl<S> PublisherBuilder<S> {
         let local_addr = socket.local_addr()?;
         let io: Arc<dyn DatagramIo> = Arc::new(UdpIo::new(socket)?);
         let segments = segments_for(&*io, max_datagram);
-        let stream = self.protocol.stream_id();
+        let stream = protocol.stream_id();
         let mut engine = PublisherEngine::new(core, Typed::new(initial), segments);
         if let Some(name) = &self.name {
             engine.set_name(name);

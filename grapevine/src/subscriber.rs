@@ -60,6 +60,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grapevine_core::auth::Security;
+use grapevine_core::schema::{Schema, SchemaFingerprint};
 use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
     Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
@@ -285,6 +286,17 @@ impl<S> SubscriberBuilder<S> {
         self
     }
 
+    /// The schema name expected of the publisher (PROTOCOL.md §8.2,
+    /// "Schema"). Default: the state's [`State::schema_name`]. A publisher
+    /// announcing another one is reported
+    /// ([`Event::SchemaMismatch`], [`Error::SchemaMismatch`] from
+    /// [`Subscriber::wait_until`]) and not followed; one that announces
+    /// none (an older version) is followed.
+    pub fn schema(mut self, name: impl Into<String>) -> Self {
+        self.protocol.expect_schema(Schema::named(name));
+        self
+    }
+
     /// Checks the configuration, joins the group and starts the background
     /// task, with an empty replica (`S::default()`).
     ///
@@ -321,6 +333,9 @@ impl<S> SubscriberBuilder<S> {
     {
         self.multicast.validate()?;
         let mut protocol = self.protocol;
+        if protocol.expected_schema().is_none() {
+            protocol.expect_schema(Schema::of::<S>());
+        }
         if !protocol.is_seeded() {
             // Different NAK delays and requester ids on every subscriber.
             protocol.rng_seed(crate::random::random_u64());
@@ -410,6 +425,17 @@ impl<S: State + Send + 'static> Subscriber<S> {
         self.shared.lock().core.status()
     }
 
+    /// The schema the followed publisher last announced, if it announces
+    /// one (PROTOCOL.md §4.8).
+    pub fn stream_schema(&self) -> Option<Schema> {
+        self.shared.lock().core.stream_schema().cloned()
+    }
+
+    /// The schema this subscriber expects.
+    pub fn expected_schema(&self) -> Option<Schema> {
+        self.shared.lock().core.config().expected_schema().cloned()
+    }
+
     /// The share of the time since the replica first synced (in the current
     /// publisher session) during which it was consistent; `None` before sync.
     pub fn consistent_share(&self) -> Option<f64> {
@@ -468,7 +494,10 @@ impl<S: State + Send + 'static> Subscriber<S> {
     /// # Errors
     ///
     /// [`Error::Timeout`] with the last status if `timeout` passed first;
-    /// [`Error::Closed`] if the background task has stopped.
+    /// [`Error::Closed`] if the background task has stopped;
+    /// [`Error::SchemaMismatch`] as soon as the publisher is found to send
+    /// another schema than the one expected (and `pred` does not hold):
+    /// waiting longer would not help.
     pub async fn wait_until(
         &self,
         pred: impl Fn(&Status) -> bool,
@@ -476,10 +505,14 @@ impl<S: State + Send + 'static> Subscriber<S> {
     ) -> Result<Status, Error> {
         let mut status = self.status.clone();
         let waited = tokio::time::timeout(timeout, async {
-            status.wait_for(|s| pred(s)).await.map(|found| *found)
+            status
+                .wait_for(|s| pred(s) || s.schema_mismatch.is_some())
+                .await
+                .map(|found| *found)
         })
         .await;
         match waited {
+            Ok(Ok(found)) if !pred(&found) => Err(self.schema_error(&found)),
             Ok(Ok(found)) => Ok(found),
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout {
@@ -487,6 +520,24 @@ impl<S: State + Send + 'static> Subscriber<S> {
                 status: self.status(),
             }),
         }
+    }
+
+    /// The [`Error::SchemaMismatch`] for a status that reports one.
+    fn schema_error(&self, status: &Status) -> Error {
+        let engine = self.shared.lock();
+        let core = &engine.core;
+        let found_fp = status.schema_mismatch.unwrap_or(SchemaFingerprint(0));
+        let found = core
+            .stream_schema()
+            .filter(|s| s.fingerprint() == found_fp)
+            .cloned()
+            .unwrap_or_else(|| Schema::from_parts(found_fp, ""));
+        let expected = core
+            .config()
+            .expected_schema()
+            .cloned()
+            .unwrap_or_else(|| Schema::from_parts(SchemaFingerprint(0), ""));
+        Error::SchemaMismatch { expected, found }
     }
 
     /// Decodes a key as carried by [`Event::LeafStale`],

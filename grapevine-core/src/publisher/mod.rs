@@ -69,13 +69,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::{Opener, Refused, Role, Sealer, Security, OVERHEAD};
+use crate::schema::Schema;
 use crate::state::LeafSource;
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
 use crate::wire::{
     check_key, fragment_capacity, Datagram, Decoded, Delta, EncodeError, FragNak, Fragment,
-    Heartbeat, KindCounts, Message, MessageKind, Nak, Packer, DEFAULT_MAX_DATAGRAM, HEADER_LEN,
-    MESSAGE_HEADER_LEN,
+    Heartbeat, KindCounts, Message, MessageKind, Nak, Packer, StreamInfo, DEFAULT_MAX_DATAGRAM,
+    HEADER_LEN, MESSAGE_HEADER_LEN, STREAM_INFO_FIXED,
 };
 use crate::{ConfigError, SeqNum, SessionId, StreamId};
 use cycle::Cycler;
@@ -116,6 +117,7 @@ pub struct PublisherConfig {
     pub(crate) repair_holdoff: Duration,
     pub(crate) max_queued_bytes: usize,
     pub(crate) security: Option<Security>,
+    pub(crate) schema: Option<Schema>,
 }
 
 impl Default for PublisherConfig {
@@ -134,6 +136,7 @@ impl Default for PublisherConfig {
             repair_holdoff: Duration::from_millis(10),
             max_queued_bytes: 4 << 20,
             security: None,
+            schema: None,
         }
     }
 }
@@ -249,6 +252,24 @@ impl PublisherConfig {
     pub fn max_queued_bytes(&mut self, bytes: usize) -> &mut Self {
         self.max_queued_bytes = bytes;
         self
+    }
+
+    /// The schema of the state published (default none). With one, every
+    /// Heartbeat is followed, in the same datagram, by a StreamInfo
+    /// message carrying its fingerprint and name (PROTOCOL.md §4.8), so
+    /// that a subscriber expecting another type reports it. The name sent
+    /// is cut, at a character boundary, to what fits in one datagram
+    /// beside the Heartbeat (255 bytes at most); the fingerprint is always
+    /// that of the whole schema.
+    pub fn schema(&mut self, schema: Schema) -> &mut Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// The schema set by [`PublisherConfig::schema`].
+    #[must_use]
+    pub fn schema_info(&self) -> Option<&Schema> {
+        self.schema.as_ref()
     }
 
     /// The bound set by [`PublisherConfig::max_queued_bytes`].
@@ -834,8 +855,20 @@ impl Publisher {
             sent_at_micros: wall_micros,
             interval_ms: u32::try_from(self.cfg.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
         };
+        let info = Self::stream_info(&self.cfg, self.max_unfragmented_body());
+        if let Some(info) = &info {
+            // The StreamInfo goes in the heartbeat's datagram: both fit in
+            // an empty one (`stream_info` cuts the name to make sure).
+            let both = Message::Heartbeat(hb).encoded_len() + info.encoded_len();
+            if both > self.packer.remaining() {
+                self.packer.flush();
+            }
+        }
         // A heartbeat always fits in an empty datagram.
         let _ = self.packer.push(&Message::Heartbeat(hb));
+        if let Some(info) = &info {
+            let _ = self.packer.push(info);
+        }
         self.stats.heartbeats += 1;
         self.unannounced = false;
         self.timers
@@ -1110,6 +1143,19 @@ impl Publisher {
     #[cfg(test)]
     pub(crate) fn cycle_held(&self) -> usize {
         self.cycler.held()
+    }
+
+    /// The StreamInfo that follows each Heartbeat, if a schema is
+    /// configured: its name cut to fit in one datagram with the Heartbeat.
+    fn stream_info(cfg: &PublisherConfig, max_unfragmented_body: usize) -> Option<Message<'_>> {
+        let schema = cfg.schema.as_ref()?;
+        let heartbeat = MESSAGE_HEADER_LEN + crate::wire::HEARTBEAT_LEN;
+        let room = (max_unfragmented_body + MESSAGE_HEADER_LEN)
+            .saturating_sub(heartbeat + MESSAGE_HEADER_LEN + STREAM_INFO_FIXED);
+        Some(Message::StreamInfo(StreamInfo {
+            fingerprint: schema.fingerprint(),
+            name: schema.wire_name(room),
+        }))
     }
 
     /// Largest message body that fits in one datagram unfragmented.

@@ -73,6 +73,7 @@ mod coverage;
 mod cycle;
 mod keymap;
 mod leaves;
+mod schema;
 mod sequencer;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -82,6 +83,7 @@ use std::time::{Duration, Instant};
 use crate::auth::{Opener, Refused, Role, Salt, Sealer, Security, OVERHEAD};
 use crate::histogram::LatencyHistogram;
 use crate::rng::Rng;
+use crate::schema::{Schema, SchemaFingerprint};
 use crate::state::{ApplyError, Replica};
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
@@ -95,6 +97,7 @@ use crate::{
 use coverage::{Coverage, Hi, Lo};
 use cycle::CycleTracker;
 use leaves::{Ctx, DeltaOutcome, DeltaRef, LeafTable};
+use schema::{SchemaCheck, Verdict};
 use sequencer::{Admit, RepairPolicy, Sequencer};
 
 /// Most verified intervals held while the deltas catch up with their cycle.
@@ -136,6 +139,7 @@ pub struct SubscriberConfig {
     catch_up: u64,
     rng_seed: Option<u64>,
     security: Option<Security>,
+    schema: Option<Schema>,
 }
 
 impl Default for SubscriberConfig {
@@ -160,6 +164,7 @@ impl Default for SubscriberConfig {
             catch_up: 16_384,
             rng_seed: None,
             security: None,
+            schema: None,
         }
     }
 }
@@ -176,6 +181,23 @@ impl SubscriberConfig {
     #[must_use]
     pub fn stream_id(&self) -> StreamId {
         self.stream
+    }
+
+    /// The schema the replica expects (default none: any). A followed
+    /// session whose StreamInfo messages carry another fingerprint, in two
+    /// datagrams with increasing `datagram_seq`, is reported
+    /// ([`Event::SchemaMismatch`], [`Status::schema_mismatch`]) and its
+    /// datagrams are dropped (PROTOCOL.md §8.2). A publisher that sends no
+    /// StreamInfo is followed as usual.
+    pub fn expect_schema(&mut self, schema: Schema) -> &mut Self {
+        self.schema = Some(schema);
+        self
+    }
+
+    /// The schema set by [`SubscriberConfig::expect_schema`].
+    #[must_use]
+    pub fn expected_schema(&self) -> Option<&Schema> {
+        self.schema.as_ref()
     }
 
     /// Most out-of-order deltas held while waiting for a missing one
@@ -491,6 +513,19 @@ pub enum Event {
     PublisherGone,
     /// The publisher was heard again after [`Event::PublisherGone`].
     PublisherBack,
+    /// The followed session carries another schema than the one expected
+    /// ([`SubscriberConfig::expect_schema`]), as two of its datagrams
+    /// agree: the replica was cleared, and the session's datagrams are
+    /// dropped until two of them carry the expected schema again.
+    /// Reported once per change.
+    SchemaMismatch {
+        /// The session.
+        session: SessionId,
+        /// The schema expected.
+        expected: Schema,
+        /// The schema the session announced.
+        found: Schema,
+    },
 }
 
 /// A bounded event queue.
@@ -617,6 +652,11 @@ pub struct SubscriberStats {
     /// Deltas whose REMOVES flag disagreed with the replica's result (the
     /// subscriber's state type differs from the publisher's).
     pub removes_mismatch: u64,
+    /// Times the followed session was found to carry another schema than
+    /// the one expected ([`Event::SchemaMismatch`]).
+    pub schema_mismatches: u64,
+    /// Datagrams dropped because their session carries another schema.
+    pub schema_dropped: u64,
 }
 
 /// Where the replica stands.
@@ -651,6 +691,11 @@ pub struct Status {
     /// 0 unless a second publisher wrongly shares the stream (or the
     /// publisher restarted and the old session has not yet gone quiet).
     pub other_sessions: u32,
+    /// The schema fingerprint the followed session carries, when two of
+    /// its datagrams agree that it is not the one expected
+    /// ([`SubscriberConfig::expect_schema`]): its datagrams are dropped
+    /// and the replica stays empty.
+    pub schema_mismatch: Option<SchemaFingerprint>,
 }
 
 #[derive(Debug)]
@@ -1153,6 +1198,7 @@ pub struct Subscriber {
     sealer: Option<Sealer>,
     /// Opens what is received, with authentication on.
     opener: Option<Opener>,
+    schema: SchemaCheck,
 }
 
 impl Subscriber {
@@ -1183,6 +1229,7 @@ impl Subscriber {
             consistent_since: None,
             timers: Timers::default(),
             reassembler: Reassembler::new(cfg.reassembly.clone())?,
+            schema: SchemaCheck::new(cfg.schema.clone()),
             events: EventQueue {
                 queue: VecDeque::new(),
                 max: cfg.max_events,
@@ -1245,7 +1292,16 @@ impl Subscriber {
             other_sessions: self
                 .last_now
                 .map_or(0, |now| self.others.live(now, self.heartbeat_interval)),
+            schema_mismatch: self.schema.mismatch(),
         }
+    }
+
+    /// The schema the followed session last announced in a StreamInfo
+    /// (one datagram's word: see [`Status::schema_mismatch`] for the
+    /// corroborated verdict), if it sends any.
+    #[must_use]
+    pub fn stream_schema(&self) -> Option<&Schema> {
+        self.schema.announced()
     }
 
     /// Number of deltas held in the reorder buffer and in the per-leaf
@@ -1568,6 +1624,9 @@ impl Subscriber {
         if self.gone {
             self.gone = false;
             self.events.push(Event::PublisherBack);
+        }
+        if !self.schema_admits(now, remote, &header, &decoded, replica) {
+            return;
         }
         self.cur_datagram_seq = header.datagram_seq;
         let claim = decoded.iter().filter_map(|m| claim_of(&m)).max();
@@ -1940,7 +1999,9 @@ impl Subscriber {
                     &mut ctx,
                 );
             }
-            Message::Nak(_) | Message::FragNak(_) => {}
+            // Judged per datagram (`schema_admits`); one completed from
+            // fragments (a publisher never fragments it) is ignored.
+            Message::Nak(_) | Message::FragNak(_) | Message::StreamInfo(_) => {}
             Message::Fragment(_) | Message::Unknown { .. } => ctx.stats.unknown_messages += 1,
         }
     }
@@ -2107,6 +2168,51 @@ impl Subscriber {
                 payload: &next.payload,
             };
             Self::process(s, &d, cfg, ctx);
+        }
+    }
+
+    /// Whether a datagram of the followed session is to be used, by the
+    /// schema check (PROTOCOL.md §8.2, "Schema"). On a mismatch now
+    /// corroborated, reports it once and resets the session and the
+    /// replica: what was applied before came from another type.
+    fn schema_admits(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        header: &DatagramHeader,
+        decoded: &Decoded<'_>,
+        replica: &mut (impl Replica + ?Sized),
+    ) -> bool {
+        let info = decoded.iter().find_map(|m| match m {
+            Message::StreamInfo(i) => Some(i),
+            _ => None,
+        });
+        match self.schema.judge(header.session, header.datagram_seq, info) {
+            Verdict::Use | Verdict::Recovered => true,
+            Verdict::Drop => {
+                self.stats.schema_dropped += 1;
+                false
+            }
+            Verdict::Mismatch => {
+                self.stats.schema_mismatches += 1;
+                self.stats.schema_dropped += 1;
+                if let (Some(expected), Some(found)) =
+                    (self.schema.expected(), self.schema.announced())
+                {
+                    self.events.push(Event::SchemaMismatch {
+                        session: header.session,
+                        expected: expected.clone(),
+                        found: found.clone(),
+                    });
+                }
+                self.reassembler
+                    .forget_session(self.cfg.stream, header.session);
+                self.session = Some(Session::new(header.session, remote, now));
+                self.frag_naks.clear();
+                replica.clear();
+                self.settle(now, replica);
+                false
+            }
         }
     }
 

@@ -14,5 +14,6 @@ mod replication;
 mod review;
 mod rig;
 mod scenarios;
+mod schema;
 mod sim;
 mod subscriber;

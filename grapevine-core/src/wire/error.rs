@@ -180,11 +180,25 @@ pub enum Malformed {
     #[error("fragment cannot carry kind {0:#04x}")]
     BadInnerKind(u8),
     /// An unknown message ([`super::Message::Unknown`]) whose kind this
-    /// version defines (`0x00..=0x09`). Only the encoder reports it
+    /// version defines (`0x00..=0x0a`). Only the encoder reports it
     /// ([`EncodeError::InvalidMessage`]): a decoder reads a defined kind as
     /// that kind, so PROTOCOL.md §7 has no counter for it.
     #[error("kind {0:#04x} is defined by this version and cannot be sent as an unknown message")]
     ReservedKind(u8),
+    /// A StreamInfo whose schema name is not UTF-8.
+    #[error("schema name is not UTF-8 (valid up to byte {at})")]
+    SchemaNameNotUtf8 {
+        /// Length of the valid UTF-8 prefix.
+        at: usize,
+    },
+    /// A StreamInfo whose schema name is longer than its one-byte length
+    /// field allows. Only the encoder reports it
+    /// ([`EncodeError::InvalidMessage`]): a decoded name cannot be.
+    #[error("schema name of {len} bytes exceeds 255")]
+    SchemaNameTooLong {
+        /// Length of the name.
+        len: usize,
+    },
 }
 
 impl Malformed {
@@ -206,6 +220,8 @@ impl Malformed {
             Malformed::FragmentOutOfBounds { .. } => "fragment_out_of_bounds",
             Malformed::BadInnerKind(_) => "bad_inner_kind",
             Malformed::ReservedKind(_) => "reserved_kind",
+            Malformed::SchemaNameNotUtf8 { .. } => "bad_schema_name",
+            Malformed::SchemaNameTooLong { .. } => "schema_name_too_long",
         }
     }
 }

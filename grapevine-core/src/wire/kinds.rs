@@ -3,7 +3,7 @@
 use super::MessageKind;
 
 /// The kinds this version defines, in wire order.
-const KINDS: [MessageKind; 10] = [
+const KINDS: [MessageKind; 11] = [
     MessageKind::Padding,
     MessageKind::Delta,
     MessageKind::Retransmit,
@@ -14,6 +14,7 @@ const KINDS: [MessageKind; 10] = [
     MessageKind::Nak,
     MessageKind::Fragment,
     MessageKind::FragNak,
+    MessageKind::StreamInfo,
 ];
 
 impl MessageKind {
@@ -32,6 +33,7 @@ impl MessageKind {
             MessageKind::Nak => "nak",
             MessageKind::Fragment => "fragment",
             MessageKind::FragNak => "frag_nak",
+            MessageKind::StreamInfo => "stream_info",
         }
     }
 }
@@ -100,7 +102,7 @@ mod tests {
                 c.add(*k as u8, 10 * (i + 1));
             }
         }
-        c.add(0x0a, 5);
+        c.add(0x0b, 5);
         c.add(0xff, 6);
         assert_eq!(c.iter().count(), KINDS.len());
         for (i, (k, n, b)) in c.iter().enumerate() {
@@ -122,7 +124,8 @@ mod tests {
                 "heartbeat",
                 "nak",
                 "fragment",
-                "frag_nak"
+                "frag_nak",
+                "stream_info"
             ]
         );
     }

@@ -4,6 +4,7 @@ use core::fmt;
 
 use super::cursor::{Reader, Short, Writer};
 use super::{DecodeError, EncodeError, Malformed};
+use crate::schema::SchemaFingerprint;
 use crate::{CycleId, SeqNum, SeqRange};
 
 /// The longest key a Delta, Retransmit or LeafSnapshot carries: its length
@@ -34,7 +35,7 @@ pub fn check_key(key: &[u8]) -> Result<u16, EncodeError> {
 
 /// The kind byte of a message.
 ///
-/// Kinds `0x09..=0x7f` not listed here are skipped by receivers (forward
+/// Kinds `0x0b..=0x7f` not listed here are skipped by receivers (forward
 /// compatible); unknown kinds `0x80..=0xff` make the whole datagram invalid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -61,6 +62,8 @@ pub enum MessageKind {
     /// `0x09`: a subscriber asks for missing byte ranges of a fragmented
     /// message.
     FragNak = 0x09,
+    /// `0x0a`: what the stream carries: its schema fingerprint and name.
+    StreamInfo = 0x0a,
 }
 
 impl MessageKind {
@@ -78,6 +81,7 @@ impl MessageKind {
             0x07 => MessageKind::Nak,
             0x08 => MessageKind::Fragment,
             0x09 => MessageKind::FragNak,
+            0x0a => MessageKind::StreamInfo,
             _ => return None,
         })
     }
@@ -162,6 +166,16 @@ pub struct Heartbeat {
     /// The publisher's heartbeat interval in milliseconds, so subscribers can
     /// tell when one is overdue.
     pub interval_ms: u32,
+}
+
+/// What a stream carries (PROTOCOL.md §4.8): sent by a publisher after
+/// each Heartbeat, so that a subscriber of another type can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamInfo<'a> {
+    /// The fingerprint of the state's schema ([`crate::schema`]).
+    pub fingerprint: SchemaFingerprint,
+    /// The schema's name, for people (at most 255 bytes of UTF-8).
+    pub name: &'a str,
 }
 
 /// The ranges of a [`Nak`]: borrowed from the wire, or from a caller's slice.
@@ -354,7 +368,9 @@ pub enum Message<'a> {
     Fragment(Fragment<'a>),
     /// A request for missing pieces of a fragmented message.
     FragNak(FragNak<'a>),
-    /// A kind in `0x0a..=0x7f` that this version does not define; receivers
+    /// The schema the stream carries.
+    StreamInfo(StreamInfo<'a>),
+    /// A kind in `0x0b..=0x7f` that this version does not define; receivers
     /// skip it. Never produced for kinds this version defines, and never
     /// written with one ([`Malformed::ReservedKind`]). For tests and
     /// foreign-datagram tooling, an encoder also writes a critical kind
@@ -374,6 +390,8 @@ pub(crate) const CYCLE_LEN: usize = 4 + 8 + 4;
 pub(crate) const HEARTBEAT_LEN: usize = 8 + 8 + 4;
 pub(crate) const NAK_FIXED: usize = 4 + 2;
 pub(crate) const FRAG_NAK_FIXED: usize = 4 + 4 + 2;
+/// A StreamInfo's `fingerprint` and `name_len`.
+pub const STREAM_INFO_FIXED: usize = 8 + 1;
 /// Fixed part of a fragment body, before its data.
 pub const FRAGMENT_FIXED: usize = 4 + 4 + 4 + 1;
 
@@ -391,6 +409,7 @@ impl<'a> Message<'a> {
             Message::Nak(_) => MessageKind::Nak as u8,
             Message::Fragment(_) => MessageKind::Fragment as u8,
             Message::FragNak(_) => MessageKind::FragNak as u8,
+            Message::StreamInfo(_) => MessageKind::StreamInfo as u8,
             Message::Unknown { kind, .. } => *kind,
         }
     }
@@ -411,6 +430,7 @@ impl<'a> Message<'a> {
             Message::Nak(n) => NAK_FIXED + 16 * n.ranges.len(),
             Message::Fragment(f) => FRAGMENT_FIXED + f.data.len(),
             Message::FragNak(n) => FRAG_NAK_FIXED + 8 * n.ranges.len(),
+            Message::StreamInfo(i) => STREAM_INFO_FIXED + i.name.len(),
             Message::Unknown { body, .. } => body.len(),
         }
     }
@@ -568,6 +588,18 @@ impl<'a> Message<'a> {
                     data,
                 })
             }
+            MessageKind::StreamInfo => {
+                let fingerprint = SchemaFingerprint(r.u64().map_err(short)?);
+                let name_len = r.u8().map_err(short)?;
+                let name = r.bytes(name_len.into()).map_err(short)?;
+                // Trailing bytes are a compatible extension: ignored.
+                let name = core::str::from_utf8(name).map_err(|e| {
+                    bad(Malformed::SchemaNameNotUtf8 {
+                        at: e.valid_up_to(),
+                    })
+                })?;
+                Message::StreamInfo(StreamInfo { fingerprint, name })
+            }
         };
         match &msg {
             Message::Delta(d) | Message::Retransmit(d) => delta_rules(d, unknown_flags),
@@ -597,7 +629,8 @@ impl<'a> Message<'a> {
     /// [`Malformed::EmptyFragment`], [`Malformed::FragmentOutOfBounds`] and
     /// [`Malformed::BadInnerKind`] for a fragment;
     /// [`Malformed::ReservedKind`] for a [`Message::Unknown`] whose kind this
-    /// version defines (`0x00..=0x09`).
+    /// version defines (`0x00..=0x0a`); [`Malformed::SchemaNameTooLong`]
+    /// for a StreamInfo whose name exceeds 255 bytes.
     pub fn validate(&self) -> Result<(), EncodeError> {
         let invalid = |reason| EncodeError::InvalidMessage { reason };
         if let Message::Unknown { kind, .. } = self {
@@ -655,6 +688,11 @@ impl<'a> Message<'a> {
                     || f.inner_kind == MessageKind::Fragment as u8
                 {
                     return Err(Malformed::BadInnerKind(f.inner_kind));
+                }
+            }
+            Message::StreamInfo(i) => {
+                if i.name.len() > crate::schema::MAX_WIRE_NAME {
+                    return Err(Malformed::SchemaNameTooLong { len: i.name.len() });
                 }
             }
             Message::Unknown { .. }
@@ -750,6 +788,14 @@ impl<'a> Message<'a> {
                 w.u32(f.offset).map_err(full)?;
                 w.u8(f.inner_kind).map_err(full)?;
                 w.put(f.data).map_err(full)?;
+            }
+            Message::StreamInfo(i) => {
+                let len = u8::try_from(i.name.len()).map_err(|_| EncodeError::FieldTooLong {
+                    field: "schema name",
+                })?;
+                w.u64(i.fingerprint.0).map_err(full)?;
+                w.u8(len).map_err(full)?;
+                w.put(i.name.as_bytes()).map_err(full)?;
             }
             Message::Unknown { body, .. } => w.put(body).map_err(full)?,
         }
@@ -891,6 +937,10 @@ impl fmt::Display for Message<'_> {
                     fr.frag_id, fr.total_len, fr.offset, fr.inner_kind
                 )?;
                 hex(f, fr.data)
+            }
+            Message::StreamInfo(i) => {
+                write!(f, "StreamInfo fingerprint={} name=", i.fingerprint)?;
+                hex(f, i.name.as_bytes())
             }
             Message::Unknown { kind, body } => {
                 write!(f, "Unknown kind={kind:#04x} body=")?;

@@ -56,10 +56,11 @@ pub use datagram::{
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
 pub use kinds::KindCounts;
+pub(crate) use message::HEARTBEAT_LEN;
 pub use message::{
     check_key, CycleBegin, CycleEnd, Delta, FragNak, FragRanges, Fragment, Heartbeat, LeafSnapshot,
-    Message, MessageKind, Nak, NakRanges, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES, FRAGMENT_FIXED,
-    LEAF_FLAG_TOMBSTONE, MAX_KEY_LEN,
+    Message, MessageKind, Nak, NakRanges, StreamInfo, DELTA_FLAG_CREATES, DELTA_FLAG_REMOVES,
+    FRAGMENT_FIXED, LEAF_FLAG_TOMBSTONE, MAX_KEY_LEN, STREAM_INFO_FIXED,
 };
 pub use packer::Packer;
 

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 
 use super::*;
+use crate::schema::SchemaFingerprint;
 use crate::{CycleId, Reassembler, ReassemblyConfig, SeqNum, SeqRange, SessionId, StreamId};
 
 // ---------------------------------------------------------------------------
@@ -52,6 +53,10 @@ enum Owned {
         requester: u32,
         frag_id: u32,
         ranges: Vec<(u32, u32)>,
+    },
+    StreamInfo {
+        fingerprint: u64,
+        name: String,
     },
     Unknown {
         kind: u8,
@@ -126,6 +131,10 @@ impl Owned {
                 requester: *requester,
                 frag_id: *frag_id,
                 ranges: FragRanges::from_slice(ranges),
+            }),
+            Owned::StreamInfo { fingerprint, name } => Message::StreamInfo(StreamInfo {
+                fingerprint: SchemaFingerprint(*fingerprint),
+                name,
             }),
             Owned::Unknown { kind, body } => Message::Unknown { kind: *kind, body },
         }
@@ -276,7 +285,10 @@ fn message() -> impl Strategy<Value = Owned> {
         1 => (any::<u32>(), any::<u32>(), vec(frag_range(), 1..=20)).prop_map(
             |(requester, frag_id, ranges)| Owned::FragNak { requester, frag_id, ranges }
         ),
-        1 => (0x0au8..=0x7f, bytes(200)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
+        1 => (any::<u64>(), "\\PC{0,40}")
+            .prop_filter("at most 255 bytes", |(_, n): &(u64, String)| n.len() <= 255)
+            .prop_map(|(fingerprint, name)| Owned::StreamInfo { fingerprint, name }),
+        1 => (0x0bu8..=0x7f, bytes(200)).prop_map(|(kind, body)| Owned::Unknown { kind, body }),
     ]
 }
 
@@ -708,7 +720,7 @@ fn soup_kind() -> impl Strategy<Value = u8> {
     prop_oneof![
         8 => 0x01u8..=0x09,
         1 => Just(0x00u8),
-        1 => 0x0au8..=0x7f,
+        1 => 0x0bu8..=0x7f,
         1 => 0x80u8..=0xff,
     ]
 }
@@ -998,6 +1010,7 @@ fn spec_kind(kind: u8) -> Option<MessageKind> {
         0x07 => MessageKind::Nak,
         0x08 => MessageKind::Fragment,
         0x09 => MessageKind::FragNak,
+        0x0a => MessageKind::StreamInfo,
         _ => return None,
     })
 }
@@ -1209,6 +1222,21 @@ fn spec_body(kind: u8, body: &[u8]) -> Result<Owned, DecodeError> {
                 ranges,
             })
         }
+        0x0a => {
+            let fingerprint = f.num(8)?;
+            let name_len = f.num(1)? as usize;
+            let name = f.slice(name_len)?;
+            let _extension = f.rest();
+            match std::str::from_utf8(name) {
+                Ok(name) => Ok(Owned::StreamInfo {
+                    fingerprint,
+                    name: name.to_owned(),
+                }),
+                Err(e) => bad(Malformed::SchemaNameNotUtf8 {
+                    at: e.valid_up_to(),
+                }),
+            }
+        }
         _ => unreachable!("kind {kind:#04x} is defined"),
     }
 }
@@ -1320,6 +1348,7 @@ fn rule_fields(m: &Message<'_>, s: usize) -> Vec<(usize, usize)> {
         Message::Nak(_) => out.push((b + 4, 2)),
         Message::FragNak(_) => out.push((b + 8, 2)),
         Message::Fragment(_) => out.extend([(b + 4, 4), (b + 8, 4), (b + 12, 1)]),
+        Message::StreamInfo(_) => out.push((b + 8, 1)),
         _ => {}
     }
     out
@@ -1343,6 +1372,7 @@ fn field_ends(m: &Message<'_>) -> Vec<usize> {
         Message::Nak(n) => vec![4, 6, 6 + 16 * n.ranges.len()],
         Message::FragNak(n) => vec![4, 8, 10, 10 + 8 * n.ranges.len()],
         Message::Fragment(_) => vec![4, 8, 12, 13],
+        Message::StreamInfo(i) => vec![8, 9, 9 + i.name.len()],
         _ => vec![],
     }
 }
@@ -2277,7 +2307,7 @@ fn trailing_bytes_after_fixed_fields_are_ignored() {
 
 #[test]
 fn unknown_kinds_are_yielded_and_skipped() {
-    for kind in 0x0a..=0x7fu8 {
+    for kind in 0x0b..=0x7fu8 {
         let b = datagram(&[(kind, b"opaque"), (0x06, &heartbeat_body(2)), (kind, b"")]);
         let msgs: Vec<_> = Datagram::decode(&b).unwrap().messages().collect();
         assert_eq!(
@@ -2768,7 +2798,7 @@ fn push_refuses_messages_a_receiver_would_reject() {
 
 #[test]
 fn push_writes_unknown_kinds_of_both_classes() {
-    for kind in [0x0a, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
+    for kind in [0x0b, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
         let m = Message::Unknown { kind, body: b"xyz" };
         assert_eq!(m.validate(), Ok(()));
         let mut buf = vec![0u8; 100];

@@ -158,11 +158,20 @@ async fn a_publisher_opens_with_a_heartbeat() {
     publ.publish(MapDelta::Upsert(1, 1)).unwrap();
     let mut buf = vec![0u8; 65_536];
     let n = listener.recv(&mut buf).unwrap();
-    let heartbeat: Vec<_> = Datagram::decode(&buf[..n])
+    let kinds: Vec<_> = Datagram::decode(&buf[..n])
         .unwrap()
         .messages()
-        .map(|m| matches!(m, Message::Heartbeat(_)))
+        .map(|m| match m {
+            Message::Heartbeat(_) => "heartbeat",
+            Message::StreamInfo(i) => i.name,
+            _ => "other",
+        })
+        .map(str::to_owned)
         .collect();
-    assert_eq!(heartbeat, [true], "a heartbeat alone first");
+    assert_eq!(
+        kinds,
+        ["heartbeat", "map<u32,u64>"],
+        "a heartbeat and its StreamInfo alone first"
+    );
     drop(publ);
 }

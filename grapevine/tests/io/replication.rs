@@ -561,3 +561,67 @@ async fn an_encrypted_stream_converges_and_refuses_strangers() {
         assert_eq!(sub.status().leaves, 0, "{name}");
     }
 }
+
+/// A subscriber of another state type than the publisher's reports the
+/// schema mismatch from `wait_until`, naming both schemas, instead of
+/// decoding the stream as its own type (PROTOCOL.md §8.2, "Schema").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_of_the_wrong_type_reports_a_schema_mismatch() {
+    let id = 30;
+    let mut sub = subscriber::<OrderBook>(id).bind().await.unwrap();
+    let publisher = publisher(id)
+        .heartbeat_interval(Duration::from_millis(20))
+        .bind(Map::new())
+        .await
+        .unwrap();
+    for i in 0..10u64 {
+        publisher
+            .publish(MapDelta::Upsert(format!("k{i}"), i))
+            .unwrap();
+    }
+    let err = sub
+        .wait_until(|s| s.synced && s.consistent, TIMEOUT)
+        .await
+        .unwrap_err();
+    let Error::SchemaMismatch { expected, found } = &err else {
+        panic!("expected a schema mismatch, got {err}");
+    };
+    assert_eq!(expected.name(), OrderBook::SCHEMA);
+    assert_eq!(found.name(), "map<str,u64>");
+    let text = err.to_string();
+    assert!(
+        text.contains("grapevine.demo.order_book/1 (66bd64a5d7082228)"),
+        "{text}"
+    );
+    assert!(text.contains("map<str,u64> ("), "{text}");
+    let status = sub.status();
+    assert!(
+        status.schema_mismatch.is_some() && !status.synced,
+        "{status:?}"
+    );
+    assert_eq!(sub.read(grapevine::State::leaf_count), 0);
+    // The event was reported too.
+    loop {
+        let event = tokio::time::timeout(TIMEOUT, sub.next_event())
+            .await
+            .expect("an event")
+            .expect("the subscriber runs");
+        if let Event::SchemaMismatch { found, .. } = event {
+            assert_eq!(found.name(), "map<str,u64>");
+            break;
+        }
+    }
+
+    // The same subscriber type told the publisher's schema name follows it
+    // (the check is by name; decoding is the application's business).
+    let same = subscriber::<Map>(id).bind().await.unwrap();
+    let status = same
+        .wait_until(|s| s.synced && s.consistent && s.seq.0 == 10, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(status.schema_mismatch, None);
+    assert_eq!(
+        same.stream_schema().map(|s| s.name().to_owned()).as_deref(),
+        Some("map<str,u64>")
+    );
+}
