@@ -346,3 +346,57 @@ fn snapshot_datagrams_are_recognised_through_an_auth_header_only_in_the_clear() 
         .unwrap();
     assert!(!carries_snapshots(&buf[..n]), "a heartbeat and a delta");
 }
+
+/// PROTOCOL.md §11.6: every `sealed` block, derived, sealed and opened.
+#[test]
+fn protocol_md_sealed_vectors() {
+    let text = include_str!("../../../PROTOCOL.md");
+    let hex = |v: &str| -> Vec<u8> {
+        let v: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+        (0..v.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&v[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let mut checked = 0;
+    for block in text.split("```sealed\n").skip(1) {
+        let block = block.split("```").next().unwrap();
+        let field = |name: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .unwrap_or_else(|| panic!("no {name} in {block}"))
+        };
+        let name = field("name");
+        let key = StreamKey::from_bytes(hex(field("key")).try_into().unwrap());
+        assert_eq!(key.id().to_string(), field("key_id"), "{name}");
+        let role = match field("role") {
+            "0" => Role::Publisher,
+            "1" => Role::Subscriber,
+            r => panic!("{name}: role {r}"),
+        };
+        let salt = Salt(hex(field("salt")).try_into().unwrap());
+        let plain = hex(field("plain"));
+        let sealed = hex(field("sealed"));
+        let stream = StreamId(u32::from_be_bytes(plain[8..12].try_into().unwrap()));
+        let frame_key = super::keyring::derive_bytes(&key, role, stream, &salt).unwrap();
+        assert_eq!(frame_key.to_vec(), hex(field("frame_key")), "{name}");
+        let seq = u64::from_be_bytes(plain[20..28].try_into().unwrap());
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&seq.to_be_bytes());
+        assert_eq!(nonce.to_vec(), hex(field("nonce")), "{name}");
+        let encrypt = sealed[5] & FLAG_ENCRYPT != 0;
+        let ring = Keyring::new(vec![key]).unwrap();
+        let mut s = Sealer::new(&ring, role, stream, salt, encrypt).unwrap();
+        let mut buf = plain.clone();
+        buf.resize(plain.len() + OVERHEAD, 0);
+        let n = s.seal(&mut buf, plain.len()).unwrap();
+        assert_eq!(buf[..n], sealed[..], "{name}: sealing");
+        let mut o = Opener::new(ring, role, stream, 1);
+        let mut buf = sealed.clone();
+        let opened = o.open(Instant::now(), &mut buf, 1).unwrap();
+        assert_eq!(buf[opened.plain], plain[..], "{name}: opening");
+        checked += 1;
+    }
+    assert_eq!(checked, 3, "PROTOCOL.md §11.6 has three sealed vectors");
+}

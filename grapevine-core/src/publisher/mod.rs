@@ -1096,7 +1096,10 @@ impl Publisher {
             // retransmission per datagram) and fragment overhead included.
             // The loop checks it per datagram, so one datagram (or one
             // fragmented retransmission) may overdraw it.
-            let wire = self.packer.bytes().saturating_sub(bytes_before);
+            let sealing = if self.sealer.is_some() { OVERHEAD } else { 0 };
+            let datagrams = self.packer.datagrams().saturating_sub(before);
+            let wire =
+                self.packer.bytes().saturating_sub(bytes_before) + datagrams * sealing as u64;
             self.repairs
                 .spend(usize::try_from(wire).unwrap_or(usize::MAX));
         }
