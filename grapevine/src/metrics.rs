@@ -18,7 +18,7 @@
 //! |---|---|---|
 //! | `grapevine_subscriber_datagrams_total`, `_bytes_total` | counter | received from the socket |
 //! | `grapevine_subscriber_messages_total{kind}`, `_message_bytes_total{kind}` | counter | messages of the stream received, and their bytes, by kind (`delta`, `retransmit`, `leaf_snapshot`, `cycle_begin`, `cycle_end`, `heartbeat`, `fragment`, ..., `unknown`) |
-//! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, each authentication refusal of §11.4 (`unauthenticated`, `bad_tag`, `replayed`, ...), `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss` |
+//! | `grapevine_subscriber_dropped_total{reason}` | counter | datagrams or messages dropped: each malformed code of PROTOCOL.md §7, each authentication refusal of §11.4 (`unauthenticated`, `bad_tag`, `replayed`, ...), `foreign_stream`, `other_session`, `unknown_message`, `fragment_rejected`, `duplicate`, `unbelieved`, `bad_position`, `stale_snapshot`, `oversized_cycle`, `pending_full`, `simulated_loss`, `awaiting_heartbeat` (authenticated datagrams of a session not yet proven fresh) |
 //! | `grapevine_subscriber_kernel_drops_total` | counter | datagrams the kernel dropped because the socket's receive queue was full (Linux: `/proc/net/udp`) |
 //! | `grapevine_subscriber_{deltas_applied, snapshots_applied, syncs, restarts, gaps, lost_seqs, naks_sent, nak_ranges_sent, frag_naks_sent, repaired_by_nak, filled_late, apply_errors, ghosts_removed, events_dropped, recv_errors, send_errors}_total` | counter | as [`SubscriberStats`] |
 //! | `grapevine_subscriber_{synced, consistent, publisher_alive}` | gauge | 0 or 1 |
@@ -354,6 +354,7 @@ impl SubscriberMetrics {
             ("oversized_cycle", p.oversized_cycles),
             ("pending_full", p.pending_dropped),
             ("simulated_loss", s.simulated_drops),
+            ("awaiting_heartbeat", p.awaiting_heartbeat),
         ] {
             counter_with(dropped, l, "reason", reason, n);
             let grew = self.seen.grew(reason, n);

@@ -560,6 +560,12 @@ pub struct SubscriberStats {
     /// [`crate::auth::Refused::code`] (and `salt_conflict`: a sender other
     /// than the followed session's, using its session id).
     pub refused: BTreeMap<&'static str, u64>,
+    /// Authenticated datagrams of a session not yet proven fresh by a
+    /// Heartbeat (PROTOCOL.md §11.4): dropped until one is heard. A few at
+    /// every start (what precedes the first heartbeat); a steady count is
+    /// a recording of an old session being replayed, or a clock off by
+    /// more than [`MAX_SKEW`].
+    pub awaiting_heartbeat: u64,
     /// Messages of the followed stream's datagrams (any session, used or
     /// not) and their bytes, by kind.
     pub received: KindCounts,
@@ -1610,7 +1616,7 @@ impl Subscriber {
             self.stats.received.add(m.kind_byte(), m.encoded_len());
         }
         if salt.is_some() && !self.is_fresh(now, header.session, &decoded) {
-            *self.stats.refused.entry("stale_session").or_default() += 1;
+            self.stats.awaiting_heartbeat += 1;
             return;
         }
         if !self.enter_session(now, remote, header.session, header.datagram_seq, replica) {
