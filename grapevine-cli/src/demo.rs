@@ -152,19 +152,19 @@ struct Joined {
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     args.net.warn_ttl();
     check_args(&args)?;
+    let security = args.net.keys.security()?;
     let book = OrderBook::generate(args.leaves, args.seed);
     let mut gen = BookDeltaGen::new(&book, args.seed.wrapping_add(0x9e37));
     args.metrics.start().await?;
-    let publisher = Arc::new(
-        Publisher::builder()
-            .name("publisher")
-            .multicast(args.net.multicast())
-            .stream(args.net.stream())
-            .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate))
-            .bind(book)
-            .await
-            .context("starting the publisher")?,
-    );
+    let mut builder = Publisher::builder()
+        .name("publisher")
+        .multicast(args.net.multicast())
+        .stream(args.net.stream())
+        .snapshot_rate(SnapshotRate::LeavesPerSec(args.snapshot_rate));
+    if let Some(s) = &security {
+        builder = builder.security(s.clone());
+    }
+    let publisher = Arc::new(builder.bind(book).await.context("starting the publisher")?);
     let session = publisher.session();
     let bars = MultiProgress::with_draw_target(if args.json || crate::silent() {
         ProgressDrawTarget::hidden()
@@ -193,6 +193,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         bar.set_message(format!("joins at {:.1}s", join_at.as_secs_f64()));
         shown.push(bar.clone());
         let net = args.net.clone();
+        let security = security.clone();
         let (loss, seed) = (args.loss, args.seed.wrapping_add(i as u64 + 1));
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
@@ -201,6 +202,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                 .name(format!("subscriber-{}", i + 1))
                 .multicast(net.multicast())
                 .stream(net.stream());
+            if let Some(s) = security {
+                builder = builder.security(s);
+            }
             if loss > 0.0 {
                 builder = builder.simulate_loss(Loss::new(loss, seed)?);
             }

@@ -25,6 +25,7 @@ mod bench;
 mod decode;
 mod demo;
 mod doctor;
+mod keys;
 mod metrics;
 mod pubsub;
 mod tail;
@@ -140,9 +141,23 @@ enum Command {
     /// `bad_magic`. On a real interface the join is announced on its link.
     /// Exits 0 when no check failed (warnings allowed), 1 otherwise.
     Doctor(doctor::DoctorArgs),
+    /// Make a new stream key: one line, `grapevine-key 1 <id> <64 hex
+    /// digits>`, written to a new file readable by its owner only
+    /// (`--out`), or to standard output. Its id, never the key, is printed
+    /// on standard error.
+    ///
+    /// Give the file to every publisher and subscriber of the stream with
+    /// `--key-file` (or `GRAPEVINE_KEY_FILE`): subscribers need it too, as
+    /// they seal their NAKs. A key file may hold several lines: the first
+    /// seals, every one opens. To rotate: add the new key's line at the
+    /// end of every node's file (`grapevine keygen >> FILE`) and restart
+    /// them; once every node holds it, move it first (restart again); then
+    /// remove the old line.
+    Keygen(keys::KeygenArgs),
 }
 
-/// Where the stream is: flags shared by `demo`, `pub` and `sub`.
+/// Where the stream is and how it is sealed: flags shared by `demo`,
+/// `pub`, `sub` and `bench`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct NetArgs {
     /// Multicast group: IPv4 in 224.0.0.0/4 or IPv6 in ff00::/8.
@@ -166,6 +181,8 @@ pub(crate) struct NetArgs {
     /// networks can read the stream). NAKs, unicast, get at least 1.
     #[arg(long, default_value_t = 0)]
     pub(crate) ttl: u32,
+    #[command(flatten)]
+    pub(crate) keys: keys::KeyArgs,
 }
 
 impl NetArgs {
@@ -227,6 +244,12 @@ pub(crate) fn parse_interface(text: &str) -> Interface {
 }
 
 fn main() -> ExitCode {
+    // An empty `GRAPEVINE_KEY_FILE` (`export GRAPEVINE_KEY_FILE=`) means no
+    // key file, as the shell user meant, not an empty `--key-file`. Still
+    // one thread here.
+    if std::env::var_os(keys::KEY_FILE_ENV).is_some_and(|v| v.is_empty()) {
+        std::env::remove_var(keys::KEY_FILE_ENV);
+    }
     let cli = Cli::parse();
     init_logs(cli.verbose, cli.quiet);
     if i16::from(cli.verbose) - i16::from(cli.quiet) <= -2 {
@@ -235,6 +258,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Decode { datagrams } => decode::run(datagrams).map(|()| ExitCode::SUCCESS),
         Command::Doctor(args) => doctor::run(args),
+        Command::Keygen(args) => keys::keygen(&args),
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),

@@ -1,11 +1,13 @@
 //! `grapevine pub` and `grapevine sub`: publisher and subscriber as separate
 //! processes.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use grapevine::core::auth::Security;
 use grapevine::io::Loss;
 use grapevine::order_book::{BookDeltaGen, OrderBook, PaddedBook, PaddedDeltaGen};
 use grapevine::{Event, Publisher, PublisherStats, SnapshotRate, State, Subscriber};
@@ -165,6 +167,11 @@ struct PubFinal {
     frag_naks_received: u64,
     fragments_resent: u64,
     other_session_naks: u64,
+    /// Received datagrams (NAKs) refused by authentication (PROTOCOL.md
+    /// §11), and of them: the tag did not verify; replayed or too old.
+    auth_refused: u64,
+    auth_bad_tag: u64,
+    auth_replayed: u64,
 }
 
 impl PubFinal {
@@ -185,6 +192,9 @@ impl PubFinal {
             frag_naks_received: c.frag_naks_received,
             fragments_resent: c.fragments_resent,
             other_session_naks: c.other_session_naks,
+            auth_refused: c.auth_refused,
+            auth_bad_tag: c.auth_bad_tag,
+            auth_replayed: c.auth_replayed,
         }
     }
 }
@@ -219,31 +229,33 @@ pub(crate) async fn run_pub(args: PubArgs) -> Result<ExitCode> {
         check_seconds("--linger", l)?;
     }
     check_schema(args.schema.as_deref())?;
+    let security = args.net.keys.security()?;
     if args.value_size > 0 {
-        pub_with::<PaddedBook>(args).await
+        pub_with::<PaddedBook>(args, security).await
     } else {
-        pub_with::<OrderBook>(args).await
+        pub_with::<OrderBook>(args, security).await
     }
 }
 
-async fn pub_with<S: DemoState>(args: PubArgs) -> Result<ExitCode> {
+async fn pub_with<S: DemoState>(args: PubArgs, security: Option<Security>) -> Result<ExitCode> {
     let book = S::build(args.leaves, args.seed, args.value_size);
     let mut gen = book.deltas(args.seed.wrapping_add(0x9e37), args.value_size);
     args.metrics.start().await?;
-    let mut builder = Publisher::builder();
-    if let Some(name) = &args.schema {
-        builder = builder.schema(name.clone());
-    }
-    let publisher = builder
+    let sealed = args.net.keys.note(security.as_ref());
+    let mut builder = Publisher::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
         .snapshot_rate(snapshot_rate(&args)?)
-        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms))
-        .bind(book)
-        .await
-        .context("starting the publisher")?;
+        .heartbeat_interval(Duration::from_millis(args.heartbeat_ms));
+    if let Some(name) = &args.schema {
+        builder = builder.schema(name.clone());
+    }
+    if let Some(security) = security {
+        builder = builder.security(security);
+    }
+    let publisher = builder.bind(book).await.context("starting the publisher")?;
     say!(
-        "publishing {} levels on {} stream {} session {}",
+        "publishing {} levels on {} stream {} session {}{sealed}",
         publisher.leaf_count(),
         publisher.group_addr(),
         args.net.stream,
@@ -406,6 +418,13 @@ struct SubLine {
     /// without, `interrupted`.
     #[serde(skip_serializing_if = "Option::is_none")]
     outcome: Option<&'static str>,
+    /// Datagrams dropped as malformed, by reason (PROTOCOL.md §7);
+    /// `no_key`: sealed, and this subscriber has no `--key-file`.
+    malformed: BTreeMap<&'static str, u64>,
+    /// Datagrams refused by authentication, by reason (PROTOCOL.md §11):
+    /// `unknown_key` (sealed with a key not in `--key-file`), `bad_tag`,
+    /// `replayed`, `plaintext_refused`, `unauthenticated`, ...
+    refused: BTreeMap<&'static str, u64>,
     #[serde(flatten)]
     repair: RepairFigures,
 }
@@ -453,6 +472,7 @@ fn sub_line<S: State + Send + 'static>(
     synced_at: Option<Duration>,
 ) -> SubLine {
     let st = sub.status();
+    let stats = sub.stats();
     SubLine {
         seq: st.seq.0,
         digest: sub.digest().to_string(),
@@ -462,12 +482,51 @@ fn sub_line<S: State + Send + 'static>(
         session: st.session.map(|s| s.to_string()),
         stale_leaves: st.stale_leaves,
         leaves: st.leaves,
-        gaps: sub.stats().protocol.gaps,
+        gaps: stats.protocol.gaps,
         publisher_alive: st.publisher_alive,
         other_sessions: st.other_sessions,
         outcome: None,
+        malformed: stats.protocol.malformed,
+        refused: stats.protocol.refused,
         repair: RepairFigures::of(sub),
     }
+}
+
+/// Why a subscriber that gave up may have heard nothing it could use:
+/// datagrams it could not open, and the fix.
+fn auth_hint(
+    malformed: &BTreeMap<&'static str, u64>,
+    refused: &BTreeMap<&'static str, u64>,
+) -> Option<String> {
+    let n = |map: &BTreeMap<&'static str, u64>, code| map.get(code).copied().unwrap_or(0);
+    let hint = match (
+        n(malformed, "no_key"),
+        n(refused, "unknown_key"),
+        n(refused, "unauthenticated"),
+        n(refused, "plaintext_refused"),
+    ) {
+        (k, ..) if k > 0 => format!(
+            "{k} datagrams were sealed and this subscriber has no key: give it the stream's \
+             key file with --key-file (or GRAPEVINE_KEY_FILE)"
+        ),
+        (_, k, ..) if k > 0 => format!(
+            "{k} datagrams were sealed with a key that is not in --key-file: give the \
+             stream's key file (`grapevine keygen` printed its key id)"
+        ),
+        (_, _, k, _) if k > 0 => {
+            format!("{k} datagrams were not sealed: the publisher needs --key-file too")
+        }
+        (.., k) if k > 0 => format!(
+            "{k} datagrams were not encrypted: the publisher needs --encrypt, or drop \
+             --require-encrypt"
+        ),
+        _ if !refused.is_empty() => {
+            let all: Vec<String> = refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+            format!("datagrams refused by authentication: {}", all.join(", "))
+        }
+        _ => return None,
+    };
+    Some(hint)
 }
 
 pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
@@ -477,19 +536,23 @@ pub(crate) async fn run_sub(args: SubArgs) -> Result<ExitCode> {
     }
     check_value_size(args.value_size)?;
     check_schema(args.schema.as_deref())?;
+    let security = args.net.keys.security()?;
     if args.value_size > 0 {
-        sub_with::<PaddedBook>(args).await
+        sub_with::<PaddedBook>(args, security).await
     } else {
-        sub_with::<OrderBook>(args).await
+        sub_with::<OrderBook>(args, security).await
     }
 }
 
-async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
+async fn sub_with<S: DemoState>(args: SubArgs, security: Option<Security>) -> Result<ExitCode> {
     let timeout = args.timeout.unwrap_or(60.0);
     args.metrics.start().await?;
     let mut builder = Subscriber::<S>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream());
+    if let Some(security) = security {
+        builder = builder.security(security);
+    }
     let loss = Loss::new(args.loss, args.seed).map_err(|e| anyhow::anyhow!("--loss: {e}"))?;
     if loss.probability() > 0.0 {
         builder = builder.simulate_loss(loss);
@@ -517,6 +580,9 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
             let mut l = line(sub, synced_at);
             l.outcome = Some(outcome);
             say!("{why}");
+            if let Some(hint) = auth_hint(&l.malformed, &l.refused) {
+                say!("{hint}");
+            }
             if args.json {
                 outln!("{}", serde_json::to_string(&l)?)?;
             } else {
@@ -670,5 +736,32 @@ async fn sub_with<S: DemoState>(args: SubArgs) -> Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hint_names_the_first_auth_problem_and_its_fix() {
+        let map = |pairs: &[(&'static str, u64)]| pairs.iter().copied().collect();
+        let none = BTreeMap::new();
+        assert_eq!(auth_hint(&none, &none), None);
+        assert_eq!(auth_hint(&map(&[("bad_magic", 5)]), &none), None);
+        let h = auth_hint(&map(&[("no_key", 7)]), &map(&[("unknown_key", 1)])).unwrap();
+        assert!(h.starts_with("7 datagrams were sealed and this subscriber has no key"));
+        assert!(h.contains("--key-file"), "{h}");
+        let h = auth_hint(&none, &map(&[("unknown_key", 3), ("bad_tag", 1)])).unwrap();
+        assert!(h.starts_with("3 datagrams were sealed with a key that is not in --key-file"));
+        let h = auth_hint(&none, &map(&[("unauthenticated", 2)])).unwrap();
+        assert!(h.contains("the publisher needs --key-file"), "{h}");
+        let h = auth_hint(&none, &map(&[("plaintext_refused", 2)])).unwrap();
+        assert!(h.contains("--encrypt"), "{h}");
+        let h = auth_hint(&none, &map(&[("replayed", 2), ("bad_tag", 1)])).unwrap();
+        assert_eq!(
+            h,
+            "datagrams refused by authentication: bad_tag 1, replayed 2"
+        );
     }
 }

@@ -1692,3 +1692,422 @@ mod every_flag {
         assert!(checked > 300, "{checked}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Stream keys: `keygen`, `--key-file`, `GRAPEVINE_KEY_FILE`, `--encrypt`
+// (ports 17550-17579).
+// ---------------------------------------------------------------------------
+
+mod keys {
+    use super::{grapevine, json};
+
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Output, Stdio};
+
+    const ENV: &str = "GRAPEVINE_KEY_FILE";
+
+    /// A directory of its own for one test, emptied first.
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("grapevine-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// `grapevine` without a key file from the environment.
+    fn gv() -> Command {
+        let mut c = grapevine();
+        c.env_remove(ENV);
+        c
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    /// A new key file at `path`; its id and its key's hex digits.
+    fn keygen(path: &Path) -> (String, String) {
+        let out = gv().args(["keygen", "--out"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let line = std::fs::read_to_string(path).unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 4, "{line:?}");
+        (fields[2].to_owned(), fields[3].to_owned())
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// A child process killed if the test fails before it ends.
+    struct Reaped(Option<Child>);
+
+    impl Reaped {
+        fn spawn(c: &mut Command) -> Self {
+            Self(Some(
+                c.stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap(),
+            ))
+        }
+
+        /// SIGTERM, then everything it printed.
+        fn terminate(mut self) -> Output {
+            let child = self.0.take().unwrap();
+            let term = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(term.success());
+            child.wait_with_output().unwrap()
+        }
+
+        fn output(mut self) -> Output {
+            self.0.take().unwrap().wait_with_output().unwrap()
+        }
+    }
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            if let Some(mut c) = self.0.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+
+    #[test]
+    fn keygen_writes_a_private_file_never_replaces_one_and_shows_only_the_id() {
+        let d = dir("keygen");
+        let path = d.join("stream.key");
+        let out = gv().args(["keygen", "--out"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(mode(&path), 0o600);
+        let line = std::fs::read_to_string(&path).unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[..2], ["grapevine-key", "1"], "{line:?}");
+        let (id, hex) = (fields[2], fields[3]);
+        assert!(id.len() == 8 && hex.len() == 64, "{line:?}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("key id: {id}")), "{err}");
+        assert!(err.contains(&format!("wrote {}", path.display())), "{err}");
+        assert!(!err.contains(hex) && out.stdout.is_empty(), "{err}");
+
+        // Again: refused, the file named and unchanged.
+        let again = gv().args(["keygen", "--out"]).arg(&path).output().unwrap();
+        assert_eq!(again.status.code(), Some(1));
+        let err = text(&again.stderr);
+        assert!(
+            err.contains(&format!("--out {}: the file exists", path.display())),
+            "{err}"
+        );
+        assert!(err.contains("never replaces"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line);
+
+        // To standard output (a pipe: no warning), a different key.
+        let out = gv().arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        let printed = text(&out.stdout);
+        let f: Vec<&str> = printed.split_whitespace().collect();
+        assert_eq!((f.len(), f[0]), (4, "grapevine-key"), "{printed:?}");
+        assert_ne!(f[3], hex);
+        let err = text(&out.stderr);
+        assert_eq!(err.trim(), format!("key id: {}", f[2]));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_key_file_others_can_read_is_refused_with_the_fix() {
+        let d = dir("loose");
+        let path = d.join("stream.key");
+        keygen(&path);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let p = path.to_str().unwrap();
+        for args in [
+            &["sub", "--port", "17550", "--timeout", "5", "--key-file", p][..],
+            &["pub", "--port", "17550", "--linger", "5", "--key-file", p],
+            &[
+                "tail",
+                "--port",
+                "17550",
+                "--duration",
+                "5",
+                "--key-file",
+                p,
+            ],
+        ] {
+            let out = gv().args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&format!("run `chmod 600 {p}`")),
+                "{args:?}: {err}"
+            );
+            assert!(err.contains("--key-file"), "{err}");
+            assert!(out.stdout.is_empty(), "{args:?}: nothing ran");
+        }
+        // Read from the environment, it is named as such.
+        let out = gv()
+            .env(ENV, &path)
+            .args(["sub", "--port", "17550"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{ENV}: key file {p}")), "{err}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn encryption_without_a_key_file_and_a_missing_file_are_clear_errors() {
+        for command in ["pub", "sub", "demo", "bench"] {
+            for flag in ["--encrypt", "--require-encrypt"] {
+                let out = gv().args([command, flag]).output().unwrap();
+                assert_eq!(out.status.code(), Some(1), "{command} {flag}");
+                let err = text(&out.stderr);
+                assert!(
+                    err.starts_with(&format!("error: {flag} needs a key: add `--key-file PATH`")),
+                    "{command}: {err}"
+                );
+            }
+        }
+        let missing = "/nonexistent/grapevine-test.key";
+        let out = gv().args(["sub", "--key-file", missing]).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!("--key-file {missing}: no such file")),
+            "{err}"
+        );
+        assert!(err.contains("grapevine keygen --out"), "{err}");
+        let out = gv().env(ENV, missing).arg("pub").output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains(&format!("{ENV}={missing}: no such file")),
+            "{}",
+            text(&out.stderr)
+        );
+        // An empty variable is no key file.
+        let out = gv()
+            .env(ENV, "")
+            .args(["sub", "--encrypt"])
+            .output()
+            .unwrap();
+        assert!(text(&out.stderr).contains("--encrypt needs a key"));
+    }
+
+    /// A keyed publisher and subscriber converge with losses repaired by
+    /// (sealed) NAKs, authenticated and encrypted; the subscriber takes its
+    /// key from `GRAPEVINE_KEY_FILE` the second time. Nothing is refused
+    /// but datagrams heard before the first heartbeat, and at -vvv neither
+    /// prints a byte of the key, only its id.
+    #[test]
+    fn keyed_pub_and_sub_converge_authenticated_and_encrypted() {
+        let d = dir("converge");
+        let path = d.join("stream.key");
+        let (id, hex) = keygen(&path);
+        for (port, encrypt) in [("17551", false), ("17552", true)] {
+            let mut sub = gv();
+            sub.args([
+                "-vvv",
+                "sub",
+                "--port",
+                port,
+                "--until-seq",
+                "2000",
+                "--json",
+            ])
+            .args(["--timeout", "60", "--loss", "0.05"]);
+            let mut publ = gv();
+            publ.args(["-vvv", "pub", "--port", port, "--key-file"])
+                .arg(&path)
+                .args(["--leaves", "500", "--deltas", "2000", "--rate", "4000"])
+                .args(["--linger", "60"]);
+            if encrypt {
+                sub.env(ENV, &path).args(["--encrypt", "--require-encrypt"]);
+                publ.arg("--encrypt");
+            } else {
+                sub.arg("--key-file").arg(&path);
+            }
+            let sub = Reaped::spawn(&mut sub);
+            let publ = Reaped::spawn(&mut publ);
+            let sub = sub.output();
+            let publ = publ.terminate();
+            let (sub_out, sub_err) = (text(&sub.stdout), text(&sub.stderr));
+            let (pub_out, pub_err) = (text(&publ.stdout), text(&publ.stderr));
+            assert!(sub.status.success(), "{sub_out} {}", sub_err.len());
+            assert!(publ.status.success(), "{:?}", publ.status);
+            let s = json(sub_out.trim());
+            let lines: Vec<&str> = pub_out.lines().collect();
+            assert_eq!(lines.len(), 2, "{pub_out}");
+            let (state, last) = (json(lines[0]), json(lines[1]));
+            assert_eq!(
+                (s["seq"].as_u64(), s["consistent"].as_bool()),
+                (Some(2000), Some(true))
+            );
+            assert_eq!(s["digest"], state["digest"], "{s}");
+            // Only what a joiner hears before the session's first
+            // heartbeat proves it fresh may be refused (`stale_session`).
+            let refused = s["refused"].as_object().unwrap();
+            assert!(refused.keys().all(|k| k == "stale_session"), "{s}");
+            assert_eq!(s["malformed"], serde_json::json!({}), "{s}");
+            assert!(s["repaired_by_nak"].as_u64().unwrap() > 0, "{s}");
+            assert!(last["naks_received"].as_u64().unwrap() > 0, "{last}");
+            for f in ["auth_refused", "auth_bad_tag", "auth_replayed"] {
+                assert_eq!(last[f], 0, "{last}");
+            }
+            let sealed = if encrypt {
+                "encrypted"
+            } else {
+                "authenticated"
+            };
+            assert!(
+                pub_err.contains(&format!("{sealed} with key {id}")),
+                "{}",
+                &pub_err[..pub_err.len().min(2000)]
+            );
+            // The logs name the key by its id.
+            for err in [&pub_err, &sub_err] {
+                assert!(err.contains(&format!("key_id={id}")), "{err}");
+                assert!(err.contains("INFO"), "-vvv logs: {err}");
+            }
+            for (what, said) in [
+                ("sub stdout", &sub_out),
+                ("sub stderr", &sub_err),
+                ("pub stdout", &pub_out),
+                ("pub stderr", &pub_err),
+            ] {
+                assert!(!said.contains(&hex), "{what} shows the key");
+                assert!(!said.contains(&hex.to_uppercase()), "{what} shows the key");
+                assert!(!said.contains(&hex[..16]), "{what} shows part of the key");
+            }
+        }
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// Against a keyed publisher, a subscriber without a key counts every
+    /// datagram as `no_key`, one with another key as `unknown_key`: neither
+    /// follows the stream, both give up at the timeout with the fix.
+    #[test]
+    fn subscribers_without_the_key_count_refusals_and_never_follow() {
+        let d = dir("strangers");
+        let (key, other) = (d.join("stream.key"), d.join("other.key"));
+        keygen(&key);
+        keygen(&other);
+        let port = "17553";
+        let sub = |key: Option<&Path>| {
+            let mut c = gv();
+            c.args(["sub", "--port", port, "--until-seq", "100", "--json"])
+                .args(["--timeout", "3"]);
+            if let Some(k) = key {
+                c.arg("--key-file").arg(k);
+            }
+            Reaped::spawn(&mut c)
+        };
+        let keyless = sub(None);
+        let stranger = sub(Some(&other));
+        let publ = Reaped::spawn(
+            gv().args(["pub", "--port", port, "--key-file"])
+                .arg(&key)
+                .args(["--leaves", "100", "--deltas", "100", "--linger", "60"]),
+        );
+        for (sub, code, fix) in [
+            (
+                keyless,
+                "no_key",
+                "has no key: give it the stream's key file",
+            ),
+            (stranger, "unknown_key", "a key that is not in --key-file"),
+        ] {
+            let out = sub.output();
+            assert_eq!(out.status.code(), Some(1), "{code}");
+            let s = json(text(&out.stdout).trim());
+            assert_eq!(s["outcome"], "timeout", "{s}");
+            assert_eq!(
+                (s["synced"].as_bool(), s["consistent"].as_bool()),
+                (Some(false), Some(false))
+            );
+            assert_eq!(s["session"], serde_json::Value::Null, "{s}");
+            assert_eq!(s["leaves"], 0, "{s}");
+            let counted = s["malformed"][code]
+                .as_u64()
+                .or(s["refused"][code].as_u64())
+                .unwrap_or(0);
+            assert!(counted > 10, "{code}: {s}");
+            let err = text(&out.stderr);
+            assert!(err.contains(fix), "{code}: {err}");
+        }
+        let publ = publ.terminate();
+        let last = json(text(&publ.stdout).lines().last().unwrap());
+        assert_eq!(last["auth_refused"], 0, "strangers sent no NAK it refused");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// `tail` without a key reads an authenticated stream unverified; with
+    /// the key it verifies it; with another key it refuses it.
+    #[test]
+    fn tail_reads_unverified_verifies_with_the_key_and_refuses_another() {
+        use std::io::{BufRead as _, BufReader};
+
+        let d = dir("tail");
+        let (key, other) = (d.join("stream.key"), d.join("other.key"));
+        keygen(&key);
+        keygen(&other);
+        let port = "17554";
+        let tail = |key: Option<&Path>| {
+            let mut c = gv();
+            c.args(["tail", "--port", port, "--json", "--interval", "60"])
+                .args(["--duration", "2.5"]);
+            if let Some(k) = key {
+                c.arg("--key-file").arg(k);
+            }
+            let mut t = Reaped::spawn(&mut c);
+            // Listening once it says so.
+            let err = t.0.as_mut().unwrap().stderr.as_mut().unwrap();
+            let mut first = String::new();
+            BufReader::new(err).read_line(&mut first).unwrap();
+            assert!(first.ends_with(": listening\n"), "{first:?}");
+            t
+        };
+        let tails = [tail(None), tail(Some(&key)), tail(Some(&other))];
+        let publ = gv()
+            .args(["pub", "--port", port, "--key-file"])
+            .arg(&key)
+            .args([
+                "--leaves", "50", "--deltas", "200", "--rate", "2000", "--linger", "0.3",
+            ])
+            .output()
+            .unwrap();
+        assert!(publ.status.success(), "{}", text(&publ.stderr));
+        let [keyless, keyed, stranger] = tails.map(|t| {
+            let out = t.output();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            json(text(&out.stdout).lines().last().unwrap())
+        });
+        let first = |r: &serde_json::Value| r["streams"][0].clone();
+        let s = first(&keyless);
+        assert_eq!(keyless["verifying"], false);
+        assert!(s["auth"]["unverified"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(
+            (s["auth"]["verified"].as_u64(), s["auth"]["plain"].as_u64()),
+            (Some(0), Some(0))
+        );
+        assert_eq!(s["latest_seq"], 200, "{s}");
+        let s = first(&keyed);
+        assert_eq!(keyed["verifying"], true);
+        assert_eq!(keyed["refused"], serde_json::json!({}), "{keyed}");
+        assert_eq!(s["auth"]["verified"], s["datagrams"], "{s}");
+        assert_eq!(s["latest_seq"], 200, "{s}");
+        let s = first(&stranger);
+        assert_eq!(s["auth"]["refused"], s["datagrams"], "{s}");
+        assert_eq!(
+            stranger["refused"]["unknown_key"], s["datagrams"],
+            "{stranger}"
+        );
+        assert_eq!(s["counts"]["delta"], 0, "{s}");
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
+use grapevine::core::auth::Security;
 use grapevine::{Driver, Publisher, SnapshotRate};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -140,6 +141,8 @@ struct Plan {
     subscribers: u32,
     rate: Option<u64>,
     leaves: u32,
+    /// The keys of `--key-file`, read once.
+    security: Option<Security>,
 }
 
 fn plan(a: &BenchArgs) -> Result<Plan> {
@@ -190,8 +193,17 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
     } else {
         a.size - DELTA_OVERHEAD
     };
+    let security = a.net.keys.security()?;
+    if security.is_some() && a.mode == Mode::FanoutRaw {
+        bail!(
+            "--key-file: fanout-raw sends bare datagrams, which are not sealed; leave it out \
+             (and unset {})",
+            crate::keys::KEY_FILE_ENV
+        );
+    }
     Ok(Plan {
         mode: a.mode,
+        security,
         pad: u16::try_from(pad).unwrap_or(u16::MAX),
         duration: Duration::from_secs_f64(a.duration),
         subscribers,
@@ -221,6 +233,8 @@ impl SubProcess {
             .arg(format!("--interface={}", n.interface))
             .args(["--stream", &n.stream.to_string()])
             .args(["--driver", args.driver.flag()])
+            // The key file's path, never its keys.
+            .args(n.keys.to_args())
             .args((args.mode == Mode::FanoutRaw).then_some("--raw"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -274,6 +288,9 @@ impl SubProcess {
 #[derive(Debug, Default, Serialize)]
 struct Report {
     mode: Option<Mode>,
+    /// How datagrams were sealed: `none`, `authenticate` (`--key-file`)
+    /// or `encrypt` (and `--encrypt`).
+    auth: &'static str,
     driver: Option<DriverArg>,
     size: u32,
     subscribers: u32,
@@ -347,6 +364,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         _ => stream(&args, &plan, plan.rate).await?,
     };
     report.mode = Some(plan.mode);
+    report.auth = args.net.keys.mode();
     report.driver = Some(args.driver);
     report.size = args.size;
     report.subscribers = plan.subscribers;
@@ -457,7 +475,7 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
     for _ in 0..plan.subscribers {
         subs.push(SubProcess::spawn(args).await?);
     }
-    let publ = Publisher::builder()
+    let publ = secured(Publisher::builder(), plan)
         .multicast(args.net.multicast())
         .stream(args.net.stream())
         // The publisher's deltas go out from the publishing thread; its
@@ -537,6 +555,17 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
         p.shutdown().await;
     }
     Ok(r)
+}
+
+/// The publisher's builder with the security of the flags, if any.
+fn secured(
+    builder: grapevine::PublisherBuilder<BenchState>,
+    plan: &Plan,
+) -> grapevine::PublisherBuilder<BenchState> {
+    match &plan.security {
+        Some(s) => builder.security(s.clone()),
+        None => builder,
+    }
 }
 
 fn delta(key: u32, pad: u16, stamp_ns: u64) -> Delta {
@@ -662,7 +691,7 @@ async fn snapshot_search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
 /// subscriber that joins in the middle of a cycle. A joiner that has not
 /// synced within 5 cycles (at least 10 s) ends the trial, unsynced.
 async fn snapshot(args: &BenchArgs, plan: &Plan, rate: u32) -> Result<Report> {
-    let publ = Publisher::builder()
+    let publ = secured(Publisher::builder(), plan)
         .multicast(args.net.multicast())
         .stream(args.net.stream())
         .driver(args.driver.into())
@@ -735,8 +764,8 @@ fn print_table(r: &Report) {
     });
     let driver = r.driver.map_or("?", DriverArg::flag);
     println!(
-        "mode {mode}, driver {driver}, {} subscriber(s)",
-        r.subscribers
+        "mode {mode}, driver {driver}, {} subscriber(s), auth {}",
+        r.subscribers, r.auth
     );
     if r.mode == Some(Mode::FanoutRaw) {
         println!(

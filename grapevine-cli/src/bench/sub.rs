@@ -60,10 +60,14 @@ pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let sub = Subscriber::<BenchState>::builder()
+    let mut builder = Subscriber::<BenchState>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream())
-        .driver(args.driver.into())
+        .driver(args.driver.into());
+    if let Some(s) = args.net.keys.security()? {
+        builder = builder.security(s);
+    }
+    let sub = builder
         .bind_with(BenchState::measuring())
         .await
         .context("starting the benchmark subscriber")?;

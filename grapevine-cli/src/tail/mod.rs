@@ -8,6 +8,7 @@ mod view;
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,10 @@ pub(crate) struct TailArgs {
     /// `datagram_rate`, `byte_rate`, `datagrams_missed`, `counts` and
     /// `rates` (per message kind), `reassembled`, `latest_seq`,
     /// `announced_seq`, `gaps`, `gaps_filled`, `duplicates`, `cycle` (`id`,
-    /// `leaves`, `seen`, `ended`), `cycles_begun`, `cycles_complete`.
+    /// `leaves`, `seen`, `ended`), `cycles_begun`, `cycles_complete`, and
+    /// `auth` (datagrams `plain`, `unverified`, `encrypted`, `verified`,
+    /// `refused`, and the `latest` one's). Also `verifying` (a key was
+    /// given) and `refused` (sealed datagrams the key refused, by reason).
     #[arg(long)]
     json: bool,
     /// Seconds between reports, and the window rates are measured over
@@ -62,6 +66,13 @@ pub(crate) struct TailArgs {
     /// place, with the rates of the last full window.
     #[arg(long, allow_negative_numbers = true)]
     duration: Option<f64>,
+    /// Key file of the streams (`grapevine keygen`): check sealed datagrams
+    /// with it (rows `verified`), and count those it refuses by reason.
+    /// Without it, authenticated-only datagrams are shown `unverified`
+    /// (read without checking: anyone could have sent them) and encrypted
+    /// ones are counted from their headers, not read.
+    #[arg(long, value_name = "PATH", env = crate::keys::KEY_FILE_ENV)]
+    key_file: Option<PathBuf>,
 }
 
 impl TailArgs {
@@ -118,6 +129,11 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
         .duration
         .map(|d| seconds("--duration", d, MAX_DURATION))
         .transpose()?;
+    let keyring = args
+        .key_file
+        .as_deref()
+        .map(crate::keys::read_keyring)
+        .transpose()?;
     let config = args.multicast();
     let socket = bind_receiver(&config).with_context(|| {
         format!(
@@ -126,8 +142,12 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
             args.interface
         )
     })?;
+    let checking = keyring.as_ref().map_or(String::new(), |ring| {
+        let ids: Vec<String> = ring.keys().map(|k| k.id().to_string()).collect();
+        format!(" checking with key {}", ids.join(","))
+    });
     let heading = format!(
-        "grapevine tail {} on {}",
+        "grapevine tail {} on {}{checking}",
         config.group_addr(),
         socket.interface_name()
     );
@@ -144,6 +164,9 @@ pub(crate) async fn run(args: TailArgs) -> Result<ExitCode> {
     let start = Instant::now();
     let end_at = duration.map(|d| start + d);
     let mut observer = Observer::new(start);
+    if let Some(ring) = keyring {
+        observer = observer.verifying(ring);
+    }
     let mut buf = vec![0u8; 65_536];
     let mut tick = tokio::time::interval_at((start + interval).into(), interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

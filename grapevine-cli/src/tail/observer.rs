@@ -12,7 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use grapevine::core::wire::{CycleBegin, CycleEnd, Datagram, LeafSnapshot, Message};
+use grapevine::core::auth::{
+    unverified_plain, Keyring, Opener, Refused, Role, FLAG_ENCRYPT, FLAG_FROM_SUBSCRIBER,
+};
+use grapevine::core::wire::{
+    CycleBegin, CycleEnd, Datagram, DecodeError, LeafSnapshot, Message, HEADER_LEN,
+};
 use grapevine::core::{CycleId, Reassembler, ReassemblyConfig, SessionId, StreamId};
 use serde::Serialize;
 
@@ -31,6 +36,83 @@ pub(crate) const ALIVE_HEARTBEATS: u32 = 3;
 /// lowest run is forgotten beyond this (its sequence numbers stay counted
 /// as gaps, but a late copy of them no longer fills one).
 const MAX_GAP_RANGES: usize = 256;
+
+/// With a key: how far one datagram may move a sender's replay window
+/// (the subscriber's default `max_seq_jump`).
+const JUMP: u64 = 8192;
+
+/// With a key: senders remembered per (stream, role), each with its replay
+/// window.
+const SENDERS_PER_OPENER: usize = 64;
+
+/// How a datagram was sealed, and what `tail` could check of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Auth {
+    /// Not sealed.
+    Plain,
+    /// Authenticated only, and `tail` holds no key: read without checking
+    /// its tag. Anyone could have sent it.
+    Unverified,
+    /// Encrypted, and `tail` holds no key: counted from its header, not
+    /// read.
+    Encrypted,
+    /// Authenticated only, and its tag verified with `tail`'s key.
+    Verified,
+    /// Encrypted, verified and decrypted with `tail`'s key.
+    VerifiedEncrypted,
+    /// Sealed, and refused by `tail`'s key (the report's `refused` says
+    /// why): not read.
+    Refused,
+}
+
+/// Datagrams of one (stream, session) by how they were sealed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct AuthCounts {
+    pub(crate) plain: u64,
+    pub(crate) unverified: u64,
+    pub(crate) encrypted: u64,
+    /// Opened with `tail`'s key, encrypted or not.
+    pub(crate) verified: u64,
+    pub(crate) refused: u64,
+    /// The latest datagram's (`null` before any).
+    pub(crate) latest: Option<Auth>,
+}
+
+impl AuthCounts {
+    fn add(&mut self, a: Auth) {
+        match a {
+            Auth::Plain => self.plain += 1,
+            Auth::Unverified => self.unverified += 1,
+            Auth::Encrypted => self.encrypted += 1,
+            Auth::Verified | Auth::VerifiedEncrypted => self.verified += 1,
+            Auth::Refused => self.refused += 1,
+        }
+        self.latest = Some(a);
+    }
+}
+
+/// The fields of a sealed datagram's header, which are in clear.
+#[derive(Clone, Copy, Debug)]
+struct ClearHeader {
+    stream: StreamId,
+    session: SessionId,
+    datagram_seq: u64,
+}
+
+impl ClearHeader {
+    /// Reads them (PROTOCOL.md §3: stream at 8, session at 12,
+    /// `datagram_seq` at 20), if the bytes are there.
+    fn read(d: &[u8]) -> Option<Self> {
+        let u32_at = |at: usize| d.get(at..at + 4)?.try_into().ok().map(u32::from_be_bytes);
+        let u64_at = |at: usize| d.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes);
+        Some(Self {
+            stream: StreamId(u32_at(8)?),
+            session: SessionId(u64_at(12)?),
+            datagram_seq: u64_at(20)?,
+        })
+    }
+}
 
 /// The message kinds counted, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,6 +332,7 @@ struct Entry {
     cycles_begun: u64,
     cycles_complete: u64,
     reassembled: u64,
+    auth: AuthCounts,
 }
 
 impl Entry {
@@ -274,7 +357,28 @@ impl Entry {
             cycles_begun: 0,
             cycles_complete: 0,
             reassembled: 0,
+            auth: AuthCounts::default(),
         }
+    }
+
+    /// Takes a datagram of the entry, heard at `now`, `len` bytes long.
+    fn heard(&mut self, now: Instant, len: usize, auth: Auth) {
+        self.datagrams += 1;
+        self.bytes += len as u64;
+        self.last_heard = now;
+        self.auth.add(auth);
+    }
+
+    /// Takes the publisher's datagram `datagram_seq` from `from`.
+    fn published(&mut self, now: Instant, from: SocketAddr, datagram_seq: u64) {
+        self.from = Some(from);
+        self.last_published = Some(now);
+        self.published += 1;
+        let s = datagram_seq;
+        self.datagram_seqs = Some(match self.datagram_seqs {
+            None => (s, s),
+            Some((lo, hi)) => (lo.min(s), hi.max(s)),
+        });
     }
 
     fn alive_window(&self) -> Duration {
@@ -353,6 +457,16 @@ pub(crate) struct Observer {
     window_start: Instant,
     /// When the previous rate window began, once a report was made.
     prev_window_start: Option<Instant>,
+    /// `--key-file`: the keys sealed datagrams are checked with.
+    keyring: Option<Keyring>,
+    /// One opener per (stream, sealed by a subscriber), with when it was
+    /// last used; at most [`Observer::max_openers`].
+    openers: BTreeMap<(StreamId, bool), (Opener, u64)>,
+    opener_uses: u64,
+    /// Sealed datagrams refused by the key, by [`Refused::code`].
+    refused: BTreeMap<&'static str, u64>,
+    /// A copy of a sealed datagram being opened or read.
+    scratch: Vec<u8>,
 }
 
 impl Observer {
@@ -376,32 +490,166 @@ impl Observer {
             started: now,
             window_start: now,
             prev_window_start: None,
+            keyring: None,
+            openers: BTreeMap::new(),
+            opener_uses: 0,
+            refused: BTreeMap::new(),
+            scratch: Vec::new(),
         }
     }
 
+    /// Checks sealed datagrams with these keys (`--key-file`) instead of
+    /// reading authenticated-only ones unverified and counting encrypted
+    /// ones unread.
+    pub(crate) fn verifying(mut self, keyring: Keyring) -> Self {
+        self.keyring = Some(keyring);
+        self
+    }
+
+    /// Openers kept at most: one per role for every entry.
+    fn max_openers(&self) -> usize {
+        2 * self.max_entries
+    }
+
     /// Takes one datagram received at `now` from `from`.
+    ///
+    /// A sealed datagram (PROTOCOL.md §11) is opened with the key, if the
+    /// observer holds one, or refused and counted by reason. Without a key,
+    /// an authenticated-only one is read unverified, and an encrypted one
+    /// is counted from its header (in clear) only.
     pub(crate) fn observe(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.datagrams += 1;
         self.bytes += datagram.len() as u64;
-        let d = match Datagram::decode(datagram) {
-            Ok(d) => d,
-            Err(e) => {
-                *self.undecodable.entry(e.code()).or_default() += 1;
-                return;
-            }
+        match Datagram::decode(datagram) {
+            Ok(d) => self.take(now, from, &d, datagram.len(), Auth::Plain),
+            Err(DecodeError::NoKey { flags }) => self.sealed(now, from, datagram, flags),
+            Err(e) => *self.undecodable.entry(e.code()).or_default() += 1,
+        }
+    }
+
+    /// A datagram whose header says it is sealed (with `flags`).
+    fn sealed(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], flags: u8) {
+        let Some(clear) = ClearHeader::read(datagram) else {
+            // Not reached: the header was checked whole.
+            *self.undecodable.entry("short_header").or_default() += 1;
+            return;
         };
-        let h = d.header();
-        let key = (h.stream, h.session);
+        let by_subscriber = flags & FLAG_FROM_SUBSCRIBER != 0;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        let len = datagram.len();
+        if self.keyring.is_some() {
+            scratch.extend_from_slice(datagram);
+            let opened = self
+                .opener(clear.stream, by_subscriber)
+                .map(|o| o.open(now, &mut scratch, JUMP));
+            match opened {
+                Some(Ok(o)) => {
+                    let auth = if o.encrypted {
+                        Auth::VerifiedEncrypted
+                    } else {
+                        Auth::Verified
+                    };
+                    match scratch.get(o.plain).map(Datagram::decode) {
+                        Some(Ok(d)) => self.take(now, from, &d, len, auth),
+                        Some(Err(e)) => *self.undecodable.entry(e.code()).or_default() += 1,
+                        None => *self.undecodable.entry("short_auth").or_default() += 1,
+                    }
+                }
+                Some(Err(Refused::Malformed(e))) => {
+                    *self.undecodable.entry(e.code()).or_default() += 1;
+                }
+                Some(Err(e)) => {
+                    *self.refused.entry(e.code()).or_default() += 1;
+                    // Counted where its header says, and nothing more: it
+                    // may be forged.
+                    self.entry(now, clear.stream, clear.session)
+                        .heard(now, len, Auth::Refused);
+                }
+                None => {}
+            }
+        } else if flags & FLAG_ENCRYPT != 0 {
+            if len < HEADER_LEN + grapevine::core::auth::OVERHEAD {
+                *self.undecodable.entry("short_auth").or_default() += 1;
+            } else {
+                let e = self.entry(now, clear.stream, clear.session);
+                e.heard(now, len, Auth::Encrypted);
+                if !by_subscriber {
+                    e.published(now, from, clear.datagram_seq);
+                }
+            }
+        } else if unverified_plain(datagram, &mut scratch) {
+            match Datagram::decode(&scratch) {
+                Ok(d) => self.take(now, from, &d, len, Auth::Unverified),
+                Err(e) => *self.undecodable.entry(e.code()).or_default() += 1,
+            }
+        } else {
+            *self.undecodable.entry("short_auth").or_default() += 1;
+        }
+        self.scratch = scratch;
+    }
+
+    /// The opener of datagrams sealed for `stream` by a subscriber or the
+    /// publisher, made on first use; the least recently used one is
+    /// dropped beyond [`Observer::max_openers`]. `None` without a key.
+    fn opener(&mut self, stream: StreamId, by_subscriber: bool) -> Option<&mut Opener> {
+        let keyring = self.keyring.as_ref()?;
+        let key = (stream, by_subscriber);
+        if !self.openers.contains_key(&key) && self.openers.len() >= self.max_openers() {
+            let oldest = self
+                .openers
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.openers.remove(&k);
+            }
+        }
+        self.opener_uses += 1;
+        let uses = self.opener_uses;
+        let role = if by_subscriber {
+            Role::Subscriber
+        } else {
+            Role::Publisher
+        };
+        let (opener, used) = self.openers.entry(key).or_insert_with(|| {
+            (
+                Opener::new(keyring.clone(), role, stream, SENDERS_PER_OPENER),
+                uses,
+            )
+        });
+        *used = uses;
+        Some(opener)
+    }
+
+    /// The entry of (`stream`, `session`), made (evicting the longest
+    /// silent if full) if new.
+    fn entry(&mut self, now: Instant, stream: StreamId, session: SessionId) -> &mut Entry {
+        let key = (stream, session);
         if !self.entries.contains_key(&key) && self.entries.len() >= self.max_entries {
             self.evict_one();
         }
-        let entry = self
-            .entries
+        self.entries
             .entry(key)
-            .or_insert_with(|| Entry::new(now, h.stream, h.session));
-        entry.datagrams += 1;
-        entry.bytes += datagram.len() as u64;
-        entry.last_heard = now;
+            .or_insert_with(|| Entry::new(now, stream, session))
+    }
+
+    /// Takes a datagram that decoded (plain, or opened): `len` bytes on
+    /// the wire, sealed as `auth` says.
+    fn take(&mut self, now: Instant, from: SocketAddr, d: &Datagram<'_>, len: usize, auth: Auth) {
+        let h = d.header();
+        let entry = match self.entries.get_mut(&(h.stream, h.session)) {
+            Some(e) => e,
+            None => {
+                if self.entries.len() >= self.max_entries {
+                    self.evict_one();
+                }
+                self.entries
+                    .entry((h.stream, h.session))
+                    .or_insert_with(|| Entry::new(now, h.stream, h.session))
+            }
+        };
+        entry.heard(now, len, auth);
         let mut from_publisher = false;
         for m in d.messages() {
             from_publisher |= !Kind::of(&m).sent_by_subscribers();
@@ -424,14 +672,7 @@ impl Observer {
             }
         }
         if from_publisher {
-            entry.from = Some(from);
-            entry.last_published = Some(now);
-            entry.published += 1;
-            let s = h.datagram_seq;
-            entry.datagram_seqs = Some(match entry.datagram_seqs {
-                None => (s, s),
-                Some((lo, hi)) => (lo.min(s), hi.max(s)),
-            });
+            entry.published(now, from, h.datagram_seq);
         }
     }
 
@@ -489,6 +730,7 @@ impl Observer {
                 cycle: e.cycle,
                 cycles_begun: e.cycles_begun,
                 cycles_complete: e.cycles_complete,
+                auth: e.auth,
             });
             e.prev_window = e.window;
             e.window = (e.counts, e.datagrams, e.bytes);
@@ -515,6 +757,12 @@ impl Observer {
                 .collect(),
             fragments_rejected: self.fragments_rejected,
             evicted: self.evicted,
+            verifying: self.keyring.is_some(),
+            refused: self
+                .refused
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
             streams,
         }
     }
@@ -563,6 +811,13 @@ pub(crate) struct Report {
     pub(crate) fragments_rejected: u64,
     /// (stream, session) entries dropped to stay within the bound.
     pub(crate) evicted: u64,
+    /// Whether sealed datagrams are checked with a key (`--key-file`);
+    /// without, authenticated-only ones are read unverified and encrypted
+    /// ones counted unread.
+    pub(crate) verifying: bool,
+    /// Sealed datagrams the key refused, by reason (PROTOCOL.md §11):
+    /// `unknown_key`, `bad_tag`, `replayed`, `wrong_role`, ...
+    pub(crate) refused: BTreeMap<String, u64>,
     /// One per (stream, session): alive ones first, then by stream, then
     /// the most recently heard first (then by session).
     pub(crate) streams: Vec<StreamReport>,
@@ -616,11 +871,19 @@ pub(crate) struct StreamReport {
     pub(crate) cycles_begun: u64,
     /// Cycles whose every position was heard before their CycleEnd.
     pub(crate) cycles_complete: u64,
+    /// Datagrams by how they were sealed and checked: `plain`,
+    /// `unverified` (authenticated only, read without a key: anyone could
+    /// have sent them), `encrypted` (no key: not read), `verified` (opened
+    /// with the key), `refused` (by the key; not read), and the `latest`
+    /// datagram's (`plain`, `unverified`, `encrypted`, `verified`,
+    /// `verified_encrypted` or `refused`).
+    pub(crate) auth: AuthCounts,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use grapevine::core::auth::{Salt, Sealer, StreamKey, OVERHEAD, TAG_LEN};
     use grapevine::core::wire::{
         fragment_capacity, DatagramHeader, DatagramWriter, Delta, Fragments, Heartbeat,
         MessageKind, Nak, NakRanges,
@@ -1152,6 +1415,200 @@ mod tests {
         o.observe(t0, from(), &dg(1, 7, 7, &[Message::Fragment(clash)]));
         assert_eq!(o.report(t0).fragments_rejected, 1);
         assert_eq!(o.report(t0).streams[0].reassembled, 1);
+    }
+
+    /// `dg`, sealed by `sealer` (its `datagram_seq` must grow per sealer).
+    fn sealed(
+        sealer: &mut Sealer,
+        stream: u32,
+        session: u64,
+        datagram_seq: u64,
+        msgs: &[Message<'_>],
+    ) -> Vec<u8> {
+        let mut d = dg(stream, session, datagram_seq, msgs);
+        let n = d.len();
+        d.resize(n + OVERHEAD, 0);
+        let len = sealer.seal(&mut d, n).unwrap();
+        d.truncate(len);
+        d
+    }
+
+    fn ring(byte: u8) -> Keyring {
+        Keyring::new(vec![StreamKey::from_bytes([byte; 32])]).unwrap()
+    }
+
+    fn sealer(ring: &Keyring, role: Role, stream: u32, salt: u8, encrypt: bool) -> Sealer {
+        Sealer::new(ring, role, StreamId(stream), Salt([salt; 16]), encrypt).unwrap()
+    }
+
+    fn nak() -> Message<'static> {
+        const RANGES: [SeqRange; 1] = [SeqRange {
+            first: SeqNum(1),
+            last: SeqNum(1),
+        }];
+        Message::Nak(Nak {
+            requester: 3,
+            ranges: NakRanges::from_slice(&RANGES),
+        })
+    }
+
+    fn stream_of(r: &Report, stream: u32) -> StreamReport {
+        r.streams
+            .iter()
+            .find(|s| s.stream == stream)
+            .unwrap_or_else(|| panic!("no stream {stream} in {r:?}"))
+            .clone()
+    }
+
+    /// Without a key: an authenticated-only datagram is read, marked
+    /// unverified (a forged tag reads the same: nothing was checked); an
+    /// encrypted one is counted from its header only, as the publisher's
+    /// unless its FROM_SUBSCRIBER flag is set.
+    #[test]
+    fn without_a_key_sealed_datagrams_are_read_unverified_or_counted_encrypted() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        let k = ring(1);
+        let mut publ = sealer(&k, Role::Publisher, 9, 1, false);
+        let deltas: Vec<Message<'_>> = (1..=3).map(|s| Message::Delta(delta(s))).collect();
+        o.observe(t0, from(), &sealed(&mut publ, 9, 7, 0, &deltas));
+        let mut forged = sealed(&mut publ, 9, 7, 1, &[heartbeat(3, 100)]);
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        o.observe(t0, from(), &forged);
+
+        let mut secret = sealer(&k, Role::Publisher, 10, 2, true);
+        let mut nak_sealer = sealer(&k, Role::Subscriber, 10, 3, true);
+        let subscriber: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+        o.observe(t0, from(), &sealed(&mut secret, 10, 8, 0, &deltas));
+        o.observe(t0, from(), &sealed(&mut secret, 10, 8, 2, &deltas));
+        o.observe(t0, subscriber, &sealed(&mut nak_sealer, 10, 8, 9, &[nak()]));
+        // Too short to hold an auth header and a tag.
+        let mut short = dg(10, 8, 3, &[heartbeat(0, 100)]);
+        short[5] = 0x01;
+        short.truncate(40);
+        o.observe(t0, from(), &short);
+
+        let r = o.report(t0 + ms(10));
+        assert!(!r.verifying && r.refused.is_empty());
+        assert_eq!(r.undecodable.get("short_auth"), Some(&1), "{r:?}");
+        let s = stream_of(&r, 9);
+        assert_eq!(
+            (s.counts.delta, s.counts.heartbeat, s.latest_seq),
+            (3, 1, 3)
+        );
+        assert_eq!(
+            (s.auth.unverified, s.auth.plain, s.auth.verified),
+            (2, 0, 0)
+        );
+        assert_eq!(s.auth.latest, Some(Auth::Unverified));
+        assert_eq!((s.from.as_deref(), s.alive), (Some(FROM), true));
+
+        let e = stream_of(&r, 10);
+        assert_eq!(
+            (e.datagrams, e.auth.encrypted, e.auth.unverified),
+            (3, 3, 0)
+        );
+        assert_eq!(e.auth.latest, Some(Auth::Encrypted));
+        assert_eq!(e.counts, PerKind::default(), "nothing read");
+        assert_eq!(e.session, SessionId(8).to_string());
+        assert_eq!(
+            e.from.as_deref(),
+            Some(FROM),
+            "the NAK is not the publisher"
+        );
+        assert!(e.alive);
+        assert_eq!(e.datagrams_missed, 1, "datagram_seq 1 of the publisher");
+    }
+
+    /// With a key: sealed datagrams are opened and read (encrypted ones
+    /// too), publisher's and subscribers' each with their role; a copy, a
+    /// forged tag and a stranger's key are refused and counted by reason,
+    /// not read; plain datagrams are still shown, as plain.
+    #[test]
+    fn with_a_key_datagrams_are_verified_and_refusals_counted_by_reason() {
+        let t0 = Instant::now();
+        let k = ring(1);
+        let mut o = Observer::new(t0).verifying(k.clone());
+        let mut publ = sealer(&k, Role::Publisher, 9, 1, true);
+        let mut sub = sealer(&k, Role::Subscriber, 9, 2, false);
+        let mut stranger = sealer(&ring(2), Role::Publisher, 11, 3, false);
+        let subscriber: SocketAddr = "127.0.0.1:50000".parse().unwrap();
+
+        let first = sealed(&mut publ, 9, 7, 0, &[Message::Delta(delta(1))]);
+        o.observe(t0, from(), &first);
+        o.observe(t0, from(), &first);
+        let mut forged = sealed(&mut publ, 9, 7, 1, &[Message::Delta(delta(2))]);
+        forged[HEADER_LEN + OVERHEAD - TAG_LEN + 2] ^= 0x40;
+        o.observe(t0, from(), &forged);
+        let hb = sealed(&mut publ, 9, 7, 2, &[heartbeat(2, 100)]);
+        o.observe(t0, from(), &hb);
+        o.observe(t0, subscriber, &sealed(&mut sub, 9, 7, 0, &[nak()]));
+        o.observe(
+            t0,
+            from(),
+            &sealed(&mut stranger, 11, 5, 0, &[heartbeat(9, 100)]),
+        );
+        o.observe(t0, from(), &dg(12, 4, 0, &[Message::Delta(delta(1))]));
+
+        let r = o.report(t0 + ms(10));
+        assert!(r.verifying);
+        let refused: Vec<(&str, u64)> = r.refused.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(
+            refused,
+            [("bad_tag", 1), ("replayed", 1), ("unknown_key", 1)]
+        );
+        assert!(r.undecodable.is_empty(), "{r:?}");
+        let s = stream_of(&r, 9);
+        assert_eq!(
+            (s.counts.delta, s.counts.heartbeat, s.counts.nak),
+            (1, 1, 1)
+        );
+        assert_eq!((s.latest_seq, s.announced_seq, s.gaps), (1, 2, 1));
+        assert_eq!((s.auth.verified, s.auth.refused, s.datagrams), (3, 2, 5));
+        assert_eq!(s.auth.latest, Some(Auth::Verified), "the NAK was last");
+        assert_eq!(s.from.as_deref(), Some(FROM));
+
+        let st = stream_of(&r, 11);
+        assert_eq!((st.auth.refused, st.datagrams), (1, 1));
+        assert_eq!(st.auth.latest, Some(Auth::Refused));
+        assert_eq!(st.counts, PerKind::default(), "nothing read");
+        assert_eq!((st.from, st.alive), (None, false), "nothing believed");
+
+        let p = stream_of(&r, 12);
+        assert_eq!((p.auth.plain, p.auth.latest), (1, Some(Auth::Plain)));
+        assert_eq!(p.counts.delta, 1);
+
+        // Encrypted: its latest is told apart.
+        o.observe(
+            t0,
+            from(),
+            &sealed(&mut publ, 9, 7, 3, &[heartbeat(2, 100)]),
+        );
+        let s = stream_of(&o.report(t0 + ms(20)), 9);
+        assert_eq!(s.auth.latest, Some(Auth::VerifiedEncrypted));
+        assert_eq!(s.counts.heartbeat, 2);
+    }
+
+    /// Forged stream ids cost one opener each, and openers are bounded.
+    #[test]
+    fn openers_are_bounded() {
+        let t0 = Instant::now();
+        let k = ring(1);
+        let mut o = Observer::with_max_entries(t0, 2).verifying(k.clone());
+        for stream in 0..20u32 {
+            let mut s = sealer(&k, Role::Publisher, stream, 1, false);
+            o.observe(
+                t0,
+                from(),
+                &sealed(&mut s, stream, 1, 0, &[heartbeat(0, 100)]),
+            );
+        }
+        assert_eq!(o.openers.len(), 4);
+        let r = o.report(t0);
+        assert_eq!(r.streams.len(), 2);
+        assert_eq!(r.evicted, 18);
+        assert!(r.streams.iter().all(|s| s.auth.verified == 1), "{r:?}");
     }
 
     #[test]

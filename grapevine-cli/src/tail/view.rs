@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::observer::{Report, StreamReport};
+use super::observer::{Auth, Report, StreamReport};
 
 /// Clears a terminal and moves the cursor home (ANSI).
 pub(crate) const CLEAR: &str = "\x1b[2J\x1b[H";
@@ -12,7 +12,7 @@ pub(crate) const CLEAR: &str = "\x1b[2J\x1b[H";
 /// right-aligned (numbers). The widths never change between redraws: a
 /// value that would not fit is abbreviated (`12M`, `3.5h`) or cut with
 /// `…`; `--json` has every value whole.
-const COLUMNS: [(&str, usize, bool); 14] = [
+const COLUMNS: [(&str, usize, bool); 15] = [
     ("STREAM", 10, true),
     ("SESSION", 18, false),
     ("FROM", 21, false),
@@ -27,6 +27,7 @@ const COLUMNS: [(&str, usize, bool); 14] = [
     ("SEQ", 10, true),
     ("GAPS", 16, true),
     ("CYCLE", 24, false),
+    ("AUTH", 12, false),
 ];
 
 /// `s` in at most `w` characters: cut in the middle with `…` (the end of
@@ -90,7 +91,20 @@ fn age(s: f64) -> String {
     }
 }
 
-fn row(s: &StreamReport) -> [String; 14] {
+/// How the latest datagram of a row was sealed and checked.
+fn auth(a: Option<Auth>) -> &'static str {
+    match a {
+        None => "-",
+        Some(Auth::Plain) => "plain",
+        Some(Auth::Unverified) => "unverified",
+        Some(Auth::Encrypted) => "encrypted",
+        Some(Auth::Verified) => "verified",
+        Some(Auth::VerifiedEncrypted) => "verified+enc",
+        Some(Auth::Refused) => "refused",
+    }
+}
+
+fn row(s: &StreamReport) -> [String; 15] {
     let cycle = match s.cycle {
         Some(c) => format!(
             "#{} {}/{}{}",
@@ -128,6 +142,7 @@ fn row(s: &StreamReport) -> [String; 14] {
         count(s.latest_seq, COLUMNS[11].1),
         gaps,
         cycle,
+        auth(s.auth.latest).to_owned(),
     ];
     let mut i = 0;
     cells.map(|c| {
@@ -152,7 +167,7 @@ pub(crate) fn table(r: &Report, heading: &str) -> String {
         alive,
         if r.final_report { " | final" } else { "" }
     );
-    let mut line = |cells: [&str; 14]| {
+    let mut line = |cells: [&str; 15]| {
         let mut l = String::new();
         for (i, cell) in cells.iter().enumerate() {
             let (_, w, right) = COLUMNS[i];
@@ -191,6 +206,21 @@ pub(crate) fn table(r: &Report, heading: &str) -> String {
             },
             r.fragments_rejected,
             r.evicted
+        );
+    }
+    if !r.refused.is_empty() {
+        let reasons: Vec<String> = r.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(out, "refused by the key: {}", reasons.join(", "));
+    }
+    let unchecked = r
+        .streams
+        .iter()
+        .any(|s| s.auth.unverified > 0 || s.auth.encrypted > 0);
+    if !r.verifying && unchecked {
+        let _ = writeln!(
+            out,
+            "auth: no --key-file: `unverified` datagrams are read without checking (anyone \
+             could have sent them), `encrypted` ones are counted, not read"
         );
     }
     out
@@ -282,7 +312,8 @@ mod tests {
                 "2",
                 "1",
                 "#3",
-                "0/40"
+                "0/40",
+                "plain"
             ]
         );
         // Columns line up: each header ends where its right-aligned
@@ -353,12 +384,60 @@ mod tests {
             ]
         );
         assert_eq!(&cells[12..14], ["123M", "(+99999)"]);
-        assert_eq!(&cells[14..], ["#4294M", "1000k/4294M", "end"]);
+        assert_eq!(&cells[14..], ["#4294M", "1000k/4294M", "end", "plain"]);
         assert!(
             b[2].chars().count() <= a[2].chars().count() + 24,
             "{}",
             b[2]
         );
+    }
+
+    /// The AUTH column says how the latest datagram was sealed and
+    /// checked; refusals get a line by reason, and without a key a note
+    /// says what `unverified` and `encrypted` mean.
+    #[test]
+    fn auth_shows_per_row_with_refusals_and_a_note_without_a_key() {
+        let cell = |r: &Report| {
+            let text = table(r, "h");
+            let row = text.lines().nth(2).unwrap().to_owned();
+            (row.split_whitespace().last().unwrap().to_owned(), text)
+        };
+        let mut r = report();
+        assert_eq!(cell(&r).0, "plain");
+        assert!(!cell(&r).1.contains("auth:"), "plain needs no note");
+        for (a, shown) in [
+            (Auth::Unverified, "unverified"),
+            (Auth::Encrypted, "encrypted"),
+            (Auth::Verified, "verified"),
+            (Auth::VerifiedEncrypted, "verified+enc"),
+            (Auth::Refused, "refused"),
+        ] {
+            r.streams[0].auth.latest = Some(a);
+            assert_eq!(cell(&r).0, shown);
+        }
+        r.streams[0].auth.unverified = 3;
+        let (_, text) = cell(&r);
+        assert!(
+            text.lines().last().unwrap().starts_with(
+                "auth: no --key-file: `unverified` datagrams are read without checking"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("refused by the key"));
+        r.verifying = true;
+        r.refused.insert("unknown_key".to_owned(), 4);
+        r.refused.insert("bad_tag".to_owned(), 1);
+        let (_, text) = cell(&r);
+        assert_eq!(
+            text.lines().last(),
+            Some("refused by the key: bad_tag 1, unknown_key 4")
+        );
+        assert!(!text.contains("auth: no --key-file"));
+        let v: serde_json::Value = serde_json::from_str(&json(&r).unwrap()).unwrap();
+        assert_eq!(v["verifying"], true);
+        assert_eq!(v["refused"]["unknown_key"], 4);
+        assert_eq!(v["streams"][0]["auth"]["unverified"], 3);
+        assert_eq!(v["streams"][0]["auth"]["latest"], "refused");
     }
 
     #[test]
@@ -424,6 +503,8 @@ mod tests {
             "bytes",
             "fragments_rejected",
             "evicted",
+            "verifying",
+            "refused",
         ] {
             assert!(v.get(f).is_some(), "{f}");
         }
@@ -442,6 +523,7 @@ mod tests {
             "duplicates",
             "cycles_begun",
             "cycles_complete",
+            "auth",
         ] {
             assert!(s.get(f).is_some(), "{f}");
         }
