@@ -425,6 +425,9 @@ struct SubLine {
     /// `unknown_key` (sealed with a key not in `--key-file`), `bad_tag`,
     /// `replayed`, `plaintext_refused`, `unauthenticated`, ...
     refused: BTreeMap<&'static str, u64>,
+    /// Authenticated datagrams dropped until their session's first fresh
+    /// heartbeat (PROTOCOL.md §11.4): a few at every start.
+    awaiting_heartbeat: u64,
     #[serde(flatten)]
     repair: RepairFigures,
 }
@@ -488,6 +491,7 @@ fn sub_line<S: State + Send + 'static>(
         outcome: None,
         malformed: stats.protocol.malformed,
         refused: stats.protocol.refused,
+        awaiting_heartbeat: stats.protocol.awaiting_heartbeat,
         repair: RepairFigures::of(sub),
     }
 }
