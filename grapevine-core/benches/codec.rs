@@ -8,6 +8,12 @@
 //! * `reassembly/in_order_64k`: reassembles a 64 KiB message from its
 //!   fragments (default datagram size) delivered in order.
 //!
+//! * `auth/seal_{authenticate,encrypt}`, `auth/open_{authenticate,encrypt}`:
+//!   seals and opens a full datagram of deltas (PROTOCOL.md §11); opening
+//!   includes the replay window (a fresh `datagram_seq` each time).
+//! * `auth/derive`: a new sender's frame key (HKDF-Expand and the AES key
+//!   schedule), what a datagram with an unknown salt costs a receiver.
+//!
 //! Run with `cargo bench -p grapevine-core --bench codec`; add `-- --quick`
 //! for a smoke run.
 
@@ -154,5 +160,84 @@ fn reassembly(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, codec, reassembly);
+fn auth(c: &mut Criterion) {
+    use grapevine_core::auth::{Keyring, Opener, Role, Salt, Sealer, StreamKey, OVERHEAD};
+    let keys = self::keys(DELTAS);
+    let payload = [7u8; 32];
+    let msgs = deltas(&keys, &payload);
+    let ring = Keyring::new(vec![StreamKey::from_bytes([9; 32])]).expect("one key");
+    let mut g = c.benchmark_group("auth");
+    g.throughput(Throughput::Elements(1));
+    for (name, encrypt) in [("authenticate", false), ("encrypt", true)] {
+        let mut plain = vec![0u8; DEFAULT_MAX_DATAGRAM + OVERHEAD];
+        let mut sealer =
+            Sealer::new(&ring, Role::Publisher, StreamId(1), Salt([1; 16]), encrypt).expect("key");
+        let mut seq = 0u64;
+        g.bench_function(format!("seal_{name}"), |b| {
+            b.iter(|| {
+                seq += 1;
+                let header = DatagramHeader {
+                    datagram_seq: seq,
+                    ..HEADER
+                };
+                let mut w = DatagramWriter::new(&mut plain, &header).expect("room");
+                for m in &msgs {
+                    w.push(m).expect("fits");
+                }
+                let len = w.finish();
+                sealer.seal(black_box(&mut plain), len).expect("sealed")
+            });
+        });
+        // Sealed datagrams to open, each with its own datagram_seq.
+        let mut sealer =
+            Sealer::new(&ring, Role::Publisher, StreamId(1), Salt([2; 16]), encrypt).expect("key");
+        let sealed: Vec<Vec<u8>> = (0..4096u64)
+            .map(|seq| {
+                let header = DatagramHeader {
+                    datagram_seq: seq,
+                    ..HEADER
+                };
+                let mut buf = vec![0u8; DEFAULT_MAX_DATAGRAM + OVERHEAD];
+                let mut w = DatagramWriter::new(&mut buf, &header).expect("room");
+                for m in &msgs {
+                    w.push(m).expect("fits");
+                }
+                let len = w.finish();
+                let n = sealer.seal(&mut buf, len).expect("sealed");
+                buf.truncate(n);
+                buf
+            })
+            .collect();
+        let now = Instant::now();
+        // 64 datagrams per iteration (the first derives its sender's key).
+        g.throughput(Throughput::Elements(64));
+        g.bench_function(format!("open_{name}"), |b| {
+            b.iter_batched(
+                || Opener::new(ring.clone(), Role::Publisher, StreamId(1), 4),
+                |mut opener| {
+                    let mut buf = Vec::with_capacity(DEFAULT_MAX_DATAGRAM + OVERHEAD);
+                    for d in &sealed[..64] {
+                        buf.clear();
+                        buf.extend_from_slice(d);
+                        opener.open(now, &mut buf).expect("opens");
+                    }
+                },
+                criterion::BatchSize::SmallInput,
+            );
+        });
+        g.throughput(Throughput::Elements(1));
+    }
+    g.bench_function("derive", |b| {
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let mut salt = [0u8; 16];
+            salt[..8].copy_from_slice(&i.to_be_bytes());
+            Sealer::new(&ring, Role::Publisher, StreamId(1), Salt(salt), false).expect("key")
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, codec, reassembly, auth);
 criterion_main!(benches);

@@ -226,7 +226,8 @@ impl<S> PublisherBuilder<S> {
     /// from the previous one. A fixed id must still differ from the
     /// previous run's: subscribers take a publisher that comes back with the
     /// same id for the same session, and its new sequence numbers for
-    /// duplicates.
+    /// duplicates; with authentication they refuse it outright
+    /// (`salt_conflict`: one sender per session, PROTOCOL.md §11.4).
     pub fn session_id(mut self, session: u64) -> Self {
         self.session = Some(session);
         self

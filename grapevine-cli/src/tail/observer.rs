@@ -37,10 +37,6 @@ pub(crate) const ALIVE_HEARTBEATS: u32 = 3;
 /// as gaps, but a late copy of them no longer fills one).
 const MAX_GAP_RANGES: usize = 256;
 
-/// With a key: how far one datagram may move a sender's replay window
-/// (the subscriber's default `max_seq_jump`).
-const JUMP: u64 = 8192;
-
 /// With a key: senders remembered per (stream, role), each with its replay
 /// window.
 const SENDERS_PER_OPENER: usize = 64;
@@ -542,7 +538,7 @@ impl Observer {
             scratch.extend_from_slice(datagram);
             let opened = self
                 .opener(clear.stream, by_subscriber)
-                .map(|o| o.open(now, &mut scratch, JUMP));
+                .map(|o| o.open(now, &mut scratch));
             match opened {
                 Some(Ok(o)) => {
                     let auth = if o.encrypted {

@@ -3,7 +3,7 @@
 
 use aws_lc_rs::aead::{LessSafeKey, UnboundKey, AES_256_GCM_SIV};
 use aws_lc_rs::error::Unspecified;
-use aws_lc_rs::hkdf::{Salt as HkdfSalt, HKDF_SHA256};
+use aws_lc_rs::hkdf::{Prk, Salt as HkdfSalt, HKDF_SHA256};
 use zeroize::Zeroize;
 
 use super::frame::{Role, Salt};
@@ -41,11 +41,28 @@ pub enum KeyringError {
 /// assert!(Keyring::new(vec![]).is_err());
 /// # Ok::<(), grapevine_core::auth::KeyringError>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Keyring {
     first: StreamKey,
     rest: Vec<StreamKey>,
+    /// HKDF-Extract of each key, in the order of `first` then `rest`:
+    /// extracted once, so that deriving a sender's key is one expand.
+    prks: Vec<Prk>,
 }
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.keys()).finish()
+    }
+}
+
+impl PartialEq for Keyring {
+    fn eq(&self, other: &Self) -> bool {
+        self.keys().eq(other.keys())
+    }
+}
+
+impl Eq for Keyring {}
 
 impl Keyring {
     /// A ring of these keys, the first sealing. The same key given twice
@@ -63,11 +80,13 @@ impl Keyring {
                 None => ring.push(k),
             }
         }
+        let prks = ring.iter().map(extract).collect();
         let mut ring = ring.into_iter();
         let first = ring.next().ok_or(KeyringError::Empty)?;
         Ok(Self {
             first,
             rest: ring.collect(),
+            prks,
         })
     }
 
@@ -99,24 +118,45 @@ impl Keyring {
         stream: StreamId,
         salt: &Salt,
     ) -> Result<LessSafeKey, Unspecified> {
-        let mut bytes = derive_bytes(key, role, stream, salt)?;
+        let prk = self
+            .keys()
+            .position(|k| k.id() == key.id())
+            .and_then(|i| self.prks.get(i))
+            .ok_or(Unspecified)?;
+        let mut bytes = expand(prk, key.id(), role, stream, salt)?;
         let unbound = UnboundKey::new(&AES_256_GCM_SIV, &bytes);
         bytes.zeroize();
         Ok(LessSafeKey::new(unbound?))
     }
 }
 
+/// HKDF-Extract of a stream key.
+fn extract(key: &StreamKey) -> Prk {
+    HkdfSalt::new(HKDF_SHA256, EXTRACT_SALT).extract(key.expose_bytes())
+}
+
 /// The 32 bytes of a sender's frame key (see [`Keyring::derive_with`]).
+#[cfg(test)]
 pub(crate) fn derive_bytes(
     key: &StreamKey,
     role: Role,
     stream: StreamId,
     salt: &Salt,
 ) -> Result<[u8; KEY_LEN], Unspecified> {
-    let prk = HkdfSalt::new(HKDF_SHA256, EXTRACT_SALT).extract(key.expose_bytes());
+    expand(&extract(key), key.id(), role, stream, salt)
+}
+
+/// HKDF-Expand of a stream key's PRK into a sender's frame key.
+fn expand(
+    prk: &Prk,
+    id: KeyId,
+    role: Role,
+    stream: StreamId,
+    salt: &Salt,
+) -> Result<[u8; KEY_LEN], Unspecified> {
     let role = [role.byte()];
     let stream = stream.0.to_be_bytes();
-    let id = key.id().0.to_be_bytes();
+    let id = id.0.to_be_bytes();
     let info: [&[u8]; 5] = [FRAME_INFO, &role, &stream, &id, &salt.0];
     let mut out = [0u8; KEY_LEN];
     prk.expand(&info, OkmLen)?.fill(&mut out)?;

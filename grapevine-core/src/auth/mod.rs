@@ -19,8 +19,8 @@ pub use frame::{
 };
 pub use key::{KeyId, StreamKey, KEY_LEN};
 pub use keyring::{Keyring, KeyringError};
-pub use opener::{Opened, Opener, Refused, DERIVE_BURST, DERIVE_PER_SEC};
-pub use replay::{ReplayWindow, Verdict, WINDOW};
+pub use opener::{Opened, Opener, Refused, DERIVE_BURST, DERIVE_PER_SEC, MAX_JUMP};
+pub use replay::{ReplayWindow, Verdict, RECOVER_AFTER, WINDOW};
 
 use crate::ConfigError;
 
@@ -45,7 +45,6 @@ pub struct Security {
     pub(crate) keyring: Keyring,
     pub(crate) encrypt: bool,
     pub(crate) require_encrypt: bool,
-    pub(crate) fixed_salt: Option<Salt>,
 }
 
 impl Security {
@@ -56,7 +55,6 @@ impl Security {
             keyring,
             encrypt: false,
             require_encrypt: false,
-            fixed_salt: None,
         }
     }
 
@@ -73,33 +71,29 @@ impl Security {
         self
     }
 
-    /// Seal with this salt instead of a fresh random one: for test vectors
-    /// and deterministic tests only. Two senders sealing under one key with
-    /// one salt reuse nonces.
-    pub fn fixed_salt(&mut self, salt: Option<Salt>) -> &mut Self {
-        self.fixed_salt = salt;
-        self
-    }
-
     /// The keys.
     #[must_use]
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
     }
 
-    /// The sealer of a sender in `role` on `stream`, with the fixed salt or
-    /// a fresh one from the operating system.
+    /// Whether it encrypts.
+    #[must_use]
+    pub fn encrypts(&self) -> bool {
+        self.encrypt
+    }
+
+    /// The sealer of a sender in `role` on `stream`, with a fresh salt
+    /// from the operating system (never a fixed one: two senders with one
+    /// salt would reuse nonces).
     pub(crate) fn sealer(
         &self,
         role: Role,
         stream: crate::StreamId,
     ) -> Result<Sealer, ConfigError> {
-        let salt = match self.fixed_salt {
-            Some(s) => s,
-            None => Salt::random().map_err(|_| ConfigError::Unavailable {
-                what: "the operating system's random generator (for the sender's salt)",
-            })?,
-        };
+        let salt = Salt::random().map_err(|_| ConfigError::Unavailable {
+            what: "the operating system's random generator (for the sender's salt)",
+        })?;
         Sealer::new(&self.keyring, role, stream, salt, self.encrypt).map_err(|_| {
             ConfigError::Unavailable {
                 what: "the key derivation",

@@ -12,7 +12,7 @@ use super::frame::{
     FLAG_FROM_SUBSCRIBER, KNOWN_FLAGS, OVERHEAD, SALT_LEN, SEALED_HEAD, TAG_LEN,
 };
 use super::keyring::Keyring;
-use super::replay::{ReplayWindow, Verdict};
+use super::replay::{ReplayWindow, Verdict, WINDOW};
 use super::KeyId;
 use crate::wire::{check_header, DecodeError, HEADER_LEN};
 use crate::StreamId;
@@ -20,9 +20,13 @@ use crate::StreamId;
 /// New senders' keys derived per second at most, after a burst of
 /// [`DERIVE_BURST`]: a flood of datagrams with made-up salts costs a
 /// receiver at most this many key derivations a second.
-pub const DERIVE_PER_SEC: u32 = 1000;
+pub const DERIVE_PER_SEC: u32 = 50_000;
 /// Derivations allowed at once before [`DERIVE_PER_SEC`] applies.
-pub const DERIVE_BURST: u32 = 64;
+pub const DERIVE_BURST: u32 = 1024;
+/// How far one datagram may move its sender's replay window forward
+/// (unless a second corroborates it): half the window, so that one
+/// datagram ahead never makes the sender's next ones too old.
+pub const MAX_JUMP: u64 = WINDOW / 2;
 
 /// Why a received datagram was not opened: it is dropped and counted
 /// under [`Refused::code`]. Nothing about the receiver changed, except
@@ -142,11 +146,11 @@ struct Sender {
 /// let sealed = sealer.seal(&mut buf, len)?;
 ///
 /// let mut copy = buf;
-/// let opened = opener.open(Instant::now(), &mut buf[..sealed], 100)?;
+/// let opened = opener.open(Instant::now(), &mut buf[..sealed])?;
 /// let d = Datagram::decode(&buf[opened.plain])?;
 /// assert_eq!(d.messages().next(), Some(hb));
 /// // The same datagram again is a replay.
-/// assert!(opener.open(Instant::now(), &mut copy[..sealed], 100).is_err());
+/// assert!(opener.open(Instant::now(), &mut copy[..sealed]).is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Opener {
@@ -213,7 +217,7 @@ impl Opener {
     }
 
     /// Checks and opens `buf` in place, then moves the window of its sender
-    /// by at most `jump` (see [`ReplayWindow::accept`]).
+    /// by at most [`MAX_JUMP`] (see [`ReplayWindow::accept`]).
     ///
     /// # Errors
     ///
@@ -222,7 +226,7 @@ impl Opener {
     /// too old or replayed (known senders); key changed; derivation
     /// limited (new senders); bad tag; too far. `buf` may then have been
     /// overwritten.
-    pub fn open(&mut self, now: Instant, buf: &mut [u8], jump: u64) -> Result<Opened, Refused> {
+    pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<Opened, Refused> {
         let flags = check_header(buf).map_err(Refused::Malformed)?;
         if flags & !KNOWN_FLAGS != 0 || (flags & FLAG_ENCRYPT != 0 && flags & FLAG_AUTH == 0) {
             return Err(Refused::Malformed(DecodeError::UnsupportedFlags { flags }));
@@ -254,9 +258,12 @@ impl Opener {
             salt.0.copy_from_slice(s);
         }
         let seq = super::frame::be_u64(buf, 20).unwrap_or(0);
+        // A too-old datagram is verified only where it may undo a jump.
+        let mut behind = false;
         let derived = match self.senders.get(&salt) {
             Some(s) => {
                 match s.window.check(seq) {
+                    Verdict::TooOld if s.window.may_recover(seq) => behind = true,
                     Verdict::TooOld => return Err(Refused::TooOld),
                     Verdict::Replayed => return Err(Refused::Replayed),
                     Verdict::Fresh | Verdict::TooFar => {}
@@ -302,7 +309,15 @@ impl Opener {
             None => self.senders.get_mut(&salt).ok_or(Refused::BadTag)?,
         };
         sender.used = uses;
-        match sender.window.accept(seq, jump) {
+        if behind && !sender.window.recover(seq) {
+            return Err(Refused::TooOld);
+        }
+        let verdict = if behind {
+            Verdict::Fresh
+        } else {
+            sender.window.accept(seq, MAX_JUMP)
+        };
+        match verdict {
             Verdict::Fresh => {}
             Verdict::TooOld => return Err(Refused::TooOld),
             Verdict::Replayed => return Err(Refused::Replayed),
@@ -347,7 +362,12 @@ impl Opener {
         if earned > 0 {
             let earned = u32::try_from(earned).unwrap_or(u32::MAX);
             self.tokens = self.tokens.saturating_add(earned).min(DERIVE_BURST);
-            self.refilled = Some(now);
+            // What was earned is accounted for, the remainder carried.
+            self.refilled = Some(if self.tokens == DERIVE_BURST {
+                now
+            } else {
+                last + per * earned
+            });
         }
         if self.tokens == 0 {
             return false;

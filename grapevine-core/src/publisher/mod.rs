@@ -86,9 +86,6 @@ use repair::{Next, RepairQueue};
 /// Subscribers whose replay windows a publisher with authentication on
 /// keeps (512 bytes each); the least recently heard is forgotten.
 const SUBSCRIBER_WINDOWS: usize = 1024;
-/// How far one authenticated NAK datagram may move its sender's replay
-/// window (a subscriber's NAKs are numbered one by one).
-const NAK_SEQ_JUMP: u64 = 1 << 16;
 
 /// How fast the snapshot cycle goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -729,7 +726,7 @@ impl Publisher {
         self.stats.datagrams_received += 1;
         let datagram = match self.opener.as_mut() {
             None => &*datagram,
-            Some(opener) => match opener.open(now, datagram, NAK_SEQ_JUMP) {
+            Some(opener) => match opener.open(now, datagram) {
                 Ok(o) => match datagram.get(o.plain) {
                     Some(plain) => plain,
                     None => return,
@@ -996,7 +993,9 @@ impl Publisher {
                 }
             }
             if let Some(sealer) = self.sealer.as_mut() {
-                let sealed = buf.get_mut(at..at + seg).map(|slot| sealer.seal(slot, n));
+                let sealed = buf
+                    .get_mut(at..at + n + overhead)
+                    .map(|slot| sealer.seal(slot, n));
                 match sealed {
                     Some(Ok(sealed)) => n = sealed,
                     _ => {

@@ -1583,7 +1583,7 @@ impl Subscriber {
         let jump = self.cfg.max_seq_jump;
         let (datagram, salt): (&[u8], _) = match self.opener.as_mut() {
             None => (datagram, None),
-            Some(opener) => match opener.open(now, datagram, jump) {
+            Some(opener) => match opener.open(now, datagram) {
                 Ok(o) => match datagram.get(o.plain) {
                     Some(plain) => (plain, Some(o.salt)),
                     None => return,

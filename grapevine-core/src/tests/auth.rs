@@ -401,3 +401,99 @@ fn a_key_holder_sealing_as_the_publisher_stays_within_the_repair_bounds() {
     assert!(r.converged(), "{:?} {:?}", r.sub.status(), r.sub.stats());
     r.assert_equal();
 }
+
+/// A key holder sealing as the publisher (its salt is public), with the
+/// datagram and session of the publisher's latest `datagram_seq`.
+fn impersonate(r: &Rig, sent: &[Vec<u8>]) -> (Sealer, u64) {
+    let last = sent.last().unwrap();
+    let salt = Salt(last[32..48].try_into().unwrap());
+    let last_seq = u64::from_be_bytes(last[20..28].try_into().unwrap());
+    let _ = r;
+    let holder = Sealer::new(
+        security(7, false).keyring(),
+        Role::Publisher,
+        STREAM,
+        salt,
+        false,
+    )
+    .unwrap();
+    (holder, last_seq)
+}
+
+/// Found by review: two datagrams far ahead, the second corroborating
+/// the first, moved the followed session's window for good and every
+/// real datagram after was too old. Now the real sequence going on below
+/// undoes the jump after `RECOVER_AFTER` datagrams.
+#[test]
+fn a_key_holders_corroborated_jump_is_undone_by_the_real_sequence() {
+    use crate::auth::RECOVER_AFTER;
+    let mut r = secure_rig(false);
+    let sent = r.run(ms(300));
+    assert!(r.converged());
+    let (mut holder, _) = impersonate(&r, &sent);
+    let session = r.publisher.core.session();
+    let hb = Message::Heartbeat(Heartbeat {
+        last_seq: r.publisher.core.last_seq(),
+        sent_at_micros: super::sim::wall_micros(ms(300)),
+        interval_ms: 100,
+    });
+    let mut seal = |datagram_seq: u64| {
+        let mut d = craft(STREAM, session, datagram_seq, &[hb]);
+        let len = d.len();
+        d.resize(len + 36, 0);
+        let n = holder.seal(&mut d, len).unwrap();
+        d.truncate(n);
+        d
+    };
+    let (a, b) = (seal(1 << 40), seal((1 << 40) + 1));
+    r.deliver(&[a, b]);
+    assert_eq!(
+        refused(&r, "too_far"),
+        1,
+        "the second corroborated the first"
+    );
+    for i in 0..50u16 {
+        r.publisher.publish(&Op::Add(1 + (i % 20), 1));
+        r.run(ms(20));
+    }
+    r.run(ms(1000));
+    let too_old = refused(&r, "too_old");
+    assert!(
+        too_old < u64::from(RECOVER_AFTER),
+        "{too_old} real datagrams refused before the jump was undone"
+    );
+    assert!(r.converged(), "{:?} {:?}", r.sub.status(), r.sub.stats());
+    r.assert_equal();
+}
+
+/// Found by review: one datagram within the jump made the next 4,096
+/// real ones too old (the jump was larger than the window).
+#[test]
+fn one_datagram_within_the_jump_makes_no_real_one_too_old() {
+    use crate::auth::MAX_JUMP;
+    let mut r = secure_rig(false);
+    let sent = r.run(ms(300));
+    assert!(r.converged());
+    let (mut holder, last_seq) = impersonate(&r, &sent);
+    let hb = Message::Heartbeat(Heartbeat {
+        last_seq: r.publisher.core.last_seq(),
+        sent_at_micros: super::sim::wall_micros(ms(300)),
+        interval_ms: 100,
+    });
+    let mut d = craft(
+        STREAM,
+        r.publisher.core.session(),
+        last_seq + MAX_JUMP,
+        &[hb],
+    );
+    let len = d.len();
+    d.resize(len + 36, 0);
+    let n = holder.seal(&mut d, len).unwrap();
+    r.deliver(&[d[..n].to_vec()]);
+    assert_eq!(refused(&r, "too_far"), 0, "within the jump: accepted");
+    r.publisher.publish(&Op::Add(1, 1));
+    r.run(ms(500));
+    assert_eq!(refused(&r, "too_old"), 0);
+    assert!(r.converged());
+    r.assert_equal();
+}
