@@ -8,7 +8,7 @@ use std::time::Instant;
 use aws_lc_rs::aead::{Aad, LessSafeKey};
 
 use super::frame::{
-    be_u32, nonce, Role, Salt, AUTH_HEADER_LEN, FLAGS_AT, FLAG_AUTH, FLAG_ENCRYPT,
+    be_u32, be_u64, nonce, Role, Salt, AUTH_HEADER_LEN, FLAGS_AT, FLAG_AUTH, FLAG_ENCRYPT,
     FLAG_FROM_SUBSCRIBER, KNOWN_FLAGS, OVERHEAD, SALT_LEN, SEALED_HEAD, TAG_LEN,
 };
 use super::keyring::Keyring;
@@ -113,6 +113,14 @@ pub struct Opened {
     pub salt: Salt,
     /// Whether it was encrypted.
     pub encrypted: bool,
+}
+
+/// What the header and auth header of a datagram say.
+struct Frame {
+    key_id: KeyId,
+    salt: Salt,
+    seq: u64,
+    encrypted: bool,
 }
 
 struct Sender {
@@ -227,37 +235,13 @@ impl Opener {
     /// limited (new senders); bad tag; too far. `buf` may then have been
     /// overwritten.
     pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<Opened, Refused> {
-        let flags = check_header(buf).map_err(Refused::Malformed)?;
-        if flags & !KNOWN_FLAGS != 0 || (flags & FLAG_ENCRYPT != 0 && flags & FLAG_AUTH == 0) {
-            return Err(Refused::Malformed(DecodeError::UnsupportedFlags { flags }));
-        }
-        if flags & FLAG_AUTH == 0 {
-            return Err(Refused::Unauthenticated);
-        }
+        let Frame {
+            key_id,
+            salt,
+            seq,
+            encrypted,
+        } = self.inspect(buf)?;
         let len = buf.len();
-        if len < HEADER_LEN + OVERHEAD {
-            return Err(Refused::ShortAuth(len));
-        }
-        let from_subscriber = flags & FLAG_FROM_SUBSCRIBER != 0;
-        if from_subscriber != (self.role == Role::Subscriber) {
-            return Err(Refused::WrongRole);
-        }
-        if be_u32(buf, 8) != Some(self.stream.0) {
-            return Err(Refused::ForeignStream);
-        }
-        let key_id = KeyId(be_u32(buf, HEADER_LEN).unwrap_or(0));
-        if self.keyring.get(key_id).is_none() {
-            return Err(Refused::UnknownKey(key_id));
-        }
-        let encrypted = flags & FLAG_ENCRYPT != 0;
-        if self.require_encrypt && !encrypted {
-            return Err(Refused::PlaintextRefused);
-        }
-        let mut salt = Salt([0; SALT_LEN]);
-        if let Some(s) = buf.get(HEADER_LEN + 4..SEALED_HEAD) {
-            salt.0.copy_from_slice(s);
-        }
-        let seq = super::frame::be_u64(buf, 20).unwrap_or(0);
         // A too-old datagram is verified only where it may undo a jump.
         let mut behind = false;
         let derived = match self.senders.get(&salt) {
@@ -332,6 +316,46 @@ impl Opener {
         Ok(Opened {
             plain: AUTH_HEADER_LEN..len - TAG_LEN,
             salt,
+            encrypted,
+        })
+    }
+
+    /// The checks of the header and auth header alone (PROTOCOL.md §11.4,
+    /// steps 1 to 7), in order.
+    fn inspect(&self, buf: &[u8]) -> Result<Frame, Refused> {
+        let flags = check_header(buf).map_err(Refused::Malformed)?;
+        if flags & !KNOWN_FLAGS != 0 || (flags & FLAG_ENCRYPT != 0 && flags & FLAG_AUTH == 0) {
+            return Err(Refused::Malformed(DecodeError::UnsupportedFlags { flags }));
+        }
+        if flags & FLAG_AUTH == 0 {
+            return Err(Refused::Unauthenticated);
+        }
+        if buf.len() < HEADER_LEN + OVERHEAD {
+            return Err(Refused::ShortAuth(buf.len()));
+        }
+        let from_subscriber = flags & FLAG_FROM_SUBSCRIBER != 0;
+        if from_subscriber != (self.role == Role::Subscriber) {
+            return Err(Refused::WrongRole);
+        }
+        if be_u32(buf, 8) != Some(self.stream.0) {
+            return Err(Refused::ForeignStream);
+        }
+        let key_id = KeyId(be_u32(buf, HEADER_LEN).unwrap_or(0));
+        if self.keyring.get(key_id).is_none() {
+            return Err(Refused::UnknownKey(key_id));
+        }
+        let encrypted = flags & FLAG_ENCRYPT != 0;
+        if self.require_encrypt && !encrypted {
+            return Err(Refused::PlaintextRefused);
+        }
+        let mut salt = Salt([0; SALT_LEN]);
+        if let Some(s) = buf.get(HEADER_LEN + 4..SEALED_HEAD) {
+            salt.0.copy_from_slice(s);
+        }
+        Ok(Frame {
+            key_id,
+            salt,
+            seq: be_u64(buf, 20).unwrap_or(0),
             encrypted,
         })
     }
