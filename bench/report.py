@@ -62,10 +62,23 @@ sp_p999 = median([p.get(99.9) for p in sp_lat])
 sp_rate = median([sockperf_rate(f) for f in runs("sockperf-throughput-*.log")])
 dds = median([ddsperf_rate(f) for f in runs("ddsperf-sub-*.log")])
 
-thr = gv("gv-throughput-*.json")
+# (Not the authenticated runs: gv-throughput-auth-*, -encrypt-*.)
+thr = gv("gv-throughput-[0-9]*.json")
 gv_rate = median([r["deltas_per_s"] for r in thr])
 gv_dgrams = median([r["datagrams_per_s"] for r in thr])
+# The same throughput search with every datagram sealed (PROTOCOL.md §11),
+# authenticated only and encrypted: each against the plain run of the
+# same round.
+auth_thr = gv("gv-throughput-auth-*.json")
+enc_thr = gv("gv-throughput-encrypt-*.json")
+auth_rate = median([r["deltas_per_s"] for r in auth_thr])
+enc_rate = median([r["deltas_per_s"] for r in enc_thr])
+# CPU per delta at the highest clean rate of each search, publisher and
+# subscriber: finer than the rate, which the search finds in steps.
+cpu = {name: (median([r.get("cpu_per_delta_ns") for r in runs_]), median([r.get("sub_cpu_per_delta_ns") for r in runs_]))
+       for name, runs_ in (("none", thr), ("authenticate", auth_thr), ("encrypt", enc_thr))}
 lat = {d: gv(f"gv-latency-{d}-*.json") for d in ("tokio", "busy-poll")}
+lat_enc = gv("gv-latency-encrypt-*.json")
 fan1 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-1-*.json")])
 fan4 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-4-*.json")])
 # CPU per datagram, Grapevine's publisher and a bare socket sending about
@@ -113,6 +126,24 @@ for d, reps in lat.items():
                  fmt(ratio(p99, sp_p99), "x", 2), "≤ 1.3x", verdict(ratio(p99, sp_p99), 1.3, False)))
     rows.append((f"Latency p99.9 ({d})", fmt(p999, " µs", 1), f"sockperf {fmt(sp_p999, ' µs', 1)}",
                  fmt(ratio(p999, sp_p999), "x", 2), "-", "-"))
+rows.append(("Throughput with authentication (AES-256-GCM-SIV tag on every datagram)",
+             fmt(auth_rate), f"no authentication {fmt(gv_rate)}", fmt(ratio(auth_rate, gv_rate), "x", 2), "-", "-"))
+rows.append(("Throughput with authentication and encryption",
+             fmt(enc_rate), f"no authentication {fmt(gv_rate)}", fmt(ratio(enc_rate, gv_rate), "x", 2), "-", "-"))
+for name, label in (("authenticate", "authentication"), ("encrypt", "authentication and encryption")):
+    (p, sub), (p0, sub0) = cpu[name], cpu["none"]
+    rows.append((f"CPU per delta with {label}: publisher, subscriber",
+                 f"{fmt(p, ' ns')}, {fmt(sub, ' ns')}", f"no authentication {fmt(p0, ' ns')}, {fmt(sub0, ' ns')}",
+                 f"{fmt(ratio(p, p0), 'x', 2)}, {fmt(ratio(sub, sub0), 'x', 2)}", "-", "-"))
+enc_p50 = median([x["p50_us"] for x in lat_enc])
+enc_p99 = median([x["p99_us"] for x in lat_enc])
+busy = lat.get("busy-poll") or []
+rows.append(("Latency p50, busy-poll, encrypted", fmt(enc_p50, " µs", 1),
+             f"not encrypted {fmt(median([x['p50_us'] for x in busy]), ' µs', 1)}",
+             fmt(ratio(enc_p50, median([x["p50_us"] for x in busy])), "x", 2), "-", "-"))
+rows.append(("Latency p99, busy-poll, encrypted", fmt(enc_p99, " µs", 1),
+             f"not encrypted {fmt(median([x['p99_us'] for x in busy]), ' µs', 1)}",
+             fmt(ratio(enc_p99, median([x["p99_us"] for x in busy])), "x", 2), "-", "-"))
 r = ratio(fan4, fan1)
 rows.append(("Fan-out: publisher CPU per delta, 4 subscribers vs 1", f"{fmt(fan4, ' ns')} vs {fmt(fan1, ' ns')}",
              "1 subscriber", fmt(r, "x", 2), "≤ 1.1x", verdict(r, 1.1, False)))
@@ -159,6 +190,8 @@ ratios = [
     bullet("One-way latency p50, tokio driver", ratio(median([x["p50_us"] for x in lat_tokio]), sp_p50), "≤ 1.1x"),
     bullet("The same, p99", ratio(median([x["p99_us"] for x in lat_tokio]), sp_p99), "≤ 1.3x"),
     bullet("Publisher CPU per delta, 4 subscribers against 1", ratio(fan4, fan1), "≤ 1.1x"),
+    bullet("Throughput with every datagram authenticated, against none (same run)", ratio(auth_rate, gv_rate), "none"),
+    bullet("Throughput authenticated and encrypted, against none (same run)", ratio(enc_rate, gv_rate), "none"),
     bullet("Late joiner's time to sync over the snapshot cycle time, 1,000,000 leaves", snap["sync_over_cycle"], "≤ 1.2x"),
     bullet("Subscriber memory over the leaves' raw bytes, fixed part aside, 1,000,000 leaves",
            ratio(snap["rss_bytes"] - small["rss_bytes"], snap["raw_bytes"]), "≤ 2x"),

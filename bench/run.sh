@@ -72,6 +72,9 @@ print(json.dumps({
 PY
 }
 machine > "$OUT/machine.json"
+# A stream key for the authenticated and encrypted runs (PROTOCOL.md §11).
+rm -f "$OUT/bench.key"
+"$GV" keygen --out "$OUT/bench.key" 2>/dev/null
 
 for run in $(seq 1 "$RUNS"); do
     echo "== run $run of $RUNS"
@@ -102,6 +105,17 @@ for run in $(seq 1 "$RUNS"); do
     echo "   grapevine: throughput (search for the highest loss-free rate)"
     in_ns "$GV" bench --mode throughput --duration 2 --port 29901 --json \
         >"$OUT/gv-throughput-$run.json"
+    # The cost of authentication (every datagram sealed, NAKs too) and of
+    # encryption, against the run just above.
+    echo "   grapevine: throughput, authenticated"
+    in_ns "$GV" bench --mode throughput --duration 2 --port 29905 --json \
+        --key-file "$OUT/bench.key" >"$OUT/gv-throughput-auth-$run.json"
+    echo "   grapevine: throughput, authenticated and encrypted"
+    in_ns "$GV" bench --mode throughput --duration 2 --port 29906 --json \
+        --key-file "$OUT/bench.key" --encrypt >"$OUT/gv-throughput-encrypt-$run.json"
+    echo "   grapevine: latency at 10,000 deltas/s, busy-poll, encrypted"
+    in_ns "$GV" bench --mode latency --duration 5 --driver busy-poll --port 29908 --json \
+        --key-file "$OUT/bench.key" --encrypt >"$OUT/gv-latency-encrypt-$run.json"
 
     for driver in tokio busy-poll; do
         echo "   grapevine: latency at 10,000 deltas/s, $driver"

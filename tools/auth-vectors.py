@@ -28,6 +28,11 @@ def seal(name, key, role, salt, plain, encrypt):
     frame_key = hkdf_expand(prk, b"grapevine v1 frame" + bytes([role]) + stream + key_id + salt)
     nonce = bytes(4) + plain[20:28]
     flags = 0x01 | (0x02 if encrypt else 0) | (0x04 if role == 1 else 0)
+    # Bit 3: a CycleBegin, then a LeafSnapshot (PROTOCOL.md §8.1, §11.2).
+    first_len = int.from_bytes(plain[30:32], "big")
+    second = 28 + 4 + first_len
+    if plain[28] == 0x04 and len(plain) > second and plain[second] == 0x03:
+        flags |= 0x08
     head = plain[:5] + bytes([flags]) + plain[6:28] + key_id + salt
     body = plain[28:]
     aead = AESGCMSIV(frame_key)
@@ -66,4 +71,11 @@ NAK = bytes.fromhex(
 
 seal("sealed-heartbeat", KEY, 0, SALT, HEARTBEAT, False)
 seal("encrypted-deltas", KEY, 0, SALT, TWO_DELTAS, True)
+SNAPSHOTS = bytes.fromhex(
+    "47525056 01000000 00000001 00000000 0000feed 00000000 00000002 04000010"
+    " 00000003 00000000 00000002 00000002 03000016 00000003 00000000 00000000"
+    " 00000002 0000026b 310b0300 00150000 00030000 00010000 00000000 00020100"
+    " 026b3205 00001000 00000300 00000000 00000200 000002".replace(" ", ""))
+
 seal("sealed-nak", KEY, 1, bytes([0x5A] * 16), NAK, False)
+seal("encrypted-snapshots", KEY, 0, SALT, SNAPSHOTS, True)

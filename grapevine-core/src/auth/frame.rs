@@ -13,7 +13,7 @@ use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, NONCE_LEN};
 
 use super::keyring::Keyring;
 use super::KeyId;
-use crate::wire::HEADER_LEN;
+use crate::wire::{carries_snapshots, HEADER_LEN};
 use crate::StreamId;
 
 /// `flags` bit 0: the datagram carries an auth header and a tag.
@@ -22,9 +22,14 @@ pub const FLAG_AUTH: u8 = 0x01;
 pub const FLAG_ENCRYPT: u8 = 0x02;
 /// `flags` bit 2: a subscriber sealed the datagram (NAKs, FragNaks).
 pub const FLAG_FROM_SUBSCRIBER: u8 = 0x04;
+/// `flags` bit 3: the datagram carries leaf snapshots (a CycleBegin copy,
+/// then LeafSnapshots: [`crate::wire::carries_snapshots`] of the plain
+/// datagram), so that a receiver may handle it after the others of a
+/// batch without reading (or decrypting) it. Covered by the tag.
+pub const FLAG_SNAPSHOTS: u8 = 0x08;
 /// The flags this version knows; any other bit set makes a datagram
 /// unsupported.
-pub const KNOWN_FLAGS: u8 = FLAG_AUTH | FLAG_ENCRYPT | FLAG_FROM_SUBSCRIBER;
+pub const KNOWN_FLAGS: u8 = FLAG_AUTH | FLAG_ENCRYPT | FLAG_FROM_SUBSCRIBER | FLAG_SNAPSHOTS;
 /// Bytes of the auth header: `key_id` and the sender's salt.
 pub const AUTH_HEADER_LEN: usize = 4 + SALT_LEN;
 /// Bytes of a sender's salt.
@@ -211,11 +216,14 @@ impl Sealer {
         if self.last.is_some_and(|last| seq <= last) {
             return Err(SealError::NonceReuse(seq));
         }
-        buf.copy_within(HEADER_LEN..len, SEALED_HEAD);
         let mut flags = FLAG_AUTH | self.role.flag();
         if self.encrypt {
             flags |= FLAG_ENCRYPT;
         }
+        if buf.get(..len).is_some_and(carries_snapshots) {
+            flags |= FLAG_SNAPSHOTS;
+        }
+        buf.copy_within(HEADER_LEN..len, SEALED_HEAD);
         let auth = buf.get_mut(HEADER_LEN..SEALED_HEAD).ok_or(no_room)?;
         let (id, salt) = auth.split_at_mut(4);
         id.copy_from_slice(&self.key_id.0.to_be_bytes());

@@ -15,7 +15,7 @@ mod replay;
 
 pub use frame::{
     unverified_plain, Role, Salt, SealError, Sealer, AUTH_HEADER_LEN, FLAG_AUTH, FLAG_ENCRYPT,
-    FLAG_FROM_SUBSCRIBER, KNOWN_FLAGS, OVERHEAD, SALT_LEN, TAG_LEN,
+    FLAG_FROM_SUBSCRIBER, FLAG_SNAPSHOTS, KNOWN_FLAGS, OVERHEAD, SALT_LEN, TAG_LEN,
 };
 pub use key::{KeyId, StreamKey, KEY_LEN};
 pub use keyring::{Keyring, KeyringError};

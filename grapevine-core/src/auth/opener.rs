@@ -324,7 +324,7 @@ impl Opener {
     /// steps 1 to 7), in order.
     fn inspect(&self, buf: &[u8]) -> Result<Frame, Refused> {
         let flags = check_header(buf).map_err(Refused::Malformed)?;
-        if flags & !KNOWN_FLAGS != 0 || (flags & FLAG_ENCRYPT != 0 && flags & FLAG_AUTH == 0) {
+        if flags & !KNOWN_FLAGS != 0 || (flags != 0 && flags & FLAG_AUTH == 0) {
             return Err(Refused::Malformed(DecodeError::UnsupportedFlags { flags }));
         }
         if flags & FLAG_AUTH == 0 {

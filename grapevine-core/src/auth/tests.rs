@@ -308,7 +308,7 @@ fn keyrings_refuse_nothing_and_clashing_ids() {
 }
 
 #[test]
-fn snapshot_datagrams_are_recognised_through_an_auth_header_only_in_the_clear() {
+fn snapshot_datagrams_are_flagged_when_sealed_encrypted_or_not() {
     use crate::wire::{carries_snapshots, CycleBegin, LeafSnapshot};
     use crate::CycleId;
     for encrypt in [false, true] {
@@ -338,7 +338,12 @@ fn snapshot_datagrams_are_recognised_through_an_auth_header_only_in_the_clear() 
         let n = sealer(Role::Publisher, 1, encrypt)
             .seal(&mut buf, len)
             .unwrap();
-        assert_eq!(carries_snapshots(&buf[..n]), !encrypt);
+        assert_ne!(buf[5] & FLAG_SNAPSHOTS, 0);
+        assert!(carries_snapshots(&buf[..n]));
+        // The flag is covered by the tag.
+        let mut cleared = buf[..n].to_vec();
+        cleared[5] &= !FLAG_SNAPSHOTS;
+        assert_eq!(open(&mut opener(), &cleared), Err(Refused::BadTag));
     }
     let (mut buf, len) = plain(0, b"p");
     let n = sealer(Role::Publisher, 1, false)
@@ -398,7 +403,7 @@ fn protocol_md_sealed_vectors() {
         assert_eq!(buf[opened.plain], plain[..], "{name}: opening");
         checked += 1;
     }
-    assert_eq!(checked, 3, "PROTOCOL.md §11.6 has three sealed vectors");
+    assert_eq!(checked, 4, "PROTOCOL.md §11.6 has four sealed vectors");
 }
 
 /// Found by review: a flood of datagrams with made-up salts (no key

@@ -4,7 +4,7 @@ use core::fmt;
 
 use super::cursor::{Reader, Writer};
 use super::{DecodeError, EncodeError, Message, MessageKind};
-use crate::auth::{AUTH_HEADER_LEN, FLAG_AUTH, FLAG_ENCRYPT, KNOWN_FLAGS};
+use crate::auth::{FLAG_AUTH, FLAG_SNAPSHOTS, KNOWN_FLAGS};
 use crate::{SessionId, StreamId};
 
 /// The four magic bytes that open every datagram: ASCII `GRPV`.
@@ -25,8 +25,9 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 /// Whether `datagram` carries leaf snapshots: a CycleBegin copy followed
 /// by a LeafSnapshot, as every datagram of snapshots a cycle sends is
 /// (PROTOCOL.md §8.1). Only the kinds of the first two messages are looked
-/// at; nothing is validated. An authenticated-only datagram is looked
-/// into the same way (unverified); an encrypted one is never said to.
+/// at; nothing is validated. An authenticated datagram (PROTOCOL.md §11),
+/// encrypted or not, is read from its `flags` (bit 3, set by the sender
+/// and covered by the tag; unverified here).
 ///
 /// A receiver holding several datagrams may handle those after the
 /// others: a snapshot may be handled in any order relative to deltas
@@ -53,12 +54,11 @@ pub const DEFAULT_MAX_DATAGRAM: usize = 1452;
 /// ```
 #[must_use]
 pub fn carries_snapshots(datagram: &[u8]) -> bool {
-    // Messages start after the header, or after the auth header of an
-    // authenticated-only datagram (PROTOCOL.md §11); an encrypted one
-    // cannot tell.
+    // An authenticated datagram says so in its flags (PROTOCOL.md §11.2),
+    // encrypted or not.
     let start = match datagram.get(5).copied() {
         Some(0) => HEADER_LEN,
-        Some(f) if f & (FLAG_AUTH | FLAG_ENCRYPT) == FLAG_AUTH => HEADER_LEN + AUTH_HEADER_LEN,
+        Some(f) if f & FLAG_AUTH != 0 => return f & FLAG_SNAPSHOTS != 0,
         _ => return false,
     };
     let kind = |at: usize| datagram.get(at).copied();

@@ -1256,9 +1256,9 @@ fn spec_decode(b: &[u8]) -> Result<(DatagramHeader, Vec<Owned>), DecodeError> {
     if b[4] != 1 {
         return Err(DecodeError::UnsupportedVersion { version: b[4] });
     }
-    // §11: bit 0 (AUTH), with only bits 1 and 2 beside it, is a sealed
+    // §11: bit 0 (AUTH), with only bits 1 to 3 beside it, is a sealed
     // datagram; anything else non-zero is unsupported.
-    if b[5] & 0x01 != 0 && b[5] & !0x07 == 0 {
+    if b[5] & 0x01 != 0 && b[5] & !0x0f == 0 {
         return Err(DecodeError::NoKey { flags: b[5] });
     }
     if b[5] != 0 {
@@ -1734,7 +1734,7 @@ fn unsupported_version() {
 
 #[test]
 fn unsupported_flags() {
-    for flags in [0x02, 0x04, 0x06, 0x08, 0x09, 0x80, 0x81] {
+    for flags in [0x02, 0x04, 0x06, 0x08, 0x0e, 0x10, 0x11, 0x80, 0x81] {
         let mut b = header_bytes(VERSION, flags);
         b.extend(msg_bytes(0x06, &heartbeat_body(2)));
         assert_rejects(
@@ -1747,7 +1747,7 @@ fn unsupported_flags() {
 
 #[test]
 fn sealed_datagrams_need_a_key() {
-    for flags in [0x01, 0x03, 0x05, 0x07] {
+    for flags in [0x01, 0x03, 0x05, 0x07, 0x09, 0x0b, 0x0f] {
         let mut b = header_bytes(VERSION, flags);
         b.extend(msg_bytes(0x06, &heartbeat_body(2)));
         assert_rejects(&b, DecodeError::NoKey { flags }, "no_key");
