@@ -196,6 +196,19 @@ fn a_rotated_key_opens_beside_the_old_one() {
 }
 
 #[test]
+fn a_sealer_says_what_it_seals_with_and_shows_no_key() {
+    for encrypt in [false, true] {
+        let s = sealer(Role::Subscriber, 9, encrypt);
+        assert_eq!(s.encrypts(), encrypt);
+        assert_eq!(s.salt(), Salt([9; 16]));
+        let shown = format!("{s:?}");
+        assert!(shown.starts_with("Sealer"), "{shown}");
+        assert!(shown.contains("Subscriber") && shown.contains(&format!("{encrypt}")), "{shown}");
+        assert!(!shown.contains("0707"), "{shown}");
+    }
+}
+
+#[test]
 fn sealing_never_reuses_a_nonce_and_needs_room() {
     let mut s = sealer(Role::Publisher, 1, true);
     let _ = sealed(&mut s, 5);
@@ -210,6 +223,14 @@ fn sealing_never_reuses_a_nonce_and_needs_room() {
         Err(SealError::NoRoom { len, room })
     );
     assert_eq!(s.seal(&mut buf, len), Ok(len + OVERHEAD), "6 was not used");
+    // Fewer bytes than a header is no datagram; a bare header seals.
+    let (mut buf, _) = plain(7, b"p");
+    let room = buf.len();
+    assert_eq!(
+        s.seal(&mut buf, HEADER_LEN - 1),
+        Err(SealError::NoRoom { len: HEADER_LEN - 1, room })
+    );
+    assert_eq!(s.seal(&mut buf, HEADER_LEN), Ok(HEADER_LEN + OVERHEAD));
 }
 
 #[test]
