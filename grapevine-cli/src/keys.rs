@@ -146,6 +146,48 @@ impl KeyArgs {
         Ok(Some(security))
     }
 
+    /// With a key file: re-reads it on every `SIGHUP` and rotates to its
+    /// keys (PROTOCOL.md §11.3: the first seals, every one opens), so keys
+    /// rotate without a restart. A file that cannot be read is reported and
+    /// the keys in use are kept. The handler is in place when this returns.
+    ///
+    /// # Errors
+    ///
+    /// When the signal handler cannot be installed.
+    pub(crate) fn reload_on_hangup(&self, rekeyer: grapevine::Rekeyer) -> Result<()> {
+        let Some(path) = self.key_file.clone() else {
+            return Ok(());
+        };
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    match read_keyring(&path) {
+                        Ok(ring) => {
+                            let ids: Vec<String> =
+                                ring.keys().map(|k| k.id().to_string()).collect();
+                            match rekeyer.set_keys(ring) {
+                                Ok(()) => tracing::info!(
+                                    keys = %ids.join(","),
+                                    "SIGHUP: keys reloaded from {}; {} seals",
+                                    path.display(),
+                                    ids.first().map_or("", String::as_str)
+                                ),
+                                Err(e) => tracing::warn!("SIGHUP: keys not reloaded: {e}"),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("SIGHUP: keys not reloaded, the old ones stay: {e:#}")
+                        }
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
     /// These flags as arguments for a child process: the key file's path,
     /// never its keys.
     pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {

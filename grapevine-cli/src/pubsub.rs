@@ -254,6 +254,7 @@ async fn pub_with<S: DemoState>(args: PubArgs, security: Option<Security>) -> Re
         builder = builder.security(security);
     }
     let publisher = builder.bind(book).await.context("starting the publisher")?;
+    args.net.keys.reload_on_hangup(publisher.rekeyer())?;
     say!(
         "publishing {} levels on {} stream {} session {}{sealed}",
         publisher.leaf_count(),
@@ -568,6 +569,7 @@ async fn sub_with<S: DemoState>(args: SubArgs, security: Option<Security>) -> Re
     // `interrupted`); handled from before the subscriber starts.
     let mut stop = Box::pin(stop_signal());
     let mut sub = builder.bind().await.context("starting the subscriber")?;
+    args.net.keys.reload_on_hangup(sub.rekeyer())?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut synced_at: Option<Duration> = None;

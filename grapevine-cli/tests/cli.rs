@@ -1899,6 +1899,67 @@ mod keys {
         assert!(text(&out.stderr).contains("--encrypt needs a key"));
     }
 
+    /// Keys rotate without a restart: `pub` re-reads its key file on
+    /// SIGHUP and seals with the new first key, which a subscriber holding
+    /// only that key proves by converging.
+    #[test]
+    fn sighup_rotates_a_publishers_keys() {
+        use std::io::{BufRead as _, BufReader};
+        let d = dir("rotate");
+        let (pk, kb) = (d.join("pub.key"), d.join("b.key"));
+        keygen(&pk);
+        keygen(&kb);
+        let old = std::fs::read_to_string(&pk).unwrap();
+        let new = std::fs::read_to_string(&kb).unwrap();
+        let mut publ = gv();
+        publ.args(["-v", "pub", "--port", "17555", "--key-file"])
+            .arg(&pk)
+            .args(["--leaves", "300", "--deltas", "1000", "--rate", "1000"])
+            .args(["--linger", "60"]);
+        let mut publ = Reaped::spawn(&mut publ);
+        let child = publ.0.as_mut().unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let wait_for = |what: &str| loop {
+            let l = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("no line with {what:?}: {e}"));
+            if l.contains(what) {
+                return l;
+            }
+        };
+        // Its SIGHUP handler is in place once it says it publishes.
+        wait_for("publishing");
+        std::fs::write(&pk, format!("{new}{old}")).unwrap();
+        let hup = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(hup.success());
+        let reloaded = wait_for("keys reloaded");
+        let new_id = new.split_whitespace().nth(2).unwrap();
+        assert!(reloaded.contains(new_id), "{reloaded}");
+        let sub = gv()
+            .args(["sub", "--port", "17555", "--until-seq", "1000", "--json"])
+            .args(["--timeout", "30", "--key-file"])
+            .arg(&kb)
+            .output()
+            .unwrap();
+        let out = text(&sub.stdout);
+        assert!(sub.status.success(), "{out} {}", text(&sub.stderr));
+        let s = json(out.trim());
+        assert_eq!(s["consistent"], true, "{s}");
+        assert_eq!(s["refused"], serde_json::json!({}), "{s}");
+        let _ = publ.terminate();
+    }
+
     /// A keyed publisher and subscriber converge with losses repaired by
     /// (sealed) NAKs, authenticated and encrypted; the subscriber takes its
     /// key from `GRAPEVINE_KEY_FILE` the second time. Nothing is refused

@@ -15,6 +15,10 @@ pub enum ConfigError {
         /// What would be accepted.
         hint: &'static str,
     },
+    /// Keys were given to a publisher or subscriber configured without
+    /// authentication.
+    #[error("new keys given, but authentication is off: configure a key from the start")]
+    NotAuthenticated,
     /// Something the configuration needs could not be had.
     #[error("{what} failed; nothing is sent without it")]
     Unavailable {

@@ -145,6 +145,44 @@ pub use grapevine_core::state::{Digest, MapDelta, State};
 pub use grapevine_core::subscriber::{Event, Status};
 pub use grapevine_core::{SeqNum, SessionId, StreamId};
 
+/// Rotates a running publisher's or subscriber's keys from anywhere
+/// (`Publisher::rekeyer`, `Subscriber::rekeyer`): cheap to clone, and
+/// usable after the handle it came from is gone (it then changes nothing
+/// anyone reads).
+#[cfg(feature = "runtime-tokio")]
+#[derive(Clone)]
+pub struct Rekeyer {
+    set: std::sync::Arc<dyn Fn(core::auth::Keyring) -> Result<(), Error> + Send + Sync>,
+}
+
+#[cfg(feature = "runtime-tokio")]
+impl Rekeyer {
+    fn new(set: impl Fn(core::auth::Keyring) -> Result<(), Error> + Send + Sync + 'static) -> Self {
+        Self {
+            set: std::sync::Arc::new(set),
+        }
+    }
+
+    /// Seals and opens with these keys from now on (the first seals).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the publisher or subscriber was started without
+    /// a key.
+    pub fn set_keys(&self, keyring: core::auth::Keyring) -> Result<(), Error> {
+        (self.set)(keyring)?;
+        tracing::info!("keys rotated");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "runtime-tokio")]
+impl std::fmt::Debug for Rekeyer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Rekeyer")
+    }
+}
+
 /// The README's Rust example, compiled and run by `cargo test --doc`.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

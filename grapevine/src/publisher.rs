@@ -58,7 +58,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grapevine_core::auth::Security;
+use grapevine_core::auth::{Keyring, Security};
 use grapevine_core::publisher::{
     Publisher as CorePublisher, PublisherConfig, PublisherStats as CoreStats, SnapshotRate,
 };
@@ -518,6 +518,33 @@ impl<S: State + Send + 'static> Publisher<S> {
     /// The session id of this publisher incarnation.
     pub fn session(&self) -> SessionId {
         self.session
+    }
+
+    /// Seals with these keys from now on (the first seals; every one opens
+    /// NAKs): a key rotation without a restart (PROTOCOL.md §11.3). Give
+    /// every subscriber the new key first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the publisher was started without a key.
+    pub fn set_keys(&self, keyring: Keyring) -> Result<(), Error> {
+        self.shared.lock().core.set_keys(keyring)?;
+        tracing::info!("keys rotated");
+        Ok(())
+    }
+
+    /// A handle that rotates this publisher's keys from another task or
+    /// thread (a `SIGHUP` handler re-reading the key file, say), as
+    /// [`set_keys`](Self::set_keys).
+    pub fn rekeyer(&self) -> crate::Rekeyer
+    where
+        S: Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        crate::Rekeyer::new(move |ring| {
+            shared.lock().core.set_keys(ring)?;
+            Ok(())
+        })
     }
 
     /// The counters.

@@ -59,7 +59,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use grapevine_core::auth::Security;
+use grapevine_core::auth::{Keyring, Security};
 use grapevine_core::schema::{Schema, SchemaFingerprint};
 use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
 use grapevine_core::subscriber::{
@@ -440,6 +440,31 @@ impl<S: State + Send + 'static> Subscriber<S> {
     /// publisher session) during which it was consistent; `None` before sync.
     pub fn consistent_share(&self) -> Option<f64> {
         self.shared.lock().core.consistent_share(Instant::now())
+    }
+
+    /// Opens with these keys from now on, and seals its NAKs with the first:
+    /// a key rotation without a restart (PROTOCOL.md §11.3).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if the subscriber was started without a key.
+    pub fn set_keys(&self, keyring: Keyring) -> Result<(), Error> {
+        self.shared.lock().core.set_keys(keyring)?;
+        tracing::info!("keys rotated");
+        Ok(())
+    }
+
+    /// A handle that rotates this subscriber's keys from another task or
+    /// thread, as [`set_keys`](Self::set_keys).
+    pub fn rekeyer(&self) -> crate::Rekeyer
+    where
+        S: Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        crate::Rekeyer::new(move |ring| {
+            shared.lock().core.set_keys(ring)?;
+            Ok(())
+        })
     }
 
     /// The counters.

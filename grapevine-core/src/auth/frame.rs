@@ -182,6 +182,30 @@ impl Sealer {
         })
     }
 
+    /// Seals from now on under `keyring`'s first key (a rotation, without
+    /// a restart). The salt and the last `datagram_seq` sealed stay: a
+    /// new key is a new frame key, and `datagram_seq` still only grows.
+    ///
+    /// # Errors
+    ///
+    /// When the key cannot be derived; the sealer is unchanged then.
+    pub fn rekey(
+        &mut self,
+        keyring: &Keyring,
+        stream: StreamId,
+    ) -> Result<(), aws_lc_rs::error::Unspecified> {
+        let first = keyring.sealing_key();
+        self.key = keyring.derive_with(first, self.role, stream, &self.salt)?;
+        self.key_id = first.id();
+        Ok(())
+    }
+
+    /// The id of the key it seals under.
+    #[must_use]
+    pub fn key_id(&self) -> KeyId {
+        self.key_id
+    }
+
     /// The salt it seals with.
     #[must_use]
     pub fn salt(&self) -> Salt {

@@ -101,6 +101,28 @@ impl Security {
         })
     }
 
+    /// Takes a new set of keys into this config and into an engine's sealer
+    /// and opener (PROTOCOL.md §11.3, rotation).
+    pub(crate) fn rotate(
+        &mut self,
+        keyring: Keyring,
+        stream: crate::StreamId,
+        sealer: Option<&mut Sealer>,
+        opener: Option<&mut Opener>,
+    ) -> Result<(), ConfigError> {
+        if let Some(s) = sealer {
+            s.rekey(&keyring, stream)
+                .map_err(|_| ConfigError::Unavailable {
+                    what: "the key derivation",
+                })?;
+        }
+        if let Some(o) = opener {
+            o.set_keyring(keyring.clone());
+        }
+        self.keyring = keyring;
+        Ok(())
+    }
+
     /// The opener of datagrams sealed by `role` on `stream`.
     pub(crate) fn opener(&self, role: Role, stream: crate::StreamId, capacity: usize) -> Opener {
         let mut o = Opener::new(self.keyring.clone(), role, stream, capacity);

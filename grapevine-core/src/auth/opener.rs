@@ -71,9 +71,6 @@ pub enum Refused {
     /// A new sender, and the derivation budget is spent.
     #[error("new sender and the key derivation budget is spent")]
     DeriveLimited,
-    /// A known sender's salt under another key id.
-    #[error("a known sender's salt under another key")]
-    KeyChanged,
     /// The tag did not verify: forged, modified, or sealed under another
     /// key with the same id.
     #[error("the tag did not verify")]
@@ -96,7 +93,6 @@ impl Refused {
             Refused::Replayed => "replayed",
             Refused::TooFar => "too_far",
             Refused::DeriveLimited => "derive_limited",
-            Refused::KeyChanged => "key_changed",
             Refused::BadTag => "bad_tag",
         }
     }
@@ -124,10 +120,24 @@ struct Frame {
 }
 
 struct Sender {
-    key_id: KeyId,
-    key: LessSafeKey,
+    /// The keys it sealed with, newest first: after a rotation the one
+    /// before stays for its late datagrams.
+    keys: Vec<(KeyId, LessSafeKey)>,
     window: ReplayWindow,
     used: u64,
+}
+
+impl Sender {
+    fn key(&self, id: KeyId) -> Option<&LessSafeKey> {
+        self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key)
+    }
+
+    /// Its new key, once a datagram sealed under it opened: kept with the
+    /// one before it.
+    fn rotate(&mut self, id: KeyId, key: LessSafeKey) {
+        self.keys.insert(0, (id, key));
+        self.keys.truncate(2);
+    }
 }
 
 /// Opens the datagrams one role seals for one stream: checks them in the
@@ -244,7 +254,7 @@ impl Opener {
         let len = buf.len();
         // A too-old datagram is verified only where it may undo a jump.
         let mut behind = false;
-        let derived = match self.senders.get(&salt) {
+        let has_key = match self.senders.get(&salt) {
             Some(s) => {
                 match s.window.check(seq) {
                     Verdict::TooOld if s.window.may_recover(seq) => behind = true,
@@ -252,46 +262,35 @@ impl Opener {
                     Verdict::Replayed => return Err(Refused::Replayed),
                     Verdict::Fresh | Verdict::TooFar => {}
                 }
-                if s.key_id != key_id {
-                    return Err(Refused::KeyChanged);
-                }
-                None
+                s.key(key_id).is_some()
             }
-            None => {
-                if !self.take_token(now) {
-                    return Err(Refused::DeriveLimited);
-                }
-                let key = self
-                    .keyring
-                    .get(key_id)
-                    .ok_or(Refused::UnknownKey(key_id))?;
-                let derived = self
-                    .keyring
-                    .derive_with(key, self.role, self.stream, &salt)
-                    .map_err(|_| Refused::BadTag)?;
-                Some(derived)
-            }
+            None => false,
+        };
+        // A new sender, or a known one that rotated to another key.
+        let derived = if has_key {
+            None
+        } else {
+            Some(self.derive(now, key_id, &salt)?)
         };
         let key = match (&derived, self.senders.get(&salt)) {
             (Some(k), _) => k,
-            (None, Some(s)) => &s.key,
+            (None, Some(s)) => s.key(key_id).ok_or(Refused::BadTag)?,
             (None, None) => return Err(Refused::BadTag),
         };
         open_in_place(key, seq, encrypted, buf)?;
         let uses = self.uses + 1;
         self.uses = uses;
-        let sender = match derived {
-            Some(key) => {
-                self.make_room();
-                self.senders.entry(salt).or_insert(Sender {
-                    key_id,
-                    key,
-                    window: ReplayWindow::default(),
-                    used: uses,
-                })
-            }
-            None => self.senders.get_mut(&salt).ok_or(Refused::BadTag)?,
-        };
+        if !self.senders.contains_key(&salt) {
+            self.make_room();
+        }
+        let sender = self.senders.entry(salt).or_insert_with(|| Sender {
+            keys: Vec::new(),
+            window: ReplayWindow::default(),
+            used: uses,
+        });
+        if let Some(key) = derived {
+            sender.rotate(key_id, key);
+        }
         sender.used = uses;
         if behind && !sender.window.recover(seq) {
             return Err(Refused::TooOld);
@@ -318,6 +317,31 @@ impl Opener {
             salt,
             encrypted,
         })
+    }
+
+    /// A sender's key under `key_id`, if the derivation budget allows.
+    fn derive(&mut self, now: Instant, key_id: KeyId, salt: &Salt) -> Result<LessSafeKey, Refused> {
+        if !self.take_token(now) {
+            return Err(Refused::DeriveLimited);
+        }
+        let key = self
+            .keyring
+            .get(key_id)
+            .ok_or(Refused::UnknownKey(key_id))?;
+        self.keyring
+            .derive_with(key, self.role, self.stream, salt)
+            .map_err(|_| Refused::BadTag)
+    }
+
+    /// Takes a new set of keys (a rotation, without a restart): senders
+    /// keep their replay windows, and what was derived from a key no longer
+    /// held is forgotten.
+    pub fn set_keyring(&mut self, keyring: Keyring) {
+        self.senders.retain(|_, s| {
+            s.keys.retain(|(id, _)| keyring.get(*id).is_some());
+            !s.keys.is_empty()
+        });
+        self.keyring = keyring;
     }
 
     /// The checks of the header and auth header alone (PROTOCOL.md §11.4,

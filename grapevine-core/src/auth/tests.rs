@@ -160,23 +160,59 @@ fn each_check_refuses_what_it_should() {
     assert_eq!(open(&mut strict, &d), Err(Refused::PlaintextRefused));
     let e = sealed(&mut sealer(Role::Publisher, 3, true), 0);
     assert!(open(&mut strict, &e).is_ok());
-    // A known sender's salt under another key id.
-    let mut both = Opener::new(
-        Keyring::new(vec![
-            StreamKey::from_bytes([7; 32]),
-            StreamKey::from_bytes([8; 32]),
-        ])
-        .unwrap(),
-        Role::Publisher,
-        STREAM,
-        16,
+}
+
+/// A rotation without a restart (PROTOCOL.md §11.3): the sealer moves to
+/// the new key keeping its salt and its `datagram_seq`, the receiver takes
+/// the new ring keeping the sender's window, late datagrams under the old
+/// key still open, and once the old key is dropped from the ring they do
+/// not.
+#[test]
+fn keys_rotate_without_a_restart() {
+    let (old, new) = (
+        StreamKey::from_bytes([7; 32]),
+        StreamKey::from_bytes([9; 32]),
     );
-    assert!(open(&mut both, &d).is_ok());
-    let other_key = {
-        let mut s = Sealer::new(&ring(8), Role::Publisher, STREAM, Salt([1; 16]), false).unwrap();
-        sealed(&mut s, 1)
-    };
-    assert_eq!(open(&mut both, &other_key), Err(Refused::KeyChanged));
+    let both = Keyring::new(vec![old.clone(), new.clone()]).unwrap();
+    let mut s = Sealer::new(&ring(7), Role::Publisher, STREAM, Salt([4; 16]), true).unwrap();
+    let mut o = Opener::new(ring(7), Role::Publisher, STREAM, 16);
+    let first = sealed(&mut s, 0);
+    let late = sealed(&mut s, 1);
+    assert!(open(&mut o, &first).is_ok());
+    // Every node learns the new key, then seals with it.
+    o.set_keyring(both.clone());
+    let swapped = Keyring::new(vec![new.clone(), old]).unwrap();
+    s.rekey(&swapped, STREAM).unwrap();
+    assert_eq!(s.key_id(), new.id());
+    assert_eq!(s.salt(), Salt([4; 16]));
+    let (mut buf, len) = plain(1, b"p");
+    assert_eq!(
+        s.seal(&mut buf, len),
+        Err(SealError::NonceReuse(1)),
+        "seq still grows"
+    );
+    let after = sealed(&mut s, 2);
+    assert_eq!(&after[28..32], &new.id().0.to_be_bytes());
+    assert!(
+        open(&mut o, &after).is_ok(),
+        "the same sender under the new key"
+    );
+    assert_eq!(open(&mut o, &after), Err(Refused::Replayed), "one window");
+    assert!(open(&mut o, &late).is_ok(), "a late one under the old key");
+    assert_eq!(o.senders(), 1);
+    // The old key retired.
+    o.set_keyring(Keyring::new(vec![new]).unwrap());
+    let mut old_sealer =
+        Sealer::new(&ring(7), Role::Publisher, STREAM, Salt([5; 16]), true).unwrap();
+    assert!(matches!(
+        open(&mut o, &sealed(&mut old_sealer, 0)),
+        Err(Refused::UnknownKey(_))
+    ));
+    assert!(
+        open(&mut o, &sealed(&mut s, 3)).is_ok(),
+        "the window survived"
+    );
+    assert_eq!(o.senders(), 1);
 }
 
 #[test]
@@ -203,7 +239,10 @@ fn a_sealer_says_what_it_seals_with_and_shows_no_key() {
         assert_eq!(s.salt(), Salt([9; 16]));
         let shown = format!("{s:?}");
         assert!(shown.starts_with("Sealer"), "{shown}");
-        assert!(shown.contains("Subscriber") && shown.contains(&format!("{encrypt}")), "{shown}");
+        assert!(
+            shown.contains("Subscriber") && shown.contains(&format!("{encrypt}")),
+            "{shown}"
+        );
         assert!(!shown.contains("0707"), "{shown}");
     }
 }
@@ -228,7 +267,10 @@ fn sealing_never_reuses_a_nonce_and_needs_room() {
     let room = buf.len();
     assert_eq!(
         s.seal(&mut buf, HEADER_LEN - 1),
-        Err(SealError::NoRoom { len: HEADER_LEN - 1, room })
+        Err(SealError::NoRoom {
+            len: HEADER_LEN - 1,
+            room
+        })
     );
     assert_eq!(s.seal(&mut buf, HEADER_LEN), Ok(HEADER_LEN + OVERHEAD));
 }

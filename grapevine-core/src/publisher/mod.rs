@@ -68,7 +68,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Opener, Refused, Role, Sealer, Security, OVERHEAD};
+use crate::auth::{Keyring, Opener, Refused, Role, Sealer, Security, OVERHEAD};
 use crate::schema::Schema;
 use crate::state::LeafSource;
 use crate::timer::{TimerId, Timers};
@@ -570,6 +570,23 @@ impl Publisher {
             sealer,
             opener,
         })
+    }
+
+    /// Seals and opens with these keys from now on (the first seals): a
+    /// key rotation without a restart (PROTOCOL.md §11.3). Subscribers'
+    /// replay windows are kept.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NotAuthenticated`] if it was started without keys.
+    pub fn set_keys(&mut self, keyring: Keyring) -> Result<(), ConfigError> {
+        let stream = self.cfg.stream;
+        let security = self
+            .cfg
+            .security
+            .as_mut()
+            .ok_or(ConfigError::NotAuthenticated)?;
+        security.rotate(keyring, stream, self.sealer.as_mut(), self.opener.as_mut())
     }
 
     /// The session id.

@@ -80,7 +80,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::auth::{Opener, Refused, Role, Salt, Sealer, Security, OVERHEAD};
+use crate::auth::{Keyring, Opener, Refused, Role, Salt, Sealer, Security, OVERHEAD};
 use crate::histogram::LatencyHistogram;
 use crate::rng::Rng;
 use crate::schema::{Schema, SchemaFingerprint};
@@ -1505,6 +1505,23 @@ impl Subscriber {
             size,
             segment_size: None,
         })
+    }
+
+    /// Opens and seals with these keys from now on (the first seals its
+    /// NAKs): a key rotation without a restart (PROTOCOL.md §11.3). The
+    /// followed session's replay window is kept.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::NotAuthenticated`] if it was started without keys.
+    pub fn set_keys(&mut self, keyring: Keyring) -> Result<(), ConfigError> {
+        let stream = self.cfg.stream;
+        let security = self
+            .cfg
+            .security
+            .as_mut()
+            .ok_or(ConfigError::NotAuthenticated)?;
+        security.rotate(keyring, stream, self.sealer.as_mut(), self.opener.as_mut())
     }
 
     /// Tells the wall clock: `wall_micros` (microseconds since the Unix

@@ -497,3 +497,50 @@ fn one_datagram_within_the_jump_makes_no_real_one_too_old() {
     assert!(r.converged());
     r.assert_equal();
 }
+
+/// Issue 8, item 1: keys rotate without a restart. The subscriber learns
+/// the new key, the publisher moves to it, the old one is retired; the
+/// stream never stops and nothing is refused.
+#[test]
+fn keys_rotate_on_a_live_stream() {
+    let mut r = secure_rig(true);
+    r.run(ms(300));
+    assert!(r.converged());
+    let (old, new) = (
+        StreamKey::from_bytes([7; 32]),
+        StreamKey::from_bytes([9; 32]),
+    );
+    let both = Keyring::new(vec![old.clone(), new.clone()]).unwrap();
+    r.sub.set_keys(both).unwrap();
+    r.publisher.publish(&Op::Add(1, 1));
+    r.run(ms(100));
+    r.publisher
+        .core
+        .set_keys(Keyring::new(vec![new.clone(), old]).unwrap())
+        .unwrap();
+    r.publisher.publish(&Op::Add(2, 1));
+    let sent = r.run(ms(100));
+    assert!(sent.iter().all(|d| d[28..32] == new.id().0.to_be_bytes()));
+    let retired = Keyring::new(vec![new]).unwrap();
+    r.sub.set_keys(retired.clone()).unwrap();
+    r.publisher.core.set_keys(retired).unwrap();
+    r.publisher.publish(&Op::Add(3, 1));
+    r.run(ms(300));
+    assert!(r.converged(), "{:?} {:?}", r.sub.status(), r.sub.stats());
+    r.assert_equal();
+    assert!(
+        r.sub.stats().refused.is_empty(),
+        "{:?}",
+        r.sub.stats().refused
+    );
+    assert_eq!(r.publisher.core.stats().auth_refused, 0);
+    // Keys for a stream started without them: a clear error.
+    let mut plain = Rig::new(&[], sub_cfg());
+    assert_eq!(
+        plain
+            .sub
+            .set_keys(Keyring::new(vec![StreamKey::from_bytes([1; 32])]).unwrap()),
+        Err(crate::ConfigError::NotAuthenticated)
+    );
+    let _ = plain.run(ms(1));
+}
