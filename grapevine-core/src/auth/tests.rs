@@ -507,3 +507,66 @@ fn a_forged_salt_flood_does_not_lock_out_a_new_sender() {
     eprintln!("admitted after {tries} tries");
     assert!(tries <= 20, "admitted after {tries} tries");
 }
+
+/// The smallest sealed datagram (a bare header, 64 bytes) opens and is
+/// read by a tool; flags no version knows, or any flag without AUTH, are
+/// malformed.
+#[test]
+fn the_edges_of_a_sealed_datagram() {
+    let mut s = sealer(Role::Publisher, 1, false);
+    let (mut buf, _) = plain(0, b"p");
+    let n = s.seal(&mut buf, HEADER_LEN).unwrap();
+    assert_eq!(n, HEADER_LEN + OVERHEAD);
+    let bare = buf[..n].to_vec();
+    let mut view = Vec::new();
+    assert!(unverified_plain(&bare, &mut view));
+    assert_eq!(view.len(), HEADER_LEN);
+    assert!(!unverified_plain(&bare[..n - 1], &mut view));
+    assert_eq!(open(&mut opener(), &bare).map(|p| p.len()), Ok(HEADER_LEN));
+    let malformed = |flags: u8| {
+        let mut d = bare.clone();
+        d[5] = flags;
+        matches!(
+            open(&mut opener(), &d),
+            Err(Refused::Malformed(
+                crate::wire::DecodeError::UnsupportedFlags { .. }
+            ))
+        )
+    };
+    for flags in [
+        FLAG_ENCRYPT,
+        FLAG_SNAPSHOTS,
+        FLAG_FROM_SUBSCRIBER,
+        0x10 | FLAG_AUTH,
+        0x80,
+    ] {
+        assert!(malformed(flags), "{flags:#x}");
+    }
+    for flags in [
+        FLAG_AUTH,
+        FLAG_AUTH | FLAG_SNAPSHOTS,
+        FLAG_AUTH | FLAG_ENCRYPT,
+    ] {
+        assert!(!malformed(flags), "{flags:#x}");
+    }
+}
+
+#[test]
+fn keyrings_and_openers_show_ids_never_keys() {
+    let r = Keyring::new(vec![
+        StreamKey::from_bytes([7; 32]),
+        StreamKey::from_bytes([8; 32]),
+    ])
+    .unwrap();
+    let shown = format!("{r:?} {:?}", opener());
+    for k in r.keys() {
+        assert!(shown.contains(&k.id().to_string()), "{shown}");
+    }
+    assert!(
+        shown.contains("Opener") && !shown.contains("0707"),
+        "{shown}"
+    );
+    assert_eq!(ring(7), ring(7));
+    assert_ne!(ring(7), ring(8));
+    assert_ne!(ring(7), r);
+}
