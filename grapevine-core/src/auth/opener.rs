@@ -407,16 +407,15 @@ impl Opener {
         let last = *self.refilled.get_or_insert(now);
         let per = std::time::Duration::from_secs(1) / DERIVE_PER_SEC;
         let earned = now.saturating_duration_since(last).as_nanos() / per.as_nanos().max(1);
-        if earned > 0 {
-            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(earned).min(DERIVE_BURST);
-            // What was earned is accounted for, the remainder carried.
-            self.refilled = Some(if self.tokens == DERIVE_BURST {
-                now
-            } else {
-                last + per * earned
-            });
-        }
+        let earned = u32::try_from(earned).unwrap_or(u32::MAX);
+        self.tokens = self.tokens.saturating_add(earned).min(DERIVE_BURST);
+        // What was earned is accounted for and the remainder carried; a
+        // full bucket carries nothing.
+        self.refilled = Some(if self.tokens == DERIVE_BURST {
+            now
+        } else {
+            last + per * earned
+        });
         if self.tokens == 0 {
             return false;
         }

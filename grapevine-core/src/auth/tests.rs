@@ -570,3 +570,62 @@ fn keyrings_and_openers_show_ids_never_keys() {
     assert_ne!(ring(7), ring(8));
     assert_ne!(ring(7), r);
 }
+
+/// Found by mutation testing: the derivation budget refills at exactly
+/// DERIVE_PER_SEC, carrying what a datagram between two tokens earned,
+/// and only up to DERIVE_BURST; the cache keeps up to its capacity.
+#[test]
+fn the_derivation_budget_refills_at_its_rate_and_the_cache_fills_to_capacity() {
+    let template = sealed(&mut sealer(Role::Publisher, 1, false), 0);
+    let forged = |n: u32| {
+        let mut d = template.clone();
+        d[32..36].copy_from_slice(&n.to_be_bytes());
+        d
+    };
+    let mut o = opener();
+    let t0 = Instant::now();
+    let per = Duration::from_secs(1) / DERIVE_PER_SEC;
+    let mut n = 0u32;
+    for _ in 0..DERIVE_BURST {
+        n += 1;
+        assert_eq!(o.open(t0, &mut forged(n)), Err(Refused::BadTag));
+    }
+    n += 1;
+    assert_eq!(
+        o.open(t0 + per / 2, &mut forged(n)),
+        Err(Refused::DeriveLimited)
+    );
+    // A datagram every 0.6 of a token's time, for 1000 tokens' time.
+    let (mut t, mut derived) = (per / 2, 0u32);
+    while t < per * 1000 {
+        t += per * 3 / 5;
+        n += 1;
+        if o.open(t0 + t, &mut forged(n)) == Err(Refused::BadTag) {
+            derived += 1;
+        }
+    }
+    assert!((995..=1001).contains(&derived), "{derived} derivations");
+    // Idle for long: the bucket holds DERIVE_BURST, no more.
+    let later = t0 + Duration::from_secs(3600);
+    let mut burst = 0;
+    for _ in 0..2 * DERIVE_BURST {
+        n += 1;
+        if o.open(later, &mut forged(n)) == Err(Refused::BadTag) {
+            burst += 1;
+        }
+    }
+    assert_eq!(burst, DERIVE_BURST);
+    // The cache keeps every sender up to its capacity: their windows
+    // still know what they accepted.
+    let mut o = Opener::new(ring(7), Role::Publisher, STREAM, 4);
+    let firsts: Vec<Vec<u8>> = (1..=4u8)
+        .map(|salt| sealed(&mut sealer(Role::Publisher, salt, false), 0))
+        .collect();
+    for d in &firsts {
+        assert!(open(&mut o, d).is_ok());
+    }
+    assert_eq!(o.senders(), 4);
+    for d in &firsts {
+        assert_eq!(open(&mut o, d), Err(Refused::Replayed));
+    }
+}
