@@ -146,46 +146,20 @@ impl KeyArgs {
         Ok(Some(security))
     }
 
-    /// With a key file: re-reads it on every `SIGHUP` and rotates to its
-    /// keys (PROTOCOL.md §11.3: the first seals, every one opens), so keys
-    /// rotate without a restart. A file that cannot be read is reported and
-    /// the keys in use are kept. The handler is in place when this returns.
+    /// With a key file: a `SIGHUP` handler, installed now (before the
+    /// publisher or subscriber starts, so that an early `SIGHUP` does not
+    /// end the process), for [`Hangup::reload`].
     ///
     /// # Errors
     ///
     /// When the signal handler cannot be installed.
-    pub(crate) fn reload_on_hangup(&self, rekeyer: grapevine::Rekeyer) -> Result<()> {
+    pub(crate) fn hangup(&self) -> Result<Option<Hangup>> {
         let Some(path) = self.key_file.clone() else {
-            return Ok(());
+            return Ok(None);
         };
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut hup = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
-            tokio::spawn(async move {
-                while hup.recv().await.is_some() {
-                    match read_keyring(&path) {
-                        Ok(ring) => {
-                            let ids: Vec<String> =
-                                ring.keys().map(|k| k.id().to_string()).collect();
-                            match rekeyer.set_keys(ring) {
-                                Ok(()) => tracing::info!(
-                                    keys = %ids.join(","),
-                                    "SIGHUP: keys reloaded from {}; {} seals",
-                                    path.display(),
-                                    ids.first().map_or("", String::as_str)
-                                ),
-                                Err(e) => tracing::warn!("SIGHUP: keys not reloaded: {e}"),
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!("SIGHUP: keys not reloaded, the old ones stay: {e:#}")
-                        }
-                    }
-                }
-            });
-        }
-        Ok(())
+        use tokio::signal::unix::{signal, SignalKind};
+        let signal = signal(SignalKind::hangup()).context("listening for SIGHUP")?;
+        Ok(Some(Hangup { path, signal }))
     }
 
     /// These flags as arguments for a child process: the key file's path,
@@ -266,6 +240,41 @@ pub(crate) fn read_keyring(path: &Path) -> Result<Keyring> {
         e @ KeyError::LoosePermissions { .. } => anyhow!("{}: {e}", from_flag(&from)),
         other => anyhow!("{from}: {other}"),
     })
+}
+
+/// A `SIGHUP` handler and the key file it re-reads ([`KeyArgs::hangup`]).
+pub(crate) struct Hangup {
+    path: PathBuf,
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangup {
+    /// Re-reads the key file on every `SIGHUP` and rotates to its keys
+    /// (PROTOCOL.md §11.3: the first seals, every one opens), so keys
+    /// rotate without a restart. A file that cannot be read is reported and
+    /// the keys in use are kept.
+    pub(crate) fn reload(self, rekeyer: grapevine::Rekeyer) {
+        let Self { path, mut signal } = self;
+        tokio::spawn(async move {
+            while signal.recv().await.is_some() {
+                match read_keyring(&path) {
+                    Ok(ring) => {
+                        let ids: Vec<String> = ring.keys().map(|k| k.id().to_string()).collect();
+                        match rekeyer.set_keys(ring) {
+                            Ok(()) => tracing::info!(
+                                keys = %ids.join(","),
+                                "SIGHUP: keys reloaded from {}; {} seals",
+                                path.display(),
+                                ids.first().map_or("", String::as_str)
+                            ),
+                            Err(e) => tracing::warn!("SIGHUP: keys not reloaded: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::warn!("SIGHUP: keys not reloaded, the old ones stay: {e:#}"),
+                }
+            }
+        });
+    }
 }
 
 /// `--key-file` or `GRAPEVINE_KEY_FILE`, without the value.

@@ -253,8 +253,11 @@ async fn pub_with<S: DemoState>(args: PubArgs, security: Option<Security>) -> Re
     if let Some(security) = security {
         builder = builder.security(security);
     }
+    let hangup = args.net.keys.hangup()?;
     let publisher = builder.bind(book).await.context("starting the publisher")?;
-    args.net.keys.reload_on_hangup(publisher.rekeyer())?;
+    if let Some(h) = hangup {
+        h.reload(publisher.rekeyer());
+    }
     say!(
         "publishing {} levels on {} stream {} session {}{sealed}",
         publisher.leaf_count(),
@@ -568,8 +571,11 @@ async fn sub_with<S: DemoState>(args: SubArgs, security: Option<Security>) -> Re
     // SIGINT or SIGTERM ends the run with a last line (`outcome`:
     // `interrupted`); handled from before the subscriber starts.
     let mut stop = Box::pin(stop_signal());
+    let hangup = args.net.keys.hangup()?;
     let mut sub = builder.bind().await.context("starting the subscriber")?;
-    args.net.keys.reload_on_hangup(sub.rekeyer())?;
+    if let Some(h) = hangup {
+        h.reload(sub.rekeyer());
+    }
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(timeout);
     let mut synced_at: Option<Duration> = None;

@@ -20,7 +20,7 @@ pub use frame::{
 pub use key::{KeyId, StreamKey, KEY_LEN};
 pub use keyring::{Keyring, KeyringError};
 pub use opener::{Opened, Opener, Refused, DERIVE_BURST, DERIVE_PER_SEC, MAX_JUMP};
-pub use replay::{ReplayWindow, Verdict, RECOVER_AFTER, WINDOW};
+pub use replay::{ReplayWindow, Verdict, WINDOW};
 
 use crate::ConfigError;
 
@@ -131,5 +131,7 @@ impl Security {
     }
 }
 
+#[cfg(test)]
+mod regressions;
 #[cfg(test)]
 mod tests;

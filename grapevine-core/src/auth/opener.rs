@@ -132,10 +132,12 @@ impl Sender {
         self.keys.iter().find(|(k, _)| *k == id).map(|(_, key)| key)
     }
 
-    /// Its new key, once a datagram sealed under it opened: kept with the
-    /// one before it.
-    fn rotate(&mut self, id: KeyId, key: LessSafeKey) {
-        self.keys.insert(0, (id, key));
+    /// A key a datagram it sealed opened with, once the window accepted
+    /// that datagram: current if the datagram is its newest, else kept
+    /// behind the current one. Two keys at most.
+    fn learn(&mut self, id: KeyId, key: LessSafeKey, newest: bool) {
+        let at = if newest { 0 } else { self.keys.len().min(1) };
+        self.keys.insert(at, (id, key));
         self.keys.truncate(2);
     }
 }
@@ -241,9 +243,9 @@ impl Opener {
     ///
     /// [`Refused`], checked in this order: malformed; unauthenticated;
     /// short; wrong role; foreign stream; unknown key; plaintext refused;
-    /// too old or replayed (known senders); key changed; derivation
-    /// limited (new senders); bad tag; too far. `buf` may then have been
-    /// overwritten.
+    /// too old or replayed (known senders); derivation limited (new
+    /// senders, or a key a sender has not used yet); bad tag; too far.
+    /// `buf` may then have been overwritten.
     pub fn open(&mut self, now: Instant, buf: &mut [u8]) -> Result<Opened, Refused> {
         let Frame {
             key_id,
@@ -252,12 +254,9 @@ impl Opener {
             encrypted,
         } = self.inspect(buf)?;
         let len = buf.len();
-        // A too-old datagram is verified only where it may undo a jump.
-        let mut behind = false;
         let has_key = match self.senders.get(&salt) {
             Some(s) => {
                 match s.window.check(seq) {
-                    Verdict::TooOld if s.window.may_recover(seq) => behind = true,
                     Verdict::TooOld => return Err(Refused::TooOld),
                     Verdict::Replayed => return Err(Refused::Replayed),
                     Verdict::Fresh | Verdict::TooFar => {}
@@ -278,34 +277,28 @@ impl Opener {
             (None, None) => return Err(Refused::BadTag),
         };
         open_in_place(key, seq, encrypted, buf)?;
-        let uses = self.uses + 1;
-        self.uses = uses;
         if !self.senders.contains_key(&salt) {
             self.make_room();
         }
         let sender = self.senders.entry(salt).or_insert_with(|| Sender {
             keys: Vec::new(),
             window: ReplayWindow::default(),
-            used: uses,
+            used: 0,
         });
-        if let Some(key) = derived {
-            sender.rotate(key_id, key);
-        }
-        sender.used = uses;
-        if behind && !sender.window.recover(seq) {
-            return Err(Refused::TooOld);
-        }
-        let verdict = if behind {
-            Verdict::Fresh
-        } else {
-            sender.window.accept(seq, MAX_JUMP)
-        };
-        match verdict {
+        match sender.window.accept(seq, MAX_JUMP) {
             Verdict::Fresh => {}
             Verdict::TooOld => return Err(Refused::TooOld),
             Verdict::Replayed => return Err(Refused::Replayed),
             Verdict::TooFar => return Err(Refused::TooFar),
         }
+        // Only a datagram the window accepted changes the sender: its new
+        // key becomes current if it is the newest datagram, else it is
+        // kept as the previous one (a late datagram of a rotation).
+        if let Some(key) = derived {
+            sender.learn(key_id, key, sender.window.top() == Some(seq));
+        }
+        self.uses += 1;
+        sender.used = self.uses;
         // The plain datagram: the header moved up against the messages,
         // its flags cleared, the tag cut off.
         buf.copy_within(..HEADER_LEN, AUTH_HEADER_LEN);
@@ -333,14 +326,14 @@ impl Opener {
             .map_err(|_| Refused::BadTag)
     }
 
-    /// Takes a new set of keys (a rotation, without a restart): senders
-    /// keep their replay windows, and what was derived from a key no longer
-    /// held is forgotten.
+    /// Takes a new set of keys (a rotation, without a restart): what was
+    /// derived from a key no longer held is forgotten, and every sender
+    /// keeps its replay window (even one left with no key: a key given
+    /// back later must not reopen what it accepted).
     pub fn set_keyring(&mut self, keyring: Keyring) {
-        self.senders.retain(|_, s| {
+        for s in self.senders.values_mut() {
             s.keys.retain(|(id, _)| keyring.get(*id).is_some());
-            !s.keys.is_empty()
-        });
+        }
         self.keyring = keyring;
     }
 

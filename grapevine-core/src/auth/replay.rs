@@ -6,11 +6,6 @@ pub const WINDOW: u64 = 4096;
 
 const WORDS: usize = (WINDOW / 64) as usize;
 
-/// How many authenticated datagrams, in increasing order, between where a
-/// corroborated jump left from and the window's reach, undo the jump (see
-/// [`ReplayWindow::recover`]).
-pub const RECOVER_AFTER: u32 = 8;
-
 /// What a window says of a `datagram_seq`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -31,7 +26,7 @@ pub enum Verdict {
 /// which of the [`WINDOW`] below it were, in 512 bytes.
 ///
 /// A datagram may move the window forward by at most `jump` (the
-/// subscriber's `max_seq_jump`), so that one datagram far ahead, sealed by
+/// opener's `MAX_JUMP`, half the window), so that one datagram far ahead, sealed by
 /// a key holder, cannot make every later real one look too old. A second
 /// authenticated datagram beyond the first far one, within `jump` of it,
 /// corroborates it and moves the window there (after a partition, say);
@@ -58,11 +53,6 @@ pub struct ReplayWindow {
     top: Option<u64>,
     /// A far datagram's `datagram_seq`, waiting for a second to confirm it.
     claim: Option<u64>,
-    /// Where the last corroborated far jump left from.
-    jumped_from: Option<u64>,
-    /// Authenticated datagrams since then, too old for the window but
-    /// above `jumped_from`: the latest and how many, in increasing order.
-    behind: Option<(u64, u32)>,
 }
 
 impl Default for ReplayWindow {
@@ -71,8 +61,6 @@ impl Default for ReplayWindow {
             bits: [0; WORDS],
             top: None,
             claim: None,
-            jumped_from: None,
-            behind: None,
         }
     }
 }
@@ -131,49 +119,9 @@ impl ReplayWindow {
         // The far datagram held as a claim was dropped, not handled: it is
         // not marked, and a copy of it may still be accepted.
         self.claim = None;
-        if !near {
-            self.jumped_from = Some(top);
-            self.behind = None;
-        }
         self.advance(top, seq);
         self.set(seq);
         Verdict::Fresh
-    }
-
-    /// Whether [`recover`](Self::recover) may take `seq`, which
-    /// [`check`](Self::check) calls too old: the window got where it is by
-    /// a corroborated jump from below `seq`. Only then is it worth
-    /// verifying a too-old datagram's tag.
-    #[must_use]
-    pub fn may_recover(&self, seq: u64) -> bool {
-        self.jumped_from.is_some_and(|from| seq > from)
-    }
-
-    /// An authenticated datagram that [`check`](Self::check) calls too
-    /// old, above where the last corroborated jump left from
-    /// ([`may_recover`](Self::may_recover)). The sender's own sequence goes
-    /// on below the window: the jump was a key holder's two datagrams far
-    /// ahead (or a burst delayed past the window). After [`RECOVER_AFTER`]
-    /// of them in increasing order, the window starts again from this one,
-    /// which is then accepted (true). A replay of the sender's old
-    /// datagrams never counts: they are below where the jump left from.
-    pub fn recover(&mut self, seq: u64) -> bool {
-        if !self.may_recover(seq) {
-            return false;
-        }
-        let n = match self.behind {
-            Some((last, n)) if seq > last => n + 1,
-            Some(_) => return false,
-            None => 1,
-        };
-        self.behind = Some((seq, n));
-        if n < RECOVER_AFTER {
-            return false;
-        }
-        *self = Self::default();
-        self.top = Some(seq);
-        self.set(seq);
-        true
     }
 
     /// Moves the top from `top` to `new` (above it), forgetting what falls
@@ -301,42 +249,6 @@ mod tests {
                 cur = m.top.unwrap_or(cur);
             }
         }
-    }
-
-    #[test]
-    fn the_real_sequence_below_a_corroborated_jump_undoes_it() {
-        let mut w = ReplayWindow::default();
-        for s in 0..100 {
-            assert_eq!(w.accept(s, 10), Verdict::Fresh);
-        }
-        // A key holder's two far datagrams move the window far ahead.
-        assert_eq!(w.accept(1 << 40, 10), Verdict::TooFar);
-        assert_eq!(w.accept((1 << 40) + 1, 10), Verdict::Fresh);
-        assert_eq!(w.check(100), Verdict::TooOld);
-        // Replays of what came before the jump never undo it.
-        assert!(!w.may_recover(99));
-        for s in 0..100 {
-            assert!(!w.recover(s));
-        }
-        // The real sequence going on: RECOVER_AFTER of it in increasing
-        // order; a repeat or a step back does not count.
-        for s in 100..100 + u64::from(RECOVER_AFTER) - 1 {
-            assert!(w.may_recover(s));
-            assert!(!w.recover(s));
-            assert!(!w.recover(s), "a copy does not count");
-        }
-        assert!(!w.recover(100), "nor an older one");
-        let s = 100 + u64::from(RECOVER_AFTER) - 1;
-        assert!(w.recover(s), "the window starts again here");
-        assert_eq!(w.top(), Some(s));
-        assert_eq!(w.check(s), Verdict::Replayed);
-        assert_eq!(w.accept(s + 1, 10), Verdict::Fresh);
-        assert!(!w.may_recover(s + 2), "no jump to undo any more");
-        // A near move is no jump: nothing to undo.
-        let mut w = ReplayWindow::default();
-        assert_eq!(w.accept(5, 100), Verdict::Fresh);
-        assert_eq!(w.accept(105, 100), Verdict::Fresh);
-        assert!(!w.may_recover(6));
     }
 
     #[test]
