@@ -629,3 +629,56 @@ fn the_derivation_budget_refills_at_its_rate_and_the_cache_fills_to_capacity() {
         assert_eq!(open(&mut o, d), Err(Refused::Replayed));
     }
 }
+
+/// Found by mutation testing: the least recently heard sender is the one
+/// forgotten, round after round, never the one heard just before.
+#[test]
+fn the_least_recently_heard_sender_is_forgotten() {
+    let mut o = Opener::new(ring(7), Role::Publisher, STREAM, 2);
+    let mut a = sealer(Role::Publisher, 200, false);
+    let mut kept = Vec::new();
+    for round in 0..20u8 {
+        let d = sealed(&mut a, u64::from(round));
+        assert!(open(&mut o, &d).is_ok());
+        kept.push(d);
+        let other = sealed(&mut sealer(Role::Publisher, round, false), 0);
+        assert!(open(&mut o, &other).is_ok());
+        assert_eq!(o.senders(), 2);
+    }
+    // A was heard before every newcomer: its window was never forgotten.
+    for d in &kept {
+        assert_eq!(open(&mut o, d), Err(Refused::Replayed));
+    }
+}
+
+/// Found by mutation testing: a sender's key becomes current only with its
+/// newest datagram; a late datagram under another key is kept behind it.
+#[test]
+fn a_late_datagram_under_another_key_does_not_displace_the_current_one() {
+    let keys = |b: &[u8]| {
+        Keyring::new(b.iter().map(|x| StreamKey::from_bytes([*x; 32])).collect()).unwrap()
+    };
+    let mut o = Opener::new(keys(&[1, 2, 3]), Role::Publisher, STREAM, 4);
+    let mut s = Sealer::new(&keys(&[1]), Role::Publisher, STREAM, Salt([6; 16]), false).unwrap();
+    assert!(open(&mut o, &sealed(&mut s, 0)).is_ok());
+    // A datagram under key 3, sealed earlier and arriving late.
+    let mut three =
+        Sealer::new(&keys(&[3]), Role::Publisher, STREAM, Salt([6; 16]), false).unwrap();
+    let late = sealed(&mut three, 5);
+    s.rekey(&keys(&[2, 1]), STREAM).unwrap();
+    assert!(
+        open(&mut o, &sealed(&mut s, 10)).is_ok(),
+        "key 2, the newest"
+    );
+    assert!(open(&mut o, &late).is_ok(), "key 3, late");
+    // Spend the derivation budget; key 2 needs none.
+    let t0 = Instant::now();
+    let template = sealed(&mut sealer(Role::Publisher, 1, false), 0);
+    for i in 0..2 * DERIVE_BURST {
+        let mut d = template.clone();
+        d[32..36].copy_from_slice(&(i + 1).to_be_bytes());
+        let _ = o.open(t0, &mut d);
+    }
+    let mut d = sealed(&mut s, 11);
+    assert!(o.open(t0, &mut d).is_ok(), "key 2 is still current");
+}
