@@ -671,14 +671,24 @@ fn a_late_datagram_under_another_key_does_not_displace_the_current_one() {
         "key 2, the newest"
     );
     assert!(open(&mut o, &late).is_ok(), "key 3, late");
-    // Spend the derivation budget; key 2 needs none.
+    // Spend the derivation budget (made-up salts under a key it holds);
+    // key 2 needs none.
     let t0 = Instant::now();
-    let template = sealed(&mut sealer(Role::Publisher, 1, false), 0);
+    let mut forger =
+        Sealer::new(&keys(&[3]), Role::Publisher, STREAM, Salt([1; 16]), false).unwrap();
+    let template = sealed(&mut forger, 0);
     for i in 0..2 * DERIVE_BURST {
         let mut d = template.clone();
         d[32..36].copy_from_slice(&(i + 1).to_be_bytes());
-        let _ = o.open(t0, &mut d);
+        assert!(o.open(t0, &mut d).is_err());
     }
+    let mut probe = template.clone();
+    probe[32..36].copy_from_slice(&u32::MAX.to_be_bytes());
+    assert_eq!(
+        o.open(t0, &mut probe),
+        Err(Refused::DeriveLimited),
+        "the budget is spent"
+    );
     let mut d = sealed(&mut s, 11);
     assert!(o.open(t0, &mut d).is_ok(), "key 2 is still current");
 }
