@@ -122,10 +122,11 @@ pub(crate) enum Kind {
     Nak,
     Fragment,
     FragNak,
+    StreamInfo,
     Unknown,
 }
 
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 impl Kind {
     fn of(m: &Message<'_>) -> Kind {
@@ -139,6 +140,7 @@ impl Kind {
             Message::Nak(_) => Kind::Nak,
             Message::Fragment(_) => Kind::Fragment,
             Message::FragNak(_) => Kind::FragNak,
+            Message::StreamInfo(_) => Kind::StreamInfo,
             _ => Kind::Unknown,
         }
     }
@@ -161,12 +163,13 @@ pub(crate) struct PerKind<T> {
     pub(crate) nak: T,
     pub(crate) fragment: T,
     pub(crate) frag_nak: T,
+    pub(crate) stream_info: T,
     pub(crate) unknown: T,
 }
 
 impl<T: Copy> PerKind<T> {
     fn from_array(a: [T; KINDS]) -> Self {
-        let [delta, retransmit, snapshot, cycle_begin, cycle_end, heartbeat, nak, fragment, frag_nak, unknown] =
+        let [delta, retransmit, snapshot, cycle_begin, cycle_end, heartbeat, nak, fragment, frag_nak, stream_info, unknown] =
             a;
         Self {
             delta,
@@ -178,6 +181,7 @@ impl<T: Copy> PerKind<T> {
             nak,
             fragment,
             frag_nak,
+            stream_info,
             unknown,
         }
     }
@@ -968,7 +972,11 @@ mod tests {
         let mut o = Observer::new(t0);
         let deltas: Vec<Message<'_>> = (1..=5).map(|s| Message::Delta(delta(s))).collect();
         let a = dg(9, 0xfeed, 0, &deltas);
-        let b = dg(9, 0xfeed, 1, &[heartbeat(5, 100)]);
+        let info = Message::StreamInfo(grapevine::core::wire::StreamInfo {
+            fingerprint: grapevine::core::schema::SchemaFingerprint::of("x"),
+            name: "x",
+        });
+        let b = dg(9, 0xfeed, 1, &[heartbeat(5, 100), info]);
         o.observe(t0, from(), &a);
         o.observe(t0 + ms(10), from(), &b);
         let r = o.report(t0 + ms(20));
@@ -980,6 +988,7 @@ mod tests {
         assert_eq!((s.datagrams, s.bytes), (2, (a.len() + b.len()) as u64));
         assert_eq!(s.counts.delta, 5);
         assert_eq!(s.counts.heartbeat, 1);
+        assert_eq!((s.counts.stream_info, s.counts.unknown), (1, 0));
         assert_eq!(s.counts.retransmit + s.counts.snapshot + s.counts.nak, 0);
         assert_eq!((s.latest_seq, s.announced_seq), (5, 5));
         assert_eq!((s.gaps, s.gaps_filled, s.duplicates), (0, 0, 0));
