@@ -539,3 +539,22 @@ fn keys_rotate_on_a_live_stream() {
     );
     let _ = plain.run(ms(1));
 }
+
+/// Found by CI's mutation sample: a datagram that pops but cannot be
+/// sealed (a buffer with room for the plain datagram, not the seal) is
+/// counted and nothing is handed out, not an empty transmit.
+#[test]
+fn a_datagram_that_cannot_be_sealed_is_counted_and_not_sent() {
+    use crate::publisher::Publisher;
+    let mut pc = PublisherConfig::default();
+    pc.stream(STREAM).security(Some(security(7, false)));
+    let now = Instant::now();
+    let mut p = Publisher::new(pc, SessionId(5), now).unwrap();
+    p.handle_timeout(now, 0);
+    let state = crate::state::Typed::new(super::sim::Counters::default());
+    // The first heartbeat datagram is 52 bytes plain, 88 sealed.
+    let mut small = [0u8; 60];
+    assert_eq!(p.poll_transmit(now, &state, 1, &mut small), None);
+    assert_eq!(p.stats().seal_refused, 1);
+    assert_eq!(p.stats().datagrams, 0);
+}
