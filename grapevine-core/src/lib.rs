@@ -59,6 +59,7 @@ mod config;
 mod histogram;
 pub mod publisher;
 mod reassembly;
+pub mod relay;
 mod rng;
 pub mod schema;
 mod seq;
