@@ -3,6 +3,22 @@
 //!
 //! A relay never makes a Grapevine datagram: everything it puts on a group
 //! or a link is a byte-for-byte copy of a datagram it heard, and everything
-//! it sends upstream is a copy of a subscriber's NAK. It holds no key.
+//! it sends upstream is a copy of a subscriber's NAK. It holds no key, so
+//! with authenticated streams it cannot make anything a subscriber accepts;
+//! what it may repeat, and when, is in [`Relay`].
+//!
+//! * [`frame`]: the link's frames.
+//! * [`Relay`]: the engine (sans-IO): forwarding, a history to answer NAKs
+//!   on its side, NAKs forwarded upstream, bounded per-link queues.
 
+mod classify;
+mod config;
+mod engine;
 pub mod frame;
+mod history;
+mod stats;
+
+pub use classify::Mode;
+pub use config::RelayConfig;
+pub use engine::{Lane, LinkId, LinkKind, NakOrigin, Relay};
+pub use stats::{Dropped, RelayStats};

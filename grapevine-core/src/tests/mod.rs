@@ -9,6 +9,7 @@ mod cycle;
 mod forged;
 mod publisher;
 mod regressions;
+mod relay;
 mod repair;
 mod replication;
 mod review;

@@ -100,6 +100,39 @@ pub(crate) fn check_header(buf: &[u8]) -> Result<u8, DecodeError> {
     Ok(flags)
 }
 
+/// Reads the header of a datagram, sealed or not, without looking at its
+/// body: the magic and version are checked, nothing else is validated
+/// (for a sealed datagram, nothing here is authenticated). Returns the
+/// header and the `flags` byte.
+///
+/// ```
+/// use grapevine_core::wire::{peek_header, DatagramHeader, DatagramWriter, Heartbeat, Message};
+/// use grapevine_core::{SeqNum, SessionId, StreamId};
+///
+/// let header = DatagramHeader { stream: StreamId(7), session: SessionId(42), datagram_seq: 3 };
+/// let mut buf = [0u8; 128];
+/// let mut w = DatagramWriter::new(&mut buf, &header).unwrap();
+/// w.push(&Message::Heartbeat(Heartbeat { last_seq: SeqNum(0), sent_at_micros: 0, interval_ms: 100 })).unwrap();
+/// let n = w.finish();
+/// assert_eq!(peek_header(&buf[..n]), Some((header, 0)));
+/// assert_eq!(peek_header(&buf[..27]), None);
+/// ```
+#[must_use]
+pub fn peek_header(buf: &[u8]) -> Option<(DatagramHeader, u8)> {
+    let flags = check_header(buf).ok()?;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        buf.get(at..at + n)?
+            .iter()
+            .try_fold(0u64, |acc, &b| Some(acc << 8 | u64::from(b)))
+    };
+    let header = DatagramHeader {
+        stream: StreamId(u32::try_from(be(8, 4)?).ok()?),
+        session: SessionId(be(12, 8)?),
+        datagram_seq: be(20, 8)?,
+    };
+    Some((header, flags))
+}
+
 /// The fields of a datagram header that vary (PROTOCOL.md §3).
 ///
 /// Magic, version and flags are fixed in version 1 and written by

@@ -50,8 +50,9 @@ mod packer;
 
 pub(crate) use datagram::check_header;
 pub use datagram::{
-    carries_snapshots, Datagram, DatagramHeader, DatagramWriter, Decoded, Messages, DECODED_INLINE,
-    DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC, MAX_BODY_LEN, MESSAGE_HEADER_LEN, VERSION,
+    carries_snapshots, peek_header, Datagram, DatagramHeader, DatagramWriter, Decoded, Messages,
+    DECODED_INLINE, DEFAULT_MAX_DATAGRAM, HEADER_LEN, MAGIC, MAX_BODY_LEN, MESSAGE_HEADER_LEN,
+    VERSION,
 };
 pub use error::{DecodeError, EncodeError, Malformed};
 pub use fragment::{fragment_capacity, Fragments};
