@@ -6,3 +6,6 @@
 //! it sends upstream is a copy of a subscriber's NAK. It holds no key.
 
 pub mod frame;
+
+#[cfg(test)]
+mod tests;
