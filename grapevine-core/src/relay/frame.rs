@@ -468,9 +468,27 @@ impl Frame<'_> {
     ///
     /// [`FrameError::TooLarge`] if its body exceeds [`MAX_BODY`] (a Hello
     /// naming more than [`MAX_HELLO_STREAMS`] streams counts as too large);
-    /// nothing is appended then.
+    /// [`FrameError::BadLength`] for a Datagram, Repair or Nak whose
+    /// datagram is shorter than a §3 header, which [`decode`] would refuse
+    /// (and the link close). Nothing is appended then.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let len = self.body_len();
+        let short = match self {
+            Frame::Datagram(d) | Frame::Repair(d) => {
+                (d.len() < HEADER_LEN).then_some("at least a datagram header (28)")
+            }
+            Frame::Nak { datagram, .. } => {
+                (datagram.len() < HEADER_LEN).then_some("flags and at least a datagram header (29)")
+            }
+            _ => None,
+        };
+        if let Some(expected) = short {
+            return Err(FrameError::BadLength {
+                kind: self.kind() as u8,
+                len,
+                expected,
+            });
+        }
         let hello_streams = match self {
             Frame::Hello(h) => h.streams.len(),
             _ => 0,

@@ -22,3 +22,6 @@ pub use classify::Mode;
 pub use config::RelayConfig;
 pub use engine::{Lane, LinkId, LinkKind, NakOrigin, Relay};
 pub use stats::{Dropped, RelayStats};
+
+#[cfg(test)]
+mod tests;
