@@ -447,6 +447,11 @@ impl Identity {
         &self.chain
     }
 
+    /// Its private key (for [`transport`](super::transport)'s reset key).
+    pub(crate) fn private_key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
     /// Builds an identity from a chain known not to be empty (checked by
     /// the callers) and its key.
     fn assemble(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
