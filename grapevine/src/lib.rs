@@ -98,6 +98,9 @@
 //!   Without it the crate offers the socket setup ([`socket`]), batched
 //!   datagram I/O ([`io`]), the error type and the [`order_book`] state, for
 //!   a driver of your own over [`core`].
+//! * `relay` (off by default): [`relay`], the TLS identities, trust and
+//!   QUIC/TLS-over-TCP endpoints of relay links (quinn, rustls and rcgen
+//!   over the same aws-lc-rs).
 
 #![cfg_attr(
     not(test),
@@ -123,6 +126,8 @@ pub mod order_book;
 pub mod publisher;
 #[cfg(feature = "runtime-tokio")]
 mod random;
+#[cfg(feature = "relay")]
+pub mod relay;
 #[cfg(feature = "runtime-tokio")]
 mod runtime;
 pub mod socket;
