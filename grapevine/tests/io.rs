@@ -12,3 +12,7 @@ mod replication;
 
 #[path = "io/drivers.rs"]
 mod drivers;
+
+#[cfg(feature = "relay")]
+#[path = "io/relay.rs"]
+mod relay;
