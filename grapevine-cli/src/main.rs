@@ -28,6 +28,7 @@ mod doctor;
 mod keys;
 mod metrics;
 mod pubsub;
+mod relay;
 mod tail;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -128,6 +129,12 @@ enum Command {
     /// (or JSON lines with `--json`). What it shows is what this host
     /// hears.
     Tail(tail::TailArgs),
+    /// Carry a stream between networks that have no multicast between
+    /// them: read a group and send it to a far relay over QUIC (or TLS over
+    /// TCP), or listen and emit it on a group there, and serve unicast
+    /// subscribers. Prints `fingerprint: <hex>` on standard error: what the
+    /// other side gives as `--pin` or `--allow`.
+    Relay(Box<relay::RelayArgs>),
     /// Check this host for a group and an interface, and say what is wrong
     /// and how to fix it.
     ///
@@ -264,6 +271,7 @@ fn main() -> ExitCode {
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
         Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args))),
+        Command::Relay(args) => runtime().and_then(|rt| rt.block_on(relay::run(*args))),
         // One thread: the driver task never migrates nor waits for a
         // sibling worker to wake it.
         Command::BenchSub(args) => tokio::runtime::Builder::new_current_thread()

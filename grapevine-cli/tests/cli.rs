@@ -2171,3 +2171,342 @@ mod keys {
         std::fs::remove_dir_all(d).unwrap();
     }
 }
+
+// ---------------------------------------------------------------------------
+// `grapevine relay` (ports 17600-17619).
+// ---------------------------------------------------------------------------
+
+mod relay {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::{grapevine, json};
+
+    /// A child killed if the test fails before it ends.
+    struct Reaped(Child);
+
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The lines a child writes on standard error, as they come.
+    fn stderr_lines(child: &mut Child) -> mpsc::Receiver<String> {
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    }
+
+    /// The first line starting with `prefix`, within 30 s.
+    fn line(rx: &mpsc::Receiver<String>, prefix: &str) -> String {
+        loop {
+            let l = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("no line starting with {prefix:?}: {e}"));
+            if let Some(rest) = l.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    fn term(child: &Reaped) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// The last JSON line a relay printed (its final counters).
+    fn last_stats(mut child: Reaped) -> serde_json::Value {
+        term(&child);
+        let mut out = String::new();
+        std::io::Read::read_to_string(child.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        let status = child.0.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        json(out.lines().last().expect("a stats line"))
+    }
+
+    fn run_pair(transport: &[&str], ports: (u16, u16, u16)) {
+        let (listen, near_port, far_port) = ports;
+        let listen_addr = format!("127.0.0.1:{listen}");
+        let mut far = grapevine();
+        far.arg("relay")
+            .args([
+                "--listen",
+                &listen_addr,
+                "--allow-any-feeder",
+                "--stats",
+                "0.2",
+            ])
+            .args(["--to-group", &format!("239.255.61.2:{far_port}")])
+            .args(transport)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut far = Reaped(far.spawn().unwrap());
+        let far_err = stderr_lines(&mut far.0);
+        let fp = line(&far_err, "fingerprint:");
+        assert_eq!(fp.len(), 64, "{fp}");
+        assert!(
+            fp.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+            "{fp}"
+        );
+        line(&far_err, "listening:");
+        let mut near = grapevine();
+        near.arg("relay")
+            .args(["--from-group", &format!("239.255.61.1:{near_port}")])
+            .args(["--to", &listen_addr, "--pin", &fp, "--stats", "0.2"])
+            .args(transport)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let near = Reaped(near.spawn().unwrap());
+        let sub = grapevine()
+            .args([
+                "sub",
+                "--group",
+                "239.255.61.2",
+                "--port",
+                &far_port.to_string(),
+            ])
+            .args([
+                "--until-seq",
+                "3000",
+                "--json",
+                "--timeout",
+                "30",
+                "--loss",
+                "0.05",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let publ = grapevine()
+            .args([
+                "pub",
+                "--group",
+                "239.255.61.1",
+                "--port",
+                &near_port.to_string(),
+            ])
+            .args([
+                "--leaves", "1000", "--deltas", "3000", "--rate", "6000", "--linger", "30",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let publ = Reaped(publ);
+        let sub = sub.wait_with_output().unwrap();
+        let sub_out = String::from_utf8_lossy(&sub.stdout);
+        assert!(
+            sub.status.success(),
+            "{sub_out} {}",
+            String::from_utf8_lossy(&sub.stderr)
+        );
+        term(&publ);
+        let mut pub_out = String::new();
+        let mut publ = publ;
+        std::io::Read::read_to_string(publ.0.stdout.as_mut().unwrap(), &mut pub_out).unwrap();
+        let state = json(pub_out.lines().next().expect("the publisher's state line"));
+        let s = json(sub_out.trim());
+        assert_eq!(s["consistent"], true);
+        assert_eq!(s["seq"], 3000);
+        assert_eq!(
+            s["digest"], state["digest"],
+            "the far subscriber equals the publisher"
+        );
+        let n = last_stats(near);
+        let f = last_stats(far);
+        assert_eq!(n["link_connects"], 1, "{n}");
+        assert!(n["datagrams_out_link"].as_u64().unwrap() > 0, "{n}");
+        assert!(f["datagrams_out_group"].as_u64().unwrap() > 0, "{f}");
+        // The far subscriber's losses were answered on the far side.
+        assert!(f["naks_received"].as_u64().unwrap() > 0, "{f}");
+        assert!(f["repeats"].as_u64().unwrap() > 0, "{f}");
+    }
+
+    #[test]
+    fn a_relay_pair_carries_a_stream_and_repairs_far_losses_there() {
+        run_pair(&[], (17600, 17601, 17602));
+    }
+
+    #[test]
+    fn a_relay_pair_over_tcp_does_too() {
+        run_pair(&["--tcp"], (17603, 17604, 17605));
+    }
+
+    /// Every bad combination or value is refused at once, exit 1 or 2,
+    /// with a message that names what is wrong; never a panic.
+    #[test]
+    fn bad_relay_flags_are_refused_with_a_reason() {
+        let pin = "ab".repeat(32);
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "nothing to relay"),
+            (&["--from-group", "239.255.61.9:17606"], "nowhere to send"),
+            (
+                &["--from-group", "10.0.0.1:17606", "--listen", "127.0.0.1:0"],
+                "not a multicast group",
+            ),
+            (
+                &["--from-group", "239.255.61.9:0", "--listen", "127.0.0.1:0"],
+                "port",
+            ),
+            (
+                &["--from-group", "239.255.61.9:17606", "--to", "127.0.0.1:1"],
+                "--pin",
+            ),
+            (
+                &[
+                    "--from-group",
+                    "239.255.61.9:17606",
+                    "--to",
+                    "127.0.0.1:1",
+                    "--pin",
+                    "abc",
+                ],
+                "--pin",
+            ),
+            (
+                &[
+                    "--from-group",
+                    "239.255.61.9:17606",
+                    "--to",
+                    "127.0.0.1:1",
+                    "--pin",
+                    &pin,
+                    "--ca",
+                    "x.pem",
+                ],
+                "one way",
+            ),
+            (
+                &[
+                    "--from-group",
+                    "239.255.61.9:17606",
+                    "--to",
+                    "no-such-host.invalid:1",
+                    "--pin",
+                    &pin,
+                ],
+                "--to",
+            ),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--to-group",
+                    "239.255.61.9:17606",
+                ],
+                "--allow",
+            ),
+            (&["--listen", "127.0.0.1:0", "--pin", &pin], "--pin"),
+            (
+                &[
+                    "--from-group",
+                    "239.255.61.9:17606",
+                    "--to-group",
+                    "239.255.61.8:17607",
+                    "--listen",
+                    "127.0.0.1:0",
+                ],
+                "--to-group",
+            ),
+            (
+                &["--listen", "127.0.0.1:0", "--interface", "lo"],
+                "--interface",
+            ),
+            (
+                &["--listen", "127.0.0.1:0", "--max-subscribers", "0"],
+                "--max-subscribers",
+            ),
+            (
+                &["--listen", "127.0.0.1:0", "--queue-bytes", "10"],
+                "--queue-bytes",
+            ),
+            (
+                &["--listen", "127.0.0.1:0", "--queue-age-ms", "0"],
+                "--queue-age",
+            ),
+            (&["--listen", "127.0.0.1:0", "--stats", "nan"], "--stats"),
+            (&["--listen", "127.0.0.1:0", "--stats", "-1"], "-1"),
+            (
+                &["--listen", "127.0.0.1:0", "--duration", "inf"],
+                "--duration",
+            ),
+            (&["--listen", "127.0.0.1:0", "--cert", "a.pem"], "--key"),
+            (&["--listen", "127.0.0.1:0", "--allow", "x"], "--allow"),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--ttl",
+                    "300",
+                    "--allow-any-feeder",
+                    "--to-group",
+                    "239.255.61.9:17606",
+                ],
+                "--ttl",
+            ),
+        ];
+        for (args, expected) in cases {
+            let out = grapevine()
+                .arg("relay")
+                .args(*args)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let what = args.join(" ");
+            assert!(
+                matches!(out.status.code(), Some(1 | 2)),
+                "{what}: {:?} {err}",
+                out.status
+            );
+            assert!(
+                err.contains(expected),
+                "{what}: expected {expected:?} in {err}"
+            );
+            assert!(!err.contains("panicked"), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn stats_stop_quietly_when_the_reader_is_gone() {
+        let mut child = grapevine()
+            .args([
+                "relay",
+                "--listen",
+                "127.0.0.1:0",
+                "--stats",
+                "0.05",
+                "--duration",
+                "1",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{err}"
+        );
+    }
+}

@@ -31,6 +31,9 @@
 //! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message`, and refused by authentication: `auth_bad_tag`, `auth_replayed`, `auth_refused_other` |
 //! | `grapevine_publisher_seal_refused_total` | counter | datagrams not sent because sealing them would have reused a nonce (never expected) |
 //! | `grapevine_publisher_{seq, leaves, queued_bytes}` | gauge | the last sequence number, the state's leaves, bytes waiting for the socket |
+//! | `grapevine_relay_{datagrams_in, bytes_in, datagrams_out_group, datagrams_out_link, bytes_out, shed_datagrams, shed_bytes, peer_shed_datagrams, naks_received, nak_answers, naks_forwarded, naks_coalesced, naks_forward_limited, repeats, repeat_bytes, repeats_coalesced, repeats_refused_budget, repeats_refused_unsettled, link_connects, link_failures, dial_failures, refused}_total` | counter | a relay's counters (feature `relay`; label `name`) |
+//! | `grapevine_relay_dropped_total{reason}` | counter | datagrams and NAKs a relay did not relay: `not_grapevine`, `own_output`, `from_subscriber`, `duplicate`, `standby`, `foreign_stream`, `too_large`, `not_repeatable`, `bad_nak`, `unknown_session`, `wrong_direction` |
+//! | `grapevine_relay_{links_up, subscribers, queued_bytes, sessions, held_datagrams, held_bytes}` | gauge | a relay's links, unicast subscribers, queues and history |
 //!
 //! [`SubscriberStats`]: crate::SubscriberStats
 //! [`PublisherStats`]: crate::PublisherStats
@@ -127,6 +130,35 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = {
         ("grapevine_publisher_seq", G, "The last sequence number published."),
         ("grapevine_publisher_leaves", G, "Leaves in the published state."),
         ("grapevine_publisher_queued_bytes", G, "Bytes of datagrams waiting for the socket."),
+        ("grapevine_relay_datagrams_in_total", C, "Datagrams a relay received from its group or links."),
+        ("grapevine_relay_bytes_in_total", C, "Bytes of them."),
+        ("grapevine_relay_datagrams_out_group_total", C, "Datagrams a relay emitted on its group (repeats included)."),
+        ("grapevine_relay_datagrams_out_link_total", C, "Datagram and Repair frames a relay sent on links."),
+        ("grapevine_relay_bytes_out_total", C, "Bytes of both."),
+        ("grapevine_relay_shed_datagrams_total", C, "Datagrams a relay shed from full or stale queues."),
+        ("grapevine_relay_shed_bytes_total", C, "Bytes of them."),
+        ("grapevine_relay_peer_shed_datagrams_total", C, "Datagrams the upstream relay reported shed."),
+        ("grapevine_relay_naks_received_total", C, "NAKs a relay received."),
+        ("grapevine_relay_nak_answers_total", C, "Held datagrams chosen to answer NAKs locally."),
+        ("grapevine_relay_naks_forwarded_total", C, "NAKs forwarded upstream."),
+        ("grapevine_relay_naks_coalesced_total", C, "NAKs not forwarded: asked upstream lately."),
+        ("grapevine_relay_naks_forward_limited_total", C, "NAKs not forwarded: over the forwarding rate."),
+        ("grapevine_relay_repeats_total", C, "Datagrams repeated in answer to NAKs."),
+        ("grapevine_relay_repeat_bytes_total", C, "Bytes of them."),
+        ("grapevine_relay_repeats_coalesced_total", C, "Repeats skipped: repeated moments ago."),
+        ("grapevine_relay_repeats_refused_budget_total", C, "Repeats skipped: over the stream's repeat budget."),
+        ("grapevine_relay_repeats_refused_unsettled_total", C, "NAKs not answered locally: the stream's session changed lately."),
+        ("grapevine_relay_link_connects_total", C, "Links established."),
+        ("grapevine_relay_link_failures_total", C, "Links lost."),
+        ("grapevine_relay_dial_failures_total", C, "Dial attempts that failed."),
+        ("grapevine_relay_refused_total", C, "Dialers a listener refused."),
+        ("grapevine_relay_dropped_total", C, "Datagrams and NAKs a relay did not relay, by reason."),
+        ("grapevine_relay_links_up", G, "Links up."),
+        ("grapevine_relay_subscribers", G, "Unicast subscribers connected."),
+        ("grapevine_relay_queued_bytes", G, "Bytes queued for the group and links."),
+        ("grapevine_relay_sessions", G, "Sessions known."),
+        ("grapevine_relay_held_datagrams", G, "Datagrams held to answer NAKs."),
+        ("grapevine_relay_held_bytes", G, "Bytes of them."),
     ]
 };
 
@@ -663,5 +695,78 @@ mod tests {
         assert!(!pace.due(t0 + INTERVAL / 2));
         assert!(pace.due(t0 + INTERVAL));
         assert_eq!(pace.next, t0 + 2 * INTERVAL);
+    }
+}
+
+/// Records a relay's counters and gauges, labelled `name`.
+#[cfg(feature = "relay")]
+pub(crate) fn record_relay(name: &str, s: &crate::relay::Stats) {
+    let l = vec![Label::new("name", name.to_owned())];
+    let c = &s.core;
+    for (metric, v) in [
+        ("grapevine_relay_datagrams_in_total", c.datagrams_in),
+        ("grapevine_relay_bytes_in_total", c.bytes_in),
+        (
+            "grapevine_relay_datagrams_out_group_total",
+            c.datagrams_out_group,
+        ),
+        (
+            "grapevine_relay_datagrams_out_link_total",
+            c.datagrams_out_link,
+        ),
+        ("grapevine_relay_bytes_out_total", c.bytes_out),
+        ("grapevine_relay_shed_datagrams_total", c.shed_datagrams),
+        ("grapevine_relay_shed_bytes_total", c.shed_bytes),
+        (
+            "grapevine_relay_peer_shed_datagrams_total",
+            c.peer_shed_datagrams,
+        ),
+        ("grapevine_relay_naks_received_total", c.naks_received),
+        ("grapevine_relay_nak_answers_total", c.nak_answers),
+        ("grapevine_relay_naks_forwarded_total", c.naks_forwarded),
+        ("grapevine_relay_naks_coalesced_total", c.naks_coalesced),
+        (
+            "grapevine_relay_naks_forward_limited_total",
+            c.naks_forward_limited,
+        ),
+        ("grapevine_relay_repeats_total", c.repeats),
+        ("grapevine_relay_repeat_bytes_total", c.repeat_bytes),
+        (
+            "grapevine_relay_repeats_coalesced_total",
+            c.repeats_coalesced,
+        ),
+        (
+            "grapevine_relay_repeats_refused_budget_total",
+            c.repeats_refused_budget,
+        ),
+        (
+            "grapevine_relay_repeats_refused_unsettled_total",
+            c.repeats_refused_unsettled,
+        ),
+        ("grapevine_relay_link_connects_total", s.link_connects),
+        ("grapevine_relay_link_failures_total", s.link_failures),
+        ("grapevine_relay_dial_failures_total", s.dial_failures),
+        ("grapevine_relay_refused_total", s.refused),
+    ] {
+        counter(metric, &l, v);
+    }
+    for why in crate::relay::Dropped::ALL {
+        counter_with(
+            "grapevine_relay_dropped_total",
+            &l,
+            "reason",
+            why.code(),
+            c.dropped(why),
+        );
+    }
+    for (metric, v) in [
+        ("grapevine_relay_links_up", s.links_up),
+        ("grapevine_relay_subscribers", s.subscribers),
+        ("grapevine_relay_queued_bytes", c.queued_bytes),
+        ("grapevine_relay_sessions", c.sessions),
+        ("grapevine_relay_held_datagrams", c.held_datagrams),
+        ("grapevine_relay_held_bytes", c.held_bytes),
+    ] {
+        metrics::gauge!(metric, l.iter()).set(v as f64);
     }
 }

@@ -41,6 +41,7 @@ pub(crate) struct Main {
     pub(crate) stats: Arc<Mutex<Stats>>,
     pub(crate) stop: watch::Receiver<bool>,
     pub(crate) name: String,
+    pub(crate) metrics_due: Option<Instant>,
 }
 
 struct LinkState {
@@ -229,11 +230,20 @@ impl Main {
         }
     }
 
-    fn publish_stats(&self, links: &HashMap<LinkId, LinkState>) {
-        if let Ok(mut s) = self.stats.lock() {
-            s.core = self.engine.stats();
-            s.links_up = links.len();
-            s.subscribers = links.values().filter(|l| l.subscriber).count();
+    fn publish_stats(&mut self, links: &HashMap<LinkId, LinkState>) {
+        let snapshot = match self.stats.lock() {
+            Ok(mut s) => {
+                s.core = self.engine.stats();
+                s.links_up = links.len();
+                s.subscribers = links.values().filter(|l| l.subscriber).count();
+                s.clone()
+            }
+            Err(_) => return,
+        };
+        let now = Instant::now();
+        if self.metrics_due.is_none_or(|t| now >= t) {
+            self.metrics_due = Some(now + crate::metrics::INTERVAL);
+            crate::metrics::record_relay(&self.name, &snapshot);
         }
     }
 }

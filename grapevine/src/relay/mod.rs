@@ -351,6 +351,7 @@ impl RelayBuilder {
             stats: Arc::clone(&stats),
             stop: stop.clone(),
             name: name.clone(),
+            metrics_due: None,
         };
         let main = tokio::spawn(main.run());
         tracing::info!(relay = %name, listen = ?local_addr, "relay started");
