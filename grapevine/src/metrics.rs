@@ -658,46 +658,6 @@ impl PublisherMetrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn drops_are_read_from_the_row_of_the_socket() {
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
-            1: 00000000:1E61 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n\
-            2: 00000000:1E61 00000000:0000 07 00000000:00000D00 00:00000000 00000000     0        0 4243 2 0000000000000000 17\n";
-        assert_eq!(drops_in(table, 4243), Some(17));
-        assert_eq!(drops_in(table, 4242), Some(0));
-        assert_eq!(drops_in(table, 99), None);
-        assert_eq!(drops_in("", 4242), None);
-    }
-
-    #[test]
-    fn what_grew_is_told_once() {
-        let mut seen = Seen::default();
-        assert_eq!(seen.grew("a", 5), 5);
-        assert_eq!(seen.grew("a", 5), 0);
-        assert_eq!(seen.grew("a", 9), 4);
-        assert_eq!(seen.grew("b", 1), 1);
-        assert_eq!(
-            seen.grew("a", 2),
-            0,
-            "a total that fell (a new session) grows by nothing"
-        );
-    }
-
-    #[test]
-    fn recordings_are_paced_by_the_interval() {
-        let t0 = Instant::now();
-        let mut pace = Pace::new(t0);
-        assert!(pace.due(t0), "the first is due at once");
-        assert!(!pace.due(t0 + INTERVAL / 2));
-        assert!(pace.due(t0 + INTERVAL));
-        assert_eq!(pace.next, t0 + 2 * INTERVAL);
-    }
-}
-
 /// Records a relay's counters and gauges, labelled `name`.
 #[cfg(feature = "relay")]
 pub(crate) fn record_relay(name: &str, s: &crate::relay::Stats) {
@@ -768,5 +728,45 @@ pub(crate) fn record_relay(name: &str, s: &crate::relay::Stats) {
         ("grapevine_relay_held_bytes", c.held_bytes),
     ] {
         metrics::gauge!(metric, l.iter()).set(v as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_read_from_the_row_of_the_socket() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+            1: 00000000:1E61 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 4242 2 0000000000000000 0\n\
+            2: 00000000:1E61 00000000:0000 07 00000000:00000D00 00:00000000 00000000     0        0 4243 2 0000000000000000 17\n";
+        assert_eq!(drops_in(table, 4243), Some(17));
+        assert_eq!(drops_in(table, 4242), Some(0));
+        assert_eq!(drops_in(table, 99), None);
+        assert_eq!(drops_in("", 4242), None);
+    }
+
+    #[test]
+    fn what_grew_is_told_once() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.grew("a", 5), 5);
+        assert_eq!(seen.grew("a", 5), 0);
+        assert_eq!(seen.grew("a", 9), 4);
+        assert_eq!(seen.grew("b", 1), 1);
+        assert_eq!(
+            seen.grew("a", 2),
+            0,
+            "a total that fell (a new session) grows by nothing"
+        );
+    }
+
+    #[test]
+    fn recordings_are_paced_by_the_interval() {
+        let t0 = Instant::now();
+        let mut pace = Pace::new(t0);
+        assert!(pace.due(t0), "the first is due at once");
+        assert!(!pace.due(t0 + INTERVAL / 2));
+        assert!(pace.due(t0 + INTERVAL));
+        assert_eq!(pace.next, t0 + 2 * INTERVAL);
     }
 }
