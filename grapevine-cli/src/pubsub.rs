@@ -397,6 +397,8 @@ pub(crate) struct SubArgs {
     /// is refused: one line on standard error names both, exit 1.
     #[arg(long)]
     schema: Option<String>,
+    #[command(flatten)]
+    relay: crate::relay::RelayClientArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -558,6 +560,9 @@ async fn sub_with<S: DemoState>(args: SubArgs, security: Option<Security>) -> Re
     let mut builder = Subscriber::<S>::builder()
         .multicast(args.net.multicast())
         .stream(args.net.stream());
+    if let Some(link) = args.relay.link().await? {
+        builder = builder.relay(link);
+    }
     if let Some(security) = security {
         builder = builder.security(security);
     }

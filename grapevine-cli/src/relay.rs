@@ -109,6 +109,51 @@ pub(crate) struct RelayArgs {
     metrics: MetricsArgs,
 }
 
+/// `--relay HOST:PORT` with `--pin` or `--ca`: subscribe through a relay
+/// listener instead of a group (`sub`, `tail`).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct RelayClientArgs {
+    /// Receive the stream from the relay listening there (`grapevine relay
+    /// --listen`), for hosts with no multicast: the group flags are then
+    /// not used.
+    #[arg(long, value_name = "HOST:PORT")]
+    relay: Option<String>,
+    /// With `--relay`: trust the listener presenting the certificate with
+    /// this fingerprint (what it prints as `fingerprint:`).
+    #[arg(long = "pin", value_name = "HEX", requires = "relay")]
+    relay_pin: Option<Fingerprint>,
+    /// With `--relay`: trust listeners whose certificate this CA (PEM)
+    /// signed, for the host of `--relay`.
+    #[arg(long = "ca", value_name = "FILE", requires = "relay")]
+    relay_ca: Option<PathBuf>,
+    /// With `--relay`: TLS over TCP instead of QUIC.
+    #[arg(long = "tcp", requires = "relay")]
+    relay_tcp: bool,
+}
+
+impl RelayClientArgs {
+    /// The link the flags ask for, or `None` without `--relay`.
+    pub(crate) async fn link(&self) -> Result<Option<grapevine::relay::RelayLink>> {
+        let Some(to) = &self.relay else {
+            return Ok(None);
+        };
+        let trust = match (&self.relay_pin, &self.relay_ca) {
+            (Some(pin), None) => Trust::Pin(*pin),
+            (None, Some(ca)) => Trust::ca_file(ca)?,
+            (Some(_), Some(_)) => bail!("--pin and --ca: give one way to trust the relay"),
+            (None, None) => bail!("--relay needs a way to trust the listener: --pin <the fingerprint it prints> or --ca FILE"),
+        };
+        let addr = resolve("--relay", to).await?;
+        let mut link = grapevine::relay::RelayLink::new(addr, trust);
+        let host = to.rsplit_once(':').map_or(to.as_str(), |(h, _)| h);
+        link.server_name = Some(host.trim_matches(['[', ']']).to_string());
+        if self.relay_tcp {
+            link.transport = Transport::Tcp;
+        }
+        Ok(Some(link))
+    }
+}
+
 fn group(addr: SocketAddr, interface: &str, ttl: u32, flag: &str) -> Result<MulticastConfig> {
     if !addr.ip().is_multicast() {
         bail!("{flag} {addr}: not a multicast group (IPv4 224.0.0.0/4 or IPv6 ff00::/8)");
@@ -131,13 +176,13 @@ fn seconds(flag: &str, s: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(s))
 }
 
-async fn resolve(to: &str) -> Result<SocketAddr> {
+async fn resolve(flag: &str, to: &str) -> Result<SocketAddr> {
     let mut addrs = tokio::net::lookup_host(to)
         .await
-        .with_context(|| format!("--to {to}: not HOST:PORT, or the host cannot be resolved"))?;
+        .with_context(|| format!("{flag} {to}: not HOST:PORT, or the host cannot be resolved"))?;
     addrs
         .next()
-        .with_context(|| format!("--to {to}: the host has no address"))
+        .with_context(|| format!("{flag} {to}: the host has no address"))
 }
 
 /// Runs `grapevine relay`.
@@ -231,7 +276,7 @@ pub(crate) async fn run(args: RelayArgs) -> Result<ExitCode> {
         builder = builder.no_subscribers();
     }
     if let Some(to) = &args.to {
-        let addr = resolve(to).await?;
+        let addr = resolve("--to", to).await?;
         let trust = match (&args.pin, &args.ca) {
             (Some(pin), _) => Trust::Pin(*pin),
             (_, Some(ca)) => Trust::ca_file(ca)?,

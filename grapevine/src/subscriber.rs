@@ -124,6 +124,8 @@ pub struct SubscriberBuilder<S> {
     event_capacity: usize,
     driver: Driver,
     name: Option<String>,
+    #[cfg(feature = "relay")]
+    relay: Option<crate::relay::RelayLink>,
     state: PhantomData<fn() -> S>,
 }
 
@@ -136,6 +138,8 @@ impl<S> Default for SubscriberBuilder<S> {
             event_capacity: DEFAULT_EVENT_CAPACITY,
             driver: Driver::default(),
             name: None,
+            #[cfg(feature = "relay")]
+            relay: None,
             state: PhantomData,
         }
     }
@@ -150,6 +154,8 @@ impl<S> Clone for SubscriberBuilder<S> {
             event_capacity: self.event_capacity,
             driver: self.driver,
             name: self.name.clone(),
+            #[cfg(feature = "relay")]
+            relay: self.relay.clone(),
             state: PhantomData,
         }
     }
@@ -286,6 +292,31 @@ impl<S> SubscriberBuilder<S> {
         self
     }
 
+    /// Subscribes through a relay listener (`grapevine relay --listen`)
+    /// instead of a multicast group, for hosts with no multicast at all:
+    /// the stream's datagrams come over the link, NAKs go back on it, and
+    /// everything else is as on a group (the multicast settings are not
+    /// used). Feature `relay`.
+    ///
+    /// ```no_run
+    /// # use std::collections::BTreeMap;
+    /// use grapevine::relay::{tls::Trust, RelayLink};
+    /// use grapevine::Subscriber;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pin = "3f1c...".parse();
+    /// # let pin = Ok::<_, grapevine::relay::tls::FingerprintError>(grapevine::relay::tls::Fingerprint::from_bytes([0; 32]));
+    /// let link = RelayLink::new("203.0.113.7:7443".parse()?, Trust::Pin(pin?));
+    /// let sub = Subscriber::<BTreeMap<String, u64>>::builder().relay(link).bind().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "relay")]
+    pub fn relay(mut self, link: crate::relay::RelayLink) -> Self {
+        self.relay = Some(link);
+        self
+    }
+
     /// The schema name expected of the publisher (PROTOCOL.md §8.2,
     /// "Schema"). Default: the state's [`State::schema_name`]. A publisher
     /// announcing another one is reported
@@ -341,13 +372,27 @@ impl<S> SubscriberBuilder<S> {
             protocol.rng_seed(crate::random::random_u64());
         }
         let stream = protocol.stream_id();
+        #[cfg(feature = "relay")]
+        let max_datagram = protocol.max_datagram_size();
         let core = CoreSubscriber::new(protocol)?;
-        let socket = bind_receiver(&self.multicast)?;
-        let group = socket.group_addr();
-        let udp = UdpIo::new(socket)?;
-        let io: Arc<dyn DatagramIo> = match self.loss {
-            Some(loss) => Arc::new(Lossy::new(udp, loss)),
-            None => Arc::new(udp),
+        #[cfg(feature = "relay")]
+        let (io, group) = match self.relay {
+            Some(link) => {
+                let addr = link.addr;
+                let io = crate::relay::LinkIo::connect(link, stream, max_datagram)?;
+                (with_loss(io, self.loss), addr)
+            }
+            None => {
+                let socket = bind_receiver(&self.multicast)?;
+                let group = socket.group_addr();
+                (with_loss(UdpIo::new(socket)?, self.loss), group)
+            }
+        };
+        #[cfg(not(feature = "relay"))]
+        let (io, group) = {
+            let socket = bind_receiver(&self.multicast)?;
+            let group = socket.group_addr();
+            (with_loss(UdpIo::new(socket)?, self.loss), group)
         };
 
         empty.clear();
@@ -372,6 +417,14 @@ impl<S> SubscriberBuilder<S> {
             driver: Some(driver),
             group,
         })
+    }
+}
+
+/// `io`, wrapped in [`Lossy`] when asked.
+fn with_loss(io: impl DatagramIo, loss: Option<Loss>) -> Arc<dyn DatagramIo> {
+    match loss {
+        Some(loss) => Arc::new(Lossy::new(io, loss)),
+        None => Arc::new(io),
     }
 }
 

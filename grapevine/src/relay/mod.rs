@@ -42,6 +42,7 @@
 //! * [`tls`]: fingerprints, identities, pins and CA trust.
 //! * [`transport`]: the QUIC and TLS-over-TCP endpoints.
 
+mod client;
 mod driver;
 mod link;
 pub mod tls;
@@ -58,6 +59,8 @@ use grapevine_core::StreamId;
 use tokio::sync::{mpsc, watch};
 
 use crate::socket::{bind_receiver, bind_sender, MulticastConfig, SocketError};
+pub(crate) use client::LinkIo;
+pub use client::RelayLink;
 use tls::{FeederPolicy, Fingerprint, Identity, TlsError, Trust};
 use transport::TransportError;
 

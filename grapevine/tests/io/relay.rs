@@ -187,3 +187,58 @@ async fn wait(done: impl Fn() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A host with no multicast subscribes to a relay listener directly: the
+/// listener reads the publisher's group and serves the link (and answers
+/// its NAKs from its history).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unicast_subscriber_follows_through_a_listener() {
+    let identity = Identity::generate().unwrap();
+    let pin = identity.fingerprint();
+    let site = Relay::builder()
+        .name("site")
+        .from_group(mcast(48))
+        .listen(loopback())
+        .identity(identity)
+        .start()
+        .await
+        .unwrap();
+    let link = grapevine::relay::RelayLink::new(site.local_addr().unwrap(), Trust::Pin(pin));
+    let sub = Subscriber::<Map>::builder()
+        .relay(link)
+        .simulate_loss(Loss::new(0.05, 9).unwrap())
+        .bind()
+        .await
+        .unwrap();
+    wait(|| site.stats().subscribers == 1, "the subscriber's link").await;
+    let publ = Publisher::builder()
+        .group(group(48))
+        .port(port(48))
+        .bind((0..50).map(|i| (format!("init-{i}"), i)).collect::<Map>())
+        .await
+        .unwrap();
+    for round in 0..20u64 {
+        publ.publish_batch((0..50).map(|i| MapDelta::Upsert(format!("key-{i}"), round * 100 + i)))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (session, seq) = (publ.session(), publ.last_seq());
+    sub.wait_until(
+        |s| s.session == Some(session) && s.synced && s.consistent && s.seq == seq,
+        TIMEOUT,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?} {:?}", sub.stats(), site.stats()));
+    assert_eq!(sub.digest(), publ.digest());
+    let s = sub.stats();
+    assert!(s.simulated_drops > 0, "{s:?}");
+    // Its NAKs came over the link and were answered by the listener.
+    assert!(
+        s.naks_sent > 0 && site.stats().core.naks_received > 0,
+        "{s:?} {:?}",
+        site.stats()
+    );
+    publ.shutdown().await;
+    sub.shutdown().await;
+    site.close().await;
+}
