@@ -328,21 +328,23 @@ fn spawn_reader(
         let why = loop {
             match reader.next() {
                 Ok(Some(bytes)) => {
-                    match decode(&bytes) {
+                    let delivered = match decode(&bytes) {
+                        // Waits while the driver is behind: the link
+                        // slows, the listener sheds.
                         Ok(Decoded::Frame(Frame::Datagram(d) | Frame::Repair(d), _)) => {
-                            // Waits while the driver is behind: the link
-                            // slows, the listener sheds.
-                            if tx.send(d).await.is_err() {
-                                break "the subscriber is gone".to_string();
-                            }
+                            tx.send(d).await.is_ok()
                         }
                         Ok(Decoded::Frame(Frame::Ping(t), _)) => {
                             let _ = pongs.try_send(t);
+                            true
                         }
                         Ok(Decoded::Frame(Frame::Goodbye { reason, .. }, _)) => {
                             break format!("the relay closed the link: {reason}");
                         }
-                        _ => {}
+                        _ => true,
+                    };
+                    if !delivered {
+                        break "the subscriber is gone".to_string();
                     }
                     continue;
                 }
