@@ -38,6 +38,7 @@ use sub::SubReport;
 
 mod measure;
 mod raw;
+mod relay;
 mod state;
 pub(crate) mod sub;
 
@@ -120,6 +121,12 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// Put a relay pair between the publisher and the subscribers, as
+    /// separate processes: the near relay reads `--port`, the far one
+    /// emits on `--port` + 1, where the subscribers listen; the link is
+    /// QUIC or TLS over TCP on 127.0.0.1.
+    #[arg(long, value_enum)]
+    relay: Option<relay::RelayArg>,
     #[command(flatten)]
     net: NetArgs,
 }
@@ -143,6 +150,8 @@ struct Plan {
     leaves: u32,
     /// The keys of `--key-file`, read once.
     security: Option<Security>,
+    /// Where the subscribers listen: `--port`, or the far relay's group.
+    sub_port: u16,
 }
 
 fn plan(a: &BenchArgs) -> Result<Plan> {
@@ -201,7 +210,20 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
             crate::keys::KEY_FILE_ENV
         );
     }
+    let sub_port = match a.relay {
+        None => a.net.port,
+        Some(_) if a.mode == Mode::FanoutRaw => {
+            bail!("--relay: fanout-raw measures bare sockets; leave --relay out")
+        }
+        Some(_) => a.net.port.checked_add(1).with_context(|| {
+            format!(
+                "--relay: the far group takes --port + 1; --port {} has none",
+                a.net.port
+            )
+        })?,
+    };
     Ok(Plan {
+        sub_port,
         mode: a.mode,
         security,
         pad: u16::try_from(pad).unwrap_or(u16::MAX),
@@ -220,7 +242,7 @@ struct SubProcess {
 }
 
 impl SubProcess {
-    async fn spawn(args: &BenchArgs) -> Result<Self> {
+    async fn spawn(args: &BenchArgs, port: u16) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the grapevine executable")?;
         let n = &args.net;
         let mut child = tokio::process::Command::new(exe)
@@ -229,7 +251,7 @@ impl SubProcess {
             // loses): counted in its report, not logged as warnings.
             .arg("-q")
             .args(["--group", &n.group.to_string()])
-            .args(["--port", &n.port.to_string()])
+            .args(["--port", &port.to_string()])
             .arg(format!("--interface={}", n.interface))
             .args(["--stream", &n.stream.to_string()])
             .args(["--driver", args.driver.flag()])
@@ -288,6 +310,8 @@ impl SubProcess {
 #[derive(Debug, Default, Serialize)]
 struct Report {
     mode: Option<Mode>,
+    /// The relay pair between publisher and subscribers, if any.
+    relay: Option<relay::RelayArg>,
     /// How datagrams were sealed: `none`, `authenticate` (`--key-file`)
     /// or `encrypt` (and `--encrypt`).
     auth: &'static str,
@@ -353,6 +377,11 @@ struct Trial {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let plan = plan(&args)?;
+    // Kept for the whole run: every trial's stream crosses them.
+    let relays = match args.relay {
+        Some(r) => Some(relay::Relays::start(&args, r, plan.sub_port).await?),
+        None => None,
+    };
     let drops_before = kernel_drops();
     let mut report = match plan.mode {
         Mode::Snapshot => match plan.rate {
@@ -364,6 +393,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         _ => stream(&args, &plan, plan.rate).await?,
     };
     report.mode = Some(plan.mode);
+    report.relay = args.relay;
+    if let Some(r) = relays {
+        r.stop().await;
+    }
     report.auth = args.net.keys.mode();
     report.driver = Some(args.driver);
     report.size = args.size;
@@ -445,7 +478,7 @@ async fn search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
 async fn raw_fanout(args: &BenchArgs, plan: &Plan) -> Result<Report> {
     let mut subs = Vec::new();
     for _ in 0..plan.subscribers {
-        subs.push(SubProcess::spawn(args).await?);
+        subs.push(SubProcess::spawn(args, plan.sub_port).await?);
     }
     for s in &mut subs {
         s.expect("synced").await?;
@@ -473,7 +506,7 @@ async fn raw_fanout(args: &BenchArgs, plan: &Plan) -> Result<Report> {
 async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Report> {
     let mut subs = Vec::new();
     for _ in 0..plan.subscribers {
-        subs.push(SubProcess::spawn(args).await?);
+        subs.push(SubProcess::spawn(args, plan.sub_port).await?);
     }
     let publ = secured(Publisher::builder(), plan)
         .multicast(args.net.multicast())
@@ -718,7 +751,7 @@ async fn snapshot(args: &BenchArgs, plan: &Plan, rate: u32) -> Result<Report> {
     let bytes = s2.protocol.snapshot_bytes - s1.protocol.snapshot_bytes;
     // Join half-way through the third cycle.
     tokio::time::sleep(cycle / 2).await;
-    let mut sub = SubProcess::spawn(args).await?;
+    let mut sub = SubProcess::spawn(args, plan.sub_port).await?;
     let secs = cycle.as_secs_f64();
     let patience = (cycle * 5).max(Duration::from_secs(10));
     let Ok(synced) = sub.expect_within("synced", patience).await else {
