@@ -144,6 +144,27 @@ rows.append(("Latency p50, busy-poll, encrypted", fmt(enc_p50, " µs", 1),
 rows.append(("Latency p99, busy-poll, encrypted", fmt(enc_p99, " µs", 1),
              f"not encrypted {fmt(median([x['p99_us'] for x in busy]), ' µs', 1)}",
              fmt(ratio(enc_p99, median([x["p99_us"] for x in busy])), "x", 2), "-", "-"))
+# Through a relay pair (bench --relay): against the direct runs.
+relay = {}
+for link in ("quic", "tcp"):
+    t = gv(f"gv-relay-throughput-{link}-*.json")
+    l = gv(f"gv-relay-latency-{link}-*.json")
+    relay[link] = (median([x["deltas_per_s"] for x in t]) if t else None,
+                   median([x["p50_us"] for x in l]) if l else None,
+                   median([x["p99_us"] for x in l]) if l else None)
+tok = lat.get("tokio") or []
+tok_p50 = median([x["p50_us"] for x in tok]) if tok else None
+tok_p99 = median([x["p99_us"] for x in tok]) if tok else None
+for link, label in (("quic", "QUIC"), ("tcp", "TLS over TCP")):
+    rate, p50, p99 = relay[link]
+    rows.append((f"Throughput through a relay pair ({label})", fmt(rate), f"direct {fmt(gv_rate)}",
+                 fmt(ratio(rate, gv_rate), "x", 2), "-", "-"))
+    added50 = None if p50 is None or tok_p50 is None else p50 - tok_p50
+    added99 = None if p99 is None or tok_p99 is None else p99 - tok_p99
+    rows.append((f"Latency through a relay pair ({label}), tokio: p50, p99",
+                 f"{fmt(p50, ' µs', 1)}, {fmt(p99, ' µs', 1)}",
+                 f"direct {fmt(tok_p50, ' µs', 1)}, {fmt(tok_p99, ' µs', 1)}; added {fmt(added50, ' µs', 1)}, {fmt(added99, ' µs', 1)}",
+                 f"{fmt(ratio(p50, tok_p50), 'x', 2)}, {fmt(ratio(p99, tok_p99), 'x', 2)}", "-", "-"))
 r = ratio(fan4, fan1)
 rows.append(("Fan-out: publisher CPU per delta, 4 subscribers vs 1", f"{fmt(fan4, ' ns')} vs {fmt(fan1, ' ns')}",
              "1 subscriber", fmt(r, "x", 2), "≤ 1.1x", verdict(r, 1.1, False)))
@@ -192,6 +213,8 @@ ratios = [
     bullet("Publisher CPU per delta, 4 subscribers against 1", ratio(fan4, fan1), "≤ 1.1x"),
     bullet("Throughput with every datagram authenticated, against none (same run)", ratio(auth_rate, gv_rate), "none"),
     bullet("Throughput authenticated and encrypted, against none (same run)", ratio(enc_rate, gv_rate), "none"),
+    bullet("Throughput through a relay pair over QUIC, against direct (same run)", ratio(relay["quic"][0], gv_rate), "none"),
+    bullet("Latency p50 through a relay pair over QUIC, against direct (tokio, same run)", ratio(relay["quic"][1], tok_p50), "none"),
     bullet("Late joiner's time to sync over the snapshot cycle time, 1,000,000 leaves", snap["sync_over_cycle"], "≤ 1.2x"),
     bullet("Subscriber memory over the leaves' raw bytes, fixed part aside, 1,000,000 leaves",
            ratio(snap["rss_bytes"] - small["rss_bytes"], snap["raw_bytes"]), "≤ 2x"),

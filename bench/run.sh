@@ -123,6 +123,18 @@ for run in $(seq 1 "$RUNS"); do
             >"$OUT/gv-latency-$driver-$run.json"
     done
 
+    # A relay pair (two `grapevine relay` processes, QUIC or TLS over TCP
+    # on the namespace's loopback) between the publisher's group and the
+    # subscriber's: against the direct runs of the same round.
+    for link in quic tcp; do
+        echo "   grapevine: throughput through a relay pair ($link)"
+        in_ns "$GV" bench --mode throughput --duration 2 --port 29910 --relay $link --json \
+            >"$OUT/gv-relay-throughput-$link-$run.json"
+        echo "   grapevine: latency at 10,000 deltas/s through a relay pair ($link), tokio"
+        in_ns "$GV" bench --mode latency --duration 5 --port 29912 --relay $link --json \
+            >"$OUT/gv-relay-latency-$link-$run.json"
+    done
+
     for n in 1 4; do
         echo "   grapevine: fan-out, $n subscriber(s) at 100,000 deltas/s"
         in_ns "$GV" bench --mode fanout --subscribers $n --duration 3 --port 29903 --json \
