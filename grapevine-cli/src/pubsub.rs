@@ -397,6 +397,11 @@ pub(crate) struct SubArgs {
     /// is refused: one line on standard error names both, exit 1.
     #[arg(long)]
     schema: Option<String>,
+    /// How long a NAK waits for its repair before it is sent again, in
+    /// milliseconds (1 ..= 10000). Behind a relay pair over a long link,
+    /// about the link's round trip.
+    #[arg(long, value_name = "MS")]
+    repair_timeout_ms: Option<u64>,
     #[command(flatten)]
     relay: crate::relay::RelayClientArgs,
 }
@@ -562,6 +567,12 @@ async fn sub_with<S: DemoState>(args: SubArgs, security: Option<Security>) -> Re
         .stream(args.net.stream());
     if let Some(link) = args.relay.link().await? {
         builder = builder.relay(link);
+    }
+    if let Some(ms) = args.repair_timeout_ms {
+        if !(1..=10_000).contains(&ms) {
+            anyhow::bail!("--repair-timeout-ms {ms}: give 1 ..= 10000 milliseconds");
+        }
+        builder = builder.repair_timeout(Duration::from_millis(ms));
     }
     if let Some(security) = security {
         builder = builder.security(security);

@@ -229,6 +229,14 @@ impl<S> SubscriberBuilder<S> {
         self
     }
 
+    /// How long a NAK waits for its repair before it is sent again (default
+    /// 20 ms). Through a relay pair over a long link, NAKs that the far
+    /// relay cannot answer cross it: give about the link's round trip.
+    pub fn repair_timeout(mut self, timeout: Duration) -> Self {
+        self.protocol.repair_timeout(timeout);
+        self
+    }
+
     /// After how many heartbeat intervals of silence the publisher is
     /// reported gone (default 5).
     pub fn missed_heartbeats(mut self, n: u32) -> Self {
