@@ -98,7 +98,7 @@ use coverage::{Coverage, Hi, Lo};
 use cycle::CycleTracker;
 use leaves::{Ctx, DeltaOutcome, DeltaRef, LeafTable};
 use schema::{SchemaCheck, Verdict};
-use sequencer::{Admit, RepairPolicy, Sequencer};
+use sequencer::{Admit, Progress, RepairPolicy, Sequencer};
 
 /// Most verified intervals held while the deltas catch up with their cycle.
 const MAX_DEFERRED: usize = 1 << 20;
@@ -728,6 +728,9 @@ struct Session {
     /// The salt its datagrams are sealed with (authentication on): one
     /// per session.
     salt: Option<Salt>,
+    /// The highest `datagram_seq` of its believed datagrams: a datagram
+    /// below it is a late copy (reordered, or repeated by a relay).
+    highest_datagram: Option<u64>,
     leaves: LeafTable,
     cycle: Option<CycleTracker>,
     /// The cycle before it, for snapshots completed after it ended.
@@ -769,6 +772,7 @@ impl Session {
             synced_at: None,
             seq: None,
             salt: None,
+            highest_datagram: None,
             leaves: LeafTable::default(),
             cycle: None,
             prev_cycle: None,
@@ -1170,6 +1174,9 @@ pub struct Subscriber {
     next_datagram_seq: u64,
     /// `datagram_seq` of the datagram being handled.
     cur_datagram_seq: u64,
+    /// The datagram being handled is a late copy: below the highest
+    /// `datagram_seq` believed in the session.
+    cur_late: bool,
     /// Fragment requests waiting to be sent.
     frag_naks: VecDeque<Missing>,
     /// Time the replica has been consistent since the session synced.
@@ -1230,6 +1237,7 @@ impl Subscriber {
             requester,
             next_datagram_seq: 0,
             cur_datagram_seq: 0,
+            cur_late: false,
             frag_naks: VecDeque::new(),
             consistent_for: Duration::ZERO,
             consistent_since: None,
@@ -1664,6 +1672,8 @@ impl Subscriber {
         };
         if let Some(s) = self.session.as_mut() {
             s.sources.record(remote);
+            self.cur_late = s.highest_datagram.is_some_and(|h| header.datagram_seq < h);
+            s.highest_datagram = s.highest_datagram.max(Some(header.datagram_seq));
         }
         for msg in decoded.iter() {
             if let Message::Fragment(f) = msg {
@@ -1821,6 +1831,10 @@ impl Subscriber {
         match msg {
             Message::Delta(d) | Message::Retransmit(d) => {
                 let retransmit = matches!(msg, Message::Retransmit(_));
+                // A late copy of an original delta filling a NAKed hole is
+                // a repair too: a relay answers NAKs by repeating the
+                // original datagrams (PROTOCOL.md §8.3, §12.4).
+                let late_copy = !retransmit && self.cur_late;
                 ctx.stats.deltas_received += 1;
                 let Some(base) =
                     s.starting_point(SeqNum(d.seq.0 - 1), now, self.heartbeat_interval, &self.cfg)
@@ -1828,20 +1842,26 @@ impl Subscriber {
                     return;
                 };
                 let seq = s.baseline(base, now);
-                let progress = retransmit.then_some(self.cfg.repair_timeout);
+                let progress = (retransmit || late_copy).then_some(Progress {
+                    wait: self.cfg.repair_timeout,
+                    if_naked: late_copy,
+                });
                 let (admit, filled) = seq.admit(now, &d, nak_at, progress);
-                if let Some(f) = filled {
-                    if retransmit {
+                let repaired = filled.filter(|f| retransmit || f.naked && late_copy);
+                match (filled, repaired) {
+                    (_, Some(f)) => {
                         ctx.stats.repaired_by_nak += 1;
                         ctx.stats.repair_latency.record(f.waited);
-                    } else {
-                        ctx.stats.filled_late += 1;
                     }
+                    (Some(_), None) => ctx.stats.filled_late += 1,
+                    (None, None) => {}
                 }
                 if retransmit {
                     ctx.stats.retransmits_received += 1;
-                    // Someone else's NAK is being answered: the same burst
-                    // may bring what this subscriber misses after it.
+                }
+                if retransmit || repaired.is_some() {
+                    // Someone's NAK is being answered: the same burst may
+                    // bring what this subscriber misses after it.
                     ctx.stats.naks_postponed += seq.postpone_after(d.seq, nak_at);
                 }
                 match admit {

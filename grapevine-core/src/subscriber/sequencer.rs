@@ -72,10 +72,21 @@ pub(crate) struct RepairPolicy {
 }
 
 /// A missing sequence number filled, and how.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Filled {
     /// Time since it was known missing.
     pub(crate) waited: Duration,
+    /// Whether it had been NAKed.
+    pub(crate) naked: bool,
+}
+
+/// A repair filling a hole: what is left of the hole waits `wait` more.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Progress {
+    pub(crate) wait: Duration,
+    /// Only if the hole was NAKed (a late copy of an original delta, which
+    /// a relay repeats: PROTOCOL.md §8.3).
+    pub(crate) if_naked: bool,
 }
 
 #[derive(Debug)]
@@ -161,7 +172,7 @@ impl Sequencer {
         now: Instant,
         d: &crate::wire::Delta<'_>,
         nak_at: Instant,
-        progress: Option<Duration>,
+        progress: Option<Progress>,
     ) -> (Admit, Option<Filled>) {
         if d.seq <= self.applied || self.buffer.contains_key(&d.seq) {
             return (Admit::Duplicate, None);
@@ -191,12 +202,15 @@ impl Sequencer {
     /// Removes `seq` from its hole. A hole being filled is making progress:
     /// what is left of it waits `progress` more before its next NAK (or
     /// before being given up), so that a long repair is not cut short.
-    fn fill(&mut self, now: Instant, seq: u64, progress: Option<Duration>) -> Option<Filled> {
+    fn fill(&mut self, now: Instant, seq: u64, progress: Option<Progress>) -> Option<Filled> {
         let (&first, &found) = self.holes.range(..=seq).next_back()?;
         if found.last < seq {
             return None;
         }
         let mut hole = found;
+        let progress = progress
+            .filter(|p| !p.if_naked || found.naks > 0)
+            .map(|p| p.wait);
         if let Some(p) = progress {
             // Not beyond PROGRESS_ROUNDS waits after the hole was found: a
             // hole that repairs fill slower than that (a small repair
@@ -220,6 +234,7 @@ impl Sequencer {
         }
         Some(Filled {
             waited: now.saturating_duration_since(found.since),
+            naked: found.naks > 0,
         })
     }
 
@@ -506,13 +521,29 @@ mod tests {
         let next_nak = |q: &Sequencer| q.holes.values().map(|h| h.next_nak).min().unwrap();
         assert_eq!(next_nak(&q), t0);
         // Seq 1 repaired at 3 ms: the rest waits 20 ms from then.
-        q.admit(t0 + ms(3), &d(1), t0, Some(ms(20)));
+        q.admit(
+            t0 + ms(3),
+            &d(1),
+            t0,
+            Some(Progress {
+                wait: ms(20),
+                if_naked: false,
+            }),
+        );
         q.advance(SeqNum(1));
         assert_eq!(next_nak(&q), t0 + ms(23));
         assert_eq!(q.deadline(&p), Some(t0 + ms(23)));
         // Repairs keep coming: at most 16 × 20 ms after the hole was found.
         for s in 2..=39 {
-            q.admit(t0 + ms(10 * s), &d(s), t0, Some(ms(20)));
+            q.admit(
+                t0 + ms(10 * s),
+                &d(s),
+                t0,
+                Some(Progress {
+                    wait: ms(20),
+                    if_naked: false,
+                }),
+            );
             q.advance(SeqNum(s));
             let want = (t0 + ms(10 * s + 20)).min(t0 + ms(320));
             assert_eq!(next_nak(&q), want, "seq {s}");
@@ -534,7 +565,15 @@ mod tests {
         // Holes 1..=3 and 5..=10, both NAKed at t0.
         assert_eq!(q.due_naks(t0, &p, 10).len(), 2);
         // Seq 1 repaired at 1 ms, long progress: 2..=3 waits until 101 ms.
-        q.admit(t0 + ms(1), &d(1), t0, Some(ms(100)));
+        q.admit(
+            t0 + ms(1),
+            &d(1),
+            t0,
+            Some(Progress {
+                wait: ms(100),
+                if_naked: false,
+            }),
+        );
         q.advance(SeqNum(1));
         // 5..=10 NAKed again at 10 ms: out of attempts, given up at 20 ms
         // once it is first.

@@ -693,3 +693,47 @@ fn naks_beyond_the_latest_prompt_at_most_one_heartbeat_per_millisecond() {
     assert_eq!(prompts(&r), before + 2);
     assert!(has_heartbeat(&r.output()));
 }
+
+/// A relay answers a NAK by repeating the original datagram (PROTOCOL.md
+/// §12.4): a late copy of a Delta that fills a NAKed hole is a repair
+/// (counted, and the rest of the hole gets more time), while one filling a
+/// hole never NAKed is only late.
+#[test]
+fn a_late_copy_of_the_original_filling_a_naked_hole_counts_as_a_repair() {
+    let mut r = running_rig();
+    r.carry_naks = false;
+    // The datagram of one delta is lost (kept aside), the next reveals it.
+    r.publisher.publish(&Op::Add(4, 1));
+    let lost = r.output();
+    assert!(
+        lost.iter().any(|d| carries_delta(d, 6)),
+        "delta 6 in {lost:?}"
+    );
+    r.publish_delivered(Op::Add(5, 2));
+    assert_eq!(r.sub.status().missing, 1);
+    // Its NAK goes out (and is not answered).
+    r.run_until(ms(100), |r| r.sub.stats().naks_sent >= 1);
+    let before = r.sub.stats().clone();
+    // The relay's repeat: the same bytes, below the highest datagram_seq.
+    r.deliver(&lost);
+    let after = r.sub.stats().clone();
+    assert!(r.converged(), "{:?}", r.sub.status());
+    assert_eq!(
+        after.repaired_by_nak,
+        before.repaired_by_nak + 1,
+        "{after:?}"
+    );
+    assert_eq!(after.filled_late, before.filled_late);
+
+    // Lost again, but the copy comes before any NAK: only late.
+    r.publisher.publish(&Op::Add(4, 1));
+    let lost = r.output();
+    r.publish_delivered(Op::Add(5, 2));
+    assert_eq!(r.sub.status().missing, 1);
+    assert_eq!(r.sub.stats().naks_sent, after.naks_sent, "no NAK yet");
+    r.deliver(&lost);
+    let last = r.sub.stats().clone();
+    assert!(r.converged(), "{:?}", r.sub.status());
+    assert_eq!(last.repaired_by_nak, after.repaired_by_nak);
+    assert_eq!(last.filled_late, after.filled_late + 1);
+}
