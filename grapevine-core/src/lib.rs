@@ -63,6 +63,7 @@ pub mod relay;
 mod rng;
 pub mod schema;
 mod seq;
+mod sources;
 pub mod state;
 pub mod subscriber;
 mod timer;

@@ -84,6 +84,7 @@ use crate::auth::{Keyring, Opener, Refused, Role, Salt, Sealer, Security, OVERHE
 use crate::histogram::LatencyHistogram;
 use crate::rng::Rng;
 use crate::schema::{Schema, SchemaFingerprint};
+use crate::sources::Sources;
 use crate::state::{ApplyError, Replica};
 use crate::timer::{TimerId, Timers};
 use crate::transmit::{Destination, Transmit};
@@ -711,6 +712,9 @@ struct Session {
     /// of its believed datagrams came from, so that one forged datagram
     /// cannot redirect them.
     sources: Sources,
+    /// Where its first datagram came from: NAKs go there until a datagram
+    /// is believed.
+    first_source: SocketAddr,
     first_heard: Instant,
     /// A sequence number claimed by one datagram but not yet believed, and
     /// that datagram's `datagram_seq`.
@@ -764,7 +768,8 @@ impl Session {
     fn new(id: SessionId, source: SocketAddr, now: Instant) -> Self {
         Self {
             id,
-            sources: Sources::new(source),
+            sources: Sources::new(),
+            first_source: source,
             first_heard: now,
             pending_claim: None,
             reference: None,
@@ -1017,34 +1022,6 @@ fn write_one(buf: &mut [u8], header: &DatagramHeader, msg: &Message<'_>) -> Opti
 }
 
 /// Source addresses of a session's datagrams, with counts (a few at most).
-#[derive(Debug)]
-struct Sources(Vec<(SocketAddr, u64)>);
-
-impl Sources {
-    fn new(first: SocketAddr) -> Self {
-        Sources(vec![(first, 0)])
-    }
-
-    /// Counts one believed datagram from `addr`.
-    fn record(&mut self, addr: SocketAddr) {
-        if let Some(e) = self.0.iter_mut().find(|e| e.0 == addr) {
-            e.1 = e.1.saturating_add(1);
-        } else if self.0.len() < 4 {
-            self.0.push((addr, 1));
-        } else if let Some(e) = self.0.iter_mut().min_by_key(|e| e.1) {
-            *e = (addr, 1);
-        }
-    }
-
-    /// The source most datagrams came from.
-    fn main(&self) -> SocketAddr {
-        self.0
-            .iter()
-            .max_by_key(|e| e.1)
-            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.0)
-    }
-}
-
 /// A CycleBegin heard in one datagram, waiting for a second.
 #[derive(Debug)]
 struct PendingBegin {
@@ -1437,7 +1414,10 @@ impl Subscriber {
         let policy = self.policy();
         let (session, source) = {
             let s = self.session.as_ref()?;
-            (s.id, s.sources.main())
+            // The main source, or (silent for two heartbeat intervals: a
+            // relay restarted elsewhere) the one heard last.
+            let silent = self.heartbeat_interval * 2;
+            (s.id, s.sources.main(now, silent).unwrap_or(s.first_source))
         };
         let header = DatagramHeader {
             stream: self.cfg.stream,
@@ -1671,7 +1651,7 @@ impl Subscriber {
             return;
         };
         if let Some(s) = self.session.as_mut() {
-            s.sources.record(remote);
+            s.sources.record(remote, now);
             self.cur_late = s.highest_datagram.is_some_and(|h| header.datagram_seq < h);
             s.highest_datagram = s.highest_datagram.max(Some(header.datagram_seq));
         }
@@ -2416,31 +2396,6 @@ mod tests {
             frag_quiet(Duration::from_millis(20)),
             Duration::from_millis(20)
         );
-    }
-
-    /// NAKs go to the address most of the session's datagrams came from; at
-    /// most four addresses are remembered, the least heard giving way.
-    #[test]
-    fn naks_go_to_the_main_source_of_at_most_four() {
-        let a = |n: u16| SocketAddr::from(([192, 0, 2, 1], n));
-        let mut s = Sources::new(a(1));
-        for _ in 0..3 {
-            s.record(a(1));
-        }
-        s.record(a(2));
-        assert_eq!(s.main(), a(1));
-        assert_eq!(s.0.len(), 2);
-        for n in [2, 3, 3, 4, 4] {
-            s.record(a(n));
-        }
-        assert_eq!(s.0, vec![(a(1), 3), (a(2), 2), (a(3), 2), (a(4), 2)]);
-        // A fifth address replaces the least heard (the first of them).
-        s.record(a(5));
-        assert_eq!(s.0, vec![(a(1), 3), (a(5), 1), (a(3), 2), (a(4), 2)]);
-        for _ in 0..3 {
-            s.record(a(5));
-        }
-        assert_eq!(s.main(), a(5));
     }
 
     /// Positions heard while a CycleBegin waits for a second datagram are
