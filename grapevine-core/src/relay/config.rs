@@ -40,6 +40,10 @@ pub struct RelayConfig {
     /// Most bytes queued per link and stream (and for the group); beyond,
     /// the oldest is shed and counted.
     pub queue_bytes: usize,
+    /// The same for a unicast subscriber's link and stream.
+    pub subscriber_queue_bytes: usize,
+    /// Most bytes queued on all links together.
+    pub max_queued_bytes: usize,
     /// What waited longer than this in a link's queue is shed: the next
     /// snapshot cycle repairs it better than a stale backlog.
     pub queue_age: Duration,
@@ -56,6 +60,9 @@ pub struct RelayConfig {
     pub session_settle: Duration,
     /// NAKs forwarded upstream per second, at most.
     pub nak_forward_rate: f64,
+    /// NAKs taken per second from one origin (a subscriber's address, a
+    /// link), at most: the rest is dropped unread.
+    pub nak_origin_rate: f64,
     /// Repeats may take this share of a stream's live bytes...
     pub repeat_share: f64,
     /// ...plus this many bytes per second...
@@ -75,14 +82,17 @@ impl Default for RelayConfig {
             fresh_datagrams: 3840,
             seen_datagrams: 65_536,
             queue_bytes: 4 << 20,
+            subscriber_queue_bytes: 1 << 20,
+            max_queued_bytes: 64 << 20,
             queue_age: Duration::from_secs(1),
             repair_holdoff: Duration::from_millis(10),
             forward_holdoff: Duration::from_millis(100),
             upstream_timeout: Duration::from_secs(2),
             session_settle: Duration::from_secs(2),
             nak_forward_rate: 1000.0,
+            nak_origin_rate: 200.0,
             repeat_share: 0.5,
-            repeat_floor: 256.0 * 1024.0,
+            repeat_floor: 64.0 * 1024.0,
             repeat_burst: 1024.0 * 1024.0,
         }
     }
@@ -130,12 +140,14 @@ impl RelayConfig {
                 "1 to 4194304",
             ));
         }
-        if self.queue_bytes < 65_536 || self.queue_bytes > 1 << 30 {
-            return Err(ConfigError::out_of_range(
-                "queue_bytes",
-                self.queue_bytes,
-                "64 KiB to 1 GiB",
-            ));
+        for (field, v) in [
+            ("queue_bytes", self.queue_bytes),
+            ("subscriber_queue_bytes", self.subscriber_queue_bytes),
+            ("max_queued_bytes", self.max_queued_bytes),
+        ] {
+            if !(65_536..=1 << 30).contains(&v) {
+                return Err(ConfigError::out_of_range(field, v, "64 KiB to 1 GiB"));
+            }
         }
         let secs = |d: Duration| d.as_secs_f64();
         for (field, d, lo, hi) in [
@@ -155,6 +167,7 @@ impl RelayConfig {
         }
         for (field, v, hi) in [
             ("nak_forward_rate", self.nak_forward_rate, 1e6),
+            ("nak_origin_rate", self.nak_origin_rate, 1e6),
             ("repeat_share", self.repeat_share, 16.0),
             ("repeat_floor", self.repeat_floor, 1e10),
             ("repeat_burst", self.repeat_burst, 1e10),

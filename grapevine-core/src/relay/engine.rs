@@ -1,17 +1,37 @@
 //! The relay engine: forwarding, history, local repair, NAK forwarding and
 //! bounded link queues, with no I/O (the house's sans-IO shape).
+//!
+//! What one hostile datagram, NAK or frame can do here is bounded by rules
+//! a keyless relay can apply without trusting any claim (PROTOCOL.md
+//! §12.4; docs/design/relay.md has the reviews that found the holes):
+//!
+//! * A session is *established* only after [`ESTABLISH`] datagrams from one
+//!   path within `session_settle`; before that it is a candidate, forwarded
+//!   but holding no history and displacing nothing. An established session
+//!   heard within `upstream_timeout` is never evicted.
+//! * A session's upstream changes only once its path went silent or away;
+//!   NAKs for a group upstream go to the session's main source
+//!   ([`Sources`]), not to whoever sent the latest datagram.
+//! * NAKs are rate-limited per origin before they are read, answered only
+//!   within the stream's repeat budget (what the budget refuses goes
+//!   upstream), and coalesced upstream by range (plain) or by bytes only
+//!   (sealed: a relay cannot tell a forged NAK from a genuine one).
+//! * Queues are bounded per link and lane, in all, and on the control lane.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::classify::{asked, classify, NotRelayed};
+use super::classify::{asked, classify, Asked, NotRelayed};
 use super::config::RelayConfig;
 use super::frame::{Frame, NAK_SECOND_ASK};
 use super::history::{History, Seen};
 use super::stats::{Dropped, RelayStats};
+use crate::auth::FLAG_AUTH;
+use crate::sources::Sources;
 use crate::transmit::Destination;
+use crate::wire::peek_header;
 use crate::{SessionId, StreamId};
 
 /// A link to another relay or a unicast subscriber, named by the driver.
@@ -22,43 +42,33 @@ pub struct LinkId(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum LinkKind {
-    /// The relay sends datagrams into it (a listener it feeds, or a unicast
-    /// subscriber); NAKs come back. `streams` empty: all.
+    /// The relay sends datagrams into it: a relay it feeds. NAKs come
+    /// back, with the second-ask flag honoured.
     Sink {
         /// The streams it takes; empty: all.
         streams: Vec<StreamId>,
         /// The largest datagram the peer takes.
         max_datagram: usize,
     },
+    /// A unicast subscriber: datagrams of its streams go to it, its NAKs
+    /// are answered (a second-ask flag from it is ignored), its queue is
+    /// `subscriber_queue_bytes`.
+    Subscriber {
+        /// The streams it takes; empty: all.
+        streams: Vec<StreamId>,
+        /// The largest datagram it takes.
+        max_datagram: usize,
+    },
     /// The relay receives datagrams from it (a feeder); NAKs go to it.
     Source,
 }
 
-/// Where a session's datagrams come from, and its NAKs go to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Upstream {
-    /// The group read by this relay; NAKs go by unicast to `source`, the
-    /// address its latest datagram came from (the publisher).
-    Group { source: SocketAddr },
-    /// A feeder's link.
-    Link(LinkId),
-}
-
-impl Upstream {
-    fn same_path(self, other: Upstream) -> bool {
-        match (self, other) {
-            (Upstream::Group { .. }, Upstream::Group { .. }) => true,
-            (a, b) => a == b,
-        }
-    }
-}
-
 /// Where a NAK came from, and its repeats go.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum NakOrigin {
     /// A subscriber on the group this relay emits on (a unicast datagram
-    /// to its emitting socket from `from`).
+    /// to its emitting socket from this address).
     Group(SocketAddr),
     /// A link (a downstream relay or a unicast subscriber).
     Link(LinkId),
@@ -73,11 +83,19 @@ pub enum Lane {
     Stream(StreamId),
 }
 
+/// Where a session's datagrams arrive from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// The group this relay reads.
+    Group,
+    /// A feeder's link.
+    Link(LinkId),
+}
+
 #[derive(Debug)]
 struct Queued {
     at: Instant,
     repair: bool,
-    session: SessionId,
     bytes: Arc<[u8]>,
 }
 
@@ -92,17 +110,31 @@ struct Link {
     kind: LinkKind,
     up: bool,
     control: VecDeque<Vec<u8>>,
+    /// A Pong owed (only the latest Ping is answered).
+    pong: Option<u64>,
     lanes: BTreeMap<StreamId, Outbox>,
-    /// Shed since the last Shed frame, per (stream, session).
-    shed: BTreeMap<(StreamId, SessionId), (u64, u64)>,
+    /// Shed since the last Shed frame, per stream: (session, datagrams,
+    /// bytes), the session being the latest shed.
+    shed: BTreeMap<StreamId, (SessionId, u64, u64)>,
     shed_reported: Option<Instant>,
 }
 
 impl Link {
     fn takes(&self, stream: StreamId) -> bool {
         match &self.kind {
-            LinkKind::Sink { streams, .. } => streams.is_empty() || streams.contains(&stream),
+            LinkKind::Sink { streams, .. } | LinkKind::Subscriber { streams, .. } => {
+                streams.is_empty() || streams.contains(&stream)
+            }
             LinkKind::Source => false,
+        }
+    }
+
+    fn max_datagram(&self) -> usize {
+        match &self.kind {
+            LinkKind::Sink { max_datagram, .. } | LinkKind::Subscriber { max_datagram, .. } => {
+                *max_datagram
+            }
+            LinkKind::Source => usize::MAX,
         }
     }
 
@@ -114,15 +146,13 @@ impl Link {
                 .is_none_or(|t| now.saturating_duration_since(t) >= SHED_REPORT_EVERY)
     }
 
-    fn max_datagram(&self) -> usize {
-        match &self.kind {
-            LinkKind::Sink { max_datagram, .. } => *max_datagram,
-            LinkKind::Source => usize::MAX,
-        }
+    fn queued(&self) -> usize {
+        self.lanes.values().map(|o| o.bytes).sum::<usize>()
+            + self.control.iter().map(Vec::len).sum::<usize>()
     }
 }
 
-/// A token bucket in bytes or datagrams.
+/// A token bucket.
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -162,37 +192,103 @@ impl Bucket {
     }
 }
 
+/// What was asked upstream lately, to ask once.
+#[derive(Debug, Default)]
+struct AskedUpstream {
+    /// Plain NAKs: ranges forwarded, and when.
+    ranges: VecDeque<(u64, u64, Instant)>,
+    /// Sealed NAKs: the hashes of the bytes forwarded, and when.
+    bytes: VecDeque<(u64, Instant)>,
+}
+
+/// Most entries of either list of [`AskedUpstream`].
+const MAX_ASKED_UPSTREAM: usize = 256;
+
+impl AskedUpstream {
+    fn covered(&self, first: u64, last: u64, now: Instant, holdoff: Duration) -> bool {
+        self.ranges
+            .iter()
+            .any(|&(f, l, t)| f <= first && last <= l && now.saturating_duration_since(t) < holdoff)
+    }
+
+    fn seen(&self, hash: u64, now: Instant, holdoff: Duration) -> bool {
+        self.bytes
+            .iter()
+            .any(|&(h, t)| h == hash && now.saturating_duration_since(t) < holdoff)
+    }
+
+    fn remember(&mut self, ask: &Asked, hash: u64, sealed: bool, now: Instant) {
+        if sealed || !ask.readable {
+            self.bytes.push_back((hash, now));
+        } else {
+            self.ranges
+                .extend(ask.seqs.iter().map(|&(f, l)| (f, l, now)));
+        }
+        while self.ranges.len() > MAX_ASKED_UPSTREAM {
+            self.ranges.pop_front();
+        }
+        while self.bytes.len() > MAX_ASKED_UPSTREAM {
+            self.bytes.pop_front();
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Session {
     id: SessionId,
-    upstream: Upstream,
-    first_heard: Instant,
+    path: Path,
+    /// Its path went away (a link removed or down): the next datagram from
+    /// any path takes the session over.
+    orphan: bool,
+    /// For a group path: the addresses its datagrams come from.
+    sources: Sources,
     last_heard: Instant,
     /// Datagrams forwarded in the session: the next arrival number.
     forwarded: u64,
     history: History,
     seen: Seen,
-    /// Sequence numbers forwarded upstream, and when.
-    forwarded_seqs: BTreeMap<u64, Instant>,
+    asked: AskedUpstream,
+}
+
+/// A session heard, not yet established.
+#[derive(Debug)]
+struct Candidate {
+    id: SessionId,
+    path: Path,
+    first_heard: Instant,
+    last_heard: Instant,
+    count: u32,
 }
 
 #[derive(Debug)]
 struct Stream {
     sessions: Vec<Session>,
+    candidates: Vec<Candidate>,
+    /// Copies of candidates' datagrams.
+    candidate_seen: Seen,
+    last_heard: Instant,
     /// Repeats of this stream's datagrams, in bytes: credited by live
     /// traffic (a share of it), refilled at a floor rate.
     repeat_budget: Bucket,
 }
 
-/// Most sessions held per stream: the newest and the one before.
+/// Datagrams from one path, within `session_settle`, that establish a
+/// session.
+pub const ESTABLISH: u32 = 4;
+/// Most established sessions per stream: the newest and the one before.
 const SESSIONS_PER_STREAM: usize = 2;
-/// Most sequence numbers of one NAK looked up in the history; the rest is
-/// asked upstream.
-const MAX_ASKED: u64 = 16_384;
-/// Most entries of a session's forwarded-sequence table.
-const MAX_FORWARDED_SEQS: usize = 16_384;
+/// Most candidate sessions per stream.
+const CANDIDATES_PER_STREAM: usize = 8;
+/// Datagrams of candidate sessions remembered per stream, to drop copies.
+const CANDIDATE_SEEN: usize = 4096;
+/// Most held sequence numbers one NAK looks at; the rest is asked upstream.
+const MAX_ASKED: usize = 4096;
 /// At most one Shed frame per link this often.
 const SHED_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Most frames waiting on a link's control lane.
+const MAX_CONTROL: usize = 1024;
+/// Most NAK origins with a bucket of their own.
+const MAX_ORIGINS: usize = 1024;
 
 /// The relay engine (PROTOCOL.md §12; docs/design/relay.md).
 ///
@@ -234,7 +330,10 @@ pub struct Relay {
     own: Vec<SocketAddr>,
     udp: VecDeque<(Destination, Arc<[u8]>)>,
     udp_bytes: usize,
+    /// Bytes in every link's queues.
+    link_bytes: usize,
     nak_forward: Bucket,
+    origins: HashMap<NakOrigin, Bucket>,
     scratch: Vec<u8>,
     stats: RelayStats,
 }
@@ -246,7 +345,7 @@ impl Relay {
     pub fn new(config: RelayConfig, now: Instant, seed: u64) -> Self {
         let rate = config.nak_forward_rate;
         Self {
-            nak_forward: Bucket::new(now, rate, rate.max(1.0) * 0.1 + 16.0),
+            nak_forward: Bucket::new(now, rate, rate * 0.1 + 16.0),
             config,
             seed,
             streams: HashMap::new(),
@@ -254,6 +353,8 @@ impl Relay {
             own: Vec::new(),
             udp: VecDeque::new(),
             udp_bytes: 0,
+            link_bytes: 0,
+            origins: HashMap::new(),
             scratch: Vec::new(),
             stats: RelayStats::default(),
         }
@@ -269,26 +370,11 @@ impl Relay {
     #[must_use]
     pub fn stats(&self) -> RelayStats {
         let mut s = self.stats.clone();
-        s.queued_bytes = self.udp_bytes
-            + self
-                .links
-                .values()
-                .flat_map(|l| l.lanes.values())
-                .map(|o| o.bytes)
-                .sum::<usize>();
-        s.sessions = self.streams.values().map(|s| s.sessions.len()).sum();
-        s.held_datagrams = self
-            .streams
-            .values()
-            .flat_map(|s| &s.sessions)
-            .map(|s| s.history.len())
-            .sum();
-        s.held_bytes = self
-            .streams
-            .values()
-            .flat_map(|s| &s.sessions)
-            .map(|s| s.history.bytes())
-            .sum();
+        s.queued_bytes = self.udp_bytes + self.links.values().map(Link::queued).sum::<usize>();
+        let sessions = || self.streams.values().flat_map(|s| &s.sessions);
+        s.sessions = sessions().count();
+        s.held_datagrams = sessions().map(|s| s.history.len()).sum();
+        s.held_bytes = sessions().map(|s| s.history.bytes()).sum();
         s
     }
 
@@ -303,12 +389,14 @@ impl Relay {
     /// Adds a link (or replaces one of the same id, keeping nothing).
     /// `up`: whether it can carry frames now.
     pub fn add_link(&mut self, id: LinkId, kind: LinkKind, up: bool) {
+        self.remove_link(id);
         self.links.insert(
             id,
             Link {
                 kind,
                 up,
                 control: VecDeque::new(),
+                pong: None,
                 lanes: BTreeMap::new(),
                 shed: BTreeMap::new(),
                 shed_reported: None,
@@ -316,20 +404,51 @@ impl Relay {
         );
     }
 
-    /// A link went down or came back. A sink link's queues keep filling
-    /// (and shedding) while it is down and drain when it is back; what was
-    /// queued for its control lane is dropped.
+    /// The largest datagram the peer of sink `id` takes (its Welcome).
+    pub fn set_max_datagram(&mut self, id: LinkId, max: usize) {
+        if let Some(l) = self.links.get_mut(&id) {
+            match &mut l.kind {
+                LinkKind::Sink { max_datagram, .. } | LinkKind::Subscriber { max_datagram, .. } => {
+                    *max_datagram = max;
+                }
+                LinkKind::Source => {}
+            }
+        }
+    }
+
+    /// A link went down or came back. A sink's queues keep filling (and
+    /// shedding) while it is down and drain when it is back; what was
+    /// queued for its control lane is dropped. A source that goes down
+    /// leaves its sessions to whichever path brings them next.
     pub fn set_link_up(&mut self, id: LinkId, up: bool) {
+        let mut dropped = 0;
         if let Some(l) = self.links.get_mut(&id) {
             l.up = up;
+            dropped = l.control.iter().map(Vec::len).sum::<usize>();
             l.control.clear();
+            l.pong = None;
             l.shed_reported = None;
+        }
+        self.link_bytes -= dropped.min(self.link_bytes);
+        if !up {
+            self.orphan(id);
         }
     }
 
     /// Forgets a link and everything queued for it.
     pub fn remove_link(&mut self, id: LinkId) {
-        self.links.remove(&id);
+        if let Some(l) = self.links.remove(&id) {
+            self.link_bytes -= l.queued().min(self.link_bytes);
+        }
+        self.orphan(id);
+    }
+
+    fn orphan(&mut self, id: LinkId) {
+        for s in self.streams.values_mut().flat_map(|s| &mut s.sessions) {
+            if s.path == Path::Link(id) {
+                s.orphan = true;
+            }
+        }
     }
 
     /// Handles a datagram heard on the group this relay reads, from `from`.
@@ -338,7 +457,7 @@ impl Relay {
             self.stats.count(Dropped::OwnOutput);
             return;
         }
-        self.accept(now, Upstream::Group { source: from }, datagram, false);
+        self.accept(now, Path::Group, Some(from), datagram, false);
     }
 
     /// Handles a NAK (a subscriber's Nak or FragNak datagram, sealed or
@@ -356,9 +475,11 @@ impl Relay {
         };
         match (frame, kind) {
             (Frame::Datagram(d), LinkKind::Source) => {
-                self.accept(now, Upstream::Link(link), d, false)
+                self.accept(now, Path::Link(link), None, d, false)
             }
-            (Frame::Repair(d), LinkKind::Source) => self.accept(now, Upstream::Link(link), d, true),
+            (Frame::Repair(d), LinkKind::Source) => {
+                self.accept(now, Path::Link(link), None, d, true)
+            }
             (Frame::Nak { flags, datagram }, LinkKind::Sink { .. }) => {
                 self.nak(
                     now,
@@ -367,29 +488,53 @@ impl Relay {
                     flags & NAK_SECOND_ASK != 0,
                 );
             }
+            // A subscriber's word is not enough to skip local answers.
+            (Frame::Nak { datagram, .. }, LinkKind::Subscriber { .. }) => {
+                self.nak(now, NakOrigin::Link(link), datagram, false);
+            }
             (Frame::Shed(s), LinkKind::Source) => {
                 self.stats.peer_shed_datagrams += s.datagrams;
                 self.stats.peer_shed_bytes += s.bytes;
             }
-            (Frame::Ping(t), _) => self.control(link, &Frame::Pong(*t)),
-            (Frame::Datagram(_) | Frame::Repair(_) | Frame::Shed(_), _)
-            | (Frame::Nak { .. }, _) => {
+            (Frame::Ping(t), _) => {
+                if let Some(l) = self.links.get_mut(&link).filter(|l| l.up) {
+                    l.pong = Some(*t);
+                }
+            }
+            (Frame::Datagram(_) | Frame::Repair(_) | Frame::Shed(_) | Frame::Nak { .. }, _) => {
                 self.stats.count(Dropped::WrongDirection);
             }
             _ => {}
         }
     }
 
-    fn control(&mut self, link: LinkId, frame: &Frame<'_>) {
-        if let Some(l) = self.links.get_mut(&link).filter(|l| l.up) {
-            let mut buf = Vec::new();
-            if frame.encode(&mut buf).is_ok() {
-                l.control.push_back(buf);
-            }
+    /// Queues a control frame on `link`; false if it cannot go (no such
+    /// link, down, or its control lane full).
+    fn control(&mut self, link: LinkId, frame: &Frame<'_>) -> bool {
+        let Some(l) = self.links.get_mut(&link).filter(|l| l.up) else {
+            return false;
+        };
+        if l.control.len() >= MAX_CONTROL {
+            self.stats.control_shed += 1;
+            return false;
         }
+        let mut buf = Vec::new();
+        if frame.encode(&mut buf).is_err() {
+            return false;
+        }
+        self.link_bytes += buf.len();
+        l.control.push_back(buf);
+        true
     }
 
-    fn accept(&mut self, now: Instant, upstream: Upstream, datagram: &[u8], repair: bool) {
+    fn accept(
+        &mut self,
+        now: Instant,
+        path: Path,
+        from: Option<SocketAddr>,
+        datagram: &[u8],
+        repair: bool,
+    ) {
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let class = match classify(datagram, &mut self.scratch) {
@@ -400,90 +545,141 @@ impl Relay {
         let Some(header) = class.header else {
             return self.stats.count(Dropped::NotGrapevine);
         };
-        if !self.admits(header.stream) {
+        if !self.admit_stream(header.stream, now) {
             return self.stats.count(Dropped::ForeignStream);
         }
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed(datagram, self.seed);
         let config = &self.config;
-        let stream = self.streams.entry(header.stream).or_insert_with(|| Stream {
-            sessions: Vec::new(),
-            repeat_budget: Bucket::new(now, config.repeat_floor, config.repeat_burst),
-        });
-        let Some(at) = session_slot(stream, config, header.session, upstream, now) else {
-            return self.stats.count(Dropped::Standby);
-        };
-        let Some(session) = stream.sessions.get_mut(at) else {
+        let Some(stream) = self.streams.get_mut(&header.stream) else {
             return;
         };
-        if repair {
-            // An upstream relay's repeat: already forwarded live, or lost
-            // on the way. Never counted as live traffic.
-            if !class.repeatable() {
-                return self.stats.count(Dropped::NotRepeatable);
+        stream.last_heard = now;
+        let at = match place(stream, config, header.session, path, now) {
+            Placed::Standby => return self.stats.count(Dropped::Standby),
+            Placed::Candidate => {
+                if repair || !stream.candidate_seen.insert(hash) {
+                    return self.stats.count(Dropped::Duplicate);
+                }
+                None
             }
-            if session.seen.insert(hash) {
-                let n = session.forwarded;
-                session.forwarded += 1;
-                session
-                    .history
-                    .insert(n, datagram.into(), &class.seqs, &class.frags);
-            }
-            let Some(number) = session.history.find(&class.seqs, &class.frags, datagram) else {
-                return;
-            };
-            let id = session.id;
-            return self.repeat(now, header.stream, id, number, None);
-        }
-        if !session.seen.insert(hash) {
-            return self.stats.count(Dropped::Duplicate);
-        }
-        session.upstream = upstream;
-        session.last_heard = now;
-        let number = session.forwarded;
-        session.forwarded += 1;
+            Placed::Session(at) => Some(at),
+        };
         let bytes: Arc<[u8]> = datagram.into();
-        if class.repeatable() {
+        if let Some(session) = at.and_then(|i| stream.sessions.get_mut(i)) {
+            let main = match (path, from) {
+                (Path::Group, Some(addr)) => {
+                    session.sources.record(addr, now);
+                    session.sources.main(now, config.upstream_timeout) == Some(addr)
+                }
+                _ => true,
+            };
+            if repair {
+                // An upstream relay's repeat: already forwarded live, or lost
+                // on the way. Never counted as live traffic.
+                if !class.repeatable() {
+                    return self.stats.count(Dropped::NotRepeatable);
+                }
+                if session.seen.insert(hash) {
+                    let n = session.forwarded;
+                    session.forwarded += 1;
+                    session
+                        .history
+                        .insert(n, bytes, hash, main, &class.seqs, &class.frags);
+                }
+                let Some(number) = session.history.by_hash(hash) else {
+                    return;
+                };
+                let id = session.id;
+                return self.repeat_everywhere(now, header.stream, id, number, path);
+            }
+            if !session.seen.insert(hash) {
+                return self.stats.count(Dropped::Duplicate);
+            }
+            session.last_heard = now;
+            let number = session.forwarded;
+            session.forwarded += 1;
+            if class.repeatable() {
+                session.history.insert(
+                    number,
+                    Arc::clone(&bytes),
+                    hash,
+                    main,
+                    &class.seqs,
+                    &class.frags,
+                );
+            }
             session
                 .history
-                .insert(number, Arc::clone(&bytes), &class.seqs, &class.frags);
+                .expire(session.forwarded, config.fresh_datagrams);
+            stream
+                .repeat_budget
+                .credit(datagram.len() as f64 * config.repeat_share);
         }
-        session
-            .history
-            .expire(session.forwarded, self.config.fresh_datagrams);
-        stream
-            .repeat_budget
-            .credit(datagram.len() as f64 * self.config.repeat_share);
-        let session_id = session.id;
-        if self.config.emit_to_group && !matches!(upstream, Upstream::Group { .. }) {
+        self.fan_out(now, header.stream, path, bytes, false);
+    }
+
+    /// Sends a datagram everywhere it goes: the group (if this relay emits
+    /// and it did not come from there) and every sink taking its stream
+    /// but the link it came from.
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        path: Path,
+        bytes: Arc<[u8]>,
+        repair: bool,
+    ) {
+        if self.config.emit_to_group && path != Path::Group {
             self.push_udp(Destination::Group, Arc::clone(&bytes));
         }
-        let from_link = match upstream {
-            Upstream::Link(l) => Some(l),
-            Upstream::Group { .. } => None,
-        };
         let sinks: Vec<LinkId> = self
             .links
             .iter()
-            .filter(|(id, l)| Some(**id) != from_link && l.takes(header.stream))
+            .filter(|(id, l)| Path::Link(**id) != path && l.takes(stream))
             .map(|(id, _)| *id)
             .collect();
         for link in sinks {
-            self.enqueue(
-                now,
-                link,
-                header.stream,
-                session_id,
-                Arc::clone(&bytes),
-                false,
-            );
+            self.enqueue(now, link, stream, Arc::clone(&bytes), repair);
         }
     }
 
-    fn admits(&self, stream: StreamId) -> bool {
-        if !self.config.streams.is_empty() {
-            return self.config.streams.contains(&stream);
+    /// Whether datagrams of `stream` are carried: a configured one, or one
+    /// known, or a new one while there is room (a stream silent for
+    /// `upstream_timeout` gives its room away).
+    fn admit_stream(&mut self, stream: StreamId, now: Instant) -> bool {
+        if !self.config.streams.is_empty() && !self.config.streams.contains(&stream) {
+            return false;
         }
-        self.streams.contains_key(&stream) || self.streams.len() < self.config.max_streams
+        if !self.streams.contains_key(&stream) {
+            if self.config.streams.is_empty() && self.streams.len() >= self.config.max_streams {
+                let stale = self
+                    .streams
+                    .iter()
+                    .filter(|(_, s)| {
+                        now.saturating_duration_since(s.last_heard) >= self.config.upstream_timeout
+                    })
+                    .min_by_key(|(_, s)| s.last_heard)
+                    .map(|(id, _)| *id);
+                match stale {
+                    Some(id) => {
+                        self.streams.remove(&id);
+                    }
+                    None => return false,
+                }
+            }
+            let c = &self.config;
+            self.streams.insert(
+                stream,
+                Stream {
+                    sessions: Vec::new(),
+                    candidates: Vec::new(),
+                    candidate_seen: Seen::new(CANDIDATE_SEEN),
+                    last_heard: now,
+                    repeat_budget: Bucket::new(now, c.repeat_floor, c.repeat_burst),
+                },
+            );
+        }
+        true
     }
 
     fn push_udp(&mut self, dest: Destination, bytes: Arc<[u8]>) {
@@ -504,42 +700,59 @@ impl Relay {
         now: Instant,
         link: LinkId,
         stream: StreamId,
-        session: SessionId,
         bytes: Arc<[u8]>,
         repair: bool,
     ) {
-        let limit = self.config.queue_bytes;
         let Some(l) = self.links.get_mut(&link) else {
             return;
         };
         if bytes.len() > l.max_datagram() {
             return self.stats.count(Dropped::TooLarge);
         }
+        let limit = match l.kind {
+            LinkKind::Subscriber { .. } => self.config.subscriber_queue_bytes,
+            _ => self.config.queue_bytes,
+        };
+        let session = peek_header(&bytes).map_or(SessionId(0), |(h, _)| h.session);
         let out = l.lanes.entry(stream).or_default();
         out.bytes += bytes.len();
+        self.link_bytes += bytes.len();
         out.queue.push_back(Queued {
             at: now,
             repair,
-            session,
             bytes,
         });
-        while out.bytes > limit {
+        // The lane's bound, and all links' together.
+        while out.bytes > limit || self.link_bytes > self.config.max_queued_bytes {
             let Some(old) = out.queue.pop_front() else {
                 break;
             };
             out.bytes -= old.bytes.len();
-            shed(&mut self.stats, &mut l.shed, stream, &old);
+            self.link_bytes -= old.bytes.len();
+            shed(
+                &mut self.stats,
+                &mut l.shed,
+                stream,
+                session,
+                old.bytes.len(),
+            );
         }
     }
 
     fn nak(&mut self, now: Instant, origin: NakOrigin, datagram: &[u8], second_ask: bool) {
         self.stats.naks_received += 1;
+        if !self.origin_allows(now, origin) {
+            self.stats.naks_origin_limited += 1;
+            return;
+        }
         let Some(ask) = asked(datagram, &mut self.scratch) else {
             return self.stats.count(Dropped::BadNak);
         };
         let Some(header) = ask.header else {
             return self.stats.count(Dropped::BadNak);
         };
+        let sealed = peek_header(datagram).is_some_and(|(_, f)| f & FLAG_AUTH != 0);
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed(datagram, self.seed);
         let config = &self.config;
         let Some(stream) = self.streams.get_mut(&header.stream) else {
             return self.stats.count(Dropped::UnknownSession);
@@ -548,108 +761,175 @@ impl Relay {
         let Some(session) = stream.sessions.iter_mut().find(|s| s.id == header.session) else {
             return self.stats.count(Dropped::UnknownSession);
         };
-        let local = ask.readable && !second_ask && settled;
-        if ask.readable && !second_ask && !settled {
+        // Repeats go where the NAK came from: the group only if this relay
+        // emits on one.
+        let can_answer = match origin {
+            NakOrigin::Group(_) => config.emit_to_group,
+            NakOrigin::Link(_) => true,
+        };
+        let local = ask.readable && !second_ask && settled && can_answer;
+        if ask.readable && !second_ask && can_answer && !settled {
             self.stats.repeats_refused_unsettled += 1;
         }
-        let plan = plan(session, &ask, local, now, config);
+        let plan = plan(session, &mut stream.repeat_budget, &ask, local, now, config);
         self.stats.nak_answers += plan.answer.len() as u64;
-        let (session_id, upstream) = (session.id, session.upstream);
-        if plan.upstream && (plan.news || second_ask || plan.asked_again) {
-            if self.nak_forward.take(now, 1.0) {
-                remember_forwarded(session, &ask, now, config.forward_holdoff);
-                self.forward_nak(upstream, datagram, second_ask || plan.asked_again);
-            } else {
+        self.stats.repeats_refused_budget += plan.refused_budget;
+        let news = if sealed || !ask.readable {
+            !session.asked.seen(hash, now, config.forward_holdoff)
+        } else {
+            plan.news
+        };
+        let (session_id, path, orphan) = (session.id, session.path, session.orphan);
+        let publisher = session.sources.main(now, config.upstream_timeout);
+        if plan.upstream && (news || second_ask || plan.asked_again) {
+            let flag = second_ask || plan.asked_again;
+            let upstream = if orphan { None } else { Some(path) };
+            if !self.nak_forward.take(now, 1.0) {
                 self.stats.naks_forward_limited += 1;
+            } else if self.forward_nak(upstream, publisher, datagram, flag) {
+                if let Some(s) = self
+                    .streams
+                    .get_mut(&header.stream)
+                    .and_then(|s| s.sessions.iter_mut().find(|s| s.id == session_id))
+                {
+                    s.asked.remember(&ask, hash, sealed, now);
+                }
+            } else {
+                self.stats.naks_no_upstream += 1;
             }
         } else if plan.upstream {
             self.stats.naks_coalesced += 1;
         }
-        let to = match origin {
-            NakOrigin::Group(_) => None,
-            NakOrigin::Link(l) => Some(l),
-        };
         for n in plan.answer {
-            self.repeat(now, header.stream, session_id, n, Some(to));
+            self.repeat_to(now, header.stream, session_id, n, origin);
         }
     }
 
-    fn forward_nak(&mut self, upstream: Upstream, datagram: &[u8], second_ask: bool) {
-        self.stats.naks_forwarded += 1;
-        match upstream {
-            Upstream::Group { source } => {
-                self.push_udp(Destination::Unicast(source), datagram.into());
+    /// Whether `origin` may send another NAK now (each origin has a bucket
+    /// of its own, so that one cannot take every other's share).
+    fn origin_allows(&mut self, now: Instant, origin: NakOrigin) -> bool {
+        let (rate, burst) = (
+            self.config.nak_origin_rate,
+            self.config.nak_origin_rate * 0.1 + 8.0,
+        );
+        if !self.origins.contains_key(&origin) && self.origins.len() >= MAX_ORIGINS {
+            // Forget the fullest buckets: origins that were quiet.
+            self.origins.retain(|_, b| {
+                b.refill(now);
+                b.tokens < b.burst
+            });
+            if self.origins.len() >= MAX_ORIGINS {
+                return false;
             }
-            Upstream::Link(l) => {
+        }
+        self.origins
+            .entry(origin)
+            .or_insert_with(|| Bucket::new(now, rate, burst))
+            .take(now, 1.0)
+    }
+
+    /// Sends a NAK upstream: a Nak frame on the feeder's link, or by unicast
+    /// to the session's main source. False if there is nowhere to send it.
+    fn forward_nak(
+        &mut self,
+        upstream: Option<Path>,
+        publisher: Option<SocketAddr>,
+        datagram: &[u8],
+        second_ask: bool,
+    ) -> bool {
+        let sent = match (upstream, publisher) {
+            (Some(Path::Group), Some(addr)) => {
+                self.push_udp(Destination::Unicast(addr), datagram.into());
+                true
+            }
+            (Some(Path::Link(l)), _) => {
                 let flags = if second_ask { NAK_SECOND_ASK } else { 0 };
-                self.control(l, &Frame::Nak { flags, datagram });
+                self.control(l, &Frame::Nak { flags, datagram })
             }
+            _ => false,
+        };
+        if sent {
+            self.stats.naks_forwarded += 1;
         }
+        sent
     }
 
-    /// Repeats held datagram `number`: to the group (`to` = `Some(None)`,
-    /// a NAK heard on the group), to one link (`Some(Some(link))`), or
-    /// everywhere it would have gone live (`None`, a repair from upstream).
-    fn repeat(
+    /// Repeats held datagram `number` (its budget was taken) to where a NAK
+    /// came from.
+    fn repeat_to(
         &mut self,
         now: Instant,
         stream: StreamId,
         session: SessionId,
         number: u64,
-        to: Option<Option<LinkId>>,
+        to: NakOrigin,
     ) {
-        let Some(st) = self.streams.get_mut(&stream) else {
+        let Some(bytes) = self
+            .held(stream, session, number)
+            .map(|h| Arc::clone(&h.bytes))
+        else {
             return;
         };
-        let Some(s) = st.sessions.iter_mut().find(|s| s.id == session) else {
-            return;
-        };
-        let upstream = s.upstream;
-        let Some(h) = s.history.get_mut(number) else {
+        self.stats.repeats += 1;
+        self.stats.repeat_bytes += bytes.len() as u64;
+        match to {
+            NakOrigin::Group(_) => self.push_udp(Destination::Group, bytes),
+            NakOrigin::Link(link) => self.enqueue(now, link, stream, bytes, true),
+        }
+    }
+
+    /// Repeats a datagram an upstream relay repaired, everywhere it goes,
+    /// each copy within the stream's budget.
+    fn repeat_everywhere(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        session: SessionId,
+        number: u64,
+        path: Path,
+    ) {
+        let holdoff = self.config.repair_holdoff;
+        let Some(h) = self.held(stream, session, number) else {
             return;
         };
         if h.last_repeat
-            .is_some_and(|t| now.saturating_duration_since(t) < self.config.repair_holdoff)
+            .is_some_and(|t| now.saturating_duration_since(t) < holdoff)
         {
             self.stats.repeats_coalesced += 1;
             return;
         }
-        if !st.repeat_budget.take(now, h.bytes.len() as f64) {
+        h.last_repeat = Some(now);
+        let bytes = Arc::clone(&h.bytes);
+        let copies = usize::from(self.config.emit_to_group && path != Path::Group)
+            + self
+                .links
+                .iter()
+                .filter(|(id, l)| Path::Link(**id) != path && l.takes(stream))
+                .count();
+        let cost = (bytes.len() * copies) as f64;
+        let budget = self.streams.get_mut(&stream).map(|s| &mut s.repeat_budget);
+        if copies == 0 || !budget.is_some_and(|b| b.take(now, cost)) {
             self.stats.repeats_refused_budget += 1;
             return;
         }
-        h.last_repeat = Some(now);
-        h.repeats += 1;
-        let bytes = Arc::clone(&h.bytes);
-        self.stats.repeats += 1;
-        self.stats.repeat_bytes += bytes.len() as u64;
-        let group = self.config.emit_to_group;
-        match to {
-            Some(None) => {
-                if group {
-                    self.push_udp(Destination::Group, bytes);
-                }
-            }
-            Some(Some(link)) => self.enqueue(now, link, stream, session, bytes, true),
-            None => {
-                if group && !matches!(upstream, Upstream::Group { .. }) {
-                    self.push_udp(Destination::Group, Arc::clone(&bytes));
-                }
-                let from = match upstream {
-                    Upstream::Link(l) => Some(l),
-                    Upstream::Group { .. } => None,
-                };
-                let sinks: Vec<LinkId> = self
-                    .links
-                    .iter()
-                    .filter(|(id, l)| Some(**id) != from && l.takes(stream))
-                    .map(|(id, _)| *id)
-                    .collect();
-                for link in sinks {
-                    self.enqueue(now, link, stream, session, Arc::clone(&bytes), true);
-                }
-            }
-        }
+        self.stats.repeats += copies as u64;
+        self.stats.repeat_bytes += cost as u64;
+        self.fan_out(now, stream, path, bytes, true);
+    }
+
+    fn held(
+        &mut self,
+        stream: StreamId,
+        session: SessionId,
+        number: u64,
+    ) -> Option<&mut super::history::Held> {
+        self.streams
+            .get_mut(&stream)?
+            .sessions
+            .iter_mut()
+            .find(|s| s.id == session)?
+            .history
+            .get_mut(number)
     }
 
     /// The next UDP datagram to send, written to `buf`: to the group this
@@ -671,7 +951,7 @@ impl Relay {
     pub fn pending_lanes(&self, now: Instant, link: LinkId) -> impl Iterator<Item = Lane> + '_ {
         let l = self.links.get(&link).filter(|l| l.up);
         let control = l
-            .filter(|l| !l.control.is_empty() || l.shed_due(now))
+            .filter(|l| !l.control.is_empty() || l.pong.is_some() || l.shed_due(now))
             .map(|_| Lane::Control);
         control.into_iter().chain(
             l.into_iter()
@@ -691,9 +971,12 @@ impl Relay {
         };
         match lane {
             Lane::Control => {
+                if let Some(t) = l.pong.take() {
+                    return Frame::Pong(t).encode(out).is_ok();
+                }
                 if l.shed_due(now) {
                     l.shed_reported = Some(now);
-                    for ((stream, session), (datagrams, bytes)) in std::mem::take(&mut l.shed) {
+                    for (stream, (session, datagrams, bytes)) in std::mem::take(&mut l.shed) {
                         let f = Frame::Shed(super::frame::Shed {
                             stream,
                             session,
@@ -702,6 +985,7 @@ impl Relay {
                         });
                         let mut buf = Vec::new();
                         if f.encode(&mut buf).is_ok() {
+                            self.link_bytes += buf.len();
                             l.control.push_back(buf);
                         }
                     }
@@ -709,6 +993,7 @@ impl Relay {
                 let Some(frame) = l.control.pop_front() else {
                     return false;
                 };
+                self.link_bytes -= frame.len().min(self.link_bytes);
                 out.extend_from_slice(&frame);
                 true
             }
@@ -718,8 +1003,11 @@ impl Relay {
                 };
                 while let Some(q) = o.queue.pop_front() {
                     o.bytes -= q.bytes.len();
+                    self.link_bytes -= q.bytes.len().min(self.link_bytes);
                     if now.saturating_duration_since(q.at) > age {
-                        shed(&mut self.stats, &mut l.shed, stream, &q);
+                        let session =
+                            peek_header(&q.bytes).map_or(SessionId(0), |(h, _)| h.session);
+                        shed(&mut self.stats, &mut l.shed, stream, session, q.bytes.len());
                         continue;
                     }
                     let f = if q.repair {
@@ -742,88 +1030,163 @@ impl Relay {
 
 fn shed(
     stats: &mut RelayStats,
-    counts: &mut BTreeMap<(StreamId, SessionId), (u64, u64)>,
+    counts: &mut BTreeMap<StreamId, (SessionId, u64, u64)>,
     stream: StreamId,
-    q: &Queued,
+    session: SessionId,
+    len: usize,
 ) {
     stats.shed_datagrams += 1;
-    stats.shed_bytes += q.bytes.len() as u64;
-    let e = counts.entry((stream, q.session)).or_default();
-    e.0 += 1;
-    e.1 += q.bytes.len() as u64;
+    stats.shed_bytes += len as u64;
+    let e = counts.entry(stream).or_insert((session, 0, 0));
+    e.0 = session;
+    e.1 += 1;
+    e.2 += len as u64;
 }
 
-/// The index of `session`'s state in `stream`, made if new (the least
-/// recently heard of [`SESSIONS_PER_STREAM`] is forgotten), or `None` when
-/// another upstream carries it and was heard within the upstream timeout.
-fn session_slot(
+/// Where a datagram of `id` on `path` stands.
+enum Placed {
+    /// Another path carries its session, heard lately.
+    Standby,
+    /// A session not established yet.
+    Candidate,
+    /// An established session, at this index.
+    Session(usize),
+}
+
+/// Places a datagram of session `id` arriving on `path`: an established
+/// session (taken over if its path went silent or away), a candidate
+/// (established after [`ESTABLISH`] datagrams from one path within
+/// `session_settle`, if a slot is free: an established session heard within
+/// `upstream_timeout` is never evicted), or standby.
+fn place(
     stream: &mut Stream,
     config: &RelayConfig,
     id: SessionId,
-    upstream: Upstream,
+    path: Path,
     now: Instant,
-) -> Option<usize> {
+) -> Placed {
     if let Some(at) = stream.sessions.iter().position(|s| s.id == id) {
-        let s = stream.sessions.get(at)?;
+        let Some(s) = stream.sessions.get_mut(at) else {
+            return Placed::Standby;
+        };
         let alive = now.saturating_duration_since(s.last_heard) < config.upstream_timeout;
-        if !s.upstream.same_path(upstream) && alive {
-            return None;
+        if s.path != path {
+            if alive && !s.orphan {
+                return Placed::Standby;
+            }
+            s.path = path;
+            s.sources = Sources::new();
         }
-        return Some(at);
+        s.orphan = false;
+        return Placed::Session(at);
     }
+    let c = match stream.candidates.iter().position(|c| c.id == id) {
+        Some(i) => i,
+        None => {
+            if stream.candidates.len() >= CANDIDATES_PER_STREAM {
+                if let Some(oldest) = stream
+                    .candidates
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, c)| c.last_heard)
+                    .map(|(i, _)| i)
+                {
+                    stream.candidates.swap_remove(oldest);
+                }
+            }
+            stream.candidates.push(Candidate {
+                id,
+                path,
+                first_heard: now,
+                last_heard: now,
+                count: 0,
+            });
+            stream.candidates.len() - 1
+        }
+    };
+    let Some(cand) = stream.candidates.get_mut(c) else {
+        return Placed::Candidate;
+    };
+    if cand.path != path || now.saturating_duration_since(cand.first_heard) > config.session_settle
+    {
+        // Start counting again: from this path, within the window.
+        *cand = Candidate {
+            id,
+            path,
+            first_heard: now,
+            last_heard: now,
+            count: 0,
+        };
+    }
+    cand.count += 1;
+    cand.last_heard = now;
+    if cand.count < ESTABLISH {
+        return Placed::Candidate;
+    }
+    // Established: a free slot, or one of a session silent for the
+    // upstream timeout.
     if stream.sessions.len() >= SESSIONS_PER_STREAM {
-        let oldest = stream
+        let stale = stream
             .sessions
             .iter()
             .enumerate()
+            .filter(|(_, s)| now.saturating_duration_since(s.last_heard) >= config.upstream_timeout)
             .min_by_key(|(_, s)| s.last_heard)
-            .map(|(i, _)| i)?;
-        stream.sessions.remove(oldest);
+            .map(|(i, _)| i);
+        match stale {
+            Some(i) => {
+                stream.sessions.remove(i);
+            }
+            None => return Placed::Candidate,
+        }
     }
+    stream.candidates.swap_remove(c);
     stream.sessions.push(Session {
         id,
-        upstream,
-        first_heard: now,
+        path,
+        orphan: false,
+        sources: Sources::new(),
         last_heard: now,
         forwarded: 0,
         history: History::new(config.history_datagrams, config.history_bytes),
         seen: Seen::new(config.seen_datagrams),
-        forwarded_seqs: BTreeMap::new(),
+        asked: AskedUpstream::default(),
     });
-    Some(stream.sessions.len() - 1)
+    Placed::Session(stream.sessions.len() - 1)
 }
 
-/// Whether `session` may be answered from history: it is the stream's
-/// newest, and no other session was heard within `settle` (repeats of one
-/// session would restart other subscribers' proof of a new one, PROTOCOL.md
-/// §8.2).
+/// Whether `session` may be answered from history: no other established
+/// session of the stream was heard within `settle` (repeats of one session
+/// would restart other subscribers' proof of a new one, PROTOCOL.md §8.2).
+/// Candidates (a datagram or a few of a session nobody established) do not
+/// count.
 fn settled(stream: &Stream, session: SessionId, now: Instant, settle: Duration) -> bool {
-    let Some(me) = stream.sessions.iter().find(|s| s.id == session) else {
-        return false;
-    };
-    stream.sessions.iter().all(|s| {
-        s.id == session
-            || (s.first_heard < me.first_heard
-                && now.saturating_duration_since(s.last_heard) >= settle)
-    })
+    stream
+        .sessions
+        .iter()
+        .all(|s| s.id == session || now.saturating_duration_since(s.last_heard) >= settle)
 }
 
 /// How a relay answers one NAK.
 #[derive(Debug, Default)]
 struct Plan {
-    /// Held datagrams to repeat.
+    /// Held datagrams to repeat (their budget taken).
     answer: Vec<u64>,
     /// Some of it is not answered here.
     upstream: bool,
-    /// Some of what is not answered here was not asked upstream lately.
+    /// Some of what is not answered here was not asked upstream lately
+    /// (plain NAKs, by range).
     news: bool,
     /// Some of it was answered here before and is asked again.
     asked_again: bool,
+    /// Repeats the budget refused (asked upstream instead).
+    refused_budget: u64,
 }
 
 fn plan(
     session: &mut Session,
-    ask: &super::classify::Asked,
+    budget: &mut Bucket,
+    ask: &Asked,
     local: bool,
     now: Instant,
     config: &RelayConfig,
@@ -833,36 +1196,49 @@ fn plan(
         news: !ask.readable,
         ..Plan::default()
     };
-    let mut looked = 0u64;
+    let mut looked = 0usize;
     let mut numbers = Vec::new();
     for &(first, last) in &ask.seqs {
-        let mut s = first;
-        loop {
-            if looked >= MAX_ASKED {
-                plan.upstream = true;
-                plan.news = true;
-                break;
-            }
-            looked += 1;
+        let span = last.saturating_sub(first).saturating_add(1);
+        let mut held = 0u64;
+        let mut unanswered = !local;
+        if local {
             numbers.clear();
-            numbers.extend_from_slice(session.history.by_seq(s));
-            if !(local && answer_from(&numbers, session, now, config, &mut plan)) {
-                plan.upstream = true;
-                plan.news |= session
-                    .forwarded_seqs
-                    .get(&s)
-                    .is_none_or(|&t| now.saturating_duration_since(t) >= config.forward_holdoff);
+            for (_, claim) in session.history.claims(first, last) {
+                if looked >= MAX_ASKED {
+                    unanswered = true;
+                    break;
+                }
+                looked += 1;
+                held += 1;
+                if claim.contested {
+                    unanswered = true;
+                } else {
+                    numbers.push(claim.held.iter().map(|&(n, _)| n).collect::<Vec<_>>());
+                }
             }
-            if s >= last {
-                break;
+            for n in &numbers {
+                if !answer_from(n, session, budget, now, config, &mut plan) {
+                    unanswered = true;
+                }
             }
-            s += 1;
+        }
+        if held < span {
+            unanswered = true;
+        }
+        if unanswered {
+            plan.upstream = true;
+            plan.news |= !session
+                .asked
+                .covered(first, last, now, config.forward_holdoff);
         }
     }
     for &f in &ask.frags {
-        numbers.clear();
-        numbers.extend_from_slice(session.history.by_frag(f));
-        if !(local && answer_from(&numbers, session, now, config, &mut plan)) {
+        let numbers = session.history.by_frag(f).to_vec();
+        if !(local
+            && !numbers.is_empty()
+            && answer_from(&numbers, session, budget, now, config, &mut plan))
+        {
             plan.upstream = true;
             plan.news = true;
         }
@@ -872,59 +1248,43 @@ fn plan(
     plan
 }
 
-/// Adds the held datagrams `numbers` to the answer; false if none is held,
-/// or one was repeated before and is asked for again (the local answer did
-/// not do: the publisher gets a say too).
+/// Adds the held datagrams `numbers` to the answer, each within the
+/// budget; false if none is held, the budget refuses one, or one was
+/// repeated before and is asked for again (the local answer did not do:
+/// the publisher gets a say too).
 fn answer_from(
     numbers: &[u64],
     session: &mut Session,
+    budget: &mut Bucket,
     now: Instant,
     config: &RelayConfig,
     plan: &mut Plan,
 ) -> bool {
-    let mut any = false;
+    let mut answered = !numbers.is_empty();
     for &n in numbers {
+        if plan.answer.contains(&n) {
+            continue;
+        }
         let Some(h) = session.history.get_mut(n) else {
+            answered = false;
             continue;
         };
-        any = true;
         match h.last_repeat {
             Some(t) if now.saturating_duration_since(t) < config.repair_holdoff => {}
-            Some(_) => {
-                plan.answer.push(n);
-                plan.asked_again = true;
-                return false;
+            last => {
+                if last.is_some() {
+                    plan.asked_again = true;
+                    answered = false;
+                }
+                if budget.take(now, h.bytes.len() as f64) {
+                    h.last_repeat = Some(now);
+                    plan.answer.push(n);
+                } else {
+                    plan.refused_budget += 1;
+                    answered = false;
+                }
             }
-            None => plan.answer.push(n),
         }
     }
-    any
-}
-
-fn remember_forwarded(
-    session: &mut Session,
-    ask: &super::classify::Asked,
-    now: Instant,
-    holdoff: Duration,
-) {
-    let mut budget = MAX_ASKED;
-    for &(first, last) in &ask.seqs {
-        let mut s = first;
-        while budget > 0 {
-            session.forwarded_seqs.insert(s, now);
-            budget -= 1;
-            if s >= last {
-                break;
-            }
-            s += 1;
-        }
-    }
-    if session.forwarded_seqs.len() > MAX_FORWARDED_SEQS {
-        session
-            .forwarded_seqs
-            .retain(|_, t| now.saturating_duration_since(*t) < holdoff);
-        while session.forwarded_seqs.len() > MAX_FORWARDED_SEQS {
-            session.forwarded_seqs.pop_first();
-        }
-    }
+    answered
 }

@@ -1,20 +1,20 @@
 //! What a relay holds of a session to answer NAKs with: recent datagrams
 //! that may be repeated, indexed by the delta sequence numbers and
-//! fragments they carry, plus a record of every datagram's bytes to drop
-//! duplicates.
+//! fragments they carry and by their bytes, plus a record of every
+//! datagram's bytes to drop duplicates.
 //!
 //! Nothing here trusts a datagram's claims to order it: datagrams are
-//! numbered by arrival, evicted by arrival and by bytes, and each
-//! sequence number indexes up to [`CANDIDATES`] datagrams, so one forged
-//! datagram can neither evict real ones early nor hide one (a keyless
-//! relay cannot tell them apart; the subscribers can, with a key).
+//! numbered by arrival, evicted by arrival and by bytes. Each sequence
+//! number indexes up to [`CANDIDATES`] datagrams; one from the session's
+//! main source displaces one that is not, and a sequence number claimed by
+//! more than that is *contested* (a keyless relay cannot tell the genuine
+//! one: it asks upstream instead of answering).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Datagrams kept per sequence number or fragment id: the first ones
-/// heard with distinct bytes.
+/// Datagrams kept per sequence number or fragment id.
 pub(crate) const CANDIDATES: usize = 2;
 /// Most datagrams one fragmented message is indexed to.
 const MAX_PER_FRAGMENT: usize = 256;
@@ -27,9 +27,18 @@ pub(crate) struct Held {
     pub(crate) number: u64,
     seqs: Vec<u64>,
     frags: Vec<u32>,
-    /// When it was last repeated, and how often.
+    hash: u64,
+    /// When it was last repeated.
     pub(crate) last_repeat: Option<Instant>,
-    pub(crate) repeats: u32,
+}
+
+/// The datagrams holding one sequence number.
+#[derive(Debug, Default)]
+pub(crate) struct Claim {
+    /// Arrival numbers, and whether each came from the main source.
+    pub(crate) held: Vec<(u64, bool)>,
+    /// More distinct datagrams claimed it than are kept.
+    pub(crate) contested: bool,
 }
 
 /// A session's repeatable datagrams, by arrival.
@@ -37,8 +46,9 @@ pub(crate) struct Held {
 pub(crate) struct History {
     held: VecDeque<Held>,
     bytes: usize,
-    by_seq: HashMap<u64, Vec<u64>>,
+    by_seq: BTreeMap<u64, Claim>,
     by_frag: HashMap<u32, Vec<u64>>,
+    by_hash: HashMap<u64, u64>,
     max_datagrams: usize,
     max_bytes: usize,
 }
@@ -48,8 +58,9 @@ impl History {
         Self {
             held: VecDeque::new(),
             bytes: 0,
-            by_seq: HashMap::new(),
+            by_seq: BTreeMap::new(),
             by_frag: HashMap::new(),
+            by_hash: HashMap::new(),
             max_datagrams,
             max_bytes,
         }
@@ -63,9 +74,21 @@ impl History {
         self.bytes
     }
 
-    /// Holds a datagram numbered `number` (above every number held).
-    pub(crate) fn insert(&mut self, number: u64, bytes: Arc<[u8]>, seqs: &[u64], frags: &[u32]) {
-        if bytes.len() > self.max_bytes || self.max_datagrams == 0 {
+    /// Holds a datagram numbered `number` (above every number held), with
+    /// its `hash`; `main`: it came from the session's main source.
+    pub(crate) fn insert(
+        &mut self,
+        number: u64,
+        bytes: Arc<[u8]>,
+        hash: u64,
+        main: bool,
+        seqs: &[u64],
+        frags: &[u32],
+    ) {
+        if bytes.len() > self.max_bytes
+            || self.max_datagrams == 0
+            || self.by_hash.contains_key(&hash)
+        {
             return;
         }
         while self.held.len() >= self.max_datagrams || self.bytes + bytes.len() > self.max_bytes {
@@ -73,10 +96,22 @@ impl History {
                 break;
             }
         }
+        let mut kept_seqs = Vec::with_capacity(seqs.len());
         for &s in seqs {
-            let v = self.by_seq.entry(s).or_default();
-            if v.len() < CANDIDATES {
-                v.push(number);
+            let claim = self.by_seq.entry(s).or_default();
+            if claim.held.len() < CANDIDATES {
+                claim.held.push((number, main));
+                kept_seqs.push(s);
+            } else if let Some(slot) = claim.held.iter_mut().find(|(_, m)| main && !m) {
+                // The main source's datagram displaces another's.
+                let displaced = slot.0;
+                *slot = (number, main);
+                kept_seqs.push(s);
+                if let Some(h) = self.held.iter_mut().find(|h| h.number == displaced) {
+                    h.seqs.retain(|&x| x != s);
+                }
+            } else {
+                claim.contested = true;
             }
         }
         for &f in frags {
@@ -85,24 +120,26 @@ impl History {
                 v.push(number);
             }
         }
+        self.by_hash.insert(hash, number);
         self.bytes += bytes.len();
         self.held.push_back(Held {
             bytes,
             number,
-            seqs: seqs.to_vec(),
+            seqs: kept_seqs,
             frags: frags.to_vec(),
+            hash,
             last_repeat: None,
-            repeats: 0,
         });
     }
 
-    /// Drops what arrived `fresh` or more datagrams before `next`: a
-    /// subscriber's replay window no longer takes it (PROTOCOL.md §11.4).
+    /// Drops what more than `fresh` datagrams arrived after (`next` is the
+    /// next arrival number): a subscriber's replay window would no longer
+    /// take it (PROTOCOL.md §11.4).
     pub(crate) fn expire(&mut self, next: u64, fresh: u64) {
         while self
             .held
             .front()
-            .is_some_and(|h| next.saturating_sub(h.number) >= fresh)
+            .is_some_and(|h| next.saturating_sub(h.number) > fresh)
         {
             self.evict_oldest();
         }
@@ -114,43 +151,42 @@ impl History {
         };
         self.bytes -= h.bytes.len();
         for s in &h.seqs {
-            unindex(&mut self.by_seq, *s, h.number);
+            if let Some(claim) = self.by_seq.get_mut(s) {
+                claim.held.retain(|&(n, _)| n != h.number);
+                if claim.held.is_empty() {
+                    self.by_seq.remove(s);
+                }
+            }
         }
         for f in &h.frags {
-            unindex(&mut self.by_frag, *f, h.number);
+            if let Some(v) = self.by_frag.get_mut(f) {
+                v.retain(|&n| n != h.number);
+                if v.is_empty() {
+                    self.by_frag.remove(f);
+                }
+            }
         }
+        self.by_hash.remove(&h.hash);
         true
     }
 
     /// The held datagram numbered `number`.
     pub(crate) fn get_mut(&mut self, number: u64) -> Option<&mut Held> {
-        let first = self.held.front()?.number;
         // Numbers are increasing but not contiguous: search.
-        let at = self
-            .held
-            .binary_search_by_key(&number, |h| h.number)
-            .ok()
-            .filter(|_| number >= first)?;
+        let at = self.held.binary_search_by_key(&number, |h| h.number).ok()?;
         self.held.get_mut(at)
     }
 
-    /// The number of the held datagram with exactly these bytes, found
-    /// through the sequence numbers and fragments it carries.
-    pub(crate) fn find(&self, seqs: &[u64], frags: &[u32], bytes: &[u8]) -> Option<u64> {
-        let by_seq = seqs.first().map_or(&[][..], |&s| self.by_seq(s));
-        let by_frag = frags.first().map_or(&[][..], |&f| self.by_frag(f));
-        by_seq.iter().chain(by_frag).copied().find(|&n| {
-            self.held
-                .binary_search_by_key(&n, |h| h.number)
-                .ok()
-                .and_then(|at| self.held.get(at))
-                .is_some_and(|h| &*h.bytes == bytes)
-        })
+    /// The number of the held datagram with these bytes' `hash`.
+    pub(crate) fn by_hash(&self, hash: u64) -> Option<u64> {
+        self.by_hash.get(&hash).copied()
     }
 
-    /// Numbers of the datagrams holding delta `seq`.
-    pub(crate) fn by_seq(&self, seq: u64) -> &[u64] {
-        self.by_seq.get(&seq).map_or(&[], Vec::as_slice)
+    /// The claims on sequence numbers `first..=last`, in order.
+    pub(crate) fn claims(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, &Claim)> + '_ {
+        self.by_seq
+            .range(first..=last.max(first))
+            .map(|(&s, c)| (s, c))
     }
 
     /// Numbers of the datagrams holding pieces of `frag_id`.
@@ -159,17 +195,8 @@ impl History {
     }
 }
 
-fn unindex<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Vec<u64>>, key: K, number: u64) {
-    if let Some(v) = map.get_mut(&key) {
-        v.retain(|&n| n != number);
-        if v.is_empty() {
-            map.remove(&key);
-        }
-    }
-}
-
-/// Hashes of the last datagrams forwarded in a session, to drop copies
-/// (a second feeder, a loop, a repeat heard back).
+/// Hashes of the last datagrams forwarded, to drop copies (a second
+/// feeder, a loop, a repeat heard back).
 #[derive(Debug)]
 pub(crate) struct Seen {
     order: VecDeque<u64>,

@@ -20,8 +20,11 @@ mod stats;
 
 pub use classify::Mode;
 pub use config::RelayConfig;
-pub use engine::{Lane, LinkId, LinkKind, NakOrigin, Relay};
+pub use engine::{Lane, LinkId, LinkKind, NakOrigin, Relay, ESTABLISH};
 pub use stats::{Dropped, RelayStats};
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod review_tests;

@@ -98,6 +98,12 @@ pub struct RelayStats {
     pub naks_coalesced: u64,
     /// NAKs not forwarded: over the forwarding rate.
     pub naks_forward_limited: u64,
+    /// NAKs dropped unread: over their origin's rate.
+    pub naks_origin_limited: u64,
+    /// NAKs not forwarded: the session's upstream is gone.
+    pub naks_no_upstream: u64,
+    /// Control frames dropped: the link's control lane was full.
+    pub control_shed: u64,
     /// NAKs not answered here because the stream's session changed lately.
     pub repeats_refused_unsettled: u64,
     /// Datagrams repeated.

@@ -21,8 +21,14 @@ use crate::{Destination, SessionId};
 
 const LINK: LinkId = LinkId(1);
 
-fn far_relay_addr() -> SocketAddr {
-    "10.2.0.1:5000".parse().expect("addr")
+/// The far relay's emitting address: a restarted one comes back on
+/// another port (`incarnation`).
+fn far_relay_addr(incarnation: u16) -> SocketAddr {
+    SocketAddr::from(([10, 2, 0, 1], 5000 + incarnation))
+}
+
+fn attacker_addr() -> SocketAddr {
+    "10.1.0.66:4000".parse().expect("addr")
 }
 
 fn near_relay_addr() -> SocketAddr {
@@ -51,6 +57,11 @@ pub(crate) struct Setup {
     pub(crate) near_restarts: Vec<Duration>,
     /// Link capacity in bytes per millisecond (None: unbounded).
     pub(crate) link_bytes_per_ms: Option<usize>,
+    /// Times the publisher restarts (a new session).
+    pub(crate) pub_restarts: Vec<Duration>,
+    /// With `auth`: an attacker without the key on both groups (forged
+    /// sessions, far `datagram_seq`s, claims, NAKs).
+    pub(crate) forge: bool,
 }
 
 impl Setup {
@@ -69,6 +80,8 @@ impl Setup {
             far_restarts: Vec::new(),
             near_restarts: Vec::new(),
             link_bytes_per_ms: None,
+            pub_restarts: Vec::new(),
+            forge: false,
         }
     }
 }
@@ -91,6 +104,9 @@ pub(crate) struct Outcome {
     pub(crate) naks_at_publisher: u64,
     /// Datagrams lost on the far group.
     pub(crate) far_lost: u64,
+    /// NAKs sent to a far relay's old address (before the subscribers
+    /// moved to its new one).
+    pub(crate) naks_lost: u64,
 }
 
 fn relay_config(emit: bool) -> RelayConfig {
@@ -150,8 +166,11 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
     );
     near.add_own_address(near_relay_addr());
     let mut far = Relay::new(relay_config(true), now, setup.seed ^ 2);
-    far.add_link(LINK, LinkKind::Source, true);
-    far.add_own_address(far_relay_addr());
+    // The far side names each accepted connection anew, as the driver does.
+    let mut far_link = LinkId(100);
+    let mut incarnation = 0u16;
+    far.add_link(far_link, LinkKind::Source, true);
+    far.add_own_address(far_relay_addr(incarnation));
     let mut link = Link {
         up: true,
         down: VecDeque::new(),
@@ -168,11 +187,13 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         })
         .collect();
     let mut sent: HashSet<Vec<u8>> = HashSet::new();
+    let mut forged: HashSet<Vec<u8>> = HashSet::new();
     let mut buf = Vec::new();
     let mut out = Vec::new();
     let mut nak_buf = vec![0u8; 65_536];
     let mut naks_at_publisher = 0u64;
     let mut far_lost = 0u64;
+    let mut naks_lost = 0u64;
     let mut retired_near = RelayStats::default();
     let mut retired_far = RelayStats::default();
     let end_publish = start + setup.publish_for;
@@ -187,11 +208,14 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         if down == link.up {
             link.up = !down;
             near.set_link_up(LINK, link.up);
-            far.set_link_up(LINK, link.up);
             if down {
+                far.remove_link(far_link);
                 // What was in flight when a link dies is lost.
                 link.down.clear();
                 link.up_dir.clear();
+            } else {
+                far_link.0 += 1;
+                far.add_link(far_link, LinkKind::Source, true);
             }
         }
         if setup.far_restarts.contains(&t) {
@@ -201,8 +225,10 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
                 now,
                 setup.seed ^ 3 ^ t.as_millis() as u64,
             );
-            far.add_link(LINK, LinkKind::Source, link.up);
-            far.add_own_address(far_relay_addr());
+            far_link.0 += 1;
+            incarnation += 1;
+            far.add_link(far_link, LinkKind::Source, link.up);
+            far.add_own_address(far_relay_addr(incarnation));
             link.down.clear();
             link.up_dir.clear();
         }
@@ -225,6 +251,13 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
             link.down.clear();
             link.up_dir.clear();
         }
+        if setup.pub_restarts.contains(&t) {
+            let history = std::mem::take(&mut publisher.history);
+            let cfg = publisher.core.config().clone();
+            let session = SessionId(0x5e55_2000 + setup.seed + t.as_millis() as u64);
+            publisher = SimPublisher::new(cfg, session, now, &initial, history);
+            last_seq = crate::SeqNum(0);
+        }
         // The publisher.
         if now < end_publish {
             for _ in 0..setup.per_ms {
@@ -243,6 +276,14 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
             near_in.push(d.to_vec());
         });
         for d in near_in {
+            if setup.forge && r.chance(0.02) {
+                // Copies of what it hears, broken (no key: the tags fail):
+                // another session, a far datagram_seq, a flipped byte.
+                for f in forgeries(&d, &mut r) {
+                    near.handle_group(now, attacker_addr(), &f);
+                    forged.insert(f);
+                }
+            }
             if !r.chance(setup.near_loss) {
                 near.handle_group(now, publisher_addr(0), &d);
             }
@@ -264,6 +305,7 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         let credit = setup.link_bytes_per_ms.map(|_| &mut link.credit);
         pull_link(
             &mut near,
+            LINK,
             now,
             &mut link.down,
             setup.link_delay,
@@ -276,19 +318,19 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
             let Some((_, frame)) = link.down.pop_front() else {
                 break;
             };
-            deliver(&mut far, now, &frame)?;
+            deliver(&mut far, far_link, now, &frame)?;
         }
         while link.up_dir.front().is_some_and(|(at, _)| *at <= due) {
             let Some((_, frame)) = link.up_dir.pop_front() else {
                 break;
             };
-            deliver(&mut near, now, &frame)?;
+            deliver(&mut near, LINK, now, &frame)?;
         }
         // The far relay: the group, and NAK frames up the link.
         while let Some(dest) = far.poll_transmit(&mut out) {
             match dest {
                 Destination::Group => {
-                    if !sent.contains(&out) {
+                    if !sent.contains(&out) && !forged.contains(&out) {
                         return Err(
                             "the far relay emitted a datagram the publisher never sent".into()
                         );
@@ -301,8 +343,12 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
                         }
                         let mut d = out.clone();
                         s.core.set_wall_clock(now, wall);
-                        s.core
-                            .handle_datagram(now, far_relay_addr(), &mut d, &mut s.replica);
+                        s.core.handle_datagram(
+                            now,
+                            far_relay_addr(incarnation),
+                            &mut d,
+                            &mut s.replica,
+                        );
                         s.check(&publisher)?;
                     }
                 }
@@ -311,6 +357,7 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         }
         pull_link(
             &mut far,
+            far_link,
             now,
             &mut link.up_dir,
             setup.link_delay,
@@ -328,8 +375,31 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
                     return Err("a subscriber multicast".into());
                 };
                 for d in t.datagrams(&nak_buf) {
-                    if to == far_relay_addr() && !r.chance(setup.far_loss) {
+                    if to != far_relay_addr(incarnation) {
+                        naks_lost += 1;
+                    } else if !r.chance(setup.far_loss) {
                         far.handle_nak(now, s.addr, d);
+                    }
+                    if setup.forge {
+                        // A broken copy, and a NAK for everything.
+                        let mut f = d.to_vec();
+                        if let Some(b) = f.last_mut() {
+                            *b ^= 1;
+                        }
+                        far.handle_nak(now, attacker_addr(), &f);
+                        let all = super::sim::craft(
+                            STREAM,
+                            publisher.core.session(),
+                            7,
+                            &[crate::wire::Message::Nak(crate::wire::Nak {
+                                requester: 0xbad,
+                                ranges: crate::wire::NakRanges::from_slice(&[crate::SeqRange {
+                                    first: crate::SeqNum(1),
+                                    last: crate::SeqNum(1 << 40),
+                                }]),
+                            })],
+                        );
+                        far.handle_nak(now, attacker_addr(), &all);
                     }
                 }
             }
@@ -376,13 +446,37 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         subs: subs.iter().map(|s| s.core.stats().clone()).collect(),
         naks_at_publisher,
         far_lost,
+        naks_lost,
     })
+}
+
+/// Copies of `d` an attacker without the key makes: another session, a
+/// far `datagram_seq`, a flipped byte (each refused by a keyed subscriber,
+/// none distinguishable by a relay).
+fn forgeries(d: &[u8], r: &mut Rng) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    if d.len() < 48 {
+        return out;
+    }
+    let mut session = d.to_vec();
+    session[12..20].copy_from_slice(&r.next_u64().to_be_bytes());
+    out.push(session);
+    let mut far = d.to_vec();
+    let seq = u64::from_be_bytes(d[20..28].try_into().expect("8 bytes"));
+    far[20..28].copy_from_slice(&(seq + 1000 + r.below(1 << 20)).to_be_bytes());
+    out.push(far);
+    let mut flipped = d.to_vec();
+    let at = 28 + r.below((d.len() - 28) as u64) as usize;
+    flipped[at] ^= 0x40;
+    out.push(flipped);
+    out
 }
 
 /// Takes every frame `relay` has for the link, while `credit` (bytes the
 /// link may carry now) lasts.
 fn pull_link(
     relay: &mut Relay,
+    id: LinkId,
     now: Instant,
     queue: &mut VecDeque<(Instant, Vec<u8>)>,
     delay: Duration,
@@ -393,14 +487,14 @@ fn pull_link(
         return;
     }
     loop {
-        let lanes: Vec<Lane> = relay.pending_lanes(now, LINK).collect();
+        let lanes: Vec<Lane> = relay.pending_lanes(now, id).collect();
         if lanes.is_empty() || credit.as_deref().is_some_and(|&c| c <= 0) {
             return;
         }
         let mut progress = false;
         for lane in lanes {
             let mut f = Vec::new();
-            if relay.poll_lane(now, LINK, lane, &mut f) {
+            if relay.poll_lane(now, id, lane, &mut f) {
                 progress = true;
                 if let Some(c) = credit.as_deref_mut() {
                     *c -= f.len() as i64;
@@ -410,16 +504,16 @@ fn pull_link(
         }
         // A lane whose frames all aged out gives none, once.
         assert!(
-            progress || relay.pending_lanes(now, LINK).next().is_none(),
+            progress || relay.pending_lanes(now, id).next().is_none(),
             "a pending lane gave no frame"
         );
     }
 }
 
-fn deliver(relay: &mut Relay, now: Instant, bytes: &[u8]) -> Result<(), String> {
+fn deliver(relay: &mut Relay, id: LinkId, now: Instant, bytes: &[u8]) -> Result<(), String> {
     match decode(bytes).map_err(|e| format!("a frame did not decode: {e}"))? {
         Decoded::Frame(f, used) if used == bytes.len() => {
-            relay.handle_frame(now, LINK, &f);
+            relay.handle_frame(now, id, &f);
             Ok(())
         }
         other => Err(format!("a frame decoded as {other:?}")),
@@ -466,6 +560,7 @@ fn far_subscribers_converge_through_a_relay_pair_under_loss_on_both_sides() {
                 o.far_lost > 0,
                 "the far group lost nothing: the test would show nothing"
             );
+            no_reanchor(&o);
             if !encrypt {
                 // Far losses are answered on the far side.
                 assert!(
@@ -529,7 +624,61 @@ fn link_outages_and_relay_restarts_are_survived() {
         s.far_restarts = vec![Duration::from_millis(1200)];
         s.near_restarts = vec![Duration::from_millis(3000)];
         let o = run(&s).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        no_reanchor(&o);
         assert!(o.far.datagrams_in > 0);
+        // The far relay came back on another port: the subscribers moved
+        // their NAKs to it (and answered locally after that).
+        assert!(o.naks_lost > 0, "seed {seed}: no NAK went to the old port");
+        assert!(o.far.repeats > 0, "seed {seed}: {:?}", o.far);
+    }
+}
+
+/// No subscriber re-anchors because of a relay (PROTOCOL.md §8.4 rule 4:
+/// a late Heartbeat or CycleEnd would make it drop what it buffered).
+fn no_reanchor(o: &Outcome) {
+    for s in &o.subs {
+        assert_eq!(s.reanchors, 0, "{}", brief_stats(s));
+    }
+}
+
+#[test]
+fn an_attacker_without_the_key_changes_nothing_and_local_repair_goes_on() {
+    for seed in 0..seeds() {
+        let mut s = Setup::new(seed);
+        s.auth = true;
+        s.forge = true;
+        s.far_loss = 0.05;
+        let o = run(&s).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        no_reanchor(&o);
+        assert!(o.far.repeats > 0, "seed {seed}: {:?}", o.far);
+        let repaired: u64 = o.subs.iter().map(|s| s.repaired_by_nak).sum();
+        assert!(repaired > 0, "seed {seed}: {:?}", o.subs.first());
+        let refused: u64 = o
+            .subs
+            .iter()
+            .map(|s| s.refused.get("bad_tag").copied().unwrap_or(0))
+            .sum();
+        assert!(
+            refused > 0,
+            "the forgeries reached no subscriber: the test shows nothing"
+        );
+    }
+}
+
+#[test]
+fn a_publisher_restart_is_followed_through_the_relays() {
+    for seed in 0..seeds() {
+        let mut s = Setup::new(seed);
+        s.auth = seed % 2 == 0;
+        s.publish_for = Duration::from_secs(3);
+        s.pub_restarts = vec![Duration::from_millis(1500)];
+        let o = run(&s).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        no_reanchor(&o);
+        assert!(
+            o.subs.iter().all(|s| s.restarts >= 1),
+            "{:?}",
+            o.subs.first()
+        );
     }
 }
 
