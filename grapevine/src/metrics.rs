@@ -31,7 +31,7 @@
 //! | `grapevine_publisher_dropped_total{reason}` | counter | received datagrams dropped: `malformed`, `foreign_stream`, `other_session`, `unexpected_message`, and refused by authentication: `auth_bad_tag`, `auth_replayed`, `auth_refused_other` |
 //! | `grapevine_publisher_seal_refused_total` | counter | datagrams not sent because sealing them would have reused a nonce (never expected) |
 //! | `grapevine_publisher_{seq, leaves, queued_bytes}` | gauge | the last sequence number, the state's leaves, bytes waiting for the socket |
-//! | `grapevine_relay_{datagrams_in, bytes_in, datagrams_out_group, datagrams_out_link, bytes_out, shed_datagrams, shed_bytes, peer_shed_datagrams, naks_received, nak_answers, naks_forwarded, naks_coalesced, naks_forward_limited, repeats, repeat_bytes, repeats_coalesced, repeats_refused_budget, repeats_refused_unsettled, link_connects, link_failures, dial_failures, refused}_total` | counter | a relay's counters (feature `relay`; label `name`) |
+//! | `grapevine_relay_{datagrams_in, bytes_in, datagrams_out_group, datagrams_out_link, bytes_out, shed_datagrams, shed_bytes, peer_shed_datagrams, naks_received, nak_answers, naks_forwarded, naks_coalesced, naks_forward_limited, naks_origin_limited, naks_no_upstream, control_shed, repeats, repeat_bytes, repeats_coalesced, repeats_refused_budget, repeats_refused_unsettled, link_connects, link_failures, dial_failures, refused}_total` | counter | a relay's counters (feature `relay`; label `name`) |
 //! | `grapevine_relay_dropped_total{reason}` | counter | datagrams and NAKs a relay did not relay: `not_grapevine`, `own_output`, `from_subscriber`, `duplicate`, `standby`, `foreign_stream`, `too_large`, `not_repeatable`, `bad_nak`, `unknown_session`, `wrong_direction` |
 //! | `grapevine_relay_{links_up, subscribers, queued_bytes, sessions, held_datagrams, held_bytes}` | gauge | a relay's links, unicast subscribers, queues and history |
 //!
@@ -143,6 +143,9 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = {
         ("grapevine_relay_naks_forwarded_total", C, "NAKs forwarded upstream."),
         ("grapevine_relay_naks_coalesced_total", C, "NAKs not forwarded: asked upstream lately."),
         ("grapevine_relay_naks_forward_limited_total", C, "NAKs not forwarded: over the forwarding rate."),
+        ("grapevine_relay_naks_origin_limited_total", C, "NAKs dropped unread: over their origin's rate."),
+        ("grapevine_relay_naks_no_upstream_total", C, "NAKs not forwarded: the session's upstream is gone."),
+        ("grapevine_relay_control_shed_total", C, "Control frames dropped: a link's control lane was full."),
         ("grapevine_relay_repeats_total", C, "Datagrams repeated in answer to NAKs."),
         ("grapevine_relay_repeat_bytes_total", C, "Bytes of them."),
         ("grapevine_relay_repeats_coalesced_total", C, "Repeats skipped: repeated moments ago."),
@@ -689,6 +692,12 @@ pub(crate) fn record_relay(name: &str, s: &crate::relay::Stats) {
             "grapevine_relay_naks_forward_limited_total",
             c.naks_forward_limited,
         ),
+        (
+            "grapevine_relay_naks_origin_limited_total",
+            c.naks_origin_limited,
+        ),
+        ("grapevine_relay_naks_no_upstream_total", c.naks_no_upstream),
+        ("grapevine_relay_control_shed_total", c.control_shed),
         ("grapevine_relay_repeats_total", c.repeats),
         ("grapevine_relay_repeat_bytes_total", c.repeat_bytes),
         (

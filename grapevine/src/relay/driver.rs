@@ -54,6 +54,21 @@ struct LinkState {
     subscriber: bool,
     /// Dropped when the link is: tells its dialer.
     _on_down: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropped when the link is: tells the listener a subscriber left.
+    _slot: Option<SubscriberSlot>,
+    /// For its lane writers to report a failure.
+    events: Option<mpsc::Sender<LinkEvent>>,
+}
+
+/// A unicast subscriber's place in the listener's count, given back when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct SubscriberSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for SubscriberSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Main {
@@ -65,11 +80,21 @@ impl Main {
         let mut out = Vec::with_capacity(65_536);
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A datagram the socket would not take yet.
+        let mut pending: Option<(SocketAddr, Vec<u8>)> = None;
+        // NAKs reach the emitting socket; a relay that emits on no group
+        // takes nothing there.
+        let naks_here = self.to_group.is_some();
         loop {
             let now = Instant::now();
-            self.flush_udp(&mut out).await;
+            self.flush_udp(&mut out, &mut pending);
             self.flush_links(now, &mut links, &progress);
             tokio::select! {
+                r = self.sender.writable(), if pending.is_some() => {
+                    if r.is_err() {
+                        pending = None;
+                    }
+                }
                 r = recv(self.group_rx.as_ref(), &mut gbuf) => match r {
                     Ok((n, from)) => {
                         if let Some(d) = gbuf.get(..n) {
@@ -78,7 +103,7 @@ impl Main {
                     }
                     Err(e) => tracing::warn!(relay = %self.name, "group receive failed: {e}"),
                 },
-                r = self.sender.recv_from(&mut nbuf) => match r {
+                                r = self.sender.recv_from(&mut nbuf), if naks_here => match r {
                     Ok((n, from)) => {
                         if let Some(d) = nbuf.get(..n) {
                             self.engine.handle_nak(Instant::now(), from, d);
@@ -107,18 +132,38 @@ impl Main {
         }
     }
 
-    async fn flush_udp(&mut self, out: &mut Vec<u8>) {
-        while let Some(dest) = self.engine.poll_transmit(out) {
-            let to = match dest {
-                Destination::Group => match self.to_group {
-                    Some(g) => g,
-                    None => continue,
-                },
-                Destination::Unicast(a) => a,
-                _ => continue,
+    /// Sends what the engine has for UDP without waiting: what the socket
+    /// will not take yet waits in `pending` (and the engine's queue, bounded
+    /// and shedding, behind it).
+    fn flush_udp(&mut self, out: &mut Vec<u8>, pending: &mut Option<(SocketAddr, Vec<u8>)>) {
+        loop {
+            let (to, bytes) = match pending.take() {
+                Some(p) => p,
+                None => {
+                    let Some(dest) = self.engine.poll_transmit(out) else {
+                        return;
+                    };
+                    let to = match dest {
+                        Destination::Group => match self.to_group {
+                            Some(g) => g,
+                            None => continue,
+                        },
+                        Destination::Unicast(a) => a,
+                        _ => continue,
+                    };
+                    (to, std::mem::take(out))
+                }
             };
-            if let Err(e) = self.sender.send_to(out, to).await {
-                tracing::debug!(relay = %self.name, "send to {to} failed: {e}");
+            match self.sender.try_send_to(&bytes, to) {
+                Ok(_) => *out = bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    *pending = Some((to, bytes));
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(relay = %self.name, "send to {to} failed: {e}");
+                    *out = bytes;
+                }
             }
         }
     }
@@ -156,12 +201,25 @@ impl Main {
         progress: &Arc<Notify>,
     ) {
         match ev {
-            LinkEvent::Frame(id, bytes) => {
-                if !links.contains_key(&id) {
+            LinkEvent::Frame(id, generation, bytes) => {
+                // Frames of an earlier connection of the link are its.
+                if links.get(&id).is_none_or(|l| l.generation != generation) {
                     return;
                 }
                 match decode(&bytes) {
                     Ok(Decoded::Frame(Frame::Pong(_), _)) => {}
+                    Ok(Decoded::Frame(Frame::Goodbye { code, reason }, _)) => {
+                        let why = format!("the peer said goodbye ({code}): {reason}");
+                        self.link_event(
+                            LinkEvent::Down {
+                                link: id,
+                                generation,
+                                why,
+                            },
+                            links,
+                            progress,
+                        );
+                    }
                     Ok(Decoded::Frame(f, _)) => self.engine.handle_frame(Instant::now(), id, &f),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(relay = %self.name, link = id.0, "bad frame: {e}"),
@@ -179,9 +237,12 @@ impl Main {
                     kind = ?est.kind,
                     "link up"
                 );
-                let subscriber = matches!(&est.kind, LinkKind::Sink { .. }) && !est.dialed;
+                let subscriber = matches!(&est.kind, LinkKind::Subscriber { .. });
                 if est.dialed {
                     self.engine.set_link_up(id, true);
+                    if let LinkKind::Sink { max_datagram, .. } = est.kind {
+                        self.engine.set_max_datagram(id, max_datagram);
+                    }
                 } else {
                     self.engine.add_link(id, est.kind.clone(), true);
                 }
@@ -194,8 +255,11 @@ impl Main {
                     dialed: est.dialed,
                     subscriber,
                     _on_down: est.on_down,
+                    _slot: est.slot,
+                    events: None,
                 };
                 start_control(&mut state, id, progress, self.events_tx.clone());
+                state.events = Some(self.events_tx.clone());
                 if let Ok(mut s) = self.stats.lock() {
                     s.link_connects += 1;
                 }
@@ -288,7 +352,7 @@ fn start_control(
     let down = events.clone();
     let ev = events.clone();
     tokio::spawn(async move {
-        let e = read_frames(r, id, ev, Some(DEAD_AFTER)).await;
+        let e = read_frames(r, id, generation, ev, Some(DEAD_AFTER)).await;
         let why = match e {
             Ok(()) => "closed".to_string(),
             Err(e) => e.to_string(),
@@ -307,7 +371,7 @@ fn start_control(
             while let Ok(recv) = connection.accept_uni().await {
                 let ev = events.clone();
                 tokio::spawn(async move {
-                    let _ = read_frames(Box::new(recv), id, ev, None).await;
+                    let _ = read_frames(Box::new(recv), id, generation, ev, None).await;
                 });
             }
         });
@@ -333,14 +397,25 @@ fn writer(
     let (tx, rx) = mpsc::channel(LANE_FRAMES);
     let connection = connection.clone();
     let p = Arc::clone(progress);
+    let (events, generation) = (l.events.clone(), l.generation);
     tokio::spawn(async move {
-        match connection.open_uni().await {
-            Ok(send) => {
-                if let Err(e) = write_frames(Box::new(send), rx, p, false).await {
-                    tracing::debug!(link = id.0, "lane closed: {e}");
-                }
-            }
-            Err(e) => tracing::debug!(link = id.0, "cannot open a lane: {e}"),
+        // A lane that cannot be opened or written takes the link down (its
+        // dialer reconnects): a stream must not be black-holed.
+        let why = match connection.open_uni().await {
+            Ok(send) => match write_frames(Box::new(send), rx, p, false).await {
+                Ok(()) => return,
+                Err(e) => format!("a lane failed: {e}"),
+            },
+            Err(e) => format!("cannot open a lane: {e}"),
+        };
+        if let Some(events) = events {
+            let _ = events
+                .send(LinkEvent::Down {
+                    link: id,
+                    generation,
+                    why,
+                })
+                .await;
         }
     });
     l.writers.insert(lane, tx.clone());
@@ -465,6 +540,7 @@ impl Dialer {
         // and drops `on_down`.
         let (on_down, down) = tokio::sync::oneshot::channel();
         let est = Established {
+            slot: None,
             on_down: Some(on_down),
             link: DIALED,
             generation,
@@ -496,6 +572,8 @@ pub(crate) struct Listener {
     pub(crate) feeders: FeederPolicy,
     pub(crate) subscribers: bool,
     pub(crate) max_subscribers: usize,
+    /// Unicast subscribers connected now.
+    pub(crate) subscriber_count: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) stats: Arc<Mutex<Stats>>,
     pub(crate) events: mpsc::Sender<LinkEvent>,
     pub(crate) name: String,
@@ -595,14 +673,20 @@ impl Listener {
                     RefuseCode::Role,
                     "this listener serves no subscribers".to_string(),
                 )),
-                Role::Subscriber
-                    if self.stats.lock().map(|s| s.subscribers).unwrap_or(0)
-                        >= self.max_subscribers =>
-                {
-                    Some((RefuseCode::Busy, "too many subscribers".to_string()))
-                }
                 _ => None,
             }
+        };
+        // A subscriber's place is taken now, atomically, and given back
+        // when its link goes.
+        let mut slot = None;
+        let refusal = match (refusal, hello.role) {
+            (None, Role::Subscriber) => {
+                let n = self.subscriber_count.fetch_add(1, Ordering::Relaxed);
+                slot = Some(SubscriberSlot(Arc::clone(&self.subscriber_count)));
+                (n >= self.max_subscribers)
+                    .then(|| (RefuseCode::Busy, "too many subscribers".to_string()))
+            }
+            (r, _) => r,
         };
         if let Some((code, reason)) = refusal {
             if let Ok(mut s) = self.stats.lock() {
@@ -629,7 +713,7 @@ impl Listener {
         .map_err(|e| e.to_string())?;
         let kind = match hello.role {
             Role::Feeder => LinkKind::Source,
-            _ => LinkKind::Sink {
+            _ => LinkKind::Subscriber {
                 streams: hello.streams,
                 max_datagram: hello.max_datagram as usize,
             },
@@ -638,6 +722,7 @@ impl Listener {
             Conn::Quic { control, .. } | Conn::Tcp { control } => *control = Some((r, w)),
         }
         let est = Established {
+            slot,
             on_down: None,
             link: LinkId(NEXT_LINK.fetch_add(1, Ordering::Relaxed)),
             generation: 0,

@@ -37,8 +37,8 @@ pub(crate) const LANE_FRAMES: usize = 64;
 /// What a link's tasks tell the relay's main task.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
-    /// One whole frame received on `link`.
-    Frame(LinkId, Vec<u8>),
+    /// One whole frame received on connection `generation` of `link`.
+    Frame(LinkId, u64, Vec<u8>),
     /// A link's handshake is done.
     Up(Box<Established>),
     /// A link failed or closed; `generation` names which connection.
@@ -64,6 +64,8 @@ pub(crate) struct Established {
     pub(crate) dialed: bool,
     /// Dropped by the main task when the link goes down.
     pub(crate) on_down: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A unicast subscriber's place in the listener's count.
+    pub(crate) slot: Option<super::driver::SubscriberSlot>,
 }
 
 /// The transport of an established link.
@@ -112,13 +114,14 @@ pub(crate) enum LinkError {
 pub(crate) async fn read_frames(
     mut r: BoxRead,
     link: LinkId,
+    generation: u64,
     tx: mpsc::Sender<LinkEvent>,
     idle: Option<Duration>,
 ) -> Result<(), LinkError> {
     let mut reader = FrameReader::default();
     loop {
         while let Some(f) = reader.next()? {
-            tx.send(LinkEvent::Frame(link, f))
+            tx.send(LinkEvent::Frame(link, generation, f))
                 .await
                 .map_err(|_| LinkError::Stopped)?;
         }

@@ -308,6 +308,7 @@ impl RelayBuilder {
                     .unwrap_or(FeederPolicy::Allow(Vec::new())),
                 subscribers: !self.no_subscribers,
                 max_subscribers: self.max_subscribers.unwrap_or(64),
+                subscriber_count: Arc::default(),
                 stats: Arc::clone(&stats),
                 events: events_tx.clone(),
                 name: name.clone(),
