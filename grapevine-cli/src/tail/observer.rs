@@ -88,28 +88,6 @@ impl AuthCounts {
     }
 }
 
-/// The fields of a sealed datagram's header, which are in clear.
-#[derive(Clone, Copy, Debug)]
-struct ClearHeader {
-    stream: StreamId,
-    session: SessionId,
-    datagram_seq: u64,
-}
-
-impl ClearHeader {
-    /// Reads them (PROTOCOL.md §3: stream at 8, session at 12,
-    /// `datagram_seq` at 20), if the bytes are there.
-    fn read(d: &[u8]) -> Option<Self> {
-        let u32_at = |at: usize| d.get(at..at + 4)?.try_into().ok().map(u32::from_be_bytes);
-        let u64_at = |at: usize| d.get(at..at + 8)?.try_into().ok().map(u64::from_be_bytes);
-        Some(Self {
-            stream: StreamId(u32_at(8)?),
-            session: SessionId(u64_at(12)?),
-            datagram_seq: u64_at(20)?,
-        })
-    }
-}
-
 /// The message kinds counted, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -529,7 +507,8 @@ impl Observer {
 
     /// A datagram whose header says it is sealed (with `flags`).
     fn sealed(&mut self, now: Instant, from: SocketAddr, datagram: &[u8], flags: u8) {
-        let Some(clear) = ClearHeader::read(datagram) else {
+        // The header of a sealed datagram is in clear (PROTOCOL.md §3).
+        let Some((clear, _)) = grapevine::core::wire::peek_header(datagram) else {
             // Not reached: the header was checked whole.
             *self.undecodable.entry("short_header").or_default() += 1;
             return;
