@@ -49,8 +49,10 @@ pub struct RelayConfig {
     pub queue_age: Duration,
     /// A datagram repeated less than this long ago is not repeated again.
     pub repair_holdoff: Duration,
-    /// A sequence number asked upstream less than this long ago is not
-    /// asked again.
+    /// A range (or, sealed, the same NAK bytes) asked upstream less than
+    /// this long ago is not asked again: subscribers losing the same
+    /// datagram ask once. Shorter than a subscriber's repair timeout (20
+    /// ms), or its next attempt, after a lost answer, would be swallowed.
     pub forward_holdoff: Duration,
     /// Another upstream may take a session over once its upstream was
     /// silent this long.
@@ -86,7 +88,7 @@ impl Default for RelayConfig {
             max_queued_bytes: 64 << 20,
             queue_age: Duration::from_secs(1),
             repair_holdoff: Duration::from_millis(10),
-            forward_holdoff: Duration::from_millis(100),
+            forward_holdoff: Duration::from_millis(15),
             upstream_timeout: Duration::from_secs(2),
             session_settle: Duration::from_secs(2),
             nak_forward_rate: 1000.0,

@@ -58,6 +58,9 @@ struct LinkState {
     _slot: Option<SubscriberSlot>,
     /// For its lane writers to report a failure.
     events: Option<mpsc::Sender<LinkEvent>>,
+    /// A feeder's link, and its certificate.
+    feeder: bool,
+    fingerprint: Option<super::tls::Fingerprint>,
 }
 
 /// A unicast subscriber's place in the listener's count, given back when
@@ -238,6 +241,28 @@ impl Main {
                     "link up"
                 );
                 let subscriber = matches!(&est.kind, LinkKind::Subscriber { .. });
+                // A feeder reconnecting (restarted, or its old connection
+                // not yet known dead) replaces its old link at once: its
+                // sessions are not left standby behind a dead one.
+                if est.kind == LinkKind::Source && est.fingerprint.is_some() {
+                    let stale: Vec<(LinkId, u64)> = links
+                        .iter()
+                        .filter(|(_, l)| l.feeder && l.fingerprint == est.fingerprint)
+                        .map(|(id, l)| (*id, l.generation))
+                        .collect();
+                    for (link, generation) in stale {
+                        let why = "the feeder reconnected".to_string();
+                        self.link_event(
+                            LinkEvent::Down {
+                                link,
+                                generation,
+                                why,
+                            },
+                            links,
+                            progress,
+                        );
+                    }
+                }
                 if est.dialed {
                     self.engine.set_link_up(id, true);
                     if let LinkKind::Sink { max_datagram, .. } = est.kind {
@@ -257,6 +282,8 @@ impl Main {
                     _on_down: est.on_down,
                     _slot: est.slot,
                     events: None,
+                    feeder: est.kind == LinkKind::Source,
+                    fingerprint: est.fingerprint,
                 };
                 start_control(&mut state, id, progress, self.events_tx.clone());
                 state.events = Some(self.events_tx.clone());
