@@ -5,7 +5,8 @@
 //!
 //! * `throughput`: deltas in batches of 1,024 at `--rate`; without one,
 //!   a search for the highest rate the subscribers take without loss
-//!   (no kernel drop, no gap), doubling from 250,000/s and then bisecting;
+//!   (no kernel drop, no gap), doubling from 250,000/s (halving from it if
+//!   it loses already) and then bisecting;
 //!   reports the rate at which the subscribers applied them.
 //! * `latency`: single deltas at `--rate` (10,000/s by default), each
 //!   stamped with the wall clock at `publish`; the subscriber records the
@@ -454,6 +455,21 @@ async fn search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
         lo = rate;
         best = Some(r);
         rate *= 2;
+    }
+    // The first rate lost already (a relay pair, a slow machine): halve
+    // until a rate is clean, down to a 64th of it.
+    let mut down = hi / 2;
+    while lo == 0 && hi > 0 && down >= SEARCH_FROM / 64 {
+        let (t, r) = trial(args, plan, down).await?;
+        let clean = t.clean;
+        trials.push(t);
+        if clean {
+            lo = down;
+            best = Some(r);
+        } else {
+            hi = down;
+            down /= 2;
+        }
     }
     if lo > 0 && hi > 0 {
         for _ in 0..SEARCH_STEPS {
