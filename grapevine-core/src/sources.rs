@@ -47,6 +47,15 @@ impl Sources {
         }
     }
 
+    /// Every source heard within `within` of `now` (at most four).
+    pub(crate) fn recent(&self, now: Instant, within: Duration) -> Vec<SocketAddr> {
+        self.0
+            .iter()
+            .filter(|e| now.saturating_duration_since(e.last) < within)
+            .map(|e| e.addr)
+            .collect()
+    }
+
     /// Where NAKs go at `now`: the source most datagrams came from, unless
     /// it has been silent for `silent` or longer; then the one heard last.
     pub(crate) fn main(&self, now: Instant, silent: Duration) -> Option<SocketAddr> {

@@ -5,13 +5,14 @@
 //! a keyless relay can apply without trusting any claim (PROTOCOL.md
 //! §12.4; docs/design/relay.md has the reviews that found the holes):
 //!
-//! * A session is *established* only after [`ESTABLISH`] datagrams from one
-//!   path within `session_settle`; before that it is a candidate, forwarded
-//!   but holding no history and displacing nothing. An established session
-//!   heard within `upstream_timeout` is never evicted.
+//! * A session is *established* only after [`ESTABLISH`] distinct
+//!   datagrams; before that it is a candidate, forwarded (its NAKs too) but
+//!   holding no history and displacing nothing. An established session
+//!   still heard is never evicted, and only a session established before
+//!   it takes its local repair away.
 //! * A session's upstream changes only once its path went silent or away;
-//!   NAKs for a group upstream go to the session's main source
-//!   ([`Sources`]), not to whoever sent the latest datagram.
+//!   NAKs for a group upstream go to every source of the session heard
+//!   lately (a keyless relay cannot tell which is genuine).
 //! * NAKs are rate-limited per origin before they are read, answered only
 //!   within the stream's repeat budget (what the budget refuses goes
 //!   upstream), and coalesced upstream by range (plain) or by bytes only
@@ -71,6 +72,13 @@ pub enum NakOrigin {
     /// to its emitting socket from this address).
     Group(SocketAddr),
     /// A link (a downstream relay or a unicast subscriber).
+    Link(LinkId),
+}
+
+/// Whose NAKs share a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum OriginKey {
+    Host(std::net::IpAddr),
     Link(LinkId),
 }
 
@@ -237,6 +245,15 @@ impl AskedUpstream {
 struct Session {
     id: SessionId,
     path: Path,
+    /// When it was established: older sessions keep local repair.
+    established: Instant,
+    /// The source its establishing datagram came from (group path): the
+    /// "main" source of its index, which a keyless relay cannot learn from
+    /// counts (anyone can send more datagrams).
+    origin: Option<SocketAddr>,
+    /// The longest silence heard between two of its datagrams (capped): a
+    /// quiet stream's heartbeat interval.
+    gap: Duration,
     /// Its path went away (a link removed or down): the next datagram from
     /// any path takes the session over.
     orphan: bool,
@@ -255,14 +272,29 @@ struct Session {
 struct Candidate {
     id: SessionId,
     path: Path,
-    first_heard: Instant,
+    /// Where its latest datagram came from (group path): NAKs for it go
+    /// there (and to its path) while it is not established.
+    source: Option<SocketAddr>,
     last_heard: Instant,
+    /// Distinct datagrams heard.
     count: u32,
+}
+
+/// How long a session counts as heard: `timeout`, or 2.5 of its longest
+/// silence (a quiet stream's heartbeat interval), capped at a minute.
+fn alive_for(timeout: Duration, gap: Duration) -> Duration {
+    timeout
+        .max(gap.mul_f64(2.5))
+        .min(Duration::from_secs(60).max(timeout))
 }
 
 #[derive(Debug)]
 struct Stream {
     sessions: Vec<Session>,
+    /// The path, and the sources, of its latest new datagrams, whatever
+    /// their session: where NAKs of a session not held go.
+    last_path: Path,
+    sources: Sources,
     candidates: Vec<Candidate>,
     /// Copies of candidates' datagrams.
     candidate_seen: Seen,
@@ -272,9 +304,14 @@ struct Stream {
     repeat_budget: Bucket,
 }
 
-/// Datagrams from one path, within `session_settle`, that establish a
-/// session.
+/// Distinct datagrams that establish a session.
 pub const ESTABLISH: u32 = 4;
+
+/// What forwarding a NAK costs the forwarding budget: one per full-size
+/// datagram of it, so that large NAKs cannot flood the link upstream.
+fn forward_cost(datagram: &[u8]) -> f64 {
+    (datagram.len() as f64 / 1452.0).max(1.0)
+}
 /// Most established sessions per stream: the newest and the one before.
 const SESSIONS_PER_STREAM: usize = 2;
 /// Most candidate sessions per stream.
@@ -285,8 +322,10 @@ const CANDIDATE_SEEN: usize = 4096;
 const MAX_ASKED: usize = 4096;
 /// At most one Shed frame per link this often.
 const SHED_REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Most frames waiting on a link's control lane.
+/// Most frames, and bytes, waiting on a link's control lane (not counted
+/// in the data lanes' bounds).
 const MAX_CONTROL: usize = 1024;
+const MAX_CONTROL_BYTES: usize = 256 * 1024;
 /// Most NAK origins with a bucket of their own.
 const MAX_ORIGINS: usize = 1024;
 
@@ -333,7 +372,9 @@ pub struct Relay {
     /// Bytes in every link's queues.
     link_bytes: usize,
     nak_forward: Bucket,
-    origins: HashMap<NakOrigin, Bucket>,
+    origins: HashMap<OriginKey, Bucket>,
+    /// The bucket every origin shares once `origins` is full.
+    overflow: Bucket,
     scratch: Vec<u8>,
     stats: RelayStats,
 }
@@ -344,6 +385,7 @@ impl Relay {
     #[must_use]
     pub fn new(config: RelayConfig, now: Instant, seed: u64) -> Self {
         let rate = config.nak_forward_rate;
+        let origin_rate = config.nak_origin_rate;
         Self {
             nak_forward: Bucket::new(now, rate, rate * 0.1 + 16.0),
             config,
@@ -355,6 +397,7 @@ impl Relay {
             udp_bytes: 0,
             link_bytes: 0,
             origins: HashMap::new(),
+            overflow: Bucket::new(now, origin_rate, origin_rate * 0.1 + 8.0),
             scratch: Vec::new(),
             stats: RelayStats::default(),
         }
@@ -421,15 +464,12 @@ impl Relay {
     /// queued for its control lane is dropped. A source that goes down
     /// leaves its sessions to whichever path brings them next.
     pub fn set_link_up(&mut self, id: LinkId, up: bool) {
-        let mut dropped = 0;
         if let Some(l) = self.links.get_mut(&id) {
             l.up = up;
-            dropped = l.control.iter().map(Vec::len).sum::<usize>();
             l.control.clear();
             l.pong = None;
             l.shed_reported = None;
         }
-        self.link_bytes -= dropped.min(self.link_bytes);
         if !up {
             self.orphan(id);
         }
@@ -438,7 +478,12 @@ impl Relay {
     /// Forgets a link and everything queued for it.
     pub fn remove_link(&mut self, id: LinkId) {
         if let Some(l) = self.links.remove(&id) {
-            self.link_bytes -= l.queued().min(self.link_bytes);
+            self.link_bytes -= l
+                .lanes
+                .values()
+                .map(|o| o.bytes)
+                .sum::<usize>()
+                .min(self.link_bytes);
         }
         self.orphan(id);
     }
@@ -514,7 +559,8 @@ impl Relay {
         let Some(l) = self.links.get_mut(&link).filter(|l| l.up) else {
             return false;
         };
-        if l.control.len() >= MAX_CONTROL {
+        let queued: usize = l.control.iter().map(Vec::len).sum();
+        if l.control.len() >= MAX_CONTROL || queued + frame.body_len() > MAX_CONTROL_BYTES {
             self.stats.control_shed += 1;
             return false;
         }
@@ -522,7 +568,6 @@ impl Relay {
         if frame.encode(&mut buf).is_err() {
             return false;
         }
-        self.link_bytes += buf.len();
         l.control.push_back(buf);
         true
     }
@@ -554,23 +599,31 @@ impl Relay {
             return;
         };
         stream.last_heard = now;
-        let at = match place(stream, config, header.session, path, now) {
-            Placed::Standby => return self.stats.count(Dropped::Standby),
-            Placed::Candidate => {
-                if repair || !stream.candidate_seen.insert(hash) {
-                    return self.stats.count(Dropped::Duplicate);
-                }
-                None
+        // A session not established counts distinct datagrams only (copies
+        // from a second feeder, replays, repairs do not establish it).
+        let established = stream.sessions.iter().any(|s| s.id == header.session);
+        if (!established && (repair || !stream.candidate_seen.insert(hash)))
+            || (established && !repair && stream.candidate_seen.contains(hash))
+        {
+            return self.stats.count(Dropped::Duplicate);
+        }
+        if !repair {
+            stream.last_path = path;
+            if let Some(addr) = from {
+                stream.sources.record(addr, now);
             }
+        }
+        let at = match place(stream, config, header.session, path, from, now) {
+            Placed::Standby => return self.stats.count(Dropped::Standby),
+            Placed::Candidate => None,
             Placed::Session(at) => Some(at),
         };
         let bytes: Arc<[u8]> = datagram.into();
         if let Some(session) = at.and_then(|i| stream.sessions.get_mut(i)) {
+            // The source that established the session is its main one: a
+            // keyless relay cannot tell who else is genuine.
             let main = match (path, from) {
-                (Path::Group, Some(addr)) => {
-                    session.sources.record(addr, now);
-                    session.sources.main(now, config.upstream_timeout) == Some(addr)
-                }
+                (Path::Group, Some(addr)) => session.origin.is_none_or(|o| o == addr),
                 _ => true,
             };
             if repair {
@@ -582,9 +635,7 @@ impl Relay {
                 if session.seen.insert(hash) {
                     let n = session.forwarded;
                     session.forwarded += 1;
-                    session
-                        .history
-                        .insert(n, bytes, hash, main, &class.seqs, &class.frags);
+                    session.history.insert(n, bytes, hash, main, &class.seqs);
                 }
                 let Some(number) = session.history.by_hash(hash) else {
                     return;
@@ -595,18 +646,17 @@ impl Relay {
             if !session.seen.insert(hash) {
                 return self.stats.count(Dropped::Duplicate);
             }
+            // Sources heard with new bytes: NAKs go to each lately heard.
+            if let (Path::Group, Some(addr)) = (path, from) {
+                session.sources.record(addr, now);
+            }
             session.last_heard = now;
             let number = session.forwarded;
             session.forwarded += 1;
             if class.repeatable() {
-                session.history.insert(
-                    number,
-                    Arc::clone(&bytes),
-                    hash,
-                    main,
-                    &class.seqs,
-                    &class.frags,
-                );
+                session
+                    .history
+                    .insert(number, Arc::clone(&bytes), hash, main, &class.seqs);
             }
             session
                 .history
@@ -672,6 +722,8 @@ impl Relay {
                 stream,
                 Stream {
                     sessions: Vec::new(),
+                    last_path: Path::Group,
+                    sources: Sources::new(),
                     candidates: Vec::new(),
                     candidate_seen: Seen::new(CANDIDATE_SEEN),
                     last_heard: now,
@@ -759,7 +811,27 @@ impl Relay {
         };
         let settled = settled(stream, header.session, now, config.session_settle);
         let Some(session) = stream.sessions.iter_mut().find(|s| s.id == header.session) else {
-            return self.stats.count(Dropped::UnknownSession);
+            // Not established (a restarted publisher's first datagrams, or
+            // a session kept out by forged ones): nothing is held to answer
+            // with, but its NAKs go upstream, to its path.
+            let (path, sources) = match stream.candidates.iter().find(|c| c.id == header.session) {
+                Some(c) => (c.path, c.source.into_iter().collect()),
+                // Not even a candidate (kept out by forged ones): where the
+                // stream's latest datagrams came from.
+                None => {
+                    self.stats.count(Dropped::UnknownSession);
+                    let recent = stream.sources.recent(now, config.upstream_timeout);
+                    (stream.last_path, recent)
+                }
+            };
+            if self.nak_forward.take(now, forward_cost(datagram)) {
+                if !self.forward_nak(Some(path), sources, datagram, second_ask) {
+                    self.stats.naks_no_upstream += 1;
+                }
+            } else {
+                self.stats.naks_forward_limited += 1;
+            }
+            return;
         };
         // Repeats go where the NAK came from: the group only if this relay
         // emits on one.
@@ -771,7 +843,19 @@ impl Relay {
         if ask.readable && !second_ask && can_answer && !settled {
             self.stats.repeats_refused_unsettled += 1;
         }
-        let plan = plan(session, &mut stream.repeat_budget, &ask, local, now, config);
+        let to = match origin {
+            NakOrigin::Group(_) => None,
+            NakOrigin::Link(l) => Some(l.0),
+        };
+        let plan = plan(
+            session,
+            &mut stream.repeat_budget,
+            &ask,
+            local,
+            to,
+            now,
+            config,
+        );
         self.stats.nak_answers += plan.answer.len() as u64;
         self.stats.repeats_refused_budget += plan.refused_budget;
         let news = if sealed || !ask.readable {
@@ -780,13 +864,17 @@ impl Relay {
             plan.news
         };
         let (session_id, path, orphan) = (session.id, session.path, session.orphan);
-        let publisher = session.sources.main(now, config.upstream_timeout);
+        // Every source heard lately: a keyless relay cannot tell the
+        // publisher from a sender of junk, so each gets the NAK.
+        let publishers = session
+            .sources
+            .recent(now, alive_for(config.upstream_timeout, session.gap));
         if plan.upstream && (news || second_ask || plan.asked_again) {
             let flag = second_ask || plan.asked_again;
             let upstream = if orphan { None } else { Some(path) };
-            if !self.nak_forward.take(now, 1.0) {
+            if !self.nak_forward.take(now, forward_cost(datagram)) {
                 self.stats.naks_forward_limited += 1;
-            } else if self.forward_nak(upstream, publisher, datagram, flag) {
+            } else if self.forward_nak(upstream, publishers, datagram, flag) {
                 if let Some(s) = self
                     .streams
                     .get_mut(&header.stream)
@@ -805,25 +893,31 @@ impl Relay {
         }
     }
 
-    /// Whether `origin` may send another NAK now (each origin has a bucket
-    /// of its own, so that one cannot take every other's share).
+    /// Whether `origin` may send another NAK now. Each origin (a host,
+    /// whatever its ports; a link) has a bucket of its own, so that one
+    /// cannot take every other's share; once 1,024 are known, newcomers
+    /// share one bucket instead of being refused.
     fn origin_allows(&mut self, now: Instant, origin: NakOrigin) -> bool {
+        let key = match origin {
+            NakOrigin::Group(addr) => OriginKey::Host(addr.ip()),
+            NakOrigin::Link(l) => OriginKey::Link(l),
+        };
         let (rate, burst) = (
             self.config.nak_origin_rate,
             self.config.nak_origin_rate * 0.1 + 8.0,
         );
-        if !self.origins.contains_key(&origin) && self.origins.len() >= MAX_ORIGINS {
-            // Forget the fullest buckets: origins that were quiet.
+        if !self.origins.contains_key(&key) && self.origins.len() >= MAX_ORIGINS {
+            // Forget the full buckets: origins that were quiet.
             self.origins.retain(|_, b| {
                 b.refill(now);
                 b.tokens < b.burst
             });
             if self.origins.len() >= MAX_ORIGINS {
-                return false;
+                return self.overflow.take(now, 1.0);
             }
         }
         self.origins
-            .entry(origin)
+            .entry(key)
             .or_insert_with(|| Bucket::new(now, rate, burst))
             .take(now, 1.0)
     }
@@ -833,16 +927,19 @@ impl Relay {
     fn forward_nak(
         &mut self,
         upstream: Option<Path>,
-        publisher: Option<SocketAddr>,
+        publishers: Vec<SocketAddr>,
         datagram: &[u8],
         second_ask: bool,
     ) -> bool {
-        let sent = match (upstream, publisher) {
-            (Some(Path::Group), Some(addr)) => {
-                self.push_udp(Destination::Unicast(addr), datagram.into());
+        let sent = match upstream {
+            Some(Path::Group) if !publishers.is_empty() => {
+                let bytes: Arc<[u8]> = datagram.into();
+                for addr in publishers {
+                    self.push_udp(Destination::Unicast(addr), Arc::clone(&bytes));
+                }
                 true
             }
-            (Some(Path::Link(l)), _) => {
+            Some(Path::Link(l)) => {
                 let flags = if second_ask { NAK_SECOND_ASK } else { 0 };
                 self.control(l, &Frame::Nak { flags, datagram })
             }
@@ -893,12 +990,12 @@ impl Relay {
             return;
         };
         if h.last_repeat
-            .is_some_and(|t| now.saturating_duration_since(t) < holdoff)
+            .is_some_and(|(_, t)| now.saturating_duration_since(t) < holdoff)
         {
             self.stats.repeats_coalesced += 1;
             return;
         }
-        h.last_repeat = Some(now);
+        h.last_repeat = Some((None, now));
         let bytes = Arc::clone(&h.bytes);
         let copies = usize::from(self.config.emit_to_group && path != Path::Group)
             + self
@@ -985,7 +1082,6 @@ impl Relay {
                         });
                         let mut buf = Vec::new();
                         if f.encode(&mut buf).is_ok() {
-                            self.link_bytes += buf.len();
                             l.control.push_back(buf);
                         }
                     }
@@ -993,7 +1089,6 @@ impl Relay {
                 let Some(frame) = l.control.pop_front() else {
                     return false;
                 };
-                self.link_bytes -= frame.len().min(self.link_bytes);
                 out.extend_from_slice(&frame);
                 true
             }
@@ -1001,7 +1096,10 @@ impl Relay {
                 let Some(o) = l.lanes.get_mut(&stream) else {
                     return false;
                 };
-                while let Some(q) = o.queue.pop_front() {
+                let sent = loop {
+                    let Some(q) = o.queue.pop_front() else {
+                        break false;
+                    };
                     o.bytes -= q.bytes.len();
                     self.link_bytes -= q.bytes.len().min(self.link_bytes);
                     if now.saturating_duration_since(q.at) > age {
@@ -1020,9 +1118,14 @@ impl Relay {
                     }
                     self.stats.datagrams_out_link += 1;
                     self.stats.bytes_out += q.bytes.len() as u64;
-                    return true;
+                    break true;
+                };
+                // An empty lane is forgotten (a stream seen once keeps
+                // nothing on the link).
+                if o.queue.is_empty() {
+                    l.lanes.remove(&stream);
                 }
-                false
+                sent
             }
         }
     }
@@ -1053,30 +1156,35 @@ enum Placed {
     Session(usize),
 }
 
-/// Places a datagram of session `id` arriving on `path`: an established
-/// session (taken over if its path went silent or away), a candidate
-/// (established after [`ESTABLISH`] datagrams from one path within
-/// `session_settle`, if a slot is free: an established session heard within
-/// `upstream_timeout` is never evicted), or standby.
+/// Places a datagram of session `id` arriving on `path` from `source`
+/// (its bytes not heard before, if the session is not established): an
+/// established session (taken over if its path went silent or away), a
+/// candidate (established after [`ESTABLISH`] distinct datagrams, if a slot
+/// is free: an established session that is still heard is never evicted),
+/// or standby.
 fn place(
     stream: &mut Stream,
     config: &RelayConfig,
     id: SessionId,
     path: Path,
+    source: Option<SocketAddr>,
     now: Instant,
 ) -> Placed {
     if let Some(at) = stream.sessions.iter().position(|s| s.id == id) {
         let Some(s) = stream.sessions.get_mut(at) else {
             return Placed::Standby;
         };
-        let alive = now.saturating_duration_since(s.last_heard) < config.upstream_timeout;
+        let silence = now.saturating_duration_since(s.last_heard);
+        let alive = silence < alive_for(config.upstream_timeout, s.gap);
         if s.path != path {
             if alive && !s.orphan {
                 return Placed::Standby;
             }
             s.path = path;
             s.sources = Sources::new();
+            s.origin = source;
         }
+        s.gap = s.gap.max(silence.min(Duration::from_secs(60)));
         s.orphan = false;
         return Placed::Session(at);
     }
@@ -1084,20 +1192,26 @@ fn place(
         Some(i) => i,
         None => {
             if stream.candidates.len() >= CANDIDATES_PER_STREAM {
-                if let Some(oldest) = stream
+                // The one heard least gives way; one that is only waiting
+                // for a slot never does.
+                let weakest = stream
                     .candidates
                     .iter()
                     .enumerate()
-                    .min_by_key(|(_, c)| c.last_heard)
-                    .map(|(i, _)| i)
-                {
-                    stream.candidates.swap_remove(oldest);
+                    .filter(|(_, c)| c.count < ESTABLISH)
+                    .min_by_key(|(_, c)| (c.count, std::cmp::Reverse(c.last_heard)))
+                    .map(|(i, _)| i);
+                match weakest {
+                    Some(i) => {
+                        stream.candidates.swap_remove(i);
+                    }
+                    None => return Placed::Candidate,
                 }
             }
             stream.candidates.push(Candidate {
                 id,
                 path,
-                first_heard: now,
+                source,
                 last_heard: now,
                 count: 0,
             });
@@ -1107,30 +1221,25 @@ fn place(
     let Some(cand) = stream.candidates.get_mut(c) else {
         return Placed::Candidate;
     };
-    if cand.path != path || now.saturating_duration_since(cand.first_heard) > config.session_settle
-    {
-        // Start counting again: from this path, within the window.
-        *cand = Candidate {
-            id,
-            path,
-            first_heard: now,
-            last_heard: now,
-            count: 0,
-        };
-    }
-    cand.count += 1;
+    cand.count = cand.count.saturating_add(1);
     cand.last_heard = now;
+    cand.path = path;
+    if source.is_some() {
+        cand.source = source;
+    }
     if cand.count < ESTABLISH {
         return Placed::Candidate;
     }
-    // Established: a free slot, or one of a session silent for the
-    // upstream timeout.
+    // Established: a free slot, or one of a session no longer heard.
     if stream.sessions.len() >= SESSIONS_PER_STREAM {
         let stale = stream
             .sessions
             .iter()
             .enumerate()
-            .filter(|(_, s)| now.saturating_duration_since(s.last_heard) >= config.upstream_timeout)
+            .filter(|(_, s)| {
+                now.saturating_duration_since(s.last_heard)
+                    >= alive_for(config.upstream_timeout, s.gap)
+            })
             .min_by_key(|(_, s)| s.last_heard)
             .map(|(i, _)| i);
         match stale {
@@ -1144,6 +1253,9 @@ fn place(
     stream.sessions.push(Session {
         id,
         path,
+        established: now,
+        origin: source,
+        gap: Duration::ZERO,
         orphan: false,
         sources: Sources::new(),
         last_heard: now,
@@ -1155,16 +1267,20 @@ fn place(
     Placed::Session(stream.sessions.len() - 1)
 }
 
-/// Whether `session` may be answered from history: no other established
-/// session of the stream was heard within `settle` (repeats of one session
-/// would restart other subscribers' proof of a new one, PROTOCOL.md §8.2).
-/// Candidates (a datagram or a few of a session nobody established) do not
-/// count.
+/// Whether `session` may be answered from history: no session of the
+/// stream established *before* it was heard within `settle` (after a
+/// publisher restart, repeats of the new session would restart other
+/// subscribers' proof of it, PROTOCOL.md §8.2). A session established
+/// after it (a forged one, say) never takes local repair away from it.
 fn settled(stream: &Stream, session: SessionId, now: Instant, settle: Duration) -> bool {
-    stream
-        .sessions
-        .iter()
-        .all(|s| s.id == session || now.saturating_duration_since(s.last_heard) >= settle)
+    let Some(me) = stream.sessions.iter().find(|s| s.id == session) else {
+        return false;
+    };
+    stream.sessions.iter().all(|s| {
+        s.id == session
+            || s.established > me.established
+            || now.saturating_duration_since(s.last_heard) >= settle
+    })
 }
 
 /// How a relay answers one NAK.
@@ -1188,6 +1304,7 @@ fn plan(
     budget: &mut Bucket,
     ask: &Asked,
     local: bool,
+    to: Option<u64>,
     now: Instant,
     config: &RelayConfig,
 ) -> Plan {
@@ -1218,7 +1335,7 @@ fn plan(
                 }
             }
             for n in &numbers {
-                if !answer_from(n, session, budget, now, config, &mut plan) {
+                if !answer_from(n, session, budget, to, now, config, &mut plan) {
                     unanswered = true;
                 }
             }
@@ -1233,15 +1350,12 @@ fn plan(
                 .covered(first, last, now, config.forward_holdoff);
         }
     }
-    for &f in &ask.frags {
-        let numbers = session.history.by_frag(f).to_vec();
-        if !(local
-            && !numbers.is_empty()
-            && answer_from(&numbers, session, budget, now, config, &mut plan))
-        {
-            plan.upstream = true;
-            plan.news = true;
-        }
+    // FragNaks go upstream: which held datagrams carry the pieces asked
+    // for, and which of them are genuine, a keyless relay cannot tell well
+    // enough to answer (a forger can pre-claim fragment ids).
+    if !ask.frags.is_empty() {
+        plan.upstream = true;
+        plan.news = true;
     }
     plan.answer.sort_unstable();
     plan.answer.dedup();
@@ -1256,6 +1370,7 @@ fn answer_from(
     numbers: &[u64],
     session: &mut Session,
     budget: &mut Bucket,
+    to: Option<u64>,
     now: Instant,
     config: &RelayConfig,
     plan: &mut Plan,
@@ -1269,7 +1384,13 @@ fn answer_from(
             answered = false;
             continue;
         };
-        match h.last_repeat {
+        // Only a repeat to the same place holds this one back, or makes it
+        // a second ask.
+        let last = h
+            .last_repeat
+            .filter(|(dest, _)| *dest == to)
+            .map(|(_, t)| t);
+        match last {
             Some(t) if now.saturating_duration_since(t) < config.repair_holdoff => {}
             last => {
                 if last.is_some() {
@@ -1277,7 +1398,7 @@ fn answer_from(
                     answered = false;
                 }
                 if budget.take(now, h.bytes.len() as f64) {
-                    h.last_repeat = Some(now);
+                    h.last_repeat = Some((to, now));
                     plan.answer.push(n);
                 } else {
                     plan.refused_budget += 1;

@@ -1,6 +1,6 @@
 //! What a relay holds of a session to answer NAKs with: recent datagrams
-//! that may be repeated, indexed by the delta sequence numbers and
-//! fragments they carry and by their bytes, plus a record of every
+//! that may be repeated, indexed by the delta sequence numbers they carry
+//! and by their bytes, plus a record of every
 //! datagram's bytes to drop duplicates.
 //!
 //! Nothing here trusts a datagram's claims to order it: datagrams are
@@ -16,8 +16,6 @@ use std::time::Instant;
 
 /// Datagrams kept per sequence number or fragment id.
 pub(crate) const CANDIDATES: usize = 2;
-/// Most datagrams one fragmented message is indexed to.
-const MAX_PER_FRAGMENT: usize = 256;
 
 /// A datagram held for repeating.
 #[derive(Debug)]
@@ -26,10 +24,10 @@ pub(crate) struct Held {
     /// Its arrival number in the session (every datagram forwarded counts).
     pub(crate) number: u64,
     seqs: Vec<u64>,
-    frags: Vec<u32>,
     hash: u64,
-    /// When it was last repeated.
-    pub(crate) last_repeat: Option<Instant>,
+    /// When it was last repeated, and where to (the group: `None`; a
+    /// link). A repeat to one place does not hold back one to another.
+    pub(crate) last_repeat: Option<(Option<u64>, Instant)>,
 }
 
 /// The datagrams holding one sequence number.
@@ -47,7 +45,6 @@ pub(crate) struct History {
     held: VecDeque<Held>,
     bytes: usize,
     by_seq: BTreeMap<u64, Claim>,
-    by_frag: HashMap<u32, Vec<u64>>,
     by_hash: HashMap<u64, u64>,
     max_datagrams: usize,
     max_bytes: usize,
@@ -59,7 +56,6 @@ impl History {
             held: VecDeque::new(),
             bytes: 0,
             by_seq: BTreeMap::new(),
-            by_frag: HashMap::new(),
             by_hash: HashMap::new(),
             max_datagrams,
             max_bytes,
@@ -83,7 +79,6 @@ impl History {
         hash: u64,
         main: bool,
         seqs: &[u64],
-        frags: &[u32],
     ) {
         if bytes.len() > self.max_bytes
             || self.max_datagrams == 0
@@ -114,19 +109,12 @@ impl History {
                 claim.contested = true;
             }
         }
-        for &f in frags {
-            let v = self.by_frag.entry(f).or_default();
-            if v.len() < MAX_PER_FRAGMENT && v.last() != Some(&number) {
-                v.push(number);
-            }
-        }
         self.by_hash.insert(hash, number);
         self.bytes += bytes.len();
         self.held.push_back(Held {
             bytes,
             number,
             seqs: kept_seqs,
-            frags: frags.to_vec(),
             hash,
             last_repeat: None,
         });
@@ -158,14 +146,6 @@ impl History {
                 }
             }
         }
-        for f in &h.frags {
-            if let Some(v) = self.by_frag.get_mut(f) {
-                v.retain(|&n| n != h.number);
-                if v.is_empty() {
-                    self.by_frag.remove(f);
-                }
-            }
-        }
         self.by_hash.remove(&h.hash);
         true
     }
@@ -188,11 +168,6 @@ impl History {
             .range(first..=last.max(first))
             .map(|(&s, c)| (s, c))
     }
-
-    /// Numbers of the datagrams holding pieces of `frag_id`.
-    pub(crate) fn by_frag(&self, frag_id: u32) -> &[u64] {
-        self.by_frag.get(&frag_id).map_or(&[], Vec::as_slice)
-    }
 }
 
 /// Hashes of the last datagrams forwarded, to drop copies (a second
@@ -211,6 +186,11 @@ impl Seen {
             set: HashSet::new(),
             max,
         }
+    }
+
+    /// Whether `hash` was recorded.
+    pub(crate) fn contains(&self, hash: u64) -> bool {
+        self.set.contains(&hash)
     }
 
     /// Records `hash`; false if it was recorded already.

@@ -265,9 +265,13 @@ fn r2_two_forged_sessions_evict_the_real_one() {
     for seq in 1..=10 {
         feed(&mut r, t, FEEDER, &live(seq, seq));
     }
+    // Each forged session established (enough datagrams of its own).
     let later = t + Duration::from_millis(5);
-    feed(&mut r, later, FEEDER, &heartbeat(SessionId(0xbad1), 0, 0));
-    feed(&mut r, later, FEEDER, &heartbeat(SessionId(0xbad2), 0, 0));
+    for bad in [SessionId(0xbad1), SessionId(0xbad2)] {
+        for i in 0..u64::from(super::ESTABLISH) {
+            feed(&mut r, later, FEEDER, &heartbeat(bad, i, 0));
+        }
+    }
     group_out(&mut r);
     // 3 s later (so that nothing is "unsettled" any more), a real loss.
     let now = t + Duration::from_secs(3);
@@ -334,11 +338,13 @@ fn r4_one_forged_datagram_redirects_forwarded_naks() {
             datagram: &n,
         },
     );
+    // A keyless relay cannot tell which source is genuine: the NAK goes
+    // to every source heard lately (at most four), the publisher among
+    // them.
     let sent: Vec<Destination> = udp_out(&mut r).into_iter().map(|(d, _)| d).collect();
-    assert_eq!(
-        sent,
-        vec![Destination::Unicast(publisher())],
-        "the NAK went to whoever sent the latest datagram"
+    assert!(
+        sent.contains(&Destination::Unicast(publisher())),
+        "the NAK did not reach the publisher: {sent:?}"
     );
 }
 
@@ -656,6 +662,14 @@ fn r14_two_forged_datagrams_preclaim_a_seq() {
     let f1 = sealed(&datagram(STREAM, REAL, 900, &forged), FLAG_AUTH, 0x66);
     let f2 = sealed(&datagram(STREAM, REAL, 901, &forged), FLAG_AUTH, 0x66);
     let real = sealed(&live(100, 100), FLAG_AUTH, 0x01);
+    // The publisher establishes the session (its source is the main one).
+    for i in 0..u64::from(super::ESTABLISH) {
+        r.handle_group(
+            t,
+            publisher(),
+            &sealed(&heartbeat(REAL, 10 + i, 0), FLAG_AUTH, 0x01),
+        );
+    }
     r.handle_group(t, publisher(), &sealed(&live(99, 99), FLAG_AUTH, 0x01));
     r.handle_group(t, attacker(), &f1);
     r.handle_group(t, attacker(), &f2);
@@ -882,5 +896,46 @@ fn naks_wait_for_the_stream_to_settle_on_one_session() {
     assert_eq!(r.stats().repeats_refused_unsettled, 1);
     let later = t + RelayConfig::default().session_settle;
     r.handle_nak(later, subscriber(1), &nak(REAL, 1, &[(1, 1)]));
+    assert_eq!(group_out(&mut r).len(), 1);
+}
+
+/// A datagram repeated here and asked for again after the hold-off: the
+/// local answer did not do (a forged datagram in the index, a copy lost
+/// again), so the NAK also goes upstream, with the second-ask flag.
+#[test]
+fn asked_again_after_a_repeat_goes_upstream_as_a_second_ask() {
+    let t = Instant::now();
+    let mut r = far(RelayConfig::default(), t);
+    establish(&mut r, t, FEEDER, None);
+    feed(&mut r, t, FEEDER, &live(1, 1));
+    group_out(&mut r);
+    control_frames(&mut r, t, FEEDER);
+    r.handle_nak(t, subscriber(1), &nak(REAL, 1, &[(1, 1)]));
+    assert_eq!(group_out(&mut r).len(), 1);
+    assert!(
+        control_frames(&mut r, t, FEEDER).is_empty(),
+        "answered here only"
+    );
+    let again = t + Duration::from_millis(30);
+    r.handle_nak(again, subscriber(1), &nak(REAL, 1, &[(1, 1)]));
+    assert_eq!(group_out(&mut r).len(), 1, "repeated again");
+    assert_eq!(control_frames(&mut r, again, FEEDER), vec![(0x12, true)]);
+}
+
+/// A Repair frame from upstream is emitted once within the hold-off,
+/// however often it comes.
+#[test]
+fn a_repair_is_emitted_once_within_the_holdoff() {
+    let t = Instant::now();
+    let mut r = far(RelayConfig::default(), t);
+    establish(&mut r, t, FEEDER, None);
+    group_out(&mut r);
+    let d = live(1, 1);
+    r.handle_frame(t, FEEDER, &Frame::Repair(&d));
+    r.handle_frame(t, FEEDER, &Frame::Repair(&d));
+    assert_eq!(group_out(&mut r).len(), 1);
+    assert_eq!(r.stats().repeats_coalesced, 1);
+    let later = t + RelayConfig::default().repair_holdoff;
+    r.handle_frame(later, FEEDER, &Frame::Repair(&d));
     assert_eq!(group_out(&mut r).len(), 1);
 }

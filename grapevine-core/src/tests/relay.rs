@@ -107,6 +107,8 @@ pub(crate) struct Outcome {
     /// NAKs sent to a far relay's old address (before the subscribers
     /// moved to its new one).
     pub(crate) naks_lost: u64,
+    /// From the far relay's (first) restart to the first NAK it heard.
+    pub(crate) far_restart_to_nak: Option<Duration>,
 }
 
 fn relay_config(emit: bool) -> RelayConfig {
@@ -201,6 +203,8 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
     let step = Duration::from_millis(1);
     let mut last_seq = crate::SeqNum(0);
     let mut settled_since: Option<Instant> = None;
+    let mut far_restarted: Option<Instant> = None;
+    let mut far_restart_to_nak: Option<Duration> = None;
     loop {
         let t = now.saturating_duration_since(start);
         // Faults.
@@ -227,6 +231,7 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
             );
             far_link.0 += 1;
             incarnation += 1;
+            far_restarted = far_restarted.or(Some(now));
             far.add_link(far_link, LinkKind::Source, link.up);
             far.add_own_address(far_relay_addr(incarnation));
             link.down.clear();
@@ -290,6 +295,11 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         }
         // The near relay: NAKs to the publisher, frames onto the link.
         while let Some(dest) = near.poll_transmit(&mut out) {
+            if dest == Destination::Unicast(attacker_addr()) {
+                // Forged datagrams make the attacker a source: it gets a
+                // copy of forwarded NAKs (the publisher gets them too).
+                continue;
+            }
             if dest == Destination::Unicast(publisher_addr(0)) {
                 naks_at_publisher += 1;
                 publisher
@@ -404,6 +414,11 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
                 }
             }
         }
+        if let Some(at) = far_restarted.filter(|_| far_restart_to_nak.is_none()) {
+            if far.stats().naks_received > 0 {
+                far_restart_to_nak = Some(now.saturating_duration_since(at));
+            }
+        }
         // The end: every subscriber consistent at the last seq for 1 s.
         let done = now >= end_publish
             && subs.iter().all(|s| {
@@ -447,6 +462,7 @@ pub(crate) fn run(setup: &Setup) -> Result<Outcome, String> {
         naks_at_publisher,
         far_lost,
         naks_lost,
+        far_restart_to_nak,
     })
 }
 
@@ -629,6 +645,15 @@ fn link_outages_and_relay_restarts_are_survived() {
         // The far relay came back on another port: the subscribers moved
         // their NAKs to it (and answered locally after that).
         assert!(o.naks_lost > 0, "seed {seed}: no NAK went to the old port");
+        // Within a few heartbeat intervals (20 ms each here), not once the
+        // new port has carried more datagrams than the old one had.
+        let took = o
+            .far_restart_to_nak
+            .expect("the restarted far relay heard a NAK");
+        assert!(
+            took <= Duration::from_millis(300),
+            "seed {seed}: the restarted far relay's first NAK came {took:?} after its restart"
+        );
         assert!(o.far.repeats > 0, "seed {seed}: {:?}", o.far);
     }
 }

@@ -428,12 +428,14 @@ fn writer(
     tokio::spawn(async move {
         // A lane that cannot be opened or written takes the link down (its
         // dialer reconnects): a stream must not be black-holed.
-        let why = match connection.open_uni().await {
-            Ok(send) => match write_frames(Box::new(send), rx, p, false).await {
+        // Bounded: past the peer's stream limit, opening waits for ever.
+        let why = match tokio::time::timeout(DEAD_AFTER, connection.open_uni()).await {
+            Ok(Ok(send)) => match write_frames(Box::new(send), rx, p, false).await {
                 Ok(()) => return,
                 Err(e) => format!("a lane failed: {e}"),
             },
-            Err(e) => format!("cannot open a lane: {e}"),
+            Ok(Err(e)) => format!("cannot open a lane: {e}"),
+            Err(_) => format!("no lane opened within {DEAD_AFTER:?} (the peer's stream limit)"),
         };
         if let Some(events) = events {
             let _ = events
