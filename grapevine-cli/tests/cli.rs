@@ -2316,6 +2316,29 @@ mod relay {
             "{sub_out} {}",
             String::from_utf8_lossy(&sub.stderr)
         );
+        // `grapevine tail` on the far group sees the relayed stream as a
+        // publisher's: the same session, alive.
+        let tail = grapevine()
+            .args([
+                "tail",
+                "--group",
+                "239.255.61.2",
+                "--port",
+                &far_port.to_string(),
+            ])
+            .args(["--json", "--interval", "0.5", "--duration", "1"])
+            .output()
+            .unwrap();
+        assert!(tail.status.success(), "{tail:?}");
+        let tail_out = String::from_utf8_lossy(&tail.stdout);
+        let last = json(tail_out.lines().last().expect("a tail report"));
+        let streams = last["streams"].as_array().expect("streams");
+        assert!(
+            streams
+                .iter()
+                .any(|s| s["alive"] == true && s["session"] == json(sub_out.trim())["session"]),
+            "tail on the far group: {last}"
+        );
         term(&publ);
         let mut pub_out = String::new();
         let mut publ = publ;

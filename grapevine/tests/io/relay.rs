@@ -242,3 +242,79 @@ async fn a_unicast_subscriber_follows_through_a_listener() {
     sub.shutdown().await;
     site.close().await;
 }
+
+/// One listener serves several feeding relays, each carrying its own
+/// stream from its own network, onto one group: both streams arrive,
+/// each subscriber follows its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_listener_serves_several_feeders_and_streams() {
+    let identity = Identity::generate().unwrap();
+    let pin = identity.fingerprint();
+    let far = Relay::builder()
+        .name("far")
+        .listen(loopback())
+        .identity(identity)
+        .allow_any_feeder()
+        .to_group(mcast(49))
+        .start()
+        .await
+        .unwrap();
+    let addr = far.local_addr().unwrap();
+    let mut feeders = Vec::new();
+    for (id, name) in [(40u8, "near-1"), (41, "near-2")] {
+        // Groups 40 and 41 are the QUIC pair test's too: other ports here.
+        let mut g = mcast(id);
+        g.port(port(id) + 20);
+        feeders.push(
+            Relay::builder()
+                .name(name)
+                .from_group(g)
+                .to(addr, Trust::Pin(pin))
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    wait(|| far.stats().links_up == 2, "two feeders linked").await;
+    let mut subs = Vec::new();
+    let mut pubs = Vec::new();
+    for (id, stream) in [(40u8, 1u32), (41, 2)] {
+        subs.push(
+            Subscriber::<Map>::builder()
+                .group(group(49))
+                .port(port(49))
+                .stream(grapevine::StreamId(stream))
+                .bind()
+                .await
+                .unwrap(),
+        );
+        let p = Publisher::builder()
+            .group(group(id))
+            .port(port(id) + 20)
+            .stream(grapevine::StreamId(stream))
+            .bind(
+                (0..20)
+                    .map(|i| (format!("s{stream}-{i}"), i))
+                    .collect::<Map>(),
+            )
+            .await
+            .unwrap();
+        p.publish_batch(
+            (0..100).map(|i| MapDelta::Upsert(format!("k{i}"), u64::from(stream) * 1000 + i)),
+        )
+        .unwrap();
+        pubs.push(p);
+    }
+    for (sub, p) in subs.iter().zip(&pubs) {
+        let (session, seq) = (p.session(), p.last_seq());
+        sub.wait_until(
+            |s| s.session == Some(session) && s.synced && s.consistent && s.seq == seq,
+            TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {:?}", far.stats()));
+        assert_eq!(sub.digest(), p.digest());
+    }
+    // Its counters are published every 50 ms.
+    wait(|| far.stats().core.sessions == 2, "two sessions held").await;
+}
