@@ -308,13 +308,13 @@ impl<S> SubscriberBuilder<S> {
     ///
     /// ```no_run
     /// # use std::collections::BTreeMap;
-    /// use grapevine::relay::{tls::Trust, RelayLink};
+    /// use grapevine::relay::{tls::{Fingerprint, Trust}, RelayLink};
     /// use grapevine::Subscriber;
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pin = "3f1c...".parse();
-    /// # let pin = Ok::<_, grapevine::relay::tls::FingerprintError>(grapevine::relay::tls::Fingerprint::from_bytes([0; 32]));
-    /// let link = RelayLink::new("203.0.113.7:7443".parse()?, Trust::Pin(pin?));
+    /// // What the listener printed as `fingerprint:`.
+    /// let pin: Fingerprint = "3f1c9a...".parse()?;
+    /// let link = RelayLink::new("203.0.113.7:7443".parse()?, Trust::Pin(pin));
     /// let sub = Subscriber::<BTreeMap<String, u64>>::builder().relay(link).bind().await?;
     /// # Ok(())
     /// # }
