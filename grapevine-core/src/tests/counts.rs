@@ -548,6 +548,56 @@ fn late_deltas_and_repairs_heard_for_others_are_counted() {
     assert_eq!(r.sub.status().missing, 2);
 }
 
+/// A retransmission of a delta this subscriber already holds (someone
+/// else's NAK answered) fills nothing, yet still holds back its NAKs for
+/// the holes after it: the same burst may bring them (PROTOCOL.md §8.3).
+#[test]
+fn a_retransmission_for_another_subscriber_holds_back_naks() {
+    let mut r = Rig::new(&leaves(10), rig_sub_config());
+    r.run_until(ms(500), Rig::converged).expect("synced");
+    r.carry_naks = false;
+    let last = r.publisher.core.last_seq().0;
+    // Held: the first, third and fifth deltas. Holes: the second and the
+    // fourth.
+    for i in 0..5 {
+        if i % 2 == 0 {
+            r.publish_delivered(Op::Add(i, 1));
+        } else {
+            r.publish_dropped(Op::Add(i, 1));
+        }
+    }
+    assert_eq!(r.sub.status().missing, 2);
+    r.naks.clear();
+    // Another subscriber NAKs the delta this one holds.
+    r.publisher.core.handle_datagram(
+        r.now,
+        subscriber_addr(1),
+        &mut nak(1, &[range(last + 1, last + 1)]),
+    );
+    // Answered 5 ms later, when the holes' NAKs (due within the 2 ms NAK
+    // delay) are overdue but not yet sent: the subscriber has not woken.
+    r.now += ms(5);
+    let before = r.sub.stats().clone();
+    let repair: Vec<_> = r
+        .output()
+        .into_iter()
+        .filter(|d| messages(std::slice::from_ref(d)).any(|m| matches!(m, Message::Retransmit(_))))
+        .collect();
+    assert!(!repair.is_empty(), "the publisher answered the NAK");
+    r.deliver(&repair);
+    let s = r.sub.stats();
+    assert_eq!(s.retransmits_received, before.retransmits_received + 1);
+    assert_eq!(s.repaired_by_nak, before.repaired_by_nak);
+    assert_eq!(s.naks_postponed, before.naks_postponed + 2);
+    assert_eq!(r.sub.status().missing, 2);
+    // Overdue, yet held back by up to a NAK delay from now ...
+    assert!(r.naks.is_empty(), "NAKs went out while held back");
+    // ... and asked for once it has passed.
+    r.now += ms(3);
+    r.tick();
+    assert!(!r.naks.is_empty(), "the held-back NAKs never went out");
+}
+
 /// A cycle's snapshot of a leaf held, newer than the deltas applied (its
 /// delta is missing and waits for repair), is left to that delta: counted,
 /// once per copy heard while the hole is open.
