@@ -275,15 +275,29 @@ pub trait Replica {
 /// assert_eq!(replica.apply_delta(&key, &delta, false), Ok(true));
 /// assert_eq!(replica.state().get(&7).map(String::as_str), Some("seven"));
 /// ```
+///
+/// Its [`Digest`] can be kept up to date as leaves change
+/// ([`Typed::kept_digest`]): computed once over every leaf, then O(1).
 #[derive(Clone, Debug, Default)]
 pub struct Typed<S> {
     state: S,
+    /// The digest, once [`Typed::kept_digest`] was first asked for: every
+    /// change through `Typed` then moves it by the changed leaf's hash.
+    kept: Option<Digest>,
+    /// Scratch for the changed leaf's key and value, while one is kept.
+    key_buf: Vec<u8>,
+    leaf_buf: Vec<u8>,
 }
 
 impl<S: State> Typed<S> {
     /// Wraps a state.
     pub fn new(state: S) -> Self {
-        Self { state }
+        Self {
+            state,
+            kept: None,
+            key_buf: Vec::new(),
+            leaf_buf: Vec::new(),
+        }
     }
 
     /// The state.
@@ -292,9 +306,73 @@ impl<S: State> Typed<S> {
     }
 
     /// The state, mutably. Changes made here are not replicated: publish
-    /// deltas instead.
+    /// deltas instead. A [kept digest](Typed::kept_digest) is dropped (the
+    /// next one walks every leaf again): use [`Typed::apply`] and
+    /// [`Typed::set_leaf`] to keep it.
     pub fn state_mut(&mut self) -> &mut S {
+        self.kept = None;
         &mut self.state
+    }
+
+    /// Applies `delta` to the state, keeping a kept digest up to date.
+    pub fn apply(&mut self, delta: &S::Delta) {
+        let key = S::key_of(delta);
+        self.unkeep(&key);
+        self.state.apply(delta);
+        self.keep(&key);
+    }
+
+    /// Sets or removes one leaf, keeping a kept digest up to date.
+    pub fn set_leaf(&mut self, key: &S::Key, leaf: Option<S::Leaf>) {
+        self.unkeep(key);
+        self.state.set_leaf(key, leaf);
+        self.keep(key);
+    }
+
+    /// The digest of the whole state, kept from this call on: the first
+    /// call walks every leaf (O(leaves)); later ones cost nothing, and
+    /// every change through `Typed` (a delta applied, a leaf installed,
+    /// the state cleared) costs two leaf hashes while it is kept. Equal to
+    /// [`Typed::digest`].
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use grapevine_core::state::{MapDelta, Typed};
+    ///
+    /// let mut t = Typed::new(BTreeMap::from([(1u32, 10u32), (2, 20)]));
+    /// let first = t.kept_digest(); // O(leaves), once
+    /// t.apply(&MapDelta::Upsert(3, 30));
+    /// assert_ne!(t.kept_digest(), first); // O(1)
+    /// assert_eq!(t.kept_digest(), t.digest());
+    /// ```
+    pub fn kept_digest(&mut self) -> Digest {
+        *self.kept.get_or_insert_with(|| digest_of(&self.state))
+    }
+
+    /// Takes the leaf of `key`, if held, out of a kept digest.
+    fn unkeep(&mut self, key: &S::Key) {
+        if let Some(d) = self.kept.as_mut() {
+            if let Some(leaf) = self.state.leaf(key) {
+                self.key_buf.clear();
+                encode_into(key, &mut self.key_buf);
+                self.leaf_buf.clear();
+                encode_into(leaf, &mut self.leaf_buf);
+                d.remove(&self.key_buf, &self.leaf_buf);
+            }
+        }
+    }
+
+    /// Puts the leaf of `key`, if held, into a kept digest.
+    fn keep(&mut self, key: &S::Key) {
+        if let Some(d) = self.kept.as_mut() {
+            if let Some(leaf) = self.state.leaf(key) {
+                self.key_buf.clear();
+                encode_into(key, &mut self.key_buf);
+                self.leaf_buf.clear();
+                encode_into(leaf, &mut self.leaf_buf);
+                d.add(&self.key_buf, &self.leaf_buf);
+            }
+        }
     }
 
     /// Unwraps the state.
@@ -387,10 +465,12 @@ impl<S: State> Replica for Typed<S> {
         if S::key_of(&delta) != k {
             return Err(ApplyError::KeyMismatch);
         }
+        self.unkeep(&k);
         if absent_first {
             self.state.set_leaf(&k, None);
         }
         self.state.apply(&delta);
+        self.keep(&k);
         Ok(self.state.leaf(&k).is_some())
     }
 
@@ -406,12 +486,15 @@ impl<S: State> Replica for Typed<S> {
             Some(v) => Some(decode::<S::Leaf>(v).map_err(ApplyError::Payload)?),
             None => None,
         };
-        self.state.set_leaf(&k, leaf);
+        self.set_leaf(&k, leaf);
         Ok(())
     }
 
     fn clear(&mut self) {
         self.state.clear();
+        if let Some(d) = self.kept.as_mut() {
+            *d = Digest::default();
+        }
     }
 }
 
@@ -439,6 +522,75 @@ mod tests {
         let gone = Typed::<Map>::encode_delta(&MapDelta::Remove(7));
         assert_eq!(replica.apply_delta(&key, &gone, false), Ok(false));
         assert!(replica.state().is_empty());
+    }
+
+    /// One change to a kept digest's state, through each way `Typed`
+    /// changes it.
+    #[derive(Clone, Debug)]
+    enum Change {
+        Delta(MapDelta<u8, u8>, bool),
+        Install(u8, Option<u8>),
+        Apply(MapDelta<u8, u8>),
+        Set(u8, Option<u8>),
+        Clear,
+        /// A change the digest cannot follow (it is dropped, then computed
+        /// again).
+        Behind(u8, u8),
+    }
+
+    fn change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        let delta = prop_oneof![
+            (0u8..8, any::<u8>()).prop_map(|(k, v)| MapDelta::Upsert(k, v)),
+            (0u8..8).prop_map(MapDelta::Remove),
+        ];
+        prop_oneof![
+            4 => (delta.clone(), any::<bool>()).prop_map(|(d, a)| Change::Delta(d, a)),
+            2 => (0u8..8, proptest::option::of(any::<u8>())).prop_map(|(k, v)| Change::Install(k, v)),
+            2 => delta.prop_map(Change::Apply),
+            2 => (0u8..8, proptest::option::of(any::<u8>())).prop_map(|(k, v)| Change::Set(k, v)),
+            1 => Just(Change::Clear),
+            1 => (0u8..8, any::<u8>()).prop_map(|(k, v)| Change::Behind(k, v)),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A kept digest equals the digest computed over every leaf after
+        /// any sequence of changes, whenever it was first asked for.
+        #[test]
+        fn a_kept_digest_follows_every_change(
+            changes in proptest::collection::vec(change(), 0..40),
+            first_at in 0usize..40,
+        ) {
+            type M = BTreeMap<u8, u8>;
+            let mut t = Typed::new(M::new());
+            for (i, c) in changes.into_iter().enumerate() {
+                if i == first_at {
+                    t.kept_digest();
+                }
+                match c {
+                    Change::Delta(d, absent_first) => {
+                        let key = Typed::<M>::encode_key(&M::key_of(&d));
+                        let payload = Typed::<M>::encode_delta(&d);
+                        t.apply_delta(&key, &payload, absent_first).unwrap();
+                    }
+                    Change::Install(k, v) => {
+                        let v = v.map(|v| encode(&v));
+                        t.install_leaf(&encode(&k), v.as_deref()).unwrap();
+                    }
+                    Change::Apply(d) => t.apply(&d),
+                    Change::Set(k, v) => t.set_leaf(&k, v),
+                    Change::Clear => Replica::clear(&mut t),
+                    Change::Behind(k, v) => {
+                        t.state_mut().insert(k, v);
+                    }
+                }
+                if let Some(kept) = t.kept {
+                    proptest::prop_assert_eq!(kept, t.digest());
+                }
+            }
+            proptest::prop_assert_eq!(t.kept_digest(), t.digest());
+        }
     }
 
     /// The digest of PROTOCOL.md §9's `one-leaf` vector: a leaf's hash, in

@@ -63,7 +63,7 @@ use grapevine_core::publisher::{
     Publisher as CorePublisher, PublisherConfig, PublisherStats as CoreStats, SnapshotRate,
 };
 use grapevine_core::schema::Schema;
-use grapevine_core::state::{digest_of, encode, Digest, State, Typed};
+use grapevine_core::state::{encode, Digest, State, Typed};
 use grapevine_core::{SeqNum, SessionId, StreamId};
 
 use crate::driver::publisher::{PublisherEngine, PublisherShared};
@@ -504,9 +504,12 @@ impl<S: State + Send + 'static> Publisher<S> {
     }
 
     /// The [`Digest`] of the current state, to compare with a subscriber's
-    /// [`Subscriber::digest`](crate::Subscriber::digest). O(leaves).
+    /// [`Subscriber::digest`](crate::Subscriber::digest). The first call
+    /// walks every leaf; from then on the digest is kept up to date as
+    /// deltas are published (two leaf hashes each) and later calls are
+    /// O(1).
     pub fn digest(&self) -> Digest {
-        digest_of(self.shared.lock().typed.state())
+        self.shared.lock().typed.kept_digest()
     }
 
     /// The sequence number of the last published delta ([`SeqNum::NONE`]

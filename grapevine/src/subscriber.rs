@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use grapevine_core::auth::{Keyring, Security};
 use grapevine_core::schema::{Schema, SchemaFingerprint};
-use grapevine_core::state::{decode, digest_of, Digest, State, Typed};
+use grapevine_core::state::{decode, Digest, State, Typed};
 use grapevine_core::subscriber::{
     Event, Status, Subscriber as CoreSubscriber, SubscriberConfig, SubscriberStats as CoreStats,
 };
@@ -535,9 +535,11 @@ impl<S: State + Send + 'static> Subscriber<S> {
 
     /// The [`Digest`] of the replica, equal to the publisher's
     /// [`Publisher::digest`](crate::Publisher::digest) when both hold the
-    /// same leaves. O(leaves).
+    /// same leaves. The first call walks every leaf; from then on the
+    /// digest is kept up to date as the replica changes (two leaf hashes
+    /// per delta or snapshot applied) and later calls are O(1).
     pub fn digest(&self) -> Digest {
-        digest_of(self.shared.lock().replica.state())
+        self.shared.lock().replica.kept_digest()
     }
 
     /// The next event, waiting for one. Returns `None` once the background

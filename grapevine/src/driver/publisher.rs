@@ -99,17 +99,16 @@ impl<S: State> PublisherEngine<S> {
         encode_into(&key, &mut self.key_buf);
         self.payload_buf.clear();
         encode_into(delta, &mut self.payload_buf);
-        let state = self.typed.state_mut();
-        let before = state.leaf(&key).cloned();
-        state.apply(delta);
-        let present_after = state.leaf(&key).is_some();
+        let before = self.typed.state().leaf(&key).cloned();
+        self.typed.apply(delta);
+        let present_after = self.typed.state().leaf(&key).is_some();
         match self
             .core
             .publish(&self.key_buf, &self.payload_buf, present_after)
         {
             Ok(seq) => Ok(seq),
             Err(e) => {
-                self.typed.state_mut().set_leaf(&key, before);
+                self.typed.set_leaf(&key, before);
                 Err(e.into())
             }
         }
