@@ -2,12 +2,13 @@
 //! tokio timers.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grapevine_core::state::State;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::driver::publisher::{DriverTx, PublisherShared};
 use crate::driver::subscriber::{Outputs, SubscriberShared};
@@ -15,13 +16,23 @@ use crate::driver::Flush;
 use crate::io::{DatagramIo, RecvBatch};
 use crate::publisher::SHUTDOWN_FLUSH;
 
-/// A second descriptor of the socket, registered with the reactor: it
-/// only tells when the socket is readable or writable (readiness belongs to
-/// the socket, not the descriptor); all I/O goes through the
-/// [`DatagramIo`].
-fn register(io: &dyn DatagramIo) -> io::Result<UdpSocket> {
-    let fd = io.fd().try_clone_to_owned()?;
-    UdpSocket::from_std(std::net::UdpSocket::from(fd))
+/// A second descriptor of the socket, registered with the reactor for
+/// `interest` only: it only tells when the socket is readable (or
+/// writable); all I/O goes through the [`DatagramIo`] (readiness belongs
+/// to the socket, not the descriptor).
+///
+/// Writability is asked for only while the socket is full: a UDP socket
+/// registered for it wakes the reactor each time the kernel frees a sent
+/// datagram, that is after every send, which on a publisher cost a
+/// context switch per datagram and delayed the publishing thread.
+///
+/// `AsyncFd::with_interest` is deprecated for types whose descriptor can
+/// close while registered (tokio#8587); its replacement is `unsafe`, which
+/// this crate forbids. An `OwnedFd` held here is closed only when the
+/// `AsyncFd` drops, after it has left the reactor: the case is sound.
+#[allow(deprecated)]
+fn register(io: &dyn DatagramIo, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    AsyncFd::with_interest(io.fd().try_clone_to_owned()?, interest)
 }
 
 /// Sleeps until `deadline`, or for ever.
@@ -37,19 +48,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// and the next receive waits for `backoff`: an error leaves the socket
 /// readable, and a socket that keeps failing must not spin the task).
 async fn receive(
-    ready: &UdpSocket,
+    ready: io::Result<AsyncFdReadyGuard<'_, OwnedFd>>,
     io: &dyn DatagramIo,
     batch: &mut RecvBatch,
     backoff: &mut Backoff,
     on_error: impl FnOnce(),
 ) -> bool {
-    match ready.try_io(Interest::READABLE, || io.try_recv(batch)) {
-        Ok(()) => {
+    let Ok(mut guard) = ready else {
+        return false;
+    };
+    match guard.try_io(|_| io.try_recv(batch)) {
+        Ok(Ok(())) => {
             backoff.reset();
             true
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-        Err(_) => {
+        Err(_would_block) => false,
+        Ok(Err(_)) => {
             on_error();
             tokio::time::sleep(backoff.next()).await;
             false
@@ -82,20 +96,21 @@ impl Backoff {
 /// Sends what is due once the reactor said writable: readiness is cleared
 /// only if the socket is still full, and was taken before this try, so no
 /// wake-up is lost.
-fn retry<S: State>(ready: &UdpSocket, shared: &PublisherShared<S>, tx: &mut DriverTx) -> Flush {
-    let flush = ready.try_io(Interest::WRITABLE, || match shared.turn(None, tx).0 {
-        Flush::Blocked => Err(io::ErrorKind::WouldBlock.into()),
-        Flush::Done => Ok(()),
-    });
-    if flush.is_ok() {
-        Flush::Done
-    } else {
-        Flush::Blocked
+fn retry<S: State>(
+    ready: io::Result<AsyncFdReadyGuard<'_, OwnedFd>>,
+    shared: &PublisherShared<S>,
+    tx: &mut DriverTx,
+) {
+    if let Ok(mut guard) = ready {
+        let _ = guard.try_io(|_| match shared.turn(None, tx).0 {
+            Flush::Blocked => Err(io::ErrorKind::WouldBlock.into()),
+            Flush::Done => Ok(()),
+        });
     }
 }
 
 pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx: DriverTx) {
-    let Ok(ready) = register(&*shared.io) else {
+    let Ok(ready) = register(&*shared.io, Interest::READABLE) else {
         shared.recv_error();
         return;
     };
@@ -103,44 +118,45 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx:
     let mut batch = RecvBatch::new();
     let mut backoff = Backoff::default();
     let mut got = false;
+    // Registered for writability while the socket is full, dropped once
+    // everything went out.
+    let mut full: Option<AsyncFd<OwnedFd>> = None;
     loop {
         let (flush, deadline, closing) = shared.turn(got.then_some(&mut batch), &mut tx);
         got = false;
+        if flush == Flush::Done {
+            full = None;
+        } else if full.is_none() {
+            full = register(io, Interest::WRITABLE).ok();
+        }
         if closing {
-            if flush == Flush::Blocked {
+            if let Some(w) = full.as_ref() {
                 // Best effort: wait (bounded) for room to send the rest.
-                let room = tokio::time::timeout(SHUTDOWN_FLUSH, ready.writable()).await;
-                if let Ok(Ok(())) = room {
-                    retry(&ready, &shared, &mut tx);
+                if let Ok(room) = tokio::time::timeout(SHUTDOWN_FLUSH, w.writable()).await {
+                    retry(room, &shared, &mut tx);
                     continue;
                 }
             }
             return;
         }
-        match flush {
-            Flush::Blocked => {
+        match (flush, full.as_ref()) {
+            (Flush::Blocked, Some(w)) => {
                 tokio::select! {
-                    r = ready.writable() => match r {
-                        Ok(()) => {
-                            retry(&ready, &shared, &mut tx);
-                        }
-                        // The socket is broken; keep a slow pace rather
-                        // than spinning.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    },
+                    r = w.writable() => retry(r, &shared, &mut tx),
                     r = ready.readable() => {
-                        got = r.is_ok()
-                            && receive(&ready, io, &mut batch, &mut backoff, || shared.recv_error()).await;
+                        got = receive(r, io, &mut batch, &mut backoff, || shared.recv_error()).await;
                     }
                     () = shared.wake.notified() => {}
                 }
             }
-            Flush::Done => {
+            // Full, and the socket cannot be registered for writability:
+            // keep a slow pace rather than spinning.
+            (Flush::Blocked, None) => tokio::time::sleep(Duration::from_millis(10)).await,
+            (Flush::Done, _) => {
                 tokio::select! {
                     () = sleep_until(deadline) => {}
                     r = ready.readable() => {
-                        got = r.is_ok()
-                            && receive(&ready, io, &mut batch, &mut backoff, || shared.recv_error()).await;
+                        got = receive(r, io, &mut batch, &mut backoff, || shared.recv_error()).await;
                     }
                     () = shared.wake.notified() => {}
                 }
@@ -150,7 +166,7 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx:
 }
 
 pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>, out: Outputs) {
-    let Ok(ready) = register(&*shared.io) else {
+    let Ok(ready) = register(&*shared.io, Interest::READABLE) else {
         shared.recv_error();
         return;
     };
@@ -162,9 +178,7 @@ pub(super) async fn subscriber<S: State>(shared: Arc<SubscriberShared<S>>, out: 
     loop {
         tokio::select! {
             r = ready.readable() => {
-                if r.is_ok()
-                    && receive(&ready, io, &mut batch, &mut backoff, || shared.recv_error()).await
-                {
+                if receive(r, io, &mut batch, &mut backoff, || shared.recv_error()).await {
                     deadline = shared.turn(Some(&mut batch), Some(&mut more), &out);
                 }
             }
@@ -244,6 +258,215 @@ mod tests {
         rt.shutdown_background();
         assert!(first >= 1, "the socket was never tried");
         assert!(more <= 30, "{more} receive errors in 300 ms");
+    }
+
+    /// One end of a connected Unix datagram pair as a socket: its sends
+    /// block (`WouldBlock`) once the peer's queue is full, and it turns
+    /// writable again as the peer reads.
+    struct Pair {
+        sock: std::os::unix::net::UnixDatagram,
+    }
+
+    impl DatagramIo for Pair {
+        fn try_send(&self, _: SocketAddr, c: &[u8], _: Option<usize>) -> io::Result<()> {
+            self.sock.send(c).map(|_| ())
+        }
+        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn max_segments(&self) -> usize {
+            1
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.sock.as_fd()
+        }
+    }
+
+    /// A UDP socket as a `DatagramIo` that nothing is sent to.
+    struct Udp {
+        sock: std::net::UdpSocket,
+    }
+
+    impl DatagramIo for Udp {
+        fn try_send(&self, to: SocketAddr, c: &[u8], _: Option<usize>) -> io::Result<()> {
+            self.sock.send_to(c, to).map(|_| ())
+        }
+        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn max_segments(&self) -> usize {
+            1
+        }
+        fn fd(&self) -> BorrowedFd<'_> {
+            self.sock.as_fd()
+        }
+    }
+
+    type Map = BTreeMap<u32, u32>;
+
+    fn publisher_shared(io: Arc<dyn DatagramIo>) -> Arc<PublisherShared<Map>> {
+        use grapevine_core::publisher::{Publisher as CorePublisher, PublisherConfig};
+        let core = CorePublisher::new(
+            PublisherConfig::default(),
+            crate::SessionId(5),
+            Instant::now(),
+        )
+        .unwrap();
+        let engine =
+            crate::driver::publisher::PublisherEngine::new(core, Typed::new(Map::new()), 1);
+        Arc::new(PublisherShared::new(
+            engine,
+            io,
+            SocketAddr::from(([239, 255, 0, 1], 9)),
+        ))
+    }
+
+    fn subscriber_shared(io: Arc<dyn DatagramIo>) -> Arc<SubscriberShared<Map>> {
+        let core = CoreSubscriber::new(SubscriberConfig::default()).unwrap();
+        let metrics = SubscriberMetrics::new(crate::StreamId(1), None, None);
+        let engine = SubscriberEngine::new(core, Typed::new(Map::new()), metrics);
+        Arc::new(SubscriberShared::new(engine, io))
+    }
+
+    /// The event masks (`/proc/self/fdinfo`) with which the reactor's
+    /// epoll instances watch the socket whose inode is `inode`.
+    fn epoll_masks(inode: u64) -> Vec<u32> {
+        let mut masks = Vec::new();
+        for fd in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            if target.to_string_lossy() != "anon_inode:[eventpoll]" {
+                continue;
+            }
+            let info = format!("/proc/self/fdinfo/{}", fd.file_name().to_string_lossy());
+            let info = std::fs::read_to_string(info).unwrap_or_default();
+            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                // `tfd:  9 events:  19 data:  0  pos:0 ino:61c sdev:9`:
+                // a value follows its name, in the same word or the next.
+                let field = |name: &str| {
+                    let mut words = line.split_whitespace();
+                    let word = words.find(|w| w.starts_with(name))?;
+                    match &word[name.len()..] {
+                        "" => words.next().map(str::to_owned),
+                        v => Some(v.to_owned()),
+                    }
+                };
+                let ino = field("ino:").and_then(|i| u64::from_str_radix(&i, 16).ok());
+                let events = field("events:").and_then(|e| u32::from_str_radix(&e, 16).ok());
+                if let (Some(ino), Some(events)) = (ino, events) {
+                    if ino == inode {
+                        masks.push(events);
+                    }
+                }
+            }
+        }
+        masks
+    }
+
+    const EPOLLIN: u32 = 0x1;
+    const EPOLLOUT: u32 = 0x4;
+
+    /// Both drivers watch their socket for reading only: a UDP socket
+    /// watched for writability wakes the reactor after every datagram it
+    /// sends (as the kernel frees it), a context switch per send.
+    #[test]
+    fn the_drivers_watch_their_socket_for_reading_only() {
+        use std::os::unix::fs::MetadataExt;
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        let inode = std::fs::metadata(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            sock.as_raw_fd()
+        }))
+        .unwrap()
+        .ino();
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let masks = rt.block_on(async {
+            let p = publisher_shared(Arc::clone(&io));
+            let tx = p.driver_tx();
+            let publisher = tokio::spawn(publisher(p, tx));
+            let (events, _events_rx) = mpsc::channel(16);
+            let (status, _status_rx) = watch::channel(Default::default());
+            let subscriber = tokio::spawn(subscriber(
+                subscriber_shared(Arc::clone(&io)),
+                Outputs { events, status },
+            ));
+            // Both tasks register in their first poll, which a yield of
+            // this (current-thread) runtime's main task lets happen.
+            tokio::task::yield_now().await;
+            let masks = epoll_masks(inode);
+            publisher.abort();
+            subscriber.abort();
+            masks
+        });
+        // Each driver's registration (one epoll instance may list a
+        // descriptor more than once).
+        assert!(masks.len() >= 2, "{masks:x?}");
+        for m in masks {
+            assert_ne!(m & EPOLLIN, 0, "{m:x}");
+            assert_eq!(m & EPOLLOUT, 0, "{m:x}");
+        }
+    }
+
+    /// A publisher whose socket fills waits for it to be writable again
+    /// (registered for that while it is full) and then sends the rest:
+    /// every delta reaches the peer as it reads, the last one included.
+    #[test]
+    fn a_full_socket_is_drained_once_writable_again() {
+        use grapevine_core::wire::{Datagram, Message};
+        let (ours, peer) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let io: Arc<dyn DatagramIo> = Arc::new(Pair { sock: ours });
+        let shared = publisher_shared(io);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let tx = shared.driver_tx();
+        rt.spawn(publisher(Arc::clone(&shared), tx));
+        // Publish until the socket is full and deltas wait, then some.
+        let mut last = None;
+        let mut full_at = None;
+        for k in 0..200_000u32 {
+            let mut e = shared.lock();
+            last = Some(
+                e.publish(&grapevine_core::state::MapDelta::Upsert(k, k))
+                    .unwrap(),
+            );
+            if e.send_live(&*shared.io, shared.group) {
+                shared.wake();
+            }
+            if e.core.queued_bytes() > 0 && full_at.is_none() {
+                full_at = Some(k);
+            }
+            if full_at.is_some_and(|f| k > f + 1_000) {
+                break;
+            }
+        }
+        assert!(full_at.is_some(), "the socket never filled");
+        let last = last.unwrap().0;
+        // Read until the last delta arrives: only the driver can send it
+        // now, once the socket is writable again.
+        peer.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut buf = vec![0; 65_536];
+        let mut seen = 0;
+        while seen < last {
+            let n = peer.recv(&mut buf).expect("the rest was never sent");
+            if let Ok(d) = Datagram::decode(&buf[..n]) {
+                for m in d.messages() {
+                    if let Message::Delta(d) = m {
+                        seen = seen.max(d.seq.0);
+                    }
+                }
+            }
+        }
+        assert_eq!(seen, last);
+        rt.shutdown_background();
     }
 
     #[test]
