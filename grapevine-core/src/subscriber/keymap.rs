@@ -156,6 +156,14 @@ impl<V: Copy> Chunk<V> {
     }
 }
 
+/// Where an entry lies in a [`KeyMap`]: found once, to read and then
+/// update an entry without a second search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    chunk: usize,
+    index: usize,
+}
+
 /// An ordered map of byte-string keys to `V`: see the [module docs](self).
 #[derive(Debug, Clone)]
 pub(crate) struct KeyMap<V> {
@@ -192,11 +200,28 @@ impl<V: Copy> KeyMap<V> {
         Some((c, i))
     }
 
+    /// Where `key`'s entry is, if it has one: valid until the map next
+    /// changes (an insertion or removal may move entries).
+    pub(crate) fn position(&self, key: &[u8]) -> Option<Pos> {
+        self.find(key).map(|(chunk, index)| Pos { chunk, index })
+    }
+
+    /// The value at `pos` (see [`KeyMap::position`]).
+    pub(crate) fn get_at(&self, pos: Pos) -> Option<&V> {
+        self.chunks.get(pos.chunk)?.vals.get(pos.index)
+    }
+
+    /// The value at `pos`, mutably (see [`KeyMap::position`]).
+    pub(crate) fn get_at_mut(&mut self, pos: Pos) -> Option<&mut V> {
+        self.chunks.get_mut(pos.chunk)?.vals.get_mut(pos.index)
+    }
+
     pub(crate) fn get(&self, key: &[u8]) -> Option<&V> {
         let (c, i) = self.find(key)?;
         self.chunks.get(c)?.vals.get(i)
     }
 
+    #[cfg(test)]
     pub(crate) fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let (c, i) = self.find(key)?;
         self.chunks.get_mut(c)?.vals.get_mut(i)
@@ -497,6 +522,16 @@ mod tests {
                 for k in [vec![], vec![0], vec![1, 2], vec![3, 3, 3]] {
                     prop_assert_eq!(m.get(&k), model.get(&k));
                     prop_assert_eq!(m.contains_key(&k), model.contains_key(&k));
+                    // A position reads and writes that key's entry.
+                    let pos = m.position(&k);
+                    prop_assert_eq!(pos.is_some(), model.contains_key(&k));
+                    if let Some(p) = pos {
+                        prop_assert_eq!(m.get_at(p), model.get(&k));
+                        let v = m.get_at(p).copied().unwrap_or(0).wrapping_add(1);
+                        *m.get_at_mut(p).unwrap() = v;
+                        model.insert(k.clone(), v);
+                        prop_assert_eq!(m.get(&k), Some(&v));
+                    }
                 }
                 check(&m, &model);
             }

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::coverage::{Hi, Lo};
-use super::keymap::KeyMap;
+use super::keymap::{KeyMap, Pos};
 use super::{Event, SubscriberStats};
 use crate::state::Replica;
 use crate::SeqNum;
@@ -175,12 +175,10 @@ impl LeafTable {
         self.metas.contains_key(key)
     }
 
-    /// Whether the leaf is held exactly (known, not stale) as of a
-    /// sequence number before `seq`. Once synced, a leaf without an entry
-    /// is held: known absent.
-    /// What the table knows of `key`.
-    fn meta(&self, key: &[u8]) -> Option<LeafMeta> {
-        let s = self.metas.get(key)?;
+    /// What the table knows of `key`, whose entry is at `pos` (`None`: it
+    /// has none), as found by `self.metas.position(key)`.
+    fn meta_at(&self, key: &[u8], pos: Option<Pos>) -> Option<LeafMeta> {
+        let s = self.metas.get_at(pos?)?;
         let stale_until = if s.stale {
             self.stale_until.get(key).copied().unwrap_or(SeqNum::NONE)
         } else {
@@ -194,6 +192,9 @@ impl LeafTable {
         })
     }
 
+    /// Whether the leaf is held exactly (known, not stale) as of a
+    /// sequence number before `seq`. Once synced, a leaf without an entry
+    /// is held: known absent.
     pub(crate) fn is_held_before(&self, key: &[u8], seq: SeqNum, synced: bool) -> bool {
         match self.metas.get(key) {
             Some(m) => !m.stale && m.known && m.seq < seq,
@@ -225,6 +226,22 @@ impl LeafTable {
         after: LeafMeta,
         ctx: &mut Ctx<'_, R>,
     ) {
+        let pos = self.metas.position(key);
+        self.set_meta_at(key, pos, before, after, ctx);
+    }
+
+    /// As [`LeafTable::set_meta`], with `key`'s entry at `pos` (`None`:
+    /// it has none), as `self.metas.position(key)` would find it: the
+    /// entries must not have changed since it was taken.
+    fn set_meta_at<R: Replica + ?Sized>(
+        &mut self,
+        key: &[u8],
+        pos: Option<Pos>,
+        before: Option<LeafMeta>,
+        after: LeafMeta,
+        ctx: &mut Ctx<'_, R>,
+    ) {
+        debug_assert_eq!(pos, self.metas.position(key), "a stale position");
         match (before.is_some_and(|m| m.present), after.present) {
             (false, true) => self.present += 1,
             (true, false) => self.present -= 1,
@@ -259,7 +276,7 @@ impl LeafTable {
             }
             (false, false) => {}
         }
-        match self.metas.get_mut(key) {
+        match pos.and_then(|p| self.metas.get_at_mut(p)) {
             Some(m) => *m = after.stored(),
             None => {
                 self.metas.insert(key, after.stored());
@@ -280,7 +297,10 @@ impl LeafTable {
         max_pending_bytes: usize,
         ctx: &mut Ctx<'_, R>,
     ) -> DeltaOutcome {
-        let before = self.meta(d.key);
+        // One search for the leaf's entry, read here and written after the
+        // replica applied the delta (which leaves the entries as they are).
+        let pos = self.metas.position(d.key);
+        let before = self.meta_at(d.key, pos);
         // What is known of the leaf: after sync, no entry means absent.
         // (After sync, no entry means absent; that is held as of no seq,
         // which neither covers a delta nor chains one, as no entry.)
@@ -300,7 +320,7 @@ impl LeafTable {
                 Ok(present) => {
                     let stale_until = before.map_or(SeqNum::NONE, |m| m.stale_until);
                     let after = LeafMeta::new(Some(d.seq), present, stale_until);
-                    self.set_meta(d.key, before, after, ctx);
+                    self.set_meta_at(d.key, pos, before, after, ctx);
                     return DeltaOutcome::Applied { present };
                 }
                 Err(error) => {
@@ -361,7 +381,8 @@ impl LeafTable {
         value: Option<&[u8]>,
         ctx: &mut Ctx<'_, R>,
     ) -> bool {
-        let before = self.meta(key);
+        let pos = self.metas.position(key);
+        let before = self.meta_at(key, pos);
         if before.and_then(|m| m.seq()).is_some_and(|h| seq <= h) {
             return false;
         }
@@ -380,7 +401,8 @@ impl LeafTable {
         self.max_installed = self.max_installed.max(seq);
         // Only a stale leaf has pending deltas: the common case is done.
         if !before.is_some_and(|m| m.is_stale()) {
-            self.set_meta(key, before, after, ctx);
+            // The entries are as `pos` found them: the replica changed.
+            self.set_meta_at(key, pos, before, after, ctx);
             return true;
         }
         // Pending deltas for this leaf, in sequence order.
