@@ -97,16 +97,14 @@ impl Backoff {
 /// only if the socket is still full, and was taken before this try, so no
 /// wake-up is lost.
 fn retry<S: State>(
-    ready: io::Result<AsyncFdReadyGuard<'_, OwnedFd>>,
+    mut room: AsyncFdReadyGuard<'_, OwnedFd>,
     shared: &PublisherShared<S>,
     tx: &mut DriverTx,
 ) {
-    if let Ok(mut guard) = ready {
-        let _ = guard.try_io(|_| match shared.turn(None, tx).0 {
-            Flush::Blocked => Err(io::ErrorKind::WouldBlock.into()),
-            Flush::Done => Ok(()),
-        });
-    }
+    let _ = room.try_io(|_| match shared.turn(None, tx).0 {
+        Flush::Blocked => Err(io::ErrorKind::WouldBlock.into()),
+        Flush::Done => Ok(()),
+    });
 }
 
 pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx: DriverTx) {
@@ -132,7 +130,7 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx:
         if closing {
             if let Some(w) = full.as_ref() {
                 // Best effort: wait (bounded) for room to send the rest.
-                if let Ok(room) = tokio::time::timeout(SHUTDOWN_FLUSH, w.writable()).await {
+                if let Ok(Ok(room)) = tokio::time::timeout(SHUTDOWN_FLUSH, w.writable()).await {
                     retry(room, &shared, &mut tx);
                     continue;
                 }
@@ -142,7 +140,12 @@ pub(super) async fn publisher<S: State>(shared: Arc<PublisherShared<S>>, mut tx:
         match (flush, full.as_ref()) {
             (Flush::Blocked, Some(w)) => {
                 tokio::select! {
-                    r = w.writable() => retry(r, &shared, &mut tx),
+                    r = w.writable() => match r {
+                        Ok(room) => retry(room, &shared, &mut tx),
+                        // The socket is broken; keep a slow pace rather
+                        // than spinning.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
                     r = ready.readable() => {
                         got = receive(r, io, &mut batch, &mut backoff, || shared.recv_error()).await;
                     }
