@@ -269,16 +269,26 @@ fn main() -> ExitCode {
         Command::Demo(args) => runtime().and_then(|rt| rt.block_on(demo::run(args))),
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
-        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
+        // The fan-out modes pin this process before its threads start.
+        Command::Bench(mut args) => (if args.pins() { args.pin() } else { Ok(()) })
+            .and_then(|()| runtime())
+            .and_then(|rt| rt.block_on(bench::run(args))),
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args))),
         Command::Relay(args) => runtime().and_then(|rt| rt.block_on(relay::run(*args))),
         // One thread: the driver task never migrates nor waits for a
         // sibling worker to wake it.
-        Command::BenchSub(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(bench::sub::run(args))),
+        Command::BenchSub(args) => (if args.cpus.is_empty() {
+            Ok(())
+        } else {
+            bench::pin::pin(&args.cpus)
+        })
+        .and_then(|()| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+        })
+        .and_then(|rt| rt.block_on(bench::sub::run(args))),
     };
     match res {
         Ok(code) => code,

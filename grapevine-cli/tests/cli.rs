@@ -593,6 +593,8 @@ fn bad_repair_flags_are_refused_with_a_reason() {
         &["decode", "+1+1"][..],
         &["sub", "--interface", "nosuch0", "--timeout", "1"][..],
         &["sub", "--interface", "999", "--timeout", "1"][..],
+        // The CPUs grapevine bench pins its fan-out subscribers to.
+        &["bench-sub", "--cpus", "99999"][..],
     ] {
         let out = grapevine().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");

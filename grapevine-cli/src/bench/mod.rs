@@ -38,6 +38,7 @@ use state::{BenchState, Delta, Leaf, Pad, DELTA_OVERHEAD};
 use sub::SubReport;
 
 mod measure;
+pub(crate) mod pin;
 mod raw;
 mod relay;
 mod state;
@@ -130,6 +131,30 @@ pub(crate) struct BenchArgs {
     relay: Option<relay::RelayArg>,
     #[command(flatten)]
     net: NetArgs,
+    /// The subscribers' CPUs, set by `main` when it pinned this process
+    /// (fan-out modes, see [`pin`]).
+    #[arg(skip)]
+    sub_cpus: Vec<usize>,
+}
+
+impl BenchArgs {
+    /// Whether this run pins the publisher and the subscribers to CPUs of
+    /// their own: the fan-out measures, which compare the publisher's CPU
+    /// with 1 and with 4 subscribers.
+    pub(crate) fn pins(&self) -> bool {
+        matches!(self.mode, Mode::Fanout | Mode::FanoutRaw)
+    }
+
+    /// Pins this process (before its runtime starts) to the first allowed
+    /// CPU and keeps the others for its subscribers; does nothing on a
+    /// single CPU.
+    pub(crate) fn pin(&mut self) -> Result<()> {
+        if let Some((publisher, subscribers)) = pin::split() {
+            pin::pin(&[publisher])?;
+            self.sub_cpus = subscribers;
+        }
+        Ok(())
+    }
 }
 
 /// Deltas per `publish_batch` in throughput and fanout modes.
@@ -259,6 +284,12 @@ impl SubProcess {
             // The key file's path, never its keys.
             .args(n.keys.to_args())
             .args((args.mode == Mode::FanoutRaw).then_some("--raw"))
+            .args(
+                (!args.sub_cpus.is_empty())
+                    .then(|| ["--cpus".to_owned(), pin::list(&args.sub_cpus)])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

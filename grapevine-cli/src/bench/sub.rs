@@ -28,6 +28,10 @@ pub(crate) struct BenchSubArgs {
     /// A raw receiver that only counts datagrams (fanout-raw).
     #[arg(long)]
     pub(crate) raw: bool,
+    /// Run on these CPUs only (comma-separated indices), as `grapevine
+    /// bench` asks in its fan-out modes.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) cpus: Vec<usize>,
 }
 
 /// What one subscriber reports.
