@@ -87,7 +87,10 @@ fan1_dg = median([r.get("cpu_per_datagram_ns") for r in gv("gv-fanout-1-*.json")
 fan4_dg = median([r.get("cpu_per_datagram_ns") for r in gv("gv-fanout-4-*.json")])
 raw1_dg = median([r.get("cpu_per_datagram_ns") for r in gv("raw-fanout-1-*.json")])
 raw4_dg = median([r.get("cpu_per_datagram_ns") for r in gv("raw-fanout-4-*.json")])
-snap = json.load(open(os.path.join(OUT, "gv-snapshot.json")))
+# The snapshot search of each run (gv-snapshot.json before runs were
+# numbered); the run whose joiner's sync ratio is the median.
+snaps = gv("gv-snapshot-[0-9]*.json") or [json.load(open(os.path.join(OUT, "gv-snapshot.json")))]
+snap = sorted(snaps, key=lambda r: r["sync_over_cycle"])[len(snaps) // 2]
 small = json.load(open(os.path.join(OUT, "gv-snapshot-small.json")))
 
 
@@ -190,7 +193,7 @@ table = ["| Measure | Grapevine | Baseline (same run) | Ratio | Goal | |",
 table += ["| " + " | ".join(row) + " |" for row in rows]
 header = (f"Measured {machine['date']} on {machine['cpu']} ({machine['cores']} cores), Linux {machine['kernel']}, "
           f"{machine['rustc']}, sockperf {machine.get('sockperf', '?')}, cyclonedds-tools {machine.get('ddsperf', '?')}; "
-          f"medians of {len(thr)} runs (the snapshot rows: one run).")
+          f"medians of {len(thr)} runs (the snapshot rows: the run of the median sync ratio of {len(snaps)}).")
 block = "\n".join(["<!-- results:begin (written by bench/report.py) -->", header, "", *table, "",
                    "![Latency percentiles](bench/latency.png)", "<!-- results:end -->"])
 
