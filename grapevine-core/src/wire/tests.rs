@@ -3258,4 +3258,12 @@ fn carries_snapshots_looks_at_the_first_two_messages() {
         "a cut header"
     );
     assert!(!carries_snapshots(&[]));
+    // The snapshots flag counts only on an authenticated datagram
+    // (PROTOCOL.md §11.2): on a plain one, other flags make it one this
+    // cannot judge, whatever they say.
+    let mut flagged = of(&[heartbeat, leaf]);
+    flagged[5] = crate::auth::FLAG_SNAPSHOTS;
+    assert!(!carries_snapshots(&flagged), "the flag without AUTH");
+    flagged[5] = crate::auth::FLAG_SNAPSHOTS | crate::auth::FLAG_AUTH;
+    assert!(carries_snapshots(&flagged), "the flag with AUTH");
 }
