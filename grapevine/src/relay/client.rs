@@ -256,25 +256,22 @@ async fn session(
     tracing::info!(relay = %link.addr, "subscribed through the relay");
     let (pongs, mut pongs_rx) = mpsc::channel::<u64>(16);
     let (failed, mut failed_rx) = mpsc::channel::<String>(4);
+    // Over QUIC the connection's idle timeout judges the link (see the
+    // relay's `control_idle`): the first bytes of a lane after an outage
+    // come later than its first packet.
     spawn_reader(
         r,
         Arc::clone(tx),
         pongs.clone(),
-        failed.clone(),
-        Some(DEAD_AFTER),
+        Some(failed.clone()),
+        conn.is_none().then_some(DEAD_AFTER),
     );
     if let Some(c) = &conn {
         let c = c.clone();
-        let (tx, pongs, failed) = (Arc::clone(tx), pongs.clone(), failed.clone());
+        let (tx, pongs) = (Arc::clone(tx), pongs.clone());
         tokio::spawn(async move {
             while let Ok(recv) = c.accept_uni().await {
-                spawn_reader(
-                    Box::new(recv),
-                    Arc::clone(&tx),
-                    pongs.clone(),
-                    failed.clone(),
-                    None,
-                );
+                spawn_reader(Box::new(recv), Arc::clone(&tx), pongs.clone(), None, None);
             }
         });
     }
@@ -315,12 +312,13 @@ async fn session(
 }
 
 /// Reads frames from one stream of the link: datagrams to the driver's
-/// socket, Pings answered.
+/// socket, Pings answered. The control lane's reader tells `failed` why it
+/// ended (the link is over); a lane's end is not a failure.
 fn spawn_reader(
     mut r: BoxRead,
     tx: Arc<tokio::net::UnixDatagram>,
     pongs: mpsc::Sender<u64>,
-    failed: mpsc::Sender<String>,
+    failed: Option<mpsc::Sender<String>>,
     idle: Option<Duration>,
 ) {
     tokio::spawn(async move {
@@ -365,7 +363,7 @@ fn spawn_reader(
                 Err(e) => break e.to_string(),
             }
         };
-        if idle.is_some() {
+        if let Some(failed) = failed {
             let _ = failed.send(why).await;
         }
     });

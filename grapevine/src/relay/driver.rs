@@ -361,6 +361,7 @@ fn start_control(
         return;
     };
     let generation = l.generation;
+    let idle = control_idle(&l.conn);
     let (tx, rx) = mpsc::channel(LANE_FRAMES);
     l.control = Some(tx);
     let down = events.clone();
@@ -379,7 +380,7 @@ fn start_control(
     let down = events.clone();
     let ev = events.clone();
     tokio::spawn(async move {
-        let e = read_frames(r, id, generation, ev, Some(DEAD_AFTER)).await;
+        let e = read_frames(r, id, generation, ev, idle).await;
         let why = match e {
             Ok(()) => "closed".to_string(),
             Err(e) => e.to_string(),
@@ -402,6 +403,22 @@ fn start_control(
                 });
             }
         });
+    }
+}
+
+/// How long the control lane of `conn` may be silent before the link is
+/// dead: [`DEAD_AFTER`] over TCP, where it is the only sign of life. A QUIC
+/// connection is judged by QUIC's own idle timeout (the same length, see
+/// [`transport_config`](super::transport::transport_config)), which counts
+/// every packet the peer sends. The control lane's bytes come later than
+/// the first packet after an outage: QUIC's probes back off exponentially
+/// (after a 3 s outage the first may come 6 s after it began) and the
+/// lane's frames then wait behind the lost data resent. Timing the lane
+/// took a link down that a 3 s outage left alive.
+fn control_idle(conn: &Conn) -> Option<Duration> {
+    match conn {
+        Conn::Quic { .. } => None,
+        Conn::Tcp { .. } => Some(DEAD_AFTER),
     }
 }
 
