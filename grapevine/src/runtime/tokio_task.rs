@@ -60,6 +60,7 @@ async fn receive(
     match guard.try_io(|_| io.try_recv(batch)) {
         Ok(Ok(())) => {
             backoff.reset();
+            charge(batch.len()).await;
             true
         }
         Err(_would_block) => false,
@@ -68,6 +69,20 @@ async fn receive(
             tokio::time::sleep(backoff.next()).await;
             false
         }
+    }
+}
+
+/// Charges `datagrams` received to the task's cooperative budget, a unit
+/// each as tokio's own sockets charge a receive (at most the whole budget,
+/// 128 units: the task then yields once). `readable()` on an `AsyncFd`
+/// charges nothing, and one batch may hold a thousand datagrams (GRO):
+/// a driver that never drains its socket (a subscriber near its limit)
+/// would never yield, and starve the tasks that share its thread. A
+/// `wait_until(synced)` on a current-thread runtime heard of sync up to
+/// 1.4 s late while the driver ran on.
+async fn charge(datagrams: usize) {
+    for _ in 0..datagrams.min(128) {
+        tokio::task::coop::consume_budget().await;
     }
 }
 
@@ -285,17 +300,27 @@ mod tests {
         }
     }
 
-    /// A UDP socket as a `DatagramIo` that nothing is sent to.
+    /// A UDP socket as a `DatagramIo`: each receive finds `flood` junk
+    /// datagrams (none: `WouldBlock`).
     struct Udp {
         sock: std::net::UdpSocket,
+        flood: usize,
     }
 
     impl DatagramIo for Udp {
         fn try_send(&self, to: SocketAddr, c: &[u8], _: Option<usize>) -> io::Result<()> {
             self.sock.send_to(c, to).map(|_| ())
         }
-        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
-            Err(io::ErrorKind::WouldBlock.into())
+        fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<()> {
+            if self.flood == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            batch.clear();
+            let from = self.sock.local_addr()?;
+            for _ in 0..self.flood {
+                batch.push(from, b"junk");
+            }
+            Ok(())
         }
         fn max_segments(&self) -> usize {
             1
@@ -382,7 +407,7 @@ mod tests {
         }))
         .unwrap()
         .ino();
-        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock });
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock, flood: 0 });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -412,6 +437,48 @@ mod tests {
             assert_ne!(m & EPOLLIN, 0, "{m:x}");
             assert_eq!(m & EPOLLOUT, 0, "{m:x}");
         }
+    }
+
+    /// A subscriber whose socket never drains (a batch of datagrams on
+    /// every receive, as near its limit) still lets the tasks that share
+    /// its thread run: a receive charges tokio's cooperative budget. The
+    /// runtime runs on a thread of its own, so that a driver that never
+    /// yields fails the test instead of hanging it.
+    #[test]
+    fn a_busy_subscriber_lets_the_tasks_beside_it_run() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_nonblocking(true).unwrap();
+        // Readable for ever: a datagram that is never read.
+        sock.send_to(b"x", sock.local_addr().unwrap()).unwrap();
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock, flood: 32 });
+        let shared = subscriber_shared(io);
+        let (done, finished) = std::sync::mpsc::channel();
+        let driver = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let (events, _events_rx) = mpsc::channel(16);
+                let (status, _status_rx) = watch::channel(Default::default());
+                tokio::spawn(subscriber(driver, Outputs { events, status }));
+                // Each yield hands the thread to the driver, which must
+                // hand it back.
+                for _ in 0..20 {
+                    tokio::task::yield_now().await;
+                }
+                let _ = done.send(());
+            });
+        });
+        let back = finished.recv_timeout(Duration::from_secs(20));
+        let received = shared.lock().stats.datagrams_received;
+        assert!(
+            back.is_ok(),
+            "the driver kept the thread ({received} datagrams)"
+        );
+        // It did run, and many batches at a time.
+        assert!(received >= 10 * 128, "{received} datagrams");
     }
 
     /// A publisher whose socket fills waits for it to be writable again
