@@ -726,12 +726,14 @@ async fn snapshot_search(args: &BenchArgs, plan: &Plan) -> Result<Report> {
     let mut trials = Vec::new();
     let mut best: Option<Report> = None;
     let mut try_rate = async |rate: u32| -> Result<(bool, Report)> {
-        let r = snapshot(args, plan, rate).await?;
+        let before = kernel_drops();
+        let mut r = snapshot(args, plan, rate).await?;
+        r.kernel_drops = kernel_drops().saturating_sub(before);
         let clean = r.all_consistent && r.sync_over_cycle <= SYNC_GOAL;
         trials.push(Trial {
             rate: u64::from(rate),
             per_s: r.leaves_per_s,
-            kernel_drops: 0,
+            kernel_drops: r.kernel_drops,
             gaps: r.gaps,
             sync_over_cycle: r.sync_over_cycle,
             clean,
@@ -856,10 +858,11 @@ fn print_table(r: &Report) {
     } else if r.mode == Some(Mode::Snapshot) {
         for t in &r.search {
             println!(
-                "  tried {:>10}/s    cycled {:.0} leaves/s, joiner synced in {:.2} cycles{}",
+                "  tried {:>10}/s    cycled {:.0} leaves/s, joiner synced in {:.2} cycles, {} kernel drops{}",
                 t.rate,
                 t.per_s,
                 t.sync_over_cycle,
+                t.kernel_drops,
                 if t.clean { "" } else { " (too slow)" }
             );
         }
