@@ -219,27 +219,6 @@ mod tests {
     use crate::driver::subscriber::SubscriberEngine;
     use crate::metrics::SubscriberMetrics;
 
-    /// A socket that is always readable (a datagram waits that is never
-    /// read) and whose every receive fails.
-    struct Broken {
-        sock: std::net::UdpSocket,
-    }
-
-    impl DatagramIo for Broken {
-        fn try_send(&self, _: SocketAddr, _: &[u8], _: Option<usize>) -> io::Result<()> {
-            Ok(())
-        }
-        fn try_recv(&self, _: &mut RecvBatch) -> io::Result<()> {
-            Err(io::ErrorKind::ConnectionRefused.into())
-        }
-        fn max_segments(&self) -> usize {
-            1
-        }
-        fn fd(&self) -> BorrowedFd<'_> {
-            self.sock.as_fd()
-        }
-    }
-
     /// A subscriber whose socket keeps failing does not spin: in 300 ms it
     /// tries about ten times (the pauses add up), not hundreds of
     /// thousands.
@@ -248,7 +227,12 @@ mod tests {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_nonblocking(true).unwrap();
         sock.send_to(b"x", sock.local_addr().unwrap()).unwrap();
-        let io: Arc<dyn DatagramIo> = Arc::new(Broken { sock });
+        // Always readable (a datagram waits that is never read), and every
+        // receive fails.
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp {
+            sock,
+            recv: Recv::Fail,
+        });
         let core = CoreSubscriber::new(SubscriberConfig::default()).unwrap();
         let metrics = SubscriberMetrics::new(crate::StreamId(1), None, None);
         let engine = SubscriberEngine::new(core, Typed::new(BTreeMap::<u32, u32>::new()), metrics);
@@ -300,11 +284,20 @@ mod tests {
         }
     }
 
-    /// A UDP socket as a `DatagramIo`: each receive finds `flood` junk
-    /// datagrams (none: `WouldBlock`).
+    /// A UDP socket as a `DatagramIo`, whose receives do as `recv` says.
     struct Udp {
         sock: std::net::UdpSocket,
-        flood: usize,
+        recv: Recv,
+    }
+
+    /// What a receive of [`Udp`] finds.
+    enum Recv {
+        /// Nothing (`WouldBlock`).
+        Nothing,
+        /// An error.
+        Fail,
+        /// This many junk datagrams.
+        Flood(usize),
     }
 
     impl DatagramIo for Udp {
@@ -312,15 +305,18 @@ mod tests {
             self.sock.send_to(c, to).map(|_| ())
         }
         fn try_recv(&self, batch: &mut RecvBatch) -> io::Result<()> {
-            if self.flood == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
+            match self.recv {
+                Recv::Nothing => Err(io::ErrorKind::WouldBlock.into()),
+                Recv::Fail => Err(io::ErrorKind::ConnectionRefused.into()),
+                Recv::Flood(n) => {
+                    batch.clear();
+                    let from = self.sock.local_addr()?;
+                    for _ in 0..n {
+                        batch.push(from, b"junk");
+                    }
+                    Ok(())
+                }
             }
-            batch.clear();
-            let from = self.sock.local_addr()?;
-            for _ in 0..self.flood {
-                batch.push(from, b"junk");
-            }
-            Ok(())
         }
         fn max_segments(&self) -> usize {
             1
@@ -407,7 +403,10 @@ mod tests {
         }))
         .unwrap()
         .ino();
-        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock, flood: 0 });
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp {
+            sock,
+            recv: Recv::Nothing,
+        });
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -450,7 +449,10 @@ mod tests {
         sock.set_nonblocking(true).unwrap();
         // Readable for ever: a datagram that is never read.
         sock.send_to(b"x", sock.local_addr().unwrap()).unwrap();
-        let io: Arc<dyn DatagramIo> = Arc::new(Udp { sock, flood: 32 });
+        let io: Arc<dyn DatagramIo> = Arc::new(Udp {
+            sock,
+            recv: Recv::Flood(32),
+        });
         let shared = subscriber_shared(io);
         let (done, finished) = std::sync::mpsc::channel();
         let driver = Arc::clone(&shared);
