@@ -270,7 +270,8 @@ fn main() -> ExitCode {
         Command::Pub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_pub(args))),
         Command::Sub(args) => runtime().and_then(|rt| rt.block_on(pubsub::run_sub(args))),
         // The fan-out modes pin this process before its threads start.
-        Command::Bench(mut args) => (if args.pins() { args.pin() } else { Ok(()) })
+        Command::Bench(mut args) => args
+            .pin()
             .and_then(|()| runtime())
             .and_then(|rt| rt.block_on(bench::run(args))),
         Command::Tail(args) => runtime().and_then(|rt| rt.block_on(tail::run(args))),

@@ -138,17 +138,14 @@ pub(crate) struct BenchArgs {
 }
 
 impl BenchArgs {
-    /// Whether this run pins the publisher and the subscribers to CPUs of
-    /// their own: the fan-out measures, which compare the publisher's CPU
-    /// with 1 and with 4 subscribers.
-    pub(crate) fn pins(&self) -> bool {
-        matches!(self.mode, Mode::Fanout | Mode::FanoutRaw)
-    }
-
     /// Pins this process (before its runtime starts) to the first allowed
-    /// CPU and keeps the others for its subscribers; does nothing on a
-    /// single CPU.
+    /// CPU and keeps the others for its subscribers, in the fan-out
+    /// measures only (they compare the publisher's CPU with 1 and with 4
+    /// subscribers); does nothing in the other modes or on a single CPU.
     pub(crate) fn pin(&mut self) -> Result<()> {
+        if !matches!(self.mode, Mode::Fanout | Mode::FanoutRaw) {
+            return Ok(());
+        }
         if let Some((publisher, subscribers)) = pin::split() {
             pin::pin(&[publisher])?;
             self.sub_cpus = subscribers;
@@ -271,8 +268,8 @@ impl SubProcess {
     async fn spawn(args: &BenchArgs, port: u16) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the grapevine executable")?;
         let n = &args.net;
-        let mut child = tokio::process::Command::new(exe)
-            .arg("bench-sub")
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("bench-sub")
             // Its losses are the measurement (a search runs trials until it
             // loses): counted in its report, not logged as warnings.
             .arg("-q")
@@ -283,13 +280,11 @@ impl SubProcess {
             .args(["--driver", args.driver.flag()])
             // The key file's path, never its keys.
             .args(n.keys.to_args())
-            .args((args.mode == Mode::FanoutRaw).then_some("--raw"))
-            .args(
-                (!args.sub_cpus.is_empty())
-                    .then(|| ["--cpus".to_owned(), pin::list(&args.sub_cpus)])
-                    .into_iter()
-                    .flatten(),
-            )
+            .args((args.mode == Mode::FanoutRaw).then_some("--raw"));
+        if !args.sub_cpus.is_empty() {
+            cmd.args(["--cpus", &pin::list(&args.sub_cpus)]);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
