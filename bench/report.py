@@ -79,6 +79,9 @@ cpu = {name: (median([r.get("cpu_per_delta_ns") for r in runs_]), median([r.get(
        for name, runs_ in (("none", thr), ("authenticate", auth_thr), ("encrypt", enc_thr))}
 lat = {d: gv(f"gv-latency-{d}-*.json") for d in ("tokio", "busy-poll")}
 lat_enc = gv("gv-latency-encrypt-*.json")
+# The raw baseline of the latency runs (bench --mode latency-raw): stamped
+# datagrams from a bare socket to a receiver that waits as each driver does.
+lat_raw = {d: gv(f"raw-latency-{d}-*.json") for d in ("tokio", "busy-poll")}
 fan1 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-1-*.json")])
 fan4 = median([r["cpu_per_delta_ns"] for r in gv("gv-fanout-4-*.json")])
 # CPU per datagram, Grapevine's publisher and a bare socket sending about
@@ -87,10 +90,12 @@ fan1_dg = median([r.get("cpu_per_datagram_ns") for r in gv("gv-fanout-1-*.json")
 fan4_dg = median([r.get("cpu_per_datagram_ns") for r in gv("gv-fanout-4-*.json")])
 raw1_dg = median([r.get("cpu_per_datagram_ns") for r in gv("raw-fanout-1-*.json")])
 raw4_dg = median([r.get("cpu_per_datagram_ns") for r in gv("raw-fanout-4-*.json")])
-# The snapshot search of each run (gv-snapshot.json before runs were
-# numbered); the run whose joiner's sync ratio is the median.
-snaps = gv("gv-snapshot-[0-9]*.json") or [json.load(open(os.path.join(OUT, "gv-snapshot.json")))]
-snap = sorted(snaps, key=lambda r: r["sync_over_cycle"])[len(snaps) // 2]
+# The snapshot search of each run; the run whose joiner's sync ratio is the
+# median (a joiner that never synced is null: last).
+snaps = gv("gv-snapshot-[0-9]*.json")
+if not snaps:
+    sys.exit(f"{OUT}: no gv-snapshot-N.json; run bench/run.sh")
+snap = sorted(snaps, key=lambda r: r.get("sync_over_cycle") or float("inf"))[len(snaps) // 2]
 small = json.load(open(os.path.join(OUT, "gv-snapshot-small.json")))
 
 
@@ -155,6 +160,17 @@ for link in ("quic", "tcp"):
     relay[link] = (median([x["deltas_per_s"] for x in t]) if t else None,
                    median([x["p50_us"] for x in l]) if l else None,
                    median([x["p99_us"] for x in l]) if l else None)
+for d, reps in lat_raw.items():
+    if not reps:
+        continue
+    p50 = median([x["p50_us"] for x in reps])
+    p99 = median([x["p99_us"] for x in reps])
+    g50 = median([x["p50_us"] for x in lat.get(d) or []])
+    g99 = median([x["p99_us"] for x in lat.get(d) or []])
+    rows.append((f"Raw UDP one way at 10,000/s, a bare receiver waiting as the {d} driver does (no Grapevine): p50, p99",
+                 f"{fmt(p50, ' µs', 1)}, {fmt(p99, ' µs', 1)}",
+                 f"sockperf {fmt(sp_p50, ' µs', 1)}, {fmt(sp_p99, ' µs', 1)}; Grapevine ({d}) {fmt(g50, ' µs', 1)}, {fmt(g99, ' µs', 1)}",
+                 f"{fmt(ratio(p50, sp_p50), 'x', 2)}, {fmt(ratio(p99, sp_p99), 'x', 2)}", "-", "-"))
 tok = lat.get("tokio") or []
 tok_p50 = median([x["p50_us"] for x in tok]) if tok else None
 tok_p99 = median([x["p99_us"] for x in tok]) if tok else None
@@ -252,6 +268,10 @@ for d, reps in lat.items():
     if reps:
         curve = reps[0]["latency_curve"]
         ax.plot([nines(q) for q, _ in curve if q < 100], [v for q, v in curve if q < 100], "s-", label=f"Grapevine, {d} driver")
+for d, reps in lat_raw.items():
+    if reps:
+        curve = reps[0]["latency_curve"]
+        ax.plot([nines(q) for q, _ in curve if q < 100], [v for q, v in curve if q < 100], "x--", alpha=0.7, label=f"bare socket, {d} wait (one way)")
 ax.set_xscale("log")
 ax.set_yscale("log")
 ticks = [50, 90, 99, 99.9, 99.99]

@@ -121,6 +121,11 @@ for run in $(seq 1 "$RUNS"); do
         echo "   grapevine: latency at 10,000 deltas/s, $driver"
         in_ns "$GV" bench --mode latency --duration 5 --driver $driver --port 29902 --json \
             >"$OUT/gv-latency-$driver-$run.json"
+        # The same one-way measure without Grapevine: a bare socket's
+        # stamped datagrams, waited for as this driver waits.
+        echo "   raw UDP: latency at 10,000 datagrams/s, waiting as $driver"
+        in_ns "$GV" bench --mode latency-raw --duration 5 --driver $driver --port 29909 --json \
+            >"$OUT/raw-latency-$driver-$run.json"
     done
 
     # A relay pair (two `grapevine relay` processes, QUIC or TLS over TCP

@@ -606,6 +606,51 @@ fn bad_repair_flags_are_refused_with_a_reason() {
     }
 }
 
+/// `bench --mode latency-raw`, the bare-socket baseline of the latency
+/// measure, as a user runs it: a bare sender, a `bench-sub --stamped`
+/// process waiting as each driver does; every datagram sent is received
+/// and timed. With `--relay` it is refused with a reason.
+#[test]
+fn bench_latency_raw_times_every_datagram_it_sends() {
+    for driver in ["tokio", "busy-poll"] {
+        let out = grapevine()
+            .args(["bench", "--mode", "latency-raw", "--driver", driver])
+            .args([
+                "--duration",
+                "0.5",
+                "--rate",
+                "2000",
+                "--port",
+                "17450",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{driver}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(r["all_consistent"], true, "{driver}: {r}");
+        let sent = r["deltas_published"].as_u64().unwrap();
+        assert!(sent >= 500, "{driver}: {r}");
+        let (p50, p99) = (r["p50_us"].as_f64().unwrap(), r["p99_us"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p50 <= p99, "{driver}: {r}");
+    }
+    let out = grapevine()
+        .args(["bench", "--mode", "latency-raw", "--relay", "quic"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--relay: latency-raw measures bare sockets"),
+        "{err}"
+    );
+}
+
 /// `sub --until-seq` beyond what the publisher sends ends once the
 /// publisher has gone silent (and no other took its place), not at its
 /// timeout, and says why: on standard output the JSON line with

@@ -11,6 +11,10 @@
 //! * `latency`: single deltas at `--rate` (10,000/s by default), each
 //!   stamped with the wall clock at `publish`; the subscriber records the
 //!   time to `apply`: one-way latency, percentiles.
+//! * `latency-raw`: the raw UDP baseline of `latency`: datagrams of
+//!   `--size` stamped with the wall clock, sent one at a time at `--rate`
+//!   by a bare socket to a receiver that waits as `--driver` says; what
+//!   waiting for a datagram costs without Grapevine.
 //! * `fanout`: as throughput at a fixed `--rate` with `--subscribers` (4);
 //!   reports the publisher's CPU time per delta.
 //! * `snapshot`: a state of `--leaves` (1,000,000) leaves of ~32 bytes,
@@ -52,6 +56,11 @@ pub(crate) enum Mode {
     Throughput,
     /// One-way latency from `publish` to `apply`, at a fixed rate.
     Latency,
+    /// The raw UDP baseline of latency: a bare socket sends datagrams of
+    /// `--size` stamped with the wall clock at `--rate` (10,000/s) to a
+    /// receiver that waits as `--driver` says (a tokio socket on a
+    /// current-thread runtime, or spinning); one-way latency.
+    LatencyRaw,
     /// Publisher CPU per delta with several subscribers.
     Fanout,
     /// The raw UDP baseline of fanout: a bare socket sends datagrams of
@@ -206,7 +215,7 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
                 u32::MAX
             )
         }
-        (Mode::Latency, None) => Some(10_000),
+        (Mode::Latency | Mode::LatencyRaw, None) => Some(10_000),
         (Mode::Fanout, None) => Some(100_000),
         (Mode::FanoutRaw, None) => Some(raw::RATE),
         (_, r) => r,
@@ -226,17 +235,22 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
         a.size - DELTA_OVERHEAD
     };
     let security = a.net.keys.security()?;
-    if security.is_some() && a.mode == Mode::FanoutRaw {
+    let raw = matches!(a.mode, Mode::FanoutRaw | Mode::LatencyRaw);
+    if security.is_some() && raw {
         bail!(
-            "--key-file: fanout-raw sends bare datagrams, which are not sealed; leave it out \
+            "--key-file: {} sends bare datagrams, which are not sealed; leave it out \
              (and unset {})",
+            mode_name(a.mode),
             crate::keys::KEY_FILE_ENV
         );
     }
     let sub_port = match a.relay {
         None => a.net.port,
-        Some(_) if a.mode == Mode::FanoutRaw => {
-            bail!("--relay: fanout-raw measures bare sockets; leave --relay out")
+        Some(_) if raw => {
+            bail!(
+                "--relay: {} measures bare sockets; leave --relay out",
+                mode_name(a.mode)
+            )
         }
         Some(_) => a.net.port.checked_add(1).with_context(|| {
             format!(
@@ -280,7 +294,8 @@ impl SubProcess {
             .args(["--driver", args.driver.flag()])
             // The key file's path, never its keys.
             .args(n.keys.to_args())
-            .args((args.mode == Mode::FanoutRaw).then_some("--raw"));
+            .args((args.mode == Mode::FanoutRaw).then_some("--raw"))
+            .args((args.mode == Mode::LatencyRaw).then_some("--stamped"));
         if !args.sub_cpus.is_empty() {
             cmd.args(["--cpus", &pin::list(&args.sub_cpus)]);
         }
@@ -417,6 +432,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         },
         Mode::Throughput if plan.rate.is_none() => search(&args, &plan).await?,
         Mode::FanoutRaw => raw_fanout(&args, &plan).await?,
+        Mode::LatencyRaw => raw_latency(&args, &plan).await?,
         _ => stream(&args, &plan, plan.rate).await?,
     };
     report.mode = Some(plan.mode);
@@ -687,11 +703,22 @@ fn paced_singles(
     pad: u16,
     duration: Duration,
 ) -> Result<u64> {
+    let mut key = 0u32;
+    paced(rate, duration, || {
+        publ.publish(delta(key, pad, state::wall_ns()))?;
+        key = (key + 1) % leaves;
+        Ok(true)
+    })
+}
+
+/// Calls `send` `rate` times a second for `duration` from this (blocking)
+/// thread, catching up at most one period when late; returns how many
+/// calls said they sent.
+fn paced(rate: u64, duration: Duration, mut send: impl FnMut() -> Result<bool>) -> Result<u64> {
     let period = Duration::from_secs_f64(1.0 / rate as f64);
     let start = Instant::now();
     let mut next = start;
-    let mut key = 0u32;
-    let mut published = 0u64;
+    let mut sent = 0u64;
     while start.elapsed() < duration {
         next += period;
         let now = Instant::now();
@@ -700,11 +727,58 @@ fn paced_singles(
         } else if now - next > period {
             next = now;
         }
-        publ.publish(delta(key, pad, state::wall_ns()))?;
-        key = (key + 1) % leaves;
-        published += 1;
+        if send()? {
+            sent += 1;
+        }
     }
-    Ok(published)
+    Ok(sent)
+}
+
+/// The raw baseline of the latency mode: stamped datagrams of `--size`
+/// from a bare socket, one at a time at the plan's rate, to receivers
+/// that wait as `--driver` says.
+async fn raw_latency(args: &BenchArgs, plan: &Plan) -> Result<Report> {
+    let mut subs = Vec::new();
+    for _ in 0..plan.subscribers {
+        let mut s = SubProcess::spawn(args, plan.sub_port).await?;
+        s.expect("synced").await?;
+        subs.push(s);
+    }
+    let (net, size, rate, duration) = (
+        args.net.clone(),
+        args.size as usize,
+        plan.rate.unwrap_or(10_000),
+        plan.duration,
+    );
+    let start = Instant::now();
+    let sent = tokio::task::spawn_blocking(move || raw::send_stamped(&net, size, rate, duration))
+        .await??;
+    let secs = start.elapsed().as_secs_f64();
+    let mut r = Report {
+        duration_s: secs,
+        rate,
+        deltas_published: sent,
+        publish_per_s: sent as f64 / secs,
+        datagrams_per_s: sent as f64 / secs,
+        datagrams_per_send_call: 1.0,
+        all_consistent: true,
+        ..Report::default()
+    };
+    for s in subs {
+        let report = s.finish(sent).await?;
+        r.all_consistent &= report.consistent;
+        r.deltas_per_s = report.deltas_applied as f64 / secs;
+        let l = &report.latency;
+        if l.p99_us >= r.p99_us {
+            r.latency_curve.clone_from(&l.curve);
+        }
+        r.p50_us = r.p50_us.max(l.p50_us);
+        r.p90_us = r.p90_us.max(l.p90_us);
+        r.p99_us = r.p99_us.max(l.p99_us);
+        r.p999_us = r.p999_us.max(l.p999_us);
+        r.max_us = r.max_us.max(l.max_us);
+    }
+    Ok(r)
 }
 
 /// Snapshot rates the search tries, in leaves per second (the last:
@@ -831,14 +905,20 @@ async fn snapshot(args: &BenchArgs, plan: &Plan, rate: u32) -> Result<Report> {
     })
 }
 
-fn print_table(r: &Report) {
-    let mode = r.mode.map_or("?", |m| match m {
+/// The mode as its flag names it.
+fn mode_name(m: Mode) -> &'static str {
+    match m {
         Mode::Throughput => "throughput",
         Mode::Latency => "latency",
+        Mode::LatencyRaw => "latency-raw",
         Mode::Fanout => "fanout",
         Mode::FanoutRaw => "fanout-raw",
         Mode::Snapshot => "snapshot",
-    });
+    }
+}
+
+fn print_table(r: &Report) {
+    let mode = r.mode.map_or("?", mode_name);
     let driver = r.driver.map_or("?", DriverArg::flag);
     println!(
         "mode {mode}, driver {driver}, {} subscriber(s), auth {}",
@@ -850,6 +930,15 @@ fn print_table(r: &Report) {
             r.datagrams_per_s, r.datagrams_per_send_call
         );
         println!("  CPU ns/datagram     sender {:.0}", r.cpu_per_datagram_ns);
+    } else if r.mode == Some(Mode::LatencyRaw) {
+        println!(
+            "  datagrams sent      {} in {:.2} s ({:.0}/s)",
+            r.deltas_published, r.duration_s, r.publish_per_s
+        );
+        println!(
+            "  latency us          p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            r.p50_us, r.p90_us, r.p99_us, r.p999_us, r.max_us
+        );
     } else if r.mode == Some(Mode::Snapshot) {
         for t in &r.search {
             println!(

@@ -1,9 +1,16 @@
-//! The raw UDP baseline of the fan-out measure: datagrams of about the
-//! size, rate and GSO batching of Grapevine's fan-out run, sent by a bare
-//! socket to receivers that only count them (with GRO, as Grapevine's
-//! subscribers read). What the sender's CPU does with 1 and with 4
-//! receivers is what the kernel charges for fan-out on loopback, without
-//! Grapevine.
+//! Raw UDP baselines, measured by `grapevine bench` in the same run as
+//! Grapevine's own numbers:
+//!
+//! * fan-out: datagrams of about the size, rate and GSO batching of
+//!   Grapevine's fan-out run, sent by a bare socket to receivers that only
+//!   count them (with GRO, as Grapevine's subscribers read). What the
+//!   sender's CPU does with 1 and with 4 receivers is what the kernel
+//!   charges for fan-out on loopback, without Grapevine.
+//! * latency: datagrams of a delta's size stamped with the wall clock,
+//!   sent one at a time at the latency run's rate to a receiver that waits
+//!   for them as Grapevine's subscriber does (a tokio socket on a
+//!   current-thread runtime, or spinning): the one-way latency of the
+//!   waiting itself, without Grapevine.
 
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,8 +23,10 @@ use grapevine::socket::{bind_receiver, bind_sender};
 use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::measure::cpu_time;
+use super::measure::{cpu_time, Percentiles};
+use super::state::wall_ns;
 use super::sub::SubReport;
+use super::DriverArg;
 use crate::NetArgs;
 
 /// Bytes of each raw datagram: about the mean of Grapevine's fan-out run
@@ -105,6 +114,131 @@ pub(crate) async fn receive(net: &NetArgs) -> Result<SubReport> {
         consistent: all && received == sent,
         deltas_applied: received,
         datagrams_received: received,
+        cpu_ns: u64::try_from(cpu_time().as_nanos()).unwrap_or(u64::MAX),
+        ..SubReport::default()
+    })
+}
+
+/// Sends a datagram of `size` bytes (at least 8), its first 8 the wall
+/// clock in nanoseconds, at `rate` per second for `duration`, from this
+/// (blocking) thread; returns the number sent.
+pub(crate) fn send_stamped(
+    net: &NetArgs,
+    size: usize,
+    rate: u64,
+    duration: Duration,
+) -> Result<u64> {
+    let socket = bind_sender(&net.multicast()).context("binding the raw sender")?;
+    let group = socket.group_addr();
+    let socket = socket.into_std();
+    let mut payload = vec![0x5a; size.max(8)];
+    super::paced(rate, duration, || {
+        payload
+            .get_mut(..8)
+            .unwrap_or_default()
+            .copy_from_slice(&wall_ns().to_le_bytes());
+        match socket.send_to(&payload, group) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e).context("raw send"),
+        }
+    })
+}
+
+/// Latency samples kept at most (the first ones).
+const MAX_SAMPLES: usize = 1 << 21;
+
+/// The one-way latency of a stamped datagram received now, in nanoseconds.
+fn latency_of(datagram: &[u8]) -> Option<u32> {
+    let stamp = u64::from_le_bytes(datagram.get(..8)?.try_into().ok()?);
+    Some(u32::try_from(wall_ns().saturating_sub(stamp)).unwrap_or(u32::MAX))
+}
+
+/// `grapevine bench-sub --stamped`: receives stamped datagrams, waiting as
+/// `driver` says, until told how many were sent (`end <n>`) and all came
+/// (or 10 s passed); reports their one-way latencies.
+pub(crate) async fn receive_stamped(net: &NetArgs, driver: DriverArg) -> Result<SubReport> {
+    let socket = bind_receiver(&net.multicast()).context("binding the raw receiver")?;
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (done_tx, done) = tokio::sync::oneshot::channel::<Vec<u32>>();
+    let mut samples = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 2_048];
+    let keep = {
+        let count = Arc::clone(&count);
+        move |samples: &mut Vec<u32>, datagram: &[u8]| {
+            if let Some(l) = latency_of(datagram) {
+                if samples.len() < MAX_SAMPLES {
+                    samples.push(l);
+                }
+                count.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    };
+    match driver {
+        // A task on this (current-thread) runtime, as Grapevine's tokio
+        // driver: tokio's own socket, woken by its reactor.
+        DriverArg::Tokio => {
+            let socket = socket.into_tokio().context("the raw receiver's socket")?;
+            let wake = Arc::clone(&wake);
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        r = socket.recv(&mut buf) => match r {
+                            Ok(n) => keep(&mut samples, buf.get(..n).unwrap_or_default()),
+                            Err(_) => break,
+                        },
+                        () = wake.notified() => break,
+                    }
+                }
+                let _ = done_tx.send(samples);
+            });
+        }
+        // A thread spinning on a non-blocking socket, as the busy-poll
+        // driver.
+        DriverArg::BusyPoll => {
+            let socket = socket.into_std();
+            socket.set_nonblocking(true)?;
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    if let Ok(n) = socket.recv(&mut buf) {
+                        keep(&mut samples, buf.get(..n).unwrap_or_default());
+                    }
+                }
+                let _ = done_tx.send(samples);
+            });
+        }
+    }
+    println!("ready");
+    println!("synced 0");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let sent = loop {
+        let Some(line) = lines.next_line().await? else {
+            bail!("the benchmark ended without telling how many datagrams it sent");
+        };
+        if let Some(n) = line.strip_prefix("end ") {
+            break n.trim().parse::<u64>().context("end <n>")?;
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count.load(Ordering::Acquire) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.store(true, Ordering::Release);
+    wake.notify_one();
+    let mut samples = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let received = count.load(Ordering::Acquire);
+    Ok(SubReport {
+        consistent: received == sent,
+        deltas_applied: received,
+        datagrams_received: received,
+        latency: Percentiles::of(&mut samples),
         cpu_ns: u64::try_from(cpu_time().as_nanos()).unwrap_or(u64::MAX),
         ..SubReport::default()
     })

@@ -28,6 +28,10 @@ pub(crate) struct BenchSubArgs {
     /// A raw receiver that only counts datagrams (fanout-raw).
     #[arg(long)]
     pub(crate) raw: bool,
+    /// A raw receiver of stamped datagrams (latency-raw), waiting as
+    /// `--driver` says.
+    #[arg(long, conflicts_with = "raw")]
+    pub(crate) stamped: bool,
     /// Run on these CPUs only (comma-separated indices), as `grapevine
     /// bench` asks in its fan-out modes.
     #[arg(long, value_delimiter = ',')]
@@ -59,8 +63,12 @@ pub(crate) struct SubReport {
 const END_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
-    if args.raw {
-        let report = super::raw::receive(&args.net).await?;
+    if args.raw || args.stamped {
+        let report = if args.raw {
+            super::raw::receive(&args.net).await?
+        } else {
+            super::raw::receive_stamped(&args.net, args.driver).await?
+        };
         println!("{}", serde_json::to_string(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
