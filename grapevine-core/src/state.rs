@@ -351,26 +351,24 @@ impl<S: State> Typed<S> {
 
     /// Takes the leaf of `key`, if held, out of a kept digest.
     fn unkeep(&mut self, key: &S::Key) {
-        if let Some(d) = self.kept.as_mut() {
-            if let Some(leaf) = self.state.leaf(key) {
-                self.key_buf.clear();
-                encode_into(key, &mut self.key_buf);
-                self.leaf_buf.clear();
-                encode_into(leaf, &mut self.leaf_buf);
-                d.remove(&self.key_buf, &self.leaf_buf);
-            }
-        }
+        self.keep_with(key, Digest::remove);
     }
 
     /// Puts the leaf of `key`, if held, into a kept digest.
     fn keep(&mut self, key: &S::Key) {
+        self.keep_with(key, Digest::add);
+    }
+
+    /// Hands the encoded key and leaf of `key`, if held, to `f` with the
+    /// kept digest, if one is kept.
+    fn keep_with(&mut self, key: &S::Key, f: fn(&mut Digest, &[u8], &[u8])) {
         if let Some(d) = self.kept.as_mut() {
             if let Some(leaf) = self.state.leaf(key) {
                 self.key_buf.clear();
                 encode_into(key, &mut self.key_buf);
                 self.leaf_buf.clear();
                 encode_into(leaf, &mut self.leaf_buf);
-                d.add(&self.key_buf, &self.leaf_buf);
+                f(d, &self.key_buf, &self.leaf_buf);
             }
         }
     }
