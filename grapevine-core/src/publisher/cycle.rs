@@ -38,18 +38,42 @@ impl Cycle {
         self.cursor.as_deref().is_none_or(|c| key > c)
     }
 
-    /// The key at the next position, and its `leaf_seq` if it is present
-    /// (a tombstone if not): the first key after the cursor that was
-    /// present when the cycle began.
-    fn next_key(&self, leaves: &BTreeMap<Key, SeqNum>) -> Option<(Key, Option<SeqNum>)> {
+    /// The walk of `leaves` from the cursor, for one fill: the leaf index
+    /// is searched once per fill, not once per position. (A fill runs
+    /// under the state's lock, which a `publish` waits for: a search per
+    /// leaf made every wait longer.)
+    fn walk<'a>(&self, leaves: &'a BTreeMap<Key, SeqNum>) -> Walk<'a> {
         let from = match &self.cursor {
             Some(c) => Bound::Excluded(&**c),
             None => Bound::Unbounded,
         };
-        let live = leaves
-            .range::<[u8], _>((from, Bound::Unbounded))
-            .find(|(k, _)| !self.created.contains(*k))
-            .map(|(k, &seq)| (k, Some(seq)));
+        Walk {
+            cycle: self.id,
+            live: leaves.range::<[u8], _>((from, Bound::Unbounded)).peekable(),
+        }
+    }
+
+    /// The key at the next position, and its `leaf_seq` if it is present
+    /// (a tombstone if not): the first key after the cursor that was
+    /// present when the cycle began. `walk` is this cycle's, made in this
+    /// fill ([`Cycle::walk`]): during a fill the leaves do not change, the
+    /// cursor only moves forward, and `created` only loses keys at or
+    /// before it, so an entry the walk has passed is never needed again.
+    fn next_key(&self, walk: &mut Walk<'_>) -> Option<(Key, Option<SeqNum>)> {
+        debug_assert_eq!(walk.cycle, self.id, "a walk of another cycle");
+        // Past the cursor (the walk may lag it by the key last sent) and
+        // past the keys created since the cycle began.
+        while let Some((k, _)) = walk.live.peek() {
+            if self.ahead(k) && !self.created.contains(*k) {
+                break;
+            }
+            walk.live.next();
+        }
+        let live = walk.live.peek().map(|&(k, &seq)| (k, Some(seq)));
+        let from = match &self.cursor {
+            Some(c) => Bound::Excluded(&**c),
+            None => Bound::Unbounded,
+        };
         let gone = self
             .removed
             .range::<[u8], _>((from, Bound::Unbounded))
@@ -72,6 +96,13 @@ impl Cycle {
         self.pos += 1;
         self.cursor = Some(key);
     }
+}
+
+/// A walk of the live leaves from a cycle's cursor, for one fill (see
+/// [`Cycle::walk`]).
+struct Walk<'a> {
+    cycle: CycleId,
+    live: std::iter::Peekable<std::collections::btree_map::Range<'a, Key, SeqNum>>,
 }
 
 /// The cycle in progress and its pacing.
@@ -195,6 +226,10 @@ impl Cycler {
             }
             self.begin(now, &cx);
         }
+        let mut walk = match self.cycle.as_ref() {
+            Some(c) => c.walk(cx.leaves),
+            None => return false,
+        };
         let mut queued = false;
         // A datagram starts only when the budget holds a whole one (which
         // is when `ready_at` says), so datagrams go out full however often
@@ -242,7 +277,7 @@ impl Cycler {
                 queued = true;
                 break;
             }
-            let Some((key, leaf_seq)) = cycle.next_key(cx.leaves) else {
+            let Some((key, leaf_seq)) = cycle.next_key(&mut walk) else {
                 // Cannot happen: what changed since the cycle began is
                 // accounted for, so the walk finds `leaf_count` keys.
                 // Were it to, the cycle ends short rather than never.

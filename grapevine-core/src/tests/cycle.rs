@@ -339,10 +339,18 @@ mod walk {
         fn a_cycle_sends_the_keys_present_when_it_began(
             initial in proptest::collection::btree_set(0u8..48, 0..32),
             steps in proptest::collection::vec(step(), 1..400),
+            full in any::<bool>(),
         ) {
             let mut cfg = PublisherConfig::default();
             cfg.snapshot_rate(SnapshotRate::LeavesPerSec(3_000))
                 .min_cycle_interval(Duration::ZERO);
+            if full {
+                // Datagrams of five snapshots, each started only when the
+                // budget holds a whole one: every fill walks several
+                // positions and ends on a snapshot that does not fit.
+                cfg.snapshot_rate(SnapshotRate::BytesPerSec(150_000))
+                    .max_datagram(crate::wire::HEADER_LEN + 20 + 5 * 25);
+            }
             let t0 = Instant::now();
             let mut p = Publisher::new(cfg, SessionId(1), t0).unwrap();
             let mut state = Typed::new(BTreeMap::<u8, u8>::new());
