@@ -550,6 +550,34 @@ mod tests {
         }
     }
 
+    /// A late copy of an original delta (`if_naked`) holds back the rest of
+    /// its hole only once the hole was NAKed: before that, nothing of it
+    /// is in progress.
+    #[test]
+    fn a_late_copy_holds_back_only_a_naked_hole() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let p = policy(); // retry 10 ms
+        let mut q = Sequencer::new(SeqNum(0), t0);
+        q.saw_tail(t0, SeqNum(40), t0);
+        let next_nak = |q: &Sequencer| q.holes.values().map(|h| h.next_nak).min().unwrap();
+        let late = Some(Progress {
+            wait: ms(20),
+            if_naked: true,
+        });
+        // Not NAKed yet: the rest of the hole stays due at once.
+        q.admit(t0 + ms(3), &d(1), t0, late);
+        q.advance(SeqNum(1));
+        assert_eq!(next_nak(&q), t0);
+        // NAKed at 3 ms (next at 13 ms); a late copy at 5 ms holds the rest
+        // until 25 ms.
+        assert_eq!(q.due_naks(t0 + ms(3), &p, 10).len(), 1);
+        assert_eq!(next_nak(&q), t0 + ms(13));
+        q.admit(t0 + ms(5), &d(2), t0, late);
+        q.advance(SeqNum(2));
+        assert_eq!(next_nak(&q), t0 + ms(25));
+    }
+
     /// The deadline is the next NAK of a hole with attempts left, or the
     /// first hole's giving up: a later hole out of attempts waits for the
     /// holes before it, so it is no deadline.

@@ -52,6 +52,18 @@ fn stream_info(datagram_seq: u64, name: &str) -> Vec<u8> {
     )
 }
 
+/// The configuration hands back the schema it expects (the `grapevine`
+/// crate reads it to decide whether to derive one from the state), and
+/// none by default.
+#[test]
+fn the_expected_schema_is_what_was_set() {
+    assert_eq!(SubscriberConfig::default().expected_schema(), None);
+    assert_eq!(
+        expecting("book/v1").expected_schema(),
+        Some(&Schema::named("book/v1"))
+    );
+}
+
 #[test]
 fn every_heartbeat_is_followed_by_the_stream_info_in_its_datagram() {
     let mut r = rig(Some("acme.prices/1"), expecting("acme.prices/1"));
