@@ -37,7 +37,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::NetArgs;
-use measure::{cpu_times, kernel_drops};
+use measure::{cpu_times, kernel_drops, Percentiles};
 use state::{BenchState, Delta, Leaf, Pad, DELTA_OVERHEAD};
 use sub::SubReport;
 
@@ -632,15 +632,7 @@ async fn stream(args: &BenchArgs, plan: &Plan, rate: Option<u64>) -> Result<Repo
             .sub_cpu_per_delta_ns
             .max(s.cpu_ns as f64 / s.deltas_applied.max(1) as f64);
         r.gaps += s.gaps;
-        let l = &s.latency;
-        if l.p99_us >= r.p99_us {
-            r.latency_curve.clone_from(&l.curve);
-        }
-        r.p50_us = r.p50_us.max(l.p50_us);
-        r.p90_us = r.p90_us.max(l.p90_us);
-        r.p99_us = r.p99_us.max(l.p99_us);
-        r.p999_us = r.p999_us.max(l.p999_us);
-        r.max_us = r.max_us.max(l.max_us);
+        fold_latency(&mut r, &s.latency);
     }
     if let Ok(p) = Arc::try_unwrap(publ) {
         p.shutdown().await;
@@ -768,17 +760,23 @@ async fn raw_latency(args: &BenchArgs, plan: &Plan) -> Result<Report> {
         let report = s.finish(sent).await?;
         r.all_consistent &= report.consistent;
         r.deltas_per_s = report.deltas_applied as f64 / secs;
-        let l = &report.latency;
-        if l.p99_us >= r.p99_us {
-            r.latency_curve.clone_from(&l.curve);
-        }
-        r.p50_us = r.p50_us.max(l.p50_us);
-        r.p90_us = r.p90_us.max(l.p90_us);
-        r.p99_us = r.p99_us.max(l.p99_us);
-        r.p999_us = r.p999_us.max(l.p999_us);
-        r.max_us = r.max_us.max(l.max_us);
+        fold_latency(&mut r, &report.latency);
     }
     Ok(r)
+}
+
+/// Folds one subscriber's latency into the report: each percentile the
+/// highest over the subscribers so far, the curve that of the one with the
+/// highest p99 (the later one on a tie).
+fn fold_latency(r: &mut Report, l: &Percentiles) {
+    if l.p99_us >= r.p99_us {
+        r.latency_curve.clone_from(&l.curve);
+    }
+    r.p50_us = r.p50_us.max(l.p50_us);
+    r.p90_us = r.p90_us.max(l.p90_us);
+    r.p99_us = r.p99_us.max(l.p99_us);
+    r.p999_us = r.p999_us.max(l.p999_us);
+    r.max_us = r.max_us.max(l.max_us);
 }
 
 /// Snapshot rates the search tries, in leaves per second (the last:
