@@ -17,15 +17,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use grapevine::io::{DatagramIo, UdpIo};
 use grapevine::socket::{bind_receiver, bind_sender};
 use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::measure::{cpu_time, Percentiles};
 use super::state::wall_ns;
-use super::sub::SubReport;
+use super::sub::{read_end, SubReport};
 use super::DriverArg;
 use crate::NetArgs;
 
@@ -94,15 +93,7 @@ pub(crate) async fn receive(net: &NetArgs) -> Result<SubReport> {
     });
     println!("ready");
     println!("synced 0");
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let sent = loop {
-        let Some(line) = lines.next_line().await? else {
-            bail!("the benchmark ended without telling how many datagrams it sent");
-        };
-        if let Some(n) = line.strip_prefix("end ") {
-            break n.trim().parse::<u64>().context("end <n>")?;
-        }
-    };
+    let sent = read_end("how many datagrams it sent", "end <n>").await?;
     target.store(sent, Ordering::Release);
     let all = tokio::time::timeout(Duration::from_secs(10), done)
         .await
@@ -213,15 +204,7 @@ pub(crate) async fn receive_stamped(net: &NetArgs, driver: DriverArg) -> Result<
     }
     println!("ready");
     println!("synced 0");
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let sent = loop {
-        let Some(line) = lines.next_line().await? else {
-            bail!("the benchmark ended without telling how many datagrams it sent");
-        };
-        if let Some(n) = line.strip_prefix("end ") {
-            break n.trim().parse::<u64>().context("end <n>")?;
-        }
-    };
+    let sent = read_end("how many datagrams it sent", "end <n>").await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while count.load(Ordering::Acquire) < sent && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(1)).await;

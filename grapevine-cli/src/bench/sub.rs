@@ -62,6 +62,21 @@ pub(crate) struct SubReport {
 /// How long to wait for consistency once told where the stream ends.
 const END_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Reads standard input up to its line `end <n>` (skipping any other) and
+/// returns `n`. If the input ends first, the error says the benchmark ended
+/// without telling `untold`; a bad number is an error in `form`.
+pub(crate) async fn read_end(untold: &str, form: &'static str) -> Result<u64> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        let Some(line) = lines.next_line().await? else {
+            bail!("the benchmark ended without telling {untold}");
+        };
+        if let Some(n) = line.strip_prefix("end ") {
+            return n.trim().parse::<u64>().context(form);
+        }
+    }
+}
+
 pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
     if args.raw || args.stamped {
         let report = if args.raw {
@@ -91,15 +106,7 @@ pub(crate) async fn run(args: BenchSubArgs) -> Result<ExitCode> {
     let synced_after = joined.elapsed();
     println!("synced {}", synced_after.as_nanos());
 
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let target = loop {
-        let Some(line) = lines.next_line().await? else {
-            bail!("the benchmark ended without telling where the stream ends");
-        };
-        if let Some(seq) = line.strip_prefix("end ") {
-            break seq.trim().parse::<u64>().context("end <seq>")?;
-        }
-    };
+    let target = read_end("where the stream ends", "end <seq>").await?;
     let consistent = sub
         .wait_until(|s| s.consistent && s.seq.0 == target, END_TIMEOUT)
         .await
