@@ -903,20 +903,14 @@ async fn snapshot(args: &BenchArgs, plan: &Plan, rate: u32) -> Result<Report> {
     })
 }
 
-/// The mode as its flag names it.
-fn mode_name(m: Mode) -> &'static str {
-    match m {
-        Mode::Throughput => "throughput",
-        Mode::Latency => "latency",
-        Mode::LatencyRaw => "latency-raw",
-        Mode::Fanout => "fanout",
-        Mode::FanoutRaw => "fanout-raw",
-        Mode::Snapshot => "snapshot",
-    }
+/// The mode as its flag names it (the name clap's `ValueEnum` gives it).
+fn mode_name(m: Mode) -> String {
+    m.to_possible_value()
+        .map_or_else(|| "?".to_owned(), |v| v.get_name().to_owned())
 }
 
 fn print_table(r: &Report) {
-    let mode = r.mode.map_or("?", mode_name);
+    let mode = r.mode.map_or_else(|| "?".to_owned(), mode_name);
     let driver = r.driver.map_or("?", DriverArg::flag);
     println!(
         "mode {mode}, driver {driver}, {} subscriber(s), auth {}",
