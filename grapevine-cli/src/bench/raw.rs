@@ -21,6 +21,7 @@ use anyhow::{Context, Result};
 use grapevine::io::{DatagramIo, UdpIo};
 use grapevine::socket::{bind_receiver, bind_sender};
 use nix::sys::socket::{setsockopt, sockopt::UdpGroSegment};
+use tokio::sync::oneshot::error::TryRecvError;
 
 use super::measure::{cpu_time, Percentiles};
 use super::state::wall_ns;
@@ -145,28 +146,46 @@ fn latency_of(datagram: &[u8]) -> Option<u32> {
     Some(u32::try_from(wall_ns().saturating_sub(stamp)).unwrap_or(u32::MAX))
 }
 
+/// What a stamped receiver hands back: the datagrams it timed, and the
+/// latencies of the first [`MAX_SAMPLES`] of them.
+#[derive(Default)]
+struct Stamped {
+    count: u64,
+    samples: Vec<u32>,
+}
+
+impl Stamped {
+    fn keep(&mut self, datagram: &[u8]) {
+        if let Some(l) = latency_of(datagram) {
+            if self.samples.len() < MAX_SAMPLES {
+                self.samples.push(l);
+            }
+            self.count += 1;
+        }
+    }
+
+    /// Whether the `target` count, once known, is reached.
+    fn reached(&self, target: Option<u64>) -> bool {
+        target.is_some_and(|t| self.count >= t)
+    }
+}
+
 /// `grapevine bench-sub --stamped`: receives stamped datagrams, waiting as
 /// `driver` says, until told how many were sent (`end <n>`) and all came
 /// (or 10 s passed); reports their one-way latencies.
 pub(crate) async fn receive_stamped(net: &NetArgs, driver: DriverArg) -> Result<SubReport> {
     let socket = bind_receiver(&net.multicast()).context("binding the raw receiver")?;
-    let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let (done_tx, done) = tokio::sync::oneshot::channel::<Vec<u32>>();
-    let mut samples = Vec::with_capacity(1 << 16);
-    let mut buf = vec![0u8; 2_048];
-    let keep = {
-        let count = Arc::clone(&count);
-        move |samples: &mut Vec<u32>, datagram: &[u8]| {
-            if let Some(l) = latency_of(datagram) {
-                if samples.len() < MAX_SAMPLES {
-                    samples.push(l);
-                }
-                count.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+    // The count told by `end <n>`, to the receiver; what it received, back
+    // once it has that many (or is stopped).
+    let (target_tx, mut target_rx) = tokio::sync::oneshot::channel::<u64>();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Stamped>();
+    let mut got = Stamped {
+        count: 0,
+        samples: Vec::with_capacity(1 << 16),
     };
+    let mut buf = vec![0u8; 2_048];
     match driver {
         // A task on this (current-thread) runtime, as Grapevine's tokio
         // driver: tokio's own socket, woken by its reactor.
@@ -174,16 +193,21 @@ pub(crate) async fn receive_stamped(net: &NetArgs, driver: DriverArg) -> Result<
             let socket = socket.into_tokio().context("the raw receiver's socket")?;
             let wake = Arc::clone(&wake);
             tokio::spawn(async move {
-                loop {
+                let mut target = None;
+                while !got.reached(target) {
                     tokio::select! {
                         r = socket.recv(&mut buf) => match r {
-                            Ok(n) => keep(&mut samples, buf.get(..n).unwrap_or_default()),
+                            Ok(n) => got.keep(buf.get(..n).unwrap_or_default()),
+                            Err(_) => break,
+                        },
+                        t = &mut target_rx, if target.is_none() => match t {
+                            Ok(t) => target = Some(t),
                             Err(_) => break,
                         },
                         () = wake.notified() => break,
                     }
                 }
-                let _ = done_tx.send(samples);
+                let _ = done_tx.send(got);
             });
         }
         // A thread spinning on a non-blocking socket, as the busy-poll
@@ -193,30 +217,43 @@ pub(crate) async fn receive_stamped(net: &NetArgs, driver: DriverArg) -> Result<
             socket.set_nonblocking(true)?;
             let stop = Arc::clone(&stop);
             std::thread::spawn(move || {
-                while !stop.load(Ordering::Acquire) {
+                let mut target = None;
+                while !stop.load(Ordering::Acquire) && !got.reached(target) {
+                    if target.is_none() {
+                        match target_rx.try_recv() {
+                            Ok(t) => target = Some(t),
+                            Err(TryRecvError::Empty) => {}
+                            Err(TryRecvError::Closed) => break,
+                        }
+                    }
                     if let Ok(n) = socket.recv(&mut buf) {
-                        keep(&mut samples, buf.get(..n).unwrap_or_default());
+                        got.keep(buf.get(..n).unwrap_or_default());
                     }
                 }
-                let _ = done_tx.send(samples);
+                let _ = done_tx.send(got);
             });
         }
     }
     println!("ready");
     println!("synced 0");
     let sent = read_end("how many datagrams it sent", "end <n>").await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count.load(Ordering::Acquire) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    stop.store(true, Ordering::Release);
-    wake.notify_one();
-    let mut samples = tokio::time::timeout(Duration::from_secs(10), done)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let received = count.load(Ordering::Acquire);
+    let _ = target_tx.send(sent);
+    let got = match tokio::time::timeout(Duration::from_secs(10), &mut done).await {
+        Ok(got) => got.ok(),
+        Err(_) => {
+            // Not all came: stop the receiver and take what it has.
+            stop.store(true, Ordering::Release);
+            wake.notify_one();
+            tokio::time::timeout(Duration::from_secs(10), done)
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
+    };
+    let Stamped {
+        count: received,
+        mut samples,
+    } = got.unwrap_or_default();
     Ok(SubReport {
         consistent: received == sent,
         deltas_applied: received,
